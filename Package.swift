@@ -1,0 +1,28 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// No package dependencies and no unsafe flags: other packages must be able to depend on this one.
+let package = Package(
+    name: "KVCrush",
+    products: [
+        .library(name: "KVCrush", targets: ["KVCrush"]),
+        .executable(name: "kvcrush", targets: ["kvcrush"]),
+    ],
+    targets: [
+        // Formats: FP16 rows, affine group codecs, per-channel keys, SIMD kernels + scalar twins.
+        .target(name: "KVQuantization"),
+        // Scores, policies, KVCrush representatives, byte budgets -> retention plans.
+        .target(name: "KVSelection", dependencies: ["KVQuantization"]),
+        // Safetensors, KV dumps, the evaluation protocol, reports.
+        .target(name: "KVExperiments", dependencies: ["KVQuantization", "KVSelection"]),
+        // Umbrella: `import KVCrush`.
+        .target(name: "KVCrush", dependencies: ["KVQuantization", "KVSelection", "KVExperiments"]),
+        .executableTarget(name: "kvcrush", dependencies: ["KVCrush"]),
+
+        .target(name: "TestSupport", dependencies: ["KVQuantization"], path: "Tests/TestSupport"),
+        .testTarget(name: "KVQuantizationTests", dependencies: ["KVQuantization", "TestSupport", "KVExperiments"]),
+        .testTarget(name: "KVSelectionTests", dependencies: ["KVSelection", "TestSupport"]),
+        .testTarget(name: "KVExperimentsTests", dependencies: ["KVExperiments", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

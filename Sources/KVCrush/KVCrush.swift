@@ -1,0 +1,4 @@
+// Umbrella module: `import KVCrush` brings in every library module of the package.
+@_exported import KVQuantization
+@_exported import KVSelection
+@_exported import KVExperiments

@@ -1,0 +1,71 @@
+import KVQuantization
+
+/// A precision level a token can sit at. Tokens only ever move down: `fp16 → int8 → int4 → int2 →
+/// dropped`, never back up (once quantised, the FP16 value is gone).
+///
+/// The formats behind the tiers are configured separately for keys and values (`TierFormats`).
+public enum Tier: Int, Sendable, Hashable, Comparable, CaseIterable, CustomStringConvertible {
+    case fp16 = 0
+    case int8 = 1
+    case int4 = 2
+    case int2 = 3
+    case dropped = 4
+
+    /// The tiers that keep a token in memory, most precise first.
+    public static let stored: [Tier] = [.fp16, .int8, .int4, .int2]
+
+    public static func < (a: Tier, b: Tier) -> Bool { a.rawValue < b.rawValue }
+
+    public var description: String {
+        switch self {
+        case .fp16: "fp16"
+        case .int8: "int8"
+        case .int4: "int4"
+        case .int2: "int2"
+        case .dropped: "dropped"
+        }
+    }
+
+    /// Parses `fp16`, `int8`, `int4`, `int2` or `dropped`.
+    public init?(name: String) {
+        guard let t = Tier.allCases.first(where: { $0.description == name }) else { return nil }
+        self = t
+    }
+}
+
+/// The storage format of each stored tier, for keys and values separately.
+public struct TierFormats: Sendable, Hashable {
+    public var keys: [Tier: StorageFormat]
+    public var values: [Tier: StorageFormat]
+
+    /// FP16 at `.fp16`, the package defaults (`StorageFormat.int8/.int4/.int2`) below it, for both
+    /// keys and values.
+    public static let standard = TierFormats(
+        keys: [.fp16: .fp16, .int8: .int8, .int4: .int4, .int2: .int2],
+        values: [.fp16: .fp16, .int8: .int8, .int4: .int4, .int2: .int2])
+
+    public init(keys: [Tier: StorageFormat], values: [Tier: StorageFormat]) {
+        self.keys = keys
+        self.values = values
+    }
+
+    /// The key format of a stored tier. Traps for `.dropped` or an unconfigured tier.
+    public func keyFormat(_ tier: Tier) -> StorageFormat {
+        guard let f = keys[tier] else { preconditionFailure("TierFormats: no key format for tier \(tier)") }
+        return f
+    }
+
+    /// The value format of a stored tier. Traps for `.dropped` or an unconfigured tier.
+    public func valueFormat(_ tier: Tier) -> StorageFormat {
+        guard let f = values[tier] else { preconditionFailure("TierFormats: no value format for tier \(tier)") }
+        return f
+    }
+
+    /// Bytes one token costs in `tier` for one stream (key row + value row + 4-byte position),
+    /// ignoring page-wise parameters and page slack; 0 for `.dropped`.
+    public func tokenByteCount(_ tier: Tier, headDim: Int) -> Int {
+        guard tier != .dropped else { return 0 }
+        return keyFormat(tier).rowByteCount(headDim: headDim)
+            + valueFormat(tier).rowByteCount(headDim: headDim) + 4
+    }
+}

@@ -1,0 +1,2 @@
+import KVCrush
+print("kvcrush")

@@ -1,0 +1,3 @@
+import Testing
+@testable import KVQuantization
+@Test func placeholder() {}

@@ -1,0 +1,3 @@
+import Testing
+@testable import KVSelection
+@Test func placeholder() {}
