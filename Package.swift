@@ -10,7 +10,7 @@ let package = Package(
     ],
     targets: [
         // Formats: FP16 rows, affine group codecs, per-channel keys, SIMD kernels + scalar twins.
-        .target(name: "KVQuantization"),
+        .target(name: "KVQuantization", linkerSettings: [.linkedLibrary("m")]),
         // Scores, policies, KVCrush representatives, byte budgets -> retention plans.
         .target(name: "KVSelection", dependencies: ["KVQuantization"]),
         // Safetensors, KV dumps, the evaluation protocol, reports.

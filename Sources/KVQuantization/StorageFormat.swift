@@ -126,11 +126,14 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
 public enum FormatError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidHeadDim(Int)
     case invalidGroupSize(Int)
+    /// A page-wise format (`.channelwise`) where a per-token row format is required.
+    case notRowWise(StorageFormat)
 
     public var description: String {
         switch self {
         case .invalidHeadDim(let d): "headDim must be positive (got \(d))"
         case .invalidGroupSize(let g): "groupSize must be a positive multiple of 8 (got \(g))"
+        case .notRowWise(let f): "\(f) quantises across the tokens of a page; a per-token format is required here"
         }
     }
 }

@@ -1,0 +1,42 @@
+/// Finds values no format may store: non-finite, or finite with magnitude above 65504.
+@usableFromInline
+enum ValueCheck {
+    /// Bit pattern of 65504 (the largest half); a non-negative `Float` is finite and ≤ 65504 exactly
+    /// when its bit pattern is ≤ this (NaN and ∞ patterns are larger).
+    @usableFromInline static let maxBits: UInt32 = 0x477F_E000
+
+    /// The error for the first invalid element of `x[0..<count]`, reported at `indexOffset + i`, or
+    /// `nil` if all are storable.
+    ///
+    /// - Complexity: O(count), vectorised.
+    @inlinable
+    static func firstInvalid(_ x: UnsafePointer<Float>, count: Int, indexOffset: Int = 0) -> QuantizationError? {
+        var i = 0
+        var bad = false
+        let raw = UnsafeRawPointer(x)
+        while i + 8 <= count {
+            let u = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<UInt32>.self)
+            if any((u & 0x7FFF_FFFF) .> maxBits) { bad = true; break }
+            i += 8
+        }
+        if !bad {
+            while i < count {
+                if x[i].bitPattern & 0x7FFF_FFFF > maxBits { bad = true; break }
+                i += 1
+            }
+        }
+        guard bad else { return nil }
+        return firstInvalidReference(x, count: count, indexOffset: indexOffset)
+    }
+
+    /// Scalar reference of `firstInvalid`.
+    @inlinable
+    static func firstInvalidReference(_ x: UnsafePointer<Float>, count: Int, indexOffset: Int = 0) -> QuantizationError? {
+        for i in 0..<count {
+            let v = x[i]
+            if !v.isFinite { return .nonFinite(index: indexOffset + i, value: v) }
+            if abs(v) > StorageFormat.maxMagnitude { return .outOfRange(index: indexOffset + i, value: v) }
+        }
+        return nil
+    }
+}
