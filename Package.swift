@@ -13,15 +13,18 @@ let package = Package(
         .target(name: "KVQuantization", linkerSettings: [.linkedLibrary("m")]),
         // Scores, policies, KVCrush representatives, byte budgets -> retention plans.
         .target(name: "KVSelection", dependencies: ["KVQuantization"]),
+        // The paged mixed-precision store and its one dequantising read path.
+        .target(name: "KVStore", dependencies: ["KVQuantization", "KVSelection"]),
         // Safetensors, KV dumps, the evaluation protocol, reports.
-        .target(name: "KVExperiments", dependencies: ["KVQuantization", "KVSelection"]),
+        .target(name: "KVExperiments", dependencies: ["KVQuantization", "KVSelection", "KVStore"]),
         // Umbrella: `import KVCrush`.
-        .target(name: "KVCrush", dependencies: ["KVQuantization", "KVSelection", "KVExperiments"]),
+        .target(name: "KVCrush", dependencies: ["KVQuantization", "KVSelection", "KVStore", "KVExperiments"]),
         .executableTarget(name: "kvcrush", dependencies: ["KVCrush"]),
 
         .target(name: "TestSupport", dependencies: ["KVQuantization"], path: "Tests/TestSupport"),
         .testTarget(name: "KVQuantizationTests", dependencies: ["KVQuantization", "TestSupport", "KVExperiments"]),
         .testTarget(name: "KVSelectionTests", dependencies: ["KVSelection", "TestSupport"]),
+        .testTarget(name: "KVStoreTests", dependencies: ["KVStore", "TestSupport", "KVExperiments"]),
         .testTarget(name: "KVExperimentsTests", dependencies: ["KVExperiments", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]

@@ -1,0 +1,237 @@
+import Dispatch
+import Foundation
+import KVQuantization
+import KVSelection
+
+/// What `attend` returns.
+public struct AttentionResult: Sendable {
+    /// Attention outputs, `[queryHead][query][headDim]`.
+    public var output: [Float]
+    /// Per KV head, each stored token's attention weight (when asked for).
+    public var weights: [AttentionWeights]?
+}
+
+/// The attention weights one KV head's tokens received from its query group.
+public struct AttentionWeights: Sendable {
+    public var kvHead: Int
+    /// The stream's stored tokens, ascending.
+    public var positions: [Int32]
+    /// The tier of each token.
+    public var tiers: [Tier]
+    /// `[g][query][token]`: the weight query `query` of query head `kvHead·G + g` put on `token`
+    /// (0 for tokens after the query's position). Each (g, query) row sums to 1 unless the query
+    /// saw no token.
+    public var weights: [Float]
+    public var queryCount: Int
+
+    /// Row of weights of group head `g`, query `i` (one per token in `positions`).
+    public func row(groupHead g: Int, query i: Int) -> ArraySlice<Float> {
+        let n = positions.count, start = (g * queryCount + i) * n
+        return weights[start..<(start + n)]
+    }
+}
+
+/// A pointer that threads may share because they write disjoint parts of it.
+struct SharedBuffer<T>: @unchecked Sendable {
+    let base: UnsafeMutablePointer<T>
+}
+
+extension KVStore {
+    /// Fused decode attention of one sequence's layer: each query row attends over every stored
+    /// token of its KV head's stream whose position is ≤ the query's, whatever tier the token sits
+    /// in, scaled by `configuration.effectiveAttentionScale`, softmax in FP32.
+    ///
+    /// Keys are scored in code space (FP16 rows converted on the fly, grouped rows as
+    /// scale·Σq·c + zero·Σq, per-channel pages with the query folded into the channel scales once
+    /// per page) and values accumulated with `RowCodec.accumulate`: nothing of the cache is
+    /// materialised. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
+    /// for all query rows of its group.
+    ///
+    /// - Parameters:
+    ///   - queries: `[queryHead][query][headDim]`, `queryCount` queries per head.
+    ///   - queryPositions: the position of each query (causal limit); `nil` means the last
+    ///     `queryCount` positions appended to this layer (a decode step or a prefill chunk just
+    ///     appended).
+    ///   - returnWeights: also return each stored token's attention weight per query.
+    ///   - threadCount: threads to spread KV heads over (`nil`: all cores). Results are identical
+    ///     for every thread count: each stream is computed by one thread in a fixed order.
+    /// - Returns: outputs `[queryHead][query][headDim]`; a query that sees no token gets zeros.
+    /// - Error: relative to exact attention over the *decoded* rows, the output differs only by
+    ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32).
+    /// - Complexity: O(queryHeads · queries · tokens · headDim) arithmetic, O(tokens · rowBytes)
+    ///   memory traffic per KV head.
+    public func attend(_ id: SequenceID, layer: Int, queries: [Float], queryCount: Int = 1,
+                       queryPositions: [Int32]? = nil, returnWeights: Bool = false, threadCount: Int? = nil) -> AttentionResult {
+        attend(batch: [AttendRequest(sequence: id, queries: queries, queryCount: queryCount, queryPositions: queryPositions)],
+               layer: layer, returnWeights: returnWeights, threadCount: threadCount)[0]
+    }
+
+    /// One sequence's queries in a batched `attend`.
+    public struct AttendRequest: Sendable {
+        public var sequence: SequenceID
+        public var queries: [Float]
+        public var queryCount: Int
+        public var queryPositions: [Int32]?
+        public init(sequence: SequenceID, queries: [Float], queryCount: Int = 1, queryPositions: [Int32]? = nil) {
+            self.sequence = sequence
+            self.queries = queries
+            self.queryCount = queryCount
+            self.queryPositions = queryPositions
+        }
+    }
+
+    /// `attend` for several sequences at once: all their (sequence, KV head) streams are spread
+    /// over the threads together.
+    public func attend(batch: [AttendRequest], layer: Int, returnWeights: Bool = false, threadCount: Int? = nil) -> [AttentionResult] {
+        let c = configuration
+        precondition(0 <= layer && layer < c.layerCount, "KVStore.attend: layer \(layer) outside 0..<\(c.layerCount)")
+        // Snapshot the streams (page references) under the lock; compute outside it.
+        var snapshotList = [(LayerState, [Int32])]()
+        for r in batch {
+            precondition(r.queryCount >= 1, "KVStore.attend: queryCount must be at least 1")
+            precondition(r.queries.count == c.queryHeadCount * r.queryCount * c.headDim,
+                         "KVStore.attend: expected \(c.queryHeadCount * r.queryCount * c.headDim) query values ([queryHead][query][headDim]), got \(r.queries.count)")
+            let layerState = withSequence(r.sequence, "attend") { $0.layers[layer] }
+            let positions = r.queryPositions ?? (0..<r.queryCount).map { layerState.nextPosition - Int32(r.queryCount) + Int32($0) }
+            precondition(positions.count == r.queryCount, "KVStore.attend: \(positions.count) query positions for \(r.queryCount) queries")
+            snapshotList.append((layerState, positions))
+        }
+        var outputs = batch.map { [Float](repeating: 0, count: c.queryHeadCount * $0.queryCount * c.headDim) }
+        var weights = [[AttentionWeights?]](repeating: [AttentionWeights?](repeating: nil, count: c.kvHeadCount), count: batch.count)
+        let units = batch.count * c.kvHeadCount
+        let threads = max(1, min(threadCount ?? ProcessInfo.processInfo.activeProcessorCount, units))
+        let codecs = codecs, snapshots = snapshotList
+        // Escaping these pointers from `withUnsafe…` is wrong; allocate the results as raw buffers.
+        let outBuffers = outputs.indices.map { i in SharedBuffer(base: UnsafeMutablePointer<Float>.allocate(capacity: outputs[i].count)) }
+        let weightBuffer = batch.indices.map { _ in SharedBuffer(base: UnsafeMutablePointer<AttentionWeights?>.allocate(capacity: c.kvHeadCount)) }
+        for b in batch.indices { weightBuffer[b].base.initialize(repeating: nil, count: c.kvHeadCount) }
+        defer {
+            for b in batch.indices {
+                outBuffers[b].base.deallocate()
+                weightBuffer[b].base.deinitialize(count: c.kvHeadCount)
+                weightBuffer[b].base.deallocate()
+            }
+        }
+        let work: @Sendable (Int) -> Void = { unit in
+                let b = unit / c.kvHeadCount, h = unit % c.kvHeadCount
+                let (layerState, positions) = snapshots[b]
+                let w = batch[b].queries.withUnsafeBufferPointer { qp in
+                    StreamAttention(configuration: c, codecs: codecs, stream: layerState.streams[h], kvHead: h,
+                                    queries: qp.baseAddress!, queryCount: batch[b].queryCount, queryPositions: positions,
+                                    returnWeights: returnWeights)
+                        .run(into: outBuffers[b].base)
+                }
+                weightBuffer[b].base[h] = w
+            }
+        if threads == 1 {
+            for u in 0..<units { work(u) }
+        } else {
+            DispatchQueue.concurrentPerform(iterations: threads) { t in
+                var u = t
+                while u < units { work(u); u += threads }
+            }
+        }
+        for b in batch.indices {
+            outputs[b] = Array(UnsafeBufferPointer(start: outBuffers[b].base, count: outputs[b].count))
+            weights[b] = Array(UnsafeBufferPointer(start: weightBuffer[b].base, count: c.kvHeadCount))
+        }
+        return batch.indices.map { b in
+            AttentionResult(output: outputs[b], weights: returnWeights ? weights[b].map { $0! } : nil)
+        }
+    }
+}
+
+/// The attention of one KV head's query group over one stream.
+struct StreamAttention {
+    let configuration: KVStoreConfiguration
+    let codecs: [TierCodecs]
+    let stream: StreamState
+    let kvHead: Int
+    let queries: UnsafePointer<Float>
+    let queryCount: Int
+    let queryPositions: [Int32]
+    let returnWeights: Bool
+
+    /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
+    /// rows written) and returns the weights if asked.
+    func run(into output: UnsafeMutablePointer<Float>) -> AttentionWeights? {
+        let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
+        let scale = c.effectiveAttentionScale
+        // Row r = (group head r / queryCount, query r % queryCount).
+        func query(_ r: Int) -> UnsafePointer<Float> { queries + ((kvHead * g + r / queryCount) * queryCount + r % queryCount) * d }
+        func out(_ r: Int) -> UnsafeMutablePointer<Float> { output + ((kvHead * g + r / queryCount) * queryCount + r % queryCount) * d }
+        let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
+        var m = [Float](repeating: -.infinity, count: rows), l = [Float](repeating: 0, count: rows)
+        for r in 0..<rows { out(r).initialize(repeating: 0, count: d) }
+        let cap = c.pageCapacity
+        var scores = [Float](repeating: 0, count: rows * cap)
+        // For weights: every visited token's position, tier and raw scores.
+        var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
+
+        for (t, tier) in stream.tiers.enumerated() {
+            let tc = codecs[t]
+            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
+                let n = page.count
+                let isStaging = page.layout != tc.layout
+                // Scores, masked by position.
+                scores.withUnsafeMutableBufferPointer { S in
+                    if let channels = tc.keyChannels, !isStaging {
+                        for r in 0..<rows {
+                            let prepared = channels.prepare(query(r), params: page.keyParameters)
+                            for j in 0..<n {
+                                S[r * cap + j] = page.position(j) <= qpos[r] ? channels.dot(prepared, page.keyRow(j)) * scale : -.infinity
+                            }
+                        }
+                    } else {
+                        let keys = isStaging ? tc.fp16 : tc.keyRows!
+                        for j in 0..<n {
+                            let p = page.position(j), row = page.keyRow(j)
+                            for r in 0..<rows {
+                                S[r * cap + j] = p <= qpos[r] ? keys.dot(query(r), row) * scale : -.infinity
+                            }
+                        }
+                    }
+                }
+                if returnWeights {
+                    for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
+                    for j in 0..<n { for r in 0..<rows { visitedScores.append(scores[r * cap + j]) } }
+                }
+                // Online softmax update, one page at a time.
+                for r in 0..<rows {
+                    var pageMax = -Float.infinity
+                    for j in 0..<n { pageMax = max(pageMax, scores[r * cap + j]) }
+                    guard pageMax > -.infinity else { continue }
+                    let newMax = max(m[r], pageMax)
+                    let correction = exp(m[r] - newMax)
+                    let o = out(r)
+                    if correction != 1 {
+                        l[r] *= correction
+                        for i in 0..<d { o[i] *= correction }
+                    }
+                    for j in 0..<n where scores[r * cap + j] > -.infinity {
+                        let p = exp(scores[r * cap + j] - newMax)
+                        l[r] += p
+                        tc.values.accumulate(p, page.valueRow(j), into: o)
+                    }
+                    m[r] = newMax
+                }
+            }
+        }
+        for r in 0..<rows where l[r] > 0 {
+            let o = out(r), inv = 1 / l[r]
+            for i in 0..<d { o[i] *= inv }
+        }
+        guard returnWeights else { return nil }
+        let n = visitedPositions.count
+        let order = (0..<n).sorted { visitedPositions[$0] < visitedPositions[$1] }
+        var w = [Float](repeating: 0, count: rows * n)
+        for (k, j) in order.enumerated() {
+            for r in 0..<rows {
+                let s = visitedScores[j * rows + r]
+                if s > -.infinity, l[r] > 0 { w[r * n + k] = exp(s - m[r]) / l[r] }
+            }
+        }
+        return AttentionWeights(kvHead: kvHead, positions: order.map { visitedPositions[$0] },
+                                tiers: order.map { visitedTiers[$0] }, weights: w, queryCount: queryCount)
+    }
+}

@@ -1,0 +1,273 @@
+import KVQuantization
+import KVSelection
+import Synchronization
+
+/// A paged, mixed-precision KV cache for many sequences, read back through one dequantising
+/// attention path.
+///
+/// Each sequence has one *stream* per (layer, KV head). A stream keeps its tokens in four stored
+/// tiers (`Tier.fp16`, `.int8`, `.int4`, `.int2`, formats from `configuration.tierFormats`), each in
+/// fixed-size pages of `pageCapacity` token slots drawn from one `PagePool`. Tokens enter at FP16
+/// (`append`), move only down (`apply`), and are read through `attend` or the row reader
+/// (`rows`/`forEachToken`), whatever tier they sit in.
+///
+/// Memory (exact, see `PageLayout`): a stream's bytes are Σ over its pages of
+///
+///     capacity × (keyRowBytes + valueRowBytes + 4) + keyPageParameterBytes
+///
+/// with row bytes from `StorageFormat.rowByteCount` (e.g. FP16, d = 64: 128 + 128 + 4 = 260 bytes per
+/// slot). Row-wise tiers keep every page full but the last; a tier with per-channel keys keeps full
+/// sealed pages plus one staging page (FP16 keys). So each stored tier of a stream wastes at most
+/// one page of slack. Forked sequences share pages until one of them changes a page
+/// (copy-on-write); the store's total (`byteCount`) counts each page once.
+///
+/// Errors: a caller bug (unknown sequence, bad layer or head index, wrong buffer size, a plan that
+/// names an unknown token or moves one up) traps with a message; values that cannot be stored and
+/// an exhausted byte limit throw `KVStoreError`, and then the store is unchanged.
+///
+/// Thread safety: all methods may be called from any thread. Mutations serialise on one lock;
+/// `attend` and the row reader copy the page references they need under the lock and compute
+/// outside it, so reads of different sequences, and reads concurrent with appends to other
+/// sequences, run in parallel.
+public final class KVStore: Sendable {
+    public let configuration: KVStoreConfiguration
+    /// The pool every page comes from (its `bytesInUse` is `byteCount`).
+    public let pool: PagePool
+    let codecs: [TierCodecs]
+    let state: Mutex<StoreState>
+
+    struct StoreState: Sendable {
+        var sequences: [SequenceID: SequenceState] = [:]
+        var nextID: UInt64 = 0
+    }
+
+    struct SequenceState: Sendable {
+        var layers: [LayerState]
+    }
+
+    struct LayerState: Sendable {
+        var streams: [StreamState]
+        /// Position of the next appended token.
+        var nextPosition: Int32 = 0
+    }
+
+    /// Creates an empty store.
+    ///
+    /// - Throws: `KVStoreConfigurationError` naming the first invalid field.
+    public init(_ configuration: KVStoreConfiguration) throws(KVStoreConfigurationError) {
+        try configuration.validate()
+        self.configuration = configuration
+        pool = PagePool()
+        codecs = Tier.stored.map { TierCodecs(tier: $0, configuration: configuration) }
+        state = Mutex(StoreState())
+    }
+
+    // MARK: Sequences
+
+    /// Adds an empty sequence. O(layers · kvHeads); allocates no pages.
+    public func addSequence() -> SequenceID {
+        let c = configuration
+        return state.withLock { s in
+            let id = SequenceID(rawValue: s.nextID)
+            s.nextID += 1
+            s.sequences[id] = SequenceState(layers: Array(
+                repeating: LayerState(streams: Array(repeating: StreamState(), count: c.kvHeadCount)),
+                count: c.layerCount))
+            return id
+        }
+    }
+
+    /// Removes a sequence; pages no other sequence shares return to the pool. Traps on an unknown ID.
+    public func removeSequence(_ id: SequenceID) {
+        // Drop the pages outside the lock's closure body is not needed: the pool has its own lock.
+        let removed = state.withLock { s in s.sequences.removeValue(forKey: id) }
+        precondition(removed != nil, "KVStore.removeSequence: unknown sequence \(id)")
+    }
+
+    /// Forks a sequence: the new one shares every page with `id` until either changes a page
+    /// (copy-on-write), as a shared prompt prefix is in serving. Allocates nothing.
+    public func fork(_ id: SequenceID) -> SequenceID {
+        state.withLock { s in
+            guard let source = s.sequences[id] else { preconditionFailure("KVStore.fork: unknown sequence \(id)") }
+            let new = SequenceID(rawValue: s.nextID)
+            s.nextID += 1
+            s.sequences[new] = source
+            return new
+        }
+    }
+
+    /// The sequences in the store, in creation order.
+    public var sequences: [SequenceID] { state.withLock { $0.sequences.keys.sorted() } }
+
+    // MARK: Appending
+
+    /// Appends `tokenCount` tokens to every KV head of `layer` at FP16, at the next positions.
+    ///
+    /// `keys` and `values` are laid out `[kvHead][token][headDim]` (`kvHeadCount · tokenCount ·
+    /// headDim` values each): one prefill chunk, or one decode token (`tokenCount == 1`).
+    ///
+    /// - Throws: `KVStoreError.invalidValue` for a non-finite or out-of-range value (keys checked
+    ///   before values, lowest index first), `.byteLimitExceeded` if the new pages do not fit. On
+    ///   error nothing changes.
+    /// - Complexity: O(kvHeads · tokenCount · headDim).
+    public func append(_ id: SequenceID, layer: Int, keys: UnsafeBufferPointer<Float>, values: UnsafeBufferPointer<Float>,
+                       tokenCount: Int) throws(KVStoreError) {
+        let c = configuration, d = c.headDim
+        precondition(0 <= layer && layer < c.layerCount, "KVStore.append: layer \(layer) outside 0..<\(c.layerCount)")
+        precondition(tokenCount >= 0, "KVStore.append: negative tokenCount")
+        let n = c.kvHeadCount * tokenCount
+        precondition(keys.count == n * d && values.count == n * d,
+                     "KVStore.append: expected \(n * d) keys and values ([kvHead][token][headDim]), got \(keys.count) and \(values.count)")
+        guard tokenCount > 0 else { return }
+        // Encode to FP16 scratch first: this validates every value before anything changes.
+        let fp16 = codecs[0].fp16, rowBytes = fp16.rowByteCount
+        func encodeAll(_ source: UnsafeBufferPointer<Float>, into rows: inout [UInt8]) -> KVStoreError? {
+            rows.withUnsafeMutableBytes { out in
+                for r in 0..<n {
+                    do throws(QuantizationError) { try fp16.encode(source.baseAddress! + r * d, into: out.baseAddress! + r * rowBytes) } catch {
+                        return .invalidValue(layer: layer, kvHead: r / tokenCount, token: r % tokenCount, element: error.index, error)
+                    }
+                }
+                return nil
+            }
+        }
+        var keyRows = [UInt8](repeating: 0, count: n * rowBytes), valueRows = keyRows
+        if let failure = encodeAll(keys, into: &keyRows) ?? encodeAll(values, into: &valueRows) { throw failure }
+        let layout = codecs[0].layout, limit = c.byteLimit, pool = pool
+        let result: KVStoreError? = state.withLock { s in
+            guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.append: unknown sequence \(id)") }
+            s.sequences[id] = nil  // hold the only reference while mutating (copy-on-write stays exact)
+            defer { s.sequences[id] = sequence }
+            var cost = 0
+            for h in 0..<c.kvHeadCount { cost += sequence.layers[layer].streams[h].appendCost(tokenCount, layout: layout) }
+            if let limit, pool.bytesInUse + cost > limit {
+                return .byteLimitExceeded(requestedBytes: cost, availableBytes: max(0, limit - pool.bytesInUse))
+            }
+            let first = sequence.layers[layer].nextPosition
+            precondition(Int(first) + tokenCount <= Int(Int32.max), "KVStore.append: positions exhausted")
+            keyRows.withUnsafeBytes { kr in
+                valueRows.withUnsafeBytes { vr in
+                    for h in 0..<c.kvHeadCount {
+                        sequence.layers[layer].streams[h].appendFP16(
+                            keys: kr.baseAddress! + h * tokenCount * rowBytes, values: vr.baseAddress! + h * tokenCount * rowBytes,
+                            count: tokenCount, firstPosition: first, layout: layout, pool: pool)
+                    }
+                }
+            }
+            sequence.layers[layer].nextPosition = first + Int32(tokenCount)
+            return nil
+        }
+        if let result { throw result }
+    }
+
+    /// Array form of `append`: `keys` and `values` are `[kvHead][token][headDim]`; the token count
+    /// is inferred.
+    public func append(_ id: SequenceID, layer: Int, keys: [Float], values: [Float]) throws(KVStoreError) {
+        let per = configuration.kvHeadCount * configuration.headDim
+        precondition(keys.count % per == 0, "KVStore.append: \(keys.count) keys is not a whole number of tokens × \(per)")
+        let result: Result<Void, KVStoreError> = keys.withUnsafeBufferPointer { k in
+            values.withUnsafeBufferPointer { v in
+                Result { () throws(KVStoreError) in try append(id, layer: layer, keys: k, values: v, tokenCount: keys.count / per) }
+            }
+        }
+        try result.get()
+    }
+
+    // MARK: Plans
+
+    /// Moves tokens down tiers as `plan` says and compacts pages, returning freed pages to the pool.
+    ///
+    /// Tokens moved to `.int8/.int4/.int2` are decoded from their current tier and re-encoded in
+    /// the new one; tokens moved to `.dropped` are gone. Moving a token to the tier it is in is a
+    /// no-op.
+    ///
+    /// - Throws: `KVStoreError.byteLimitExceeded` if the result would not fit (possible when the
+    ///   pages are shared with a fork, which keeps the originals); the store is then unchanged.
+    /// - Precondition: every named position is held by its stream, at most once, and no move goes
+    ///   up a tier (caller bugs: trap with a message).
+    /// - Complexity: O(tokens of the touched streams · headDim).
+    public func apply(_ plan: RetentionPlan, to id: SequenceID) throws(KVStoreError) {
+        let c = configuration, codecs = codecs, pool = pool
+        for sp in plan.streams {
+            precondition(0 <= sp.layer && sp.layer < c.layerCount, "KVStore.apply: layer \(sp.layer) outside 0..<\(c.layerCount)")
+            precondition(0 <= sp.kvHead && sp.kvHead < c.kvHeadCount, "KVStore.apply: kvHead \(sp.kvHead) outside 0..<\(c.kvHeadCount)")
+        }
+        let failure: KVStoreError? = state.withLock { s in
+            guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.apply: unknown sequence \(id)") }
+            s.sequences[id] = nil
+            defer { s.sequences[id] = sequence }
+            var prepared = [(Int, Int, PreparedMoves)]()
+            var allocated = 0, freed = 0
+            var seen = Set<[Int]>()
+            for sp in plan.streams {
+                precondition(seen.insert([sp.layer, sp.kvHead]).inserted,
+                             "KVStore.apply: the plan names layer \(sp.layer) KV head \(sp.kvHead) twice")
+                let p = sequence.layers[sp.layer].streams[sp.kvHead].prepare(
+                    sp.moves, codecs: codecs, context: "sequence \(id) layer \(sp.layer) KV head \(sp.kvHead)")
+                allocated += p.allocatedBytes
+                freed += p.freedBytes
+                prepared.append((sp.layer, sp.kvHead, p))
+            }
+            if let limit = c.byteLimit, allocated > freed, pool.bytesInUse + allocated - freed > limit {
+                return .byteLimitExceeded(requestedBytes: allocated - freed, availableBytes: max(0, limit - pool.bytesInUse))
+            }
+            for (layer, head, p) in prepared {
+                sequence.layers[layer].streams[head].execute(p, codecs: codecs, pool: pool)
+            }
+            return nil
+        }
+        if let failure { throw failure }
+    }
+
+    // MARK: Accounting
+
+    /// Bytes of every page in use, each counted once (shared pages included once).
+    public var byteCount: Int { pool.bytesInUse }
+
+    /// Bytes of the pages a sequence references (a page shared with a fork counts in both).
+    public func byteCount(of id: SequenceID) -> Int {
+        withSequence(id, "byteCount") { $0.layers.reduce(0) { $0 + $1.streams.reduce(0) { $0 + $1.byteCount } } }
+    }
+
+    /// Bytes of one stream's pages, per stored tier.
+    public func byteCounts(of id: SequenceID, layer: Int, kvHead: Int) -> [Tier: Int] {
+        withStream(id, layer, kvHead, "byteCounts") { st in
+            Dictionary(uniqueKeysWithValues: Tier.stored.map { ($0, st.tiers[$0.rawValue].byteCount) })
+        }
+    }
+
+    /// Tokens of one stream per stored tier.
+    public func tokenCounts(of id: SequenceID, layer: Int, kvHead: Int) -> [Tier: Int] {
+        withStream(id, layer, kvHead, "tokenCounts") { st in
+            Dictionary(uniqueKeysWithValues: Tier.stored.map { ($0, st.tiers[$0.rawValue].tokenCount) })
+        }
+    }
+
+    /// Pages of one stream per stored tier (staging pages included).
+    public func pageCounts(of id: SequenceID, layer: Int, kvHead: Int) -> [Tier: Int] {
+        withStream(id, layer, kvHead, "pageCounts") { st in
+            Dictionary(uniqueKeysWithValues: Tier.stored.map { ($0, st.tiers[$0.rawValue].pageCount) })
+        }
+    }
+
+    /// The position the next token appended to `layer` of `id` gets (= tokens ever appended).
+    public func nextPosition(of id: SequenceID, layer: Int) -> Int {
+        withSequence(id, "nextPosition") { s in
+            precondition(0 <= layer && layer < configuration.layerCount, "KVStore.nextPosition: layer \(layer) out of range")
+            return Int(s.layers[layer].nextPosition)
+        }
+    }
+
+    func withSequence<R>(_ id: SequenceID, _ caller: String, _ body: (SequenceState) -> R) -> R {
+        let s = state.withLock { $0.sequences[id] }
+        guard let s else { preconditionFailure("KVStore.\(caller): unknown sequence \(id)") }
+        return body(s)
+    }
+
+    func withStream<R>(_ id: SequenceID, _ layer: Int, _ kvHead: Int, _ caller: String, _ body: (StreamState) -> R) -> R {
+        let c = configuration
+        precondition(0 <= layer && layer < c.layerCount, "KVStore.\(caller): layer \(layer) outside 0..<\(c.layerCount)")
+        precondition(0 <= kvHead && kvHead < c.kvHeadCount, "KVStore.\(caller): kvHead \(kvHead) outside 0..<\(c.kvHeadCount)")
+        return withSequence(id, caller) { body($0.layers[layer].streams[kvHead]) }
+    }
+}

@@ -1,0 +1,119 @@
+import KVQuantization
+import KVSelection
+
+/// The shape of a model's cache and how the store keeps it.
+///
+/// Grouped-query attention: query head `h` reads KV head `h / (queryHeadCount / kvHeadCount)`;
+/// multi-head attention (`kvHeadCount == queryHeadCount`) and multi-query attention
+/// (`kvHeadCount == 1`) are the edge cases.
+public struct KVStoreConfiguration: Sendable, Hashable {
+    /// Transformer layers.
+    public var layerCount: Int
+    /// Attention (query) heads per layer.
+    public var queryHeadCount: Int
+    /// KV heads per layer; must divide `queryHeadCount`.
+    public var kvHeadCount: Int
+    /// Elements of one head vector.
+    public var headDim: Int
+    /// Token slots per page.
+    public var pageCapacity: Int
+    /// Storage format of each tier, keys and values separately. `.fp16` must be FP16; keys of any
+    /// other tier may be `.channelwise` (values may not: they are never scored in code space
+    /// across tokens).
+    public var tierFormats: TierFormats
+    /// Sink tokens (the first `sinkCount` positions) the policies always keep at FP16.
+    public var sinkCount: Int
+    /// Recent-window tokens (the last `recentCount`) the policies always keep at FP16.
+    public var recentCount: Int
+    /// Upper bound on the bytes of all pages in use, or `nil` for no limit.
+    public var byteLimit: Int?
+    /// Scale applied to query·key scores; `nil` means 1/√headDim.
+    public var attentionScale: Float?
+
+    public init(layerCount: Int, queryHeadCount: Int, kvHeadCount: Int, headDim: Int, pageCapacity: Int = 32,
+                tierFormats: TierFormats = .standard, sinkCount: Int = 4, recentCount: Int = 32,
+                byteLimit: Int? = nil, attentionScale: Float? = nil) {
+        self.layerCount = layerCount
+        self.queryHeadCount = queryHeadCount
+        self.kvHeadCount = kvHeadCount
+        self.headDim = headDim
+        self.pageCapacity = pageCapacity
+        self.tierFormats = tierFormats
+        self.sinkCount = sinkCount
+        self.recentCount = recentCount
+        self.byteLimit = byteLimit
+        self.attentionScale = attentionScale
+    }
+
+    /// Query heads sharing one KV head.
+    public var groupSize: Int { queryHeadCount / kvHeadCount }
+
+    /// The scale applied to scores.
+    public var effectiveAttentionScale: Float { attentionScale ?? 1 / Float(headDim).squareRoot() }
+
+    /// Checks every field.
+    ///
+    /// - Throws: `KVStoreConfigurationError` naming the first invalid field.
+    public func validate() throws(KVStoreConfigurationError) {
+        func bad(_ field: String, _ rule: String) -> KVStoreConfigurationError { .invalidField(field, rule) }
+        guard layerCount > 0 else { throw bad("layerCount", "must be positive, got \(layerCount)") }
+        guard queryHeadCount > 0 else { throw bad("queryHeadCount", "must be positive, got \(queryHeadCount)") }
+        guard kvHeadCount > 0, queryHeadCount % kvHeadCount == 0 else {
+            throw bad("kvHeadCount", "must be positive and divide queryHeadCount \(queryHeadCount), got \(kvHeadCount)")
+        }
+        guard headDim > 0, headDim <= 4096 else { throw bad("headDim", "must be in 1...4096, got \(headDim)") }
+        guard pageCapacity > 0, pageCapacity <= 65536 else { throw bad("pageCapacity", "must be in 1...65536, got \(pageCapacity)") }
+        guard sinkCount >= 0 else { throw bad("sinkCount", "must not be negative, got \(sinkCount)") }
+        guard recentCount >= 0 else { throw bad("recentCount", "must not be negative, got \(recentCount)") }
+        if let limit = byteLimit, limit < 0 { throw bad("byteLimit", "must not be negative, got \(limit)") }
+        if let s = attentionScale, !(s.isFinite && s > 0) { throw bad("attentionScale", "must be finite and positive, got \(s)") }
+        for tier in Tier.stored {
+            guard let k = tierFormats.keys[tier] else { throw bad("tierFormats.keys[\(tier)]", "is missing") }
+            guard let v = tierFormats.values[tier] else { throw bad("tierFormats.values[\(tier)]", "is missing") }
+            do { try k.validate(headDim: headDim) } catch { throw bad("tierFormats.keys[\(tier)]", error.description) }
+            do { try v.validate(headDim: headDim) } catch { throw bad("tierFormats.values[\(tier)]", error.description) }
+            if tier == .fp16, k != .fp16 || v != .fp16 {
+                throw bad("tierFormats[fp16]", "the FP16 tier must store keys and values as .fp16")
+            }
+            if v.isPageWise { throw bad("tierFormats.values[\(tier)]", "values cannot be channelwise") }
+        }
+    }
+}
+
+/// An invalid configuration: which field, and the rule it breaks.
+public enum KVStoreConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
+    case invalidField(String, String)
+
+    /// The name of the offending field.
+    public var field: String { switch self { case .invalidField(let f, _): f } }
+
+    public var description: String {
+        switch self { case .invalidField(let f, let rule): "invalid configuration: \(f) \(rule)" }
+    }
+}
+
+/// A store operation that could not be carried out; the store is unchanged.
+public enum KVStoreError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The operation needs `requestedBytes` more than are in use, and that would exceed the byte
+    /// limit (`availableBytes` remain). Free memory (remove or compress a sequence) and retry.
+    case byteLimitExceeded(requestedBytes: Int, availableBytes: Int)
+    /// An appended value cannot be stored.
+    case invalidValue(layer: Int, kvHead: Int, token: Int, element: Int, QuantizationError)
+
+    public var description: String {
+        switch self {
+        case .byteLimitExceeded(let r, let a):
+            "the store's byte limit would be exceeded: the operation needs \(r) more bytes, \(a) are available"
+        case .invalidValue(let l, let h, let t, let e, let q):
+            "layer \(l), KV head \(h), token \(t), element \(e): \(q)"
+        }
+    }
+}
+
+/// Identifies a sequence in a store.
+public struct SequenceID: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static func < (a: SequenceID, b: SequenceID) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { "seq\(rawValue)" }
+}
