@@ -9,12 +9,19 @@
 ///
 /// All multi-byte values are little-endian.
 public enum SafetensorsDType: String, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// One byte per boolean (not convertible).
     case bool = "BOOL"
+    /// Unsigned 8-bit integer (not convertible).
     case u8 = "U8"
+    /// Signed 8-bit integer (not convertible).
     case i8 = "I8"
+    /// 8-bit float, 5 exponent and 2 mantissa bits (not convertible).
     case f8E5M2 = "F8_E5M2"
+    /// 8-bit float, 4 exponent and 3 mantissa bits (not convertible).
     case f8E4M3 = "F8_E4M3"
+    /// Signed 16-bit integer (not convertible).
     case i16 = "I16"
+    /// Unsigned 16-bit integer (not convertible).
     case u16 = "U16"
     /// IEEE 754 half precision.
     case f16 = "F16"
@@ -22,11 +29,15 @@ public enum SafetensorsDType: String, Sendable, Hashable, CaseIterable, CustomSt
     case bf16 = "BF16"
     /// Two's-complement 32-bit integer.
     case i32 = "I32"
+    /// Unsigned 32-bit integer (not convertible).
     case u32 = "U32"
     /// IEEE 754 single precision.
     case f32 = "F32"
+    /// IEEE 754 double precision (not convertible).
     case f64 = "F64"
+    /// Signed 64-bit integer (not convertible).
     case i64 = "I64"
+    /// Unsigned 64-bit integer (not convertible).
     case u64 = "U64"
 
     /// Bytes per element (1, 2, 4 or 8).

@@ -14,7 +14,8 @@ import Foundation
 /// no tensor data: `init(contentsOf:)` maps the file, so a large dump costs address space, not
 /// memory, until `floats(_:)` or `int32s(_:)` converts the one tensor asked for into a new array.
 ///
-/// Bad files always throw; no input crashes the parser.
+/// Bad files always throw; no input crashes the parser. (A mapped file that another process
+/// truncates while it is open can still fault on access, as with any memory-mapped file.)
 public struct SafetensorsFile: Sendable {
     /// The `__metadata__` string map (empty when the header has none).
     public let metadata: [String: String]
