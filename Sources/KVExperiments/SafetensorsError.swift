@@ -5,7 +5,7 @@
 /// start, as in the file's `data_offsets`; the data section starts at byte `8 + headerByteCount`.
 ///
 /// The layout rules are those of the reference implementation (huggingface/safetensors): the header
-/// is at most 100 MB of UTF-8 JSON starting with `{`; the tensors cover the data section exactly,
+/// is at most 100,000,000 bytes of UTF-8 JSON whose first non-whitespace character is `{`; the tensors cover the data section exactly,
 /// without overlaps, holes or trailing bytes.
 public enum SafetensorsError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file at `path` could not be opened or mapped.
@@ -18,7 +18,9 @@ public enum SafetensorsError: Error, Equatable, Sendable, CustomStringConvertibl
     case headerExceedsFile(headerByteCount: UInt64, available: Int)
     /// The header bytes are not valid UTF-8.
     case headerNotUTF8
-    /// The header is not a JSON object (`found` describes what it starts with or is).
+    /// The header is not a JSON object (`found` describes what it starts with or is). Duplicate keys
+    /// anywhere in the header are rejected too, even in `__metadata__` (which the reference
+    /// implementation would accept, keeping one of them).
     case headerNotObject(found: String)
     /// The header is not well-formed JSON.
     case malformedHeader(reason: String)

@@ -2,7 +2,7 @@ import Foundation
 
 /// The parsed and validated header of a safetensors file (internal; see `SafetensorsFile`).
 ///
-/// Validation follows the reference implementation: UTF-8 JSON object; `__metadata__` an object of
+/// Validation follows the reference implementation: UTF-8 JSON object (leading whitespace allowed); `__metadata__` an object of
 /// strings (or absent / null); every other key a tensor entry with a known `dtype`, a `shape` of
 /// non-negative integers and `data_offsets` `[begin, end]` spanning exactly `elementCount × size`
 /// bytes; no duplicate keys; and the tensors, sorted by offset, tile the data section exactly.
@@ -19,7 +19,11 @@ struct SafetensorsHeader: Sendable {
     /// - Complexity: O(h + t log t) for h header bytes and t tensors.
     init(header: [UInt8], dataByteCount: Int) throws(SafetensorsError) {
         guard Self.isValidUTF8(header) else { throw .headerNotUTF8 }
-        guard let first = header.first else { throw .headerNotObject(found: "an empty header") }
+        // Leading JSON whitespace is accepted, as by the reference implementation.
+        let jsonWhitespace: [UInt8] = [0x20, 0x09, 0x0A, 0x0D]
+        guard let first = header.first(where: { !jsonWhitespace.contains($0) }) else {
+            throw .headerNotObject(found: header.isEmpty ? "an empty header" : "only whitespace")
+        }
         guard first == UInt8(ascii: "{") else {
             throw .headerNotObject(found: "\(Self.describeByte(first)) at its start")
         }

@@ -11,9 +11,10 @@ import Musl
 ///
 /// The output is what the reference implementation writes: compact JSON with `__metadata__` first
 /// (keys sorted; omitted when empty), then the tensors in data order, padded with spaces to a
-/// multiple of 8 bytes; the data is ordered by element size (largest first), then by name, so
-/// every tensor starts at a multiple of its element size. The same tensors and metadata always
-/// give the same bytes.
+/// multiple of 8 bytes; the data is ordered by dtype (F32, I32, BF16, F16, as the reference
+/// orders them), then by name, so every tensor starts at a multiple of its element size. The same
+/// tensors and metadata always give the same bytes, byte-identical to the reference's output when
+/// there is at most one metadata key (it orders metadata by hash).
 ///
 ///     var writer = SafetensorsWriter(metadata: ["format": "kv-dump/1"])
 ///     writer.add(.float32(keys, shape: [3, 2048, 64]), named: "layers.0.keys")
@@ -43,11 +44,20 @@ public struct SafetensorsWriter: Sendable {
     /// The tensor added under `name`, if any.
     public subscript(name: String) -> SafetensorsTensor? { tensors[name] }
 
-    /// Names in data order: element size descending, then name.
+    /// Names in data order, the reference implementation's: F32, I32, BF16, F16 (its dtype order,
+    /// reversed), then by name.
     private var dataOrder: [String] {
-        tensorNames.sorted { a, b in
-            let sa = tensors[a]?.dtype.byteSize ?? 0, sb = tensors[b]?.dtype.byteSize ?? 0
-            return sa != sb ? sa > sb : a < b
+        func rank(_ name: String) -> Int {
+            switch tensors[name]?.dtype {
+            case .f32?: 3
+            case .i32?: 2
+            case .bf16?: 1
+            default: 0
+            }
+        }
+        return tensorNames.sorted { a, b in
+            let ra = rank(a), rb = rank(b)
+            return ra != rb ? ra > rb : a < b
         }
     }
 

@@ -44,7 +44,8 @@ private let malformedFiles: [MalformedFile] = [
     // Header text.
     .init("zero-length header", "", .headerNotObject(found: "an empty header")),
     .init("array header", "[1,2]", .headerNotObject(found: "'[' at its start")),
-    .init("leading space", " {}", .headerNotObject(found: "' ' at its start")),
+    .init("whitespace only", " \n\t ", .headerNotObject(found: "only whitespace")),
+    .init("space then array", " [1]", .headerNotObject(found: "'[' at its start")),
     .init("NUL header", "\u{0}{}", .headerNotObject(found: "byte 0x0 at its start")),
     .init("truncated JSON", "{\"a\":", .malformedHeader(reason: "")),
     .init("junk after JSON", "{} x", .malformedHeader(reason: "")),

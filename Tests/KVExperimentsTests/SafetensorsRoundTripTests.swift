@@ -73,8 +73,8 @@ import TestSupport
         let file = try SafetensorsFile(data: data)
         #expect(file.metadata == ["format": "test", "note": "a \"quoted\" value\n"])
         #expect(Set(file.tensorNames) == ["f32", "f16", "bf16", "i32", "scalar", "empty"])
-        // Data order: element size descending, then name.
-        #expect(file.tensorNames == ["f32", "i32", "scalar", "bf16", "empty", "f16"])
+        // Data order: the reference's (F32, I32, BF16, F16), then name.
+        #expect(file.tensorNames == ["f32", "scalar", "i32", "bf16", "empty", "f16"])
         #expect(file.info("scalar")?.shape == [] && file.info("scalar")?.elementCount == 1)
         #expect(file.info("empty")?.elementCount == 0 && file.info("empty")?.byteCount == 0)
         #expect(try file.floats("scalar") == [42])
@@ -107,6 +107,13 @@ import TestSupport
         #expect(file.tensorNames == [name])
         #expect(file.metadata == ["ключ": "значение \u{7}", "": ""])
         #expect(try file.int32s(name) == [1])
+    }
+
+    @Test func leadingWhitespaceInTheHeaderIsAccepted() throws {
+        // The reference implementation accepts JSON whitespace before the opening brace.
+        let header = " \n\t{" + SafetensorsTestFiles.entry("x", "I32", [1], 0, 4) + "}"
+        let file = try SafetensorsFile(data: SafetensorsTestFiles.raw(header, data: [5, 0, 0, 0]))
+        #expect(try file.int32s("x") == [5])
     }
 
     @Test func emptyFileHasNoTensors() throws {
