@@ -11,6 +11,11 @@ import Testing
         .appendingPathComponent("../shared/data/smollm2-135m-heapq.safetensors").standardizedFileURL
     static var sourceExists: Bool { FileManager.default.fileExists(atPath: sourceURL.path) }
 
+    @Test func bundledFixtureURLPointsAtTheFixture() {
+        #expect(KVDump.bundledFixtureURL.standardizedFileURL.path == Self.fixtureURL.standardizedFileURL.path)
+        #expect(FileManager.default.fileExists(atPath: KVDump.bundledFixtureURL.path))
+    }
+
     @Test func fixtureIsAValidKVDumpWithTheDocumentedCut() throws {
         let file = try SafetensorsFile(contentsOf: Self.fixtureURL)
         #expect(file.headerByteCount % 8 == 0)
