@@ -84,7 +84,10 @@ public struct KVDump: Sendable {
         try self.init(file: file, layers: layers)
     }
 
-    /// Loads a dump from an open safetensors file, converting only `layers` (all when `nil`).
+    /// Loads a dump from an open safetensors file, converting only `layers` (all when `nil`), in the
+    /// order given; a layer requested twice is loaded once.
+    ///
+    /// - Throws: `KVDumpError`; `layerNotInDump` for a requested layer the metadata does not list.
     public init(file: SafetensorsFile, layers requested: [Int]? = nil) throws(KVDumpError) {
         let metadata = file.metadata
         guard let format = metadata["format"], format == Self.format else {
@@ -112,7 +115,8 @@ public struct KVDump: Sendable {
             for l in requested where !listedSet.contains(l) {
                 throw .layerNotInDump(requested: l, available: listed)
             }
-            chosen = requested
+            var seen: Set<Int> = []
+            chosen = requested.filter { seen.insert($0).inserted }  // first occurrence of each
         } else {
             chosen = listed
         }

@@ -38,13 +38,16 @@ struct SafetensorsHeader: Sendable {
         }
         // JSONSerialization keeps one of two equal keys silently; find duplicates, and the order of
         // the top-level keys (for deterministic error reports), by scanning the valid JSON.
-        let keyOrder = try JSONKeyScanner.topLevelKeys(of: header)
+        var keyOrder = try JSONKeyScanner.topLevelKeys(of: header)
+        if Set(keyOrder) != Set(object.keys) {  // defensive: never silently drop an entry
+            keyOrder = object.keys.sorted()
+        }
 
         var metadata: [String: String] = [:]
         var tensors: [SafetensorsTensorInfo] = []
         tensors.reserveCapacity(keyOrder.count)
         for name in keyOrder {
-            guard let entry = object[name] else { continue }  // unreachable for valid scans
+            guard let entry = object[name] else { continue }  // unreachable: keyOrder == object.keys
             if name == "__metadata__" {
                 metadata = try Self.parseMetadata(entry)
             } else {

@@ -16,7 +16,7 @@ import TestSupport
         do {
             file = try SafetensorsFile(data: data)
         } catch {
-            #expect(!error.description.isEmpty)
+            #expect(!error.description.isEmpty, "seed \(seed), iteration \(iteration)")
             return error
         }
         let context = "seed \(seed), iteration \(iteration)"
