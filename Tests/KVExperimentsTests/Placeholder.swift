@@ -1,3 +1,0 @@
-import Testing
-@testable import KVExperiments
-@Test func placeholder() {}
