@@ -8,11 +8,11 @@ public struct AttentionResult: Sendable {
     /// Attention outputs, `[queryHead][query][headDim]`.
     public var output: [Float]
     /// Per KV head, each stored token's attention weight (when asked for).
-    public var weights: [AttentionWeights]?
+    public var weights: [KVHeadWeights]?
 }
 
 /// The attention weights one KV head's tokens received from its query group.
-public struct AttentionWeights: Sendable {
+public struct KVHeadWeights: Sendable {
     public var kvHead: Int
     /// The stream's stored tokens, ascending.
     public var positions: [Int32]
@@ -97,13 +97,13 @@ extension KVStore {
             snapshotList.append((layerState, positions))
         }
         var outputs = batch.map { [Float](repeating: 0, count: c.queryHeadCount * $0.queryCount * c.headDim) }
-        var weights = [[AttentionWeights?]](repeating: [AttentionWeights?](repeating: nil, count: c.kvHeadCount), count: batch.count)
+        var weights = [[KVHeadWeights?]](repeating: [KVHeadWeights?](repeating: nil, count: c.kvHeadCount), count: batch.count)
         let units = batch.count * c.kvHeadCount
         let threads = max(1, min(threadCount ?? ProcessInfo.processInfo.activeProcessorCount, units))
         let codecs = codecs, snapshots = snapshotList
         // Escaping these pointers from `withUnsafe…` is wrong; allocate the results as raw buffers.
         let outBuffers = outputs.indices.map { i in SharedBuffer(base: UnsafeMutablePointer<Float>.allocate(capacity: outputs[i].count)) }
-        let weightBuffer = batch.indices.map { _ in SharedBuffer(base: UnsafeMutablePointer<AttentionWeights?>.allocate(capacity: c.kvHeadCount)) }
+        let weightBuffer = batch.indices.map { _ in SharedBuffer(base: UnsafeMutablePointer<KVHeadWeights?>.allocate(capacity: c.kvHeadCount)) }
         for b in batch.indices { weightBuffer[b].base.initialize(repeating: nil, count: c.kvHeadCount) }
         defer {
             for b in batch.indices {
@@ -154,7 +154,7 @@ struct StreamAttention {
 
     /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
     /// rows written) and returns the weights if asked.
-    func run(into output: UnsafeMutablePointer<Float>) -> AttentionWeights? {
+    func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
         let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
         let scale = c.effectiveAttentionScale
         // Row r = (group head r / queryCount, query r % queryCount).
@@ -231,7 +231,7 @@ struct StreamAttention {
                 if s > -.infinity, l[r] > 0 { w[r * n + k] = exp(s - m[r]) / l[r] }
             }
         }
-        return AttentionWeights(kvHead: kvHead, positions: order.map { visitedPositions[$0] },
+        return KVHeadWeights(kvHead: kvHead, positions: order.map { visitedPositions[$0] },
                                 tiers: order.map { visitedTiers[$0] }, weights: w, queryCount: queryCount)
     }
 }

@@ -71,7 +71,7 @@ final class Page: @unchecked Sendable {
     }
     @inline(__always) var keyParameters: UnsafeMutableRawPointer { bytes + layout.keyParameterOffset }
     @inline(__always) func position(_ slot: Int) -> Int32 {
-        bytes.load(fromByteOffset: layout.positionOffset + 4 * slot, as: Int32.self)
+        bytes.loadUnaligned(fromByteOffset: layout.positionOffset + 4 * slot, as: Int32.self)
     }
     @inline(__always) func setPosition(_ p: Int32, _ slot: Int) {
         bytes.storeBytes(of: p, toByteOffset: layout.positionOffset + 4 * slot, as: Int32.self)

@@ -1,3 +1,0 @@
-import Testing
-@testable import KVStore
-@Test func placeholder() {}

@@ -1,0 +1,72 @@
+import Foundation
+
+/// Naive attention in FP64 for one query row over `n` key/value rows (`[n][d]`), the keys whose
+/// index is in `visible` only: the ground truth the store's FP32 read path is held to.
+public struct ReferenceAttention {
+    /// The output (FP64).
+    public var output: [Double]
+    /// The softmax weight of every row (0 where not visible).
+    public var weights: [Double]
+    /// A bound on |FP32 output − output| per element, derived below.
+    public var bound: [Double]
+
+    /// - Parameters:
+    ///   - q: the query (`d` values).
+    ///   - keys, values: `[n][d]`, exactly the decoded rows the store reads.
+    ///   - visible: which rows the query may see (causality).
+    ///   - pageCount: pages the store visits (each adds an online-softmax rescaling).
+    ///
+    /// The bound, with u = 2⁻²⁴ and γₖ = k·u/(1 − k·u): each FP32 score sⱼ = fl(scale·fl(q·kⱼ))
+    /// is within Δⱼ = scale·γ_{d+4}·Σᵢ|qᵢkⱼᵢ| + u·|sⱼ| of the exact one (`RowCodec.dotErrorBound`),
+    /// so each unnormalised weight exp(sⱼ − m) carries a relative error of at most
+    /// e^{2Δ} − 1 + 4u (Δ = maxⱼ Δⱼ; the max cancels; exp and the subtraction round), the
+    /// normaliser and the accumulation add γ_{n+p+4} relative each (p online-softmax rescalings of
+    /// both), and the final division u. Relative error of a weighted mean of |v| with weights
+    /// perturbed by a relative ε is ≤ 2ε, so per element
+    ///
+    ///     |ô − o| ≤ (2(e^{2Δ} − 1 + 4u) + 3γ_{n+p+d+8}) · Σⱼ wⱼ|vⱼ|
+    public init(q: [Float], keys: [Float], values: [Float], visible: [Bool], scale: Float, pageCount: Int = 1) {
+        let d = q.count, n = visible.count
+        precondition(keys.count == n * d && values.count == n * d)
+        let u = 0x1p-24
+        func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
+        var s = [Double](repeating: -.infinity, count: n)
+        var delta = 0.0
+        for j in 0..<n where visible[j] {
+            var dot = 0.0, mag = 0.0
+            for i in 0..<d {
+                let p = Double(q[i]) * Double(keys[j * d + i])
+                dot += p
+                mag += abs(p)
+            }
+            s[j] = Double(scale) * dot
+            delta = max(delta, Double(scale) * gamma(d + 4) * mag + u * abs(s[j]))
+        }
+        let m = s.max() ?? -.infinity
+        weights = [Double](repeating: 0, count: n)
+        output = [Double](repeating: 0, count: d)
+        bound = [Double](repeating: 0, count: d)
+        guard m > -.infinity else { return }
+        var total = 0.0
+        for j in 0..<n where visible[j] { weights[j] = exp(s[j] - m); total += weights[j] }
+        for j in 0..<n { weights[j] /= total }
+        let eps = 2 * (exp(2 * delta) - 1 + 4 * u) + 3 * gamma(n + pageCount + d + 8)
+        for j in 0..<n where visible[j] {
+            for i in 0..<d {
+                output[i] += weights[j] * Double(values[j * d + i])
+                bound[i] += weights[j] * abs(Double(values[j * d + i]))
+            }
+        }
+        for i in 0..<d { bound[i] *= eps }
+    }
+}
+
+/// ‖a − b‖₂ / ‖b‖₂ (0 when both are zero).
+public func relativeError(_ a: [Float], _ b: [Double]) -> Double {
+    var num = 0.0, den = 0.0
+    for i in a.indices {
+        num += (Double(a[i]) - b[i]) * (Double(a[i]) - b[i])
+        den += b[i] * b[i]
+    }
+    return den == 0 ? num.squareRoot() : (num / den).squareRoot()
+}
