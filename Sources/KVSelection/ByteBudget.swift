@@ -90,7 +90,8 @@ public struct ByteBudget: Sendable, Hashable {
         try validate()
         switch amount {
         case .fractionOfFP16(let f):
-            let b = (f * Double(fp16ByteCount)).rounded(.down)
+            // Int(_:) truncates, which is ⌊·⌋ for the non-negative product (no libm needed).
+            let b = f * Double(fp16ByteCount)
             return b >= Double(Int.max) ? Int.max : Int(b)
         case .byteCount(let b):
             return b

@@ -115,7 +115,7 @@ struct PlanningContext {
 
     /// Bytes for the host/greedy part and for representatives, per the budget's share and placement.
     var split: (main: Int, representatives: Int) {
-        let reps = Int((Double(availableByteCount) * budget.representativeShare).rounded(.down))
+        let reps = Int(Double(availableByteCount) * budget.representativeShare)  // ⌊·⌋: non-negative
         switch budget.representativePlacement {
         case .insideBudget: return (availableByteCount - reps, reps)
         case .openVINOAddedOnTop: return (availableByteCount, reps)

@@ -27,7 +27,7 @@ public enum PyramidBudget {
         let first = 2 * b - last
         let step = (first - last) / Double(layerCount - 1)
         let exact = (0..<layerCount).map { first - Double($0) * step }
-        var budgets = exact.map { max(0, Int($0.rounded(.down))) }
+        var budgets = exact.map { max(0, Int(max(0, $0))) }  // ⌊·⌋ of non-negative values
         var remainder = total - budgets.reduce(0, +)
         // Largest fractional part first, ties to the earlier layer.
         let order = (0..<layerCount).sorted { a, c in

@@ -37,7 +37,7 @@ public struct TierErrorModel: Sendable, Hashable {
     public static func derived(from formats: TierFormats) -> TierErrorModel {
         func e(_ f: StorageFormat) -> Double {
             guard let w = f.codeWidth else { return 0 }
-            return 1 / (Double(w.maxCode) * 12.0.squareRoot())
+            return 1 / (Double(w.maxCode) * 3.4641016151377544)  // √12
         }
         var errors = [Double](repeating: 1, count: Tier.allCases.count)
         for t in Tier.stored {
