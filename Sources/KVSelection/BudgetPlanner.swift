@@ -10,7 +10,8 @@
 ///     B_i = min(units, ⌊hostBytes / (P·(c_fp16 − c_rest))⌋)     0 when the input has no host scores
 ///     B_c = min(|C|, ⌊repBytes / (P·(c_rep − c_rest))⌋)
 ///
-/// so the planned bytes never exceed the budget (the paged memory in a store may exceed it by
+/// (if the rest tier's floor alone does not fit, see `plan(_:budget:)`), so the planned bytes never
+/// exceed the budget (the paged memory in a store may exceed it by
 /// less than one page per stored tier: `TierCosts`). When every token already fits, nothing moves.
 /// Tokens only move down: a host-kept or representative token that already sits lower stays there
 /// (and costs less). Bytes left over by rounding are not redistributed.
@@ -26,14 +27,18 @@ public struct BudgetPlanner: StreamPlanner {
     /// Plans one stream within `budget`.
     ///
     /// - Throws: budget validation errors (`ByteBudget.validate`), and
-    ///   `.budgetBelowProtectedTokens` when sinks, window, headroom (and a stored rest tier) alone
-    ///   exceed the budget.
+    ///   `.budgetBelowProtectedTokens` when sinks, window and headroom alone exceed the budget.
+    ///   When only a stored rest tier's floor (every middle token at `restTier`) does not fit, the
+    ///   best-scored middle units that fit stay at the rest tier and the others are dropped (nothing
+    ///   above the rest tier): MiKV as far as the bytes allow.
     /// - Precondition: `input.queryHeadScores` is present when representatives are requested.
     public func plan(_ input: StreamInput, budget: ByteBudget) throws(SelectionError) -> StreamAssignment {
         try budget.validate()
         var ctx = try PlanningContext(input, configuration, budget,
-                                      required: requiredByteCount(input, restTier: budget.restTier))
+                                      required: requiredByteCount(input, restTier: budget.restTier),
+                                      minimumRequired: requiredByteCount(input, restTier: .dropped))
         if ctx.everythingFits { return ctx.finish(representativeAllowance: 0) }
+        if !ctx.floorFits { return ctx.demoteWhatFits(scores: input.hostScores) }
         let c = configuration.costs
         let p = configuration.granularity.unitTokenCount
         let rest = budget.restTier

@@ -7,7 +7,8 @@
 /// `representativeTier` and the rest to the host (or, in `TieredPlanner`, to the greedy tiers).
 /// Tokens neither kept nor chosen go to `restTier`: `.dropped` by default, or a stored low-bit tier
 /// (`.int2`, MiKV's "no token left behind"), in which case every middle token's rest-tier cost is
-/// paid before anything else.
+/// paid before anything else; when that floor itself does not fit, the best-scored middle tokens that
+/// fit stay at the rest tier and the others are dropped.
 public struct ByteBudget: Sendable, Hashable {
     /// The size of a budget.
     public enum Amount: Sendable, Hashable {

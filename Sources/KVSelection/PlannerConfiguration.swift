@@ -85,11 +85,16 @@ struct PlanningContext {
     let availableByteCount: Int
     /// True when every token fits at its current tier: nothing needs to move.
     let everythingFits: Bool
+    /// True when the required bytes (including a stored rest tier's floor) fit the budget.
+    let floorFits: Bool
+    /// Bytes required with the rest tier taken as `.dropped` (sinks, window, headroom).
+    let minimumRequiredByteCount: Int
     var tiers: [Tier]
     var roles: [TokenRole]
 
+    /// - Throws: `.budgetBelowProtectedTokens` when even sinks, window and headroom do not fit.
     init(_ input: StreamInput, _ configuration: PlannerConfiguration, _ budget: ByteBudget,
-         required: Int) throws(SelectionError) {
+         required: Int, minimumRequired: Int) throws(SelectionError) {
         let c = configuration.costs
         self.input = input
         self.configuration = configuration
@@ -107,9 +112,11 @@ struct PlanningContext {
         for i in ranges.recent { roles[i] = .recent }
         let current = c.byteCount(tiers: input.tiers) + configuration.headroomTokenCount * c.byteCount(.fp16)
         everythingFits = current <= budgetByteCount
-        if !everythingFits && required > budgetByteCount {
-            throw .budgetBelowProtectedTokens(requiredByteCount: required, budgetByteCount: budgetByteCount)
+        if !everythingFits && minimumRequired > budgetByteCount {
+            throw .budgetBelowProtectedTokens(requiredByteCount: minimumRequired, budgetByteCount: budgetByteCount)
         }
+        floorFits = required <= budgetByteCount
+        minimumRequiredByteCount = minimumRequired
         availableByteCount = max(0, budgetByteCount - required)
     }
 
@@ -148,6 +155,20 @@ struct PlanningContext {
         var sig = selector.tokenSignatures(middleScores: q.columns(Array(ranges.middle)))
         if case .page(let p) = configuration.granularity { sig = sig.pages(tokenCount: p) }
         return selector.representatives(signatures: sig, candidates: candidates, count: count)
+    }
+
+    /// The fallback when a stored rest tier's floor (every middle token at the rest tier) does not
+    /// fit: the best-scored units that fit stay at the rest tier (or lower, if already lower), the
+    /// others are dropped; nothing is kept above the rest tier. Without scores, the latest units stay.
+    mutating func demoteWhatFits(scores: [Float]?) -> StreamAssignment {
+        let rest = budget.restTier
+        let unitCost = configuration.granularity.unitTokenCount * configuration.costs.byteCount(rest)
+        let available = budgetByteCount - minimumRequiredByteCount
+        let k = unitCost == 0 ? units.count : min(units.count, available / unitCost)
+        let unitScores = scores.map { self.unitScores($0) } ?? [Float](repeating: 0, count: units.count)
+        let stay = Set(TokenRanking.topIndices(unitScores, count: k))
+        for u in units.indices { assign(unit: u, tier: stay.contains(u) ? rest : .dropped, role: .rest) }
+        return finish(representativeAllowance: 0)
     }
 
     func finish(representativeAllowance: Int) -> StreamAssignment {

@@ -20,8 +20,7 @@ public enum SelectionError: Error, Equatable, Sendable, CustomStringConvertible 
     case invalidTier(Tier, role: String)
     /// A per-tier relative error that is NaN, infinite, negative, or above the dropped error 1.
     case invalidTierError(Tier, Double)
-    /// Sinks, recent window (and, when demoting instead of dropping, the demoted middle) alone cost
-    /// more than the budget allows.
+    /// Sinks, recent window and decode headroom alone cost more than the budget allows.
     case budgetBelowProtectedTokens(requiredByteCount: Int, budgetByteCount: Int)
 
     public var description: String {

@@ -12,7 +12,9 @@
 /// `full` returns an empty plan for every stream. PyramidKV: every stream first pays its required
 /// bytes (sinks, window, headroom, rest tier); the remaining bytes of all layers,
 /// `L · (budget − required)`, are split by `PyramidBudget.layerBudgets` (linear, first layer most,
-/// same total) and each layer's streams get `required + share_l` as an absolute budget.
+/// same total) and each layer's streams get `required + share_l` as an absolute budget. If some
+/// layer's budget does not even cover its required bytes, nothing is redistributed and every layer
+/// is planned within `budget` (which then throws, or falls back as `BudgetPlanner` documents).
 public struct SequencePlanner: Sendable {
     /// The host policy.
     public var policy: EvictionPolicy
@@ -61,17 +63,20 @@ public struct SequencePlanner: Sendable {
             let c = planner.configuration.costs
             var required: [Int] = []
             var middle = 0
+            var everyFloorFits = true
             for l in inputs.indices {
                 let input = inputs[l][0]
                 let r = planner.requiredByteCount(input, restTier: budget.restTier)
                 let b = try budget.byteCount(fp16ByteCount: input.tokenCount * c.byteCount(.fp16))
-                guard b >= r else { throw .budgetBelowProtectedTokens(requiredByteCount: r, budgetByteCount: b) }
+                everyFloorFits = everyFloorFits && b >= r
                 required.append(r)
-                middle += b - r
+                middle += max(0, b - r)
             }
-            let shares = PyramidBudget.layerBudgets(total: middle, layerCount: layerWeights.count, beta: beta)
-            for l in layerBudgets.indices {
-                layerBudgets[l].amount = .byteCount(required[l] + shares[l])
+            if everyFloorFits {
+                let shares = PyramidBudget.layerBudgets(total: middle, layerCount: layerWeights.count, beta: beta)
+                for l in layerBudgets.indices {
+                    layerBudgets[l].amount = .byteCount(required[l] + shares[l])
+                }
             }
         }
         var streams: [StreamPlan] = []

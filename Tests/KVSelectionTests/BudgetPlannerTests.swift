@@ -71,6 +71,14 @@ import KVQuantization
         #expect(a.byteCount == 1456)
     }
 
+    @Test func demotionFloorThatDoesNotFitKeepsTheBestAtTheRestTier() throws {
+        // Floor 520 + 10·52 = 1040 > 800: the 280 bytes above the protected tokens hold 5 int2 tokens:
+        // scores 0.875 (m1), 0.75 (m5), 0.5 (m8), 0.375 (m2), then the 0.25 tie among m3, m4, m9 → m9.
+        let a = try planner().plan(stream(), budget: .bytes(800, representativeShare: 0.5, representativeTier: .int4, restTier: .int2))
+        #expect(a.tiers == [.fp16, .dropped, .int2, .int2, .dropped, .dropped, .int2, .dropped, .dropped, .int2, .int2, .fp16])
+        #expect(a.byteCount == 520 + 5 * 52)
+    }
+
     @Test func pagesByHand() throws {
         // Pages of 2 over the middle: (m0 m1) 1.0, (m2 m3) 0.625, (m4 m5) 1.0, (m6 m7) 0.25, (m8 m9) 0.75.
         let a = try planner(.page(tokenCount: 2)).plan(stream(), budget: .bytes(1560))
