@@ -1,3 +1,4 @@
+import Foundation
 import Testing
 import TestSupport
 import KVQuantization
@@ -52,6 +53,26 @@ import KVQuantization
         // A token already at int4 can only stay at int4 or be dropped.
         #expect(p.hullSteps(rest: .dropped, ceiling: .int4).map(\.to) == [.int2, .int4])
         #expect(p.hullSteps(rest: .int2, ceiling: .fp16).map(\.to) == [.int4, .int8, .fp16])
+    }
+
+    @Test func defaultModelPrefersINT4ByAboutThirtySixTimes() throws {
+        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64))
+        let steps = p.hullSteps(rest: .dropped, ceiling: .fp16)
+        #expect(steps.map(\.to) == [.int4, .int8, .fp16])
+        let perByte = steps.map { $0.errorReduction / Double($0.byteCount) }
+        #expect(abs(perByte[0] / perByte[1] - 36.1) < 0.1)
+        // Uniform scores at a quarter of the FP16 bytes (26,000 B; 36 protected tokens take 9,360): no
+        // score is 36× another that is left out, so every available byte goes to INT4: ⌊16,640 / 84⌋ = 198.
+        var g = SeededGenerator(seed: 12)
+        let n = 400
+        let uniform = (0..<n).map { _ in Float.random(in: 1..<1000, using: &g) }
+        let a = try p.plan(.prefill(tokenCount: n, hostScores: uniform, queryHeadScores: nil), budget: .fraction(0.25))
+        #expect(a.tokenCount(.int4) == 198 && a.tokenCount(.int8) == 0 && a.tokenCount(.fp16) == 36, "seed \(g.seed)")
+        // Heavy-tailed scores (u⁸): outliers more than 36× the best dropped score are lifted to INT8.
+        let heavy = (0..<n).map { _ in Float(pow(Double.random(in: 0..<1, using: &g), 8) * 1000) }
+        let b = try p.plan(.prefill(tokenCount: n, hostScores: heavy, queryHeadScores: nil), budget: .fraction(0.25))
+        #expect(b.tokenCount(.int8) > 0 && b.tokenCount(.int4) > 0 && b.tokenCount(.dropped) > 0, "seed \(g.seed)")
+        #expect(b.byteCount <= b.budgetByteCount)
     }
 
     @Test func representativesOfTheTail() throws {
