@@ -43,12 +43,11 @@ extension ImportanceScores {
     public static func h2o(_ weights: AttentionWeights, normalization: H2ONormalization = .none) -> ImportanceScores {
         let (h, q, k) = (weights.headCount, weights.queryCount, weights.keyCount)
         var out = [Float](repeating: 0, count: h * k)
-        weights.values.withUnsafeBufferPointer { w in
-            for head in 0..<h {
-                for query in 0..<q {
-                    let row = (head * q + query) * k
-                    for key in 0..<k { out[head * k + key] += w[row + key] }
-                }
+        let w = weights.values
+        for head in 0..<h {
+            for query in 0..<q {
+                let row = (head * q + query) * k
+                for key in 0..<k { out[head * k + key] += w[row + key] }
             }
         }
         if normalization == .visibleQueryCount {
