@@ -1,0 +1,114 @@
+/// Running H2O scores during decode: the attention each position has received so far, per query
+/// head, added one query at a time.
+///
+/// Positions are the sequence's token positions `0 ..< tokenCount` (dense, whether or not a stream
+/// still holds the token). A query's weights arrive over the keys a stream currently holds, named by
+/// their positions; dropped positions simply stop accumulating.
+///
+///     sums[head · capacity + position]    visibleQueryCounts[position]
+public struct H2OAccumulator: Sendable, Hashable {
+    /// Number of query heads.
+    public let headCount: Int
+    /// Number of positions tracked (`0 ..< tokenCount`).
+    public private(set) var tokenCount: Int = 0
+    /// Accumulated attention per head and position, `[heads][positions]` with row stride `capacity`.
+    private var sums: [Float] = []
+    private var capacity: Int = 0
+    /// Number of queries whose weights covered each position.
+    public private(set) var visibleQueryCounts: [Int] = []
+
+    /// An empty accumulator for `headCount` query heads.
+    public init(headCount: Int) {
+        precondition(headCount > 0, "H2OAccumulator: headCount must be positive")
+        self.headCount = headCount
+    }
+
+    /// Starts tracking `count` more positions (with zero scores).
+    ///
+    /// - Complexity: amortised O(headCount · count).
+    public mutating func appendPositions(count: Int) {
+        precondition(count >= 0, "H2OAccumulator: count must be non-negative")
+        let needed = tokenCount + count
+        if needed > capacity {
+            let newCapacity = max(needed, capacity * 2, 16)
+            var grown = [Float](repeating: 0, count: headCount * newCapacity)
+            for h in 0..<headCount {
+                for p in 0..<tokenCount { grown[h * newCapacity + p] = sums[h * capacity + p] }
+            }
+            sums = grown
+            capacity = newCapacity
+        }
+        visibleQueryCounts.append(contentsOf: repeatElement(0, count: count))
+        tokenCount = needed
+    }
+
+    /// Adds one query's weights: `weights[head · keyPositions.count + k]` is the weight query head
+    /// `head` gave the token at `keyPositions[k]`.
+    ///
+    /// - Throws: `SelectionError.weightCountMismatch` or `.invalidWeight` for bad weights (nothing is
+    ///   added then).
+    /// - Precondition: every key position is tracked.
+    /// - Complexity: O(headCount · keyPositions.count).
+    public mutating func add(queryWeights weights: [Float], keyPositions: [Int32]) throws(SelectionError) {
+        let n = keyPositions.count
+        guard weights.count == headCount * n else {
+            throw .weightCountMismatch(expected: headCount * n, actual: weights.count)
+        }
+        for (i, v) in weights.enumerated() where !(v.isFinite && v >= 0) {
+            throw .invalidWeight(index: i, value: v)
+        }
+        for p in keyPositions {
+            precondition(p >= 0 && Int(p) < tokenCount, "H2OAccumulator: position \(p) is not tracked")
+        }
+        for h in 0..<headCount {
+            for k in 0..<n { sums[h * capacity + Int(keyPositions[k])] += weights[h * n + k] }
+        }
+        for p in keyPositions { visibleQueryCounts[Int(p)] += 1 }
+    }
+
+    /// Adds every query of a block of weights (e.g. the prefill), with key `k` at position `k`.
+    ///
+    /// Positions are appended first if `weights.keyCount` exceeds `tokenCount`. Each key's visible
+    /// count grows by the number of the block's queries that can causally see it.
+    ///
+    /// - Precondition: `weights.headCount == headCount`.
+    /// - Complexity: O(headCount · queryCount · keyCount).
+    public mutating func add(_ weights: AttentionWeights) {
+        precondition(weights.headCount == headCount, "H2OAccumulator: \(weights.headCount) heads, expected \(headCount)")
+        if weights.keyCount > tokenCount { appendPositions(count: weights.keyCount - tokenCount) }
+        let block = ImportanceScores.h2o(weights, normalization: .none)
+        for h in 0..<headCount {
+            for k in 0..<weights.keyCount { sums[h * capacity + k] += block.values[h * weights.keyCount + k] }
+        }
+        for k in 0..<weights.keyCount { visibleQueryCounts[k] += weights.visibleQueryCount(key: k) }
+    }
+
+    /// The accumulated score of `position` for query head `head`.
+    ///
+    /// - Complexity: O(1).
+    public func sum(head: Int, position: Int32) -> Float {
+        precondition(head >= 0 && head < headCount && position >= 0 && Int(position) < tokenCount,
+                     "H2OAccumulator: index out of range")
+        return sums[head * capacity + Int(position)]
+    }
+
+    /// The scores of the tokens at `positions` (in that order), per query head.
+    ///
+    /// - Complexity: O(headCount · positions.count).
+    public func scores(at positions: [Int32], normalization: H2ONormalization = .none) -> ImportanceScores {
+        var out: [Float] = []
+        out.reserveCapacity(headCount * positions.count)
+        for h in 0..<headCount {
+            for p in positions {
+                let s = sum(head: h, position: p)
+                switch normalization {
+                case .none: out.append(s)
+                case .visibleQueryCount:
+                    let seen = visibleQueryCounts[Int(p)]
+                    out.append(seen == 0 ? 0 : s / Float(seen))
+                }
+            }
+        }
+        return ImportanceScores(headCount: headCount, tokenCount: positions.count, values: out)
+    }
+}

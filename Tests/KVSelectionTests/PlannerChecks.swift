@@ -1,0 +1,109 @@
+import Testing
+import TestSupport
+@testable import KVSelection
+
+/// A random planning problem drawn from a seeded generator.
+struct RandomProblem: CustomStringConvertible {
+    var configuration: PlannerConfiguration
+    var input: StreamInput
+    var budget: ByteBudget
+    var fresh: Bool
+
+    var description: String {
+        "n \(input.tokenCount) regions \(configuration.regions) granularity \(configuration.granularity) "
+            + "headroom \(configuration.headroomTokenCount) budget \(budget) fresh \(fresh)"
+    }
+
+    static func draw(_ g: inout SeededGenerator, hostScores: Bool = true, allowOnTop: Bool = true) -> RandomProblem {
+        let n = Int.random(in: 0...150, using: &g)
+        let regions = StreamRegions(sinkTokenCount: Int.random(in: 0...6, using: &g),
+                                    recentTokenCount: Int.random(in: 0...20, using: &g))
+        let granularity: Granularity = Bool.random(using: &g) ? .token : .page(tokenCount: Int.random(in: 1...8, using: &g))
+        let anchors: [Anchor] = [.random(seed: g.next()), .zeros, .ones, .mean, .alternate]
+        let config = PlannerConfiguration(
+            headDim: [32, 64, 128][Int.random(in: 0...2, using: &g)], regions: regions,
+            granularity: granularity, kvCrush: KVCrushSelector(anchor: anchors.randomElement(using: &g)!),
+            headroomTokenCount: Int.random(in: 0...3, using: &g) == 0 ? Int.random(in: 1...8, using: &g) : 0)
+        var position: Int32 = 0
+        let positions = (0..<n).map { _ in position += Int32.random(in: 1...3, using: &g); return position }
+        let fresh = Bool.random(using: &g)
+        let r = regions.split(tokenCount: n)
+        let tiers = (0..<n).map { i -> Tier in
+            fresh || !r.middle.contains(i) ? .fp16 : Tier.stored.randomElement(using: &g)!
+        }
+        let levels = Int.random(in: 1...6, using: &g)  // few levels → many ties
+        let host = (hostScores || Int.random(in: 0..<10, using: &g) > 0)
+            ? (0..<n).map { _ in Float(Int.random(in: 0...levels, using: &g)) / 4 } : nil
+        let heads = Int.random(in: 1...10, using: &g)
+        let query = ImportanceScores.random(headCount: heads, tokenCount: n, seed: g.next())
+        let restTier: Tier = Int.random(in: 0..<4, using: &g) == 0 ? .int2 : .dropped
+        let repTier: Tier = restTier == .int2 ? [.int8, .int4].randomElement(using: &g)! : [.int8, .int4, .int2].randomElement(using: &g)!
+        let share = Bool.random(using: &g) ? 0 : Double.random(in: 0...1, using: &g)
+        let amount: ByteBudget.Amount = Bool.random(using: &g)
+            ? .fractionOfFP16(Double.random(in: 0...1.2, using: &g))
+            : .byteCount(Int.random(in: 0...(n * 300 + 1), using: &g))
+        let placement: ByteBudget.RepresentativePlacement =
+            allowOnTop && Int.random(in: 0..<6, using: &g) == 0 ? .openVINOAddedOnTop : .insideBudget
+        return RandomProblem(
+            configuration: config,
+            input: StreamInput(positions: positions, tiers: tiers, hostScores: host, queryHeadScores: query),
+            budget: ByteBudget(amount, representativeShare: share, representativeTier: repTier, restTier: restTier,
+                               representativePlacement: placement),
+            fresh: fresh)
+    }
+}
+
+/// Checks every invariant a plan must satisfy; returns the assignment (or nil when the budget was
+/// refused, which is checked to be legitimate).
+@discardableResult
+func checkPlan(_ planner: some StreamPlanner, _ p: RandomProblem, context: String) -> StreamAssignment? {
+    let c = p.configuration.costs
+    let input = p.input
+    let n = input.tokenCount
+    let a: StreamAssignment
+    do {
+        a = try planner.plan(input, budget: p.budget)
+    } catch {
+        // Only a budget below the protected tokens may be refused, and only when it really is.
+        guard case .budgetBelowProtectedTokens(let required, let budget) = error else {
+            Issue.record("unexpected error \(error): \(context)")
+            return nil
+        }
+        #expect(required > budget, "\(context)")
+        #expect(required == planner.requiredByteCount(input, restTier: .dropped), "\(context)")
+        return nil
+    }
+    #expect(a.tiers.count == n && a.roles.count == n && a.positions == input.positions, "\(context)")
+    // Each token in exactly one tier.
+    #expect(Tier.allCases.reduce(0) { $0 + a.tokenCount($1) } == n, "\(context)")
+    // Only down.
+    #expect(zip(a.tiers, input.tiers).allSatisfy { $0 >= $1 }, "moved up: \(context)")
+    // Sinks and recent window untouched (FP16 when fresh).
+    let r = p.configuration.regions.split(tokenCount: n)
+    for i in Array(r.sinks) + Array(r.recent) {
+        #expect(a.tiers[i] == input.tiers[i] && a.tiers[i] == .fp16, "protected token \(i) moved: \(context)")
+    }
+    // Bytes: exact count, within budget (minus headroom), paged within one page per tier of slack.
+    #expect(a.byteCount == c.byteCount(tiers: a.tiers), "\(context)")
+    let headroom = p.configuration.headroomTokenCount * c.byteCount(.fp16)
+    let extra = p.budget.representativePlacement == .openVINOAddedOnTop ? a.representativeByteAllowance : 0
+    #expect(a.byteCount + headroom <= a.budgetByteCount + extra, "over budget: \(a.byteCount) + \(headroom) > \(a.budgetByteCount) + \(extra): \(context)")
+    #expect(c.pagedByteCount(tiers: a.tiers) <= a.budgetByteCount + extra + c.slackBound(tiers: a.tiers),
+            "paged over budget + slack: \(context)")
+    // Whole pages: every page of the middle shares one role.
+    if case .page(let size) = p.configuration.granularity {
+        for start in stride(from: r.middle.lowerBound, to: r.middle.upperBound, by: size) {
+            let page = start..<min(start + size, r.middle.upperBound)
+            #expect(Set(page.map { a.roles[$0] }).count == 1, "split page \(page): \(context)")
+        }
+    }
+    // The store-facing plan names each changed token once, and replays to the new tiers.
+    let plan = a.streamPlan(layer: 0, kvHead: 0)
+    #expect(Set(plan.moves.map(\.position)).count == plan.moves.count, "\(context)")
+    var replay = Dictionary(uniqueKeysWithValues: zip(input.positions, input.tiers))
+    for m in plan.moves { replay[m.position] = m.tier }
+    #expect(input.positions.map { replay[$0]! } == a.tiers, "\(context)")
+    // Deterministic.
+    #expect((try? planner.plan(input, budget: p.budget)) == a, "not deterministic: \(context)")
+    return a
+}

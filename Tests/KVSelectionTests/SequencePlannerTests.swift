@@ -1,0 +1,72 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import KVSelection
+
+/// Causal softmax weights from seeded Gaussian logits: `[heads][queries][keys]`, queries = keys.
+func randomPrefillWeights(_ g: inout SeededGenerator, heads: Int, tokens: Int) throws -> AttentionWeights {
+    var v = [Float](repeating: 0, count: heads * tokens * tokens)
+    for h in 0..<heads {
+        for q in 0..<tokens {
+            let logits = (0...q).map { _ in Float(g.nextGaussian()) * 2 }
+            let m = logits.max()!
+            let e = logits.map { Float(exp(Double($0 - m))) }
+            let sum = e.reduce(0, +)
+            for k in 0...q { v[(h * tokens + q) * tokens + k] = e[k] / sum }
+        }
+    }
+    return try AttentionWeights(headCount: heads, queryCount: tokens, keyCount: tokens, values: v)
+}
+
+@Suite struct SequencePlannerTests {
+    let planner = BudgetPlanner(configuration: PlannerConfiguration(
+        headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1)))
+
+    func layers() throws -> [AttentionWeights] {
+        var g = SeededGenerator(seed: 8)
+        return [try randomPrefillWeights(&g, heads: 4, tokens: 12), try randomPrefillWeights(&g, heads: 4, tokens: 12)]
+    }
+
+    @Test func h2oFromWeightsToARetentionPlan() throws {
+        let weights = try layers()
+        let plan = try SequencePlanner(policy: .h2o(), kvHeadCount: 2).planPrefill(
+            layerWeights: weights, planner: planner, budget: .fraction(0.5))
+        #expect(plan.streams.map { [$0.layer, $0.kvHead] } == [[0, 0], [0, 1], [1, 0], [1, 1]])
+        for stream in plan.streams {
+            // 0.5 · 12 · 260 = 1560: 520 protected, 4 middle tokens kept, 6 dropped.
+            let kvScores = ImportanceScores.h2o(weights[stream.layer]).groupedByKVHead(kvHeadCount: 2).scores(head: stream.kvHead)
+            let kept = EvictionPolicy.h2o().keptTokenIndices(
+                tokenCount: 12, regions: planner.configuration.regions, scores: kvScores, middleTokenBudget: 4)
+            let dropped = (0..<12).filter { !kept.contains($0) }.map { StreamPlan.Move(position: Int32($0), tier: .dropped) }
+            #expect(stream.moves == dropped, "layer \(stream.layer) kv \(stream.kvHead)")
+        }
+    }
+
+    @Test func fullAndStreamingLLM() throws {
+        let full = try SequencePlanner(policy: .full, kvHeadCount: 2).planPrefill(
+            layerWeights: try layers(), planner: planner, budget: .fraction(0.1))
+        #expect(full.streams.count == 4 && full.streams.allSatisfy { $0.moves.isEmpty })
+        let streaming = try SequencePlanner(policy: .streamingLLM, kvHeadCount: 2).planPrefill(
+            layerWeights: try layers(), planner: planner, budget: .fraction(0.5))
+        #expect(streaming.streams.allSatisfy { $0.moves.map(\.position) == Array(1...10) })
+    }
+
+    @Test func pyramidKVShiftsBytesToEarlyLayers() throws {
+        // Middle bytes per layer: 1560 − 520 = 1040; total 2080 split β = 20 → 2028, 52:
+        // layer 0 keeps ⌊2028/260⌋ = 7 middle tokens, layer 1 none.
+        let plan = try SequencePlanner(policy: .pyramidKV(), kvHeadCount: 1).planPrefill(
+            layerWeights: try layers(), planner: planner, budget: .fraction(0.5))
+        #expect(plan.streams.map(\.moves.count) == [3, 10])
+    }
+
+    @Test func tieredPlannerWithRepresentatives() throws {
+        let tiered = TieredPlanner(configuration: PlannerConfiguration(
+            headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1)))
+        let plan = try SequencePlanner(policy: .snapKV(), kvHeadCount: 2).planPrefill(
+            layerWeights: try layers(), planner: tiered, budget: .fraction(0.3, representativeShare: 0.2))
+        #expect(plan.streams.count == 4)
+        for s in plan.streams {
+            #expect(!s.moves.isEmpty && s.moves.allSatisfy { $0.position != 0 && $0.position != 11 })
+        }
+    }
+}
