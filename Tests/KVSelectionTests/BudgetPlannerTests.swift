@@ -6,12 +6,12 @@ import KVQuantization
 @Suite struct BudgetPlannerTests {
     // Standard formats at headDim 64: fp16 260 B/token, int8 140, int4 84, int2 52.
     @Test func standardCosts() {
-        let c = TierCosts(formats: .standard, headDim: 64, pageCapacity: 16)
+        let c = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 16)
         #expect(Tier.allCases.map { c.byteCount($0) } == [260, 140, 84, 52, 0])
         #expect(c.pageByteCount(.fp16) == 16 * 260)
         #expect(c.pagedByteCount(.int4, tokenCount: 17) == 2 * 16 * 84)
         // Channelwise keys amortise their per-page parameters (4·64 / 16 = 16 B per token).
-        var formats = TierFormats.standard
+        var formats = TierFormats.grouped
         formats.keys[.int4] = .channelwise(.int4)
         let k = TierCosts(formats: formats, headDim: 64, pageCapacity: 16)
         #expect(k.byteCount(.int4) == 32 + 40 + 4 + 16)
@@ -30,7 +30,7 @@ import KVQuantization
     func planner(_ granularity: Granularity = .token, anchor: Anchor = .alternate) -> BudgetPlanner {
         BudgetPlanner(configuration: PlannerConfiguration(
             headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1),
-            granularity: granularity, kvCrush: KVCrushSelector(anchor: anchor)))
+            formats: .grouped, granularity: granularity, kvCrush: KVCrushSelector(anchor: anchor)))
     }
 
     @Test func hostPlusRepresentativesByHand() throws {

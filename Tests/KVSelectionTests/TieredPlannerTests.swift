@@ -12,12 +12,12 @@ import KVQuantization
     }
 
     func planner(_ errors: [Tier: Double]) throws -> TieredPlanner {
-        TieredPlanner(configuration: PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1)),
+        TieredPlanner(configuration: PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1), formats: .grouped),
                       errorModel: try TierErrorModel(relativeErrors: errors))
     }
 
     @Test func derivedErrorModel() {
-        let m = TierErrorModel.derived(from: .standard)
+        let m = TierErrorModel.derived(from: .grouped)
         #expect(m.relativeError(.fp16) == 0 && m.relativeError(.dropped) == 1)
         #expect(abs(m.relativeError(.int8) - 1 / (255 * 12.0.squareRoot())) < 1e-12)
         #expect(abs(m.relativeError(.int4) - 1 / (15 * 12.0.squareRoot())) < 1e-12)
@@ -46,7 +46,7 @@ import KVQuantization
     }
 
     @Test func hullStepsOfTheDefaultModel() throws {
-        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64), candidateTiers: [.fp16, .int8, .int4, .int2])
+        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped), candidateTiers: [.fp16, .int8, .int4, .int2])
         let steps = p.hullSteps(rest: .dropped, ceiling: .fp16)
         // int2 (52 B, 0.096), int4 (84 B, 0.019), int8 (140 B, 0.0011), fp16: slopes fall, all on the hull.
         #expect(steps.map(\.to) == [.int2, .int4, .int8, .fp16])
@@ -56,7 +56,7 @@ import KVQuantization
     }
 
     @Test func defaultModelPrefersINT4ByAboutThirtySixTimes() throws {
-        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64))
+        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped))
         let steps = p.hullSteps(rest: .dropped, ceiling: .fp16)
         #expect(steps.map(\.to) == [.int4, .int8, .fp16])
         let perByte = steps.map { $0.errorReduction / Double($0.byteCount) }
@@ -110,7 +110,7 @@ import KVQuantization
 
     @Test func greedyIsOptimalUpToOneItemOnTinyProblems() throws {
         var g = SeededGenerator(seed: 31337)
-        let model = TierErrorModel.derived(from: .standard)
+        let model = TierErrorModel.derived(from: .grouped)
         let options: [Tier] = [.dropped, .int4, .int8, .fp16]
         for trial in 0..<400 {
             let m = Int.random(in: 1...5, using: &g)
