@@ -17,8 +17,10 @@ let package = Package(
         .target(name: "KVStore", dependencies: ["KVQuantization", "KVSelection"]),
         // Safetensors, KV dumps, the evaluation protocol, reports.
         .target(name: "KVExperiments", dependencies: ["KVQuantization", "KVSelection", "KVStore"]),
+        // The example runtime: GGUF reader, Llama forward pass whose KV cache is a KVStore, BPE tokenizer.
+        .target(name: "KVModel", dependencies: ["KVQuantization", "KVSelection", "KVStore"]),
         // Umbrella: `import KVCrush`.
-        .target(name: "KVCrush", dependencies: ["KVQuantization", "KVSelection", "KVStore", "KVExperiments"]),
+        .target(name: "KVCrush", dependencies: ["KVQuantization", "KVSelection", "KVStore", "KVExperiments", "KVModel"]),
         .executableTarget(name: "kvcrush", dependencies: ["KVCrush"]),
 
         .target(name: "TestSupport", dependencies: ["KVQuantization"], path: "Tests/TestSupport"),
@@ -26,6 +28,7 @@ let package = Package(
         .testTarget(name: "KVSelectionTests", dependencies: ["KVSelection", "TestSupport"]),
         .testTarget(name: "KVStoreTests", dependencies: ["KVStore", "TestSupport", "KVExperiments"]),
         .testTarget(name: "KVExperimentsTests", dependencies: ["KVExperiments", "TestSupport"]),
+        .testTarget(name: "KVModelTests", dependencies: ["KVModel", "KVExperiments", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

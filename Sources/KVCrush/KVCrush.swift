@@ -3,3 +3,4 @@
 @_exported import KVSelection
 @_exported import KVStore
 @_exported import KVExperiments
+@_exported import KVModel

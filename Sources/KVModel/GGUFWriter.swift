@@ -1,0 +1,160 @@
+import Foundation
+import KVQuantization
+
+/// Writes GGUF (version 3) files: metadata of any type and tensors in any `GGMLType`.
+///
+/// Used by the tests to build small synthetic models, and by tools that want to save one. The
+/// block formats are quantised with ggml's reference rounding (`quantize_row_*_ref`).
+public struct GGUFWriter: Sendable {
+    private var metadata: [(String, GGUFValue)] = []
+    private var tensors: [(name: String, shape: [Int], type: GGMLType, bytes: [UInt8])] = []
+    /// The alignment of tensor data; written as `general.alignment` when not 32.
+    public var alignment: Int
+
+    public init(alignment: Int = 32) {
+        precondition(alignment > 0 && alignment & (alignment - 1) == 0, "GGUFWriter: alignment must be a power of two")
+        self.alignment = alignment
+    }
+
+    /// Adds a metadata entry.
+    public mutating func set(_ key: String, _ value: GGUFValue) { metadata.append((key, value)) }
+
+    /// Adds a tensor of `shape` (innermost first, as ggml's `ne`) holding `values` encoded as `type`.
+    ///
+    /// - Precondition: `values.count` is the product of `shape` and `shape[0]` a multiple of the
+    ///   block size.
+    public mutating func addTensor(_ name: String, shape: [Int], type: GGMLType, values: [Float]) {
+        precondition(values.count == shape.reduce(1, *), "GGUFWriter.addTensor: \(values.count) values for shape \(shape)")
+        precondition(shape[0] % type.blockSize == 0, "GGUFWriter.addTensor: row length \(shape[0]) not a multiple of \(type.blockSize)")
+        tensors.append((name, shape, type, Self.encode(values, as: type)))
+    }
+
+    /// Adds a tensor from raw bytes (not checked: lets tests write malformed files).
+    public mutating func addRawTensor(_ name: String, shape: [Int], type: GGMLType, bytes: [UInt8]) {
+        tensors.append((name, shape, type, bytes))
+    }
+
+    /// The file's bytes.
+    public func serialized() -> [UInt8] {
+        var out = [UInt8]()
+        func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { out += $0 } }
+        func str(_ s: String) { u64(UInt64(s.utf8.count)); out += s.utf8 }
+        func value(_ v: GGUFValue) {
+            switch v {
+            case .uint8(let x): out.append(x)
+            case .int8(let x): out.append(UInt8(bitPattern: x))
+            case .uint16(let x): withUnsafeBytes(of: x.littleEndian) { out += $0 }
+            case .int16(let x): withUnsafeBytes(of: x.littleEndian) { out += $0 }
+            case .uint32(let x): u32(x)
+            case .int32(let x): u32(UInt32(bitPattern: x))
+            case .float32(let x): u32(x.bitPattern)
+            case .bool(let x): out.append(x ? 1 : 0)
+            case .string(let s): str(s)
+            case .uint64(let x): u64(x)
+            case .int64(let x): u64(UInt64(bitPattern: x))
+            case .float64(let x): u64(x.bitPattern)
+            case .array(let t, let a):
+                u32(t.rawValue)
+                u64(UInt64(a.count))
+                for e in a { value(e) }
+            }
+        }
+        var entries = metadata
+        if alignment != 32, !entries.contains(where: { $0.0 == "general.alignment" }) {
+            entries.insert(("general.alignment", .uint32(UInt32(alignment))), at: 0)
+        }
+        out += Array("GGUF".utf8)
+        u32(3)
+        u64(UInt64(tensors.count))
+        u64(UInt64(entries.count))
+        for (k, v) in entries {
+            str(k)
+            u32(Self.type(of: v).rawValue)
+            value(v)
+        }
+        var offset = 0
+        var offsets = [Int]()
+        for t in tensors {
+            offsets.append(offset)
+            offset = (offset + t.bytes.count + alignment - 1) / alignment * alignment
+        }
+        for (t, o) in zip(tensors, offsets) {
+            str(t.name)
+            u32(UInt32(t.shape.count))
+            for d in t.shape { u64(UInt64(d)) }
+            u32(t.type.rawValue)
+            u64(UInt64(o))
+        }
+        while out.count % alignment != 0 { out.append(0) }
+        let start = out.count
+        for (t, o) in zip(tensors, offsets) {
+            while out.count < start + o { out.append(0) }
+            out += t.bytes
+        }
+        while out.count % alignment != 0 { out.append(0) }
+        return out
+    }
+
+    /// Writes the file to `url`.
+    public func write(to url: URL) throws {
+        try Data(serialized()).write(to: url, options: .atomic)
+    }
+
+    static func type(of v: GGUFValue) -> GGUFValueType {
+        switch v {
+        case .uint8: .uint8
+        case .int8: .int8
+        case .uint16: .uint16
+        case .int16: .int16
+        case .uint32: .uint32
+        case .int32: .int32
+        case .float32: .float32
+        case .bool: .bool
+        case .string: .string
+        case .uint64: .uint64
+        case .int64: .int64
+        case .float64: .float64
+        case .array: .array
+        }
+    }
+
+    /// Encodes `values` as `type` with ggml's reference rounding.
+    public static func encode(_ values: [Float], as type: GGMLType) -> [UInt8] {
+        var out = [UInt8]()
+        func half(_ x: Float) { withUnsafeBytes(of: Float16Bits.floatToHalf(x).littleEndian) { out += $0 } }
+        switch type {
+        case .f32: for v in values { withUnsafeBytes(of: v.bitPattern.littleEndian) { out += $0 } }
+        case .f16: for v in values { half(v) }
+        case .q8_0:
+            for b in stride(from: 0, to: values.count, by: 32) {
+                let block = values[b..<(b + 32)]
+                let amax = block.map(abs).max()!
+                let d = amax / 127, id: Float = d != 0 ? 1 / d : 0
+                half(d)
+                for v in block { out.append(UInt8(bitPattern: Int8((v * id).rounded()))) }
+            }
+        case .q4_0:
+            for b in stride(from: 0, to: values.count, by: 32) {
+                let block = Array(values[b..<(b + 32)])
+                var amax: Float = 0, maxv: Float = 0
+                for v in block where abs(v) > amax { amax = abs(v); maxv = v }
+                let d = maxv / -8, id: Float = d != 0 ? 1 / d : 0
+                half(d)
+                func q(_ x: Float) -> UInt8 { UInt8(min(15, Int8(x * id + 8.5))) }
+                for j in 0..<16 { out.append(q(block[j]) | q(block[j + 16]) << 4) }
+            }
+        case .q4_1:
+            for b in stride(from: 0, to: values.count, by: 32) {
+                let block = Array(values[b..<(b + 32)])
+                let lo = block.min()!, hi = block.max()!
+                let d = (hi - lo) / 15, id: Float = d != 0 ? 1 / d : 0
+                half(d)
+                half(lo)
+                func q(_ x: Float) -> UInt8 { UInt8(min(15, Int8((x - lo) * id + 0.5))) }
+                for j in 0..<16 { out.append(q(block[j]) | q(block[j + 16]) << 4) }
+            }
+        }
+        return out
+    }
+}
