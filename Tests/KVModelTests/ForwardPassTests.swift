@@ -1,0 +1,132 @@
+import Foundation
+@testable import KVModel
+import KVSelection
+import KVStore
+import Testing
+import TestSupport
+
+@Suite struct ForwardPassTests {
+    static let tokens: [Int32] = [3, 17, 42, 0, 9, 9, 31, 5, 48, 12, 7, 22, 1]
+
+    /// Batched prefill through the store matches the naive FP64 pass on the file's own layout
+    /// (interleaved RoPE on the stored Q/K rows), so unpermuting + rotate-half is right. The store
+    /// keeps K/V in FP16 (relative rounding 2⁻¹¹), which bounds the agreement.
+    @Test func prefillMatchesTheNaiveReference() throws {
+        let tiny = try TinyLlama()
+        let model = try LlamaModel(file: tiny.file, threadCount: 2)
+        let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
+        let seq = store.addSequence()
+        var layer0Keys = [Float]()
+        let logits = try model.forward(Self.tokens, sequence: seq, in: store, logits: .all) { a in
+            if a.layer == 0 { layer0Keys = a.keys }
+        }
+        let ref = try tiny.reference(Self.tokens)
+        let err = relativeError(logits, ref.logits.flatMap { $0 })
+        #expect(err < 3e-3, "logits relative error \(err)")
+        // Layer 0 keys, before any FP16 rounding, in Hugging Face order: HF index s·D/2 + j = file index 2j + s.
+        let d = TinyLlama.headDim, n = Self.tokens.count
+        var permuted = [Double](repeating: 0, count: ref.keys[0].count)
+        for kv in 0..<TinyLlama.kvHeads {
+            for t in 0..<n {
+                for j in 0..<(d / 2) {
+                    for s in 0..<2 { permuted[(kv * n + t) * d + s * d / 2 + j] = ref.keys[0][(kv * n + t) * d + 2 * j + s] }
+                }
+            }
+        }
+        #expect(relativeError(layer0Keys, permuted) < 1e-5)
+        #expect(store.nextPosition(of: seq, layer: 1) == n)
+    }
+
+    /// Chunked prefill and one-token decode give the logits of one batched prefill.
+    @Test func chunkedPrefillAndDecodeAgreeWithOneBatch() throws {
+        let tiny = try TinyLlama()
+        let model = try LlamaModel(file: tiny.file, threadCount: 1)
+        let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
+        let whole = store.addSequence(), pieces = store.addSequence()
+        let all = try model.forward(Self.tokens, sequence: whole, in: store, logits: .all)
+        var stepwise = try model.forward(Array(Self.tokens[0..<5]), sequence: pieces, in: store, logits: .all)
+        stepwise += try model.forward(Array(Self.tokens[5..<8]), sequence: pieces, in: store, logits: .all)
+        for t in Self.tokens[8...] { stepwise += try model.forward([t], sequence: pieces, in: store, logits: .last) }
+        #expect(relativeError(stepwise, all.map(Double.init)) < 1e-5)
+        // Thread count does not change the result.
+        let threaded = try LlamaModel(file: tiny.file, threadCount: 3)
+        let s3 = store.addSequence()
+        #expect(try threaded.forward(Self.tokens, sequence: s3, in: store, logits: .all) == all)
+    }
+
+    @Test func prefillKeepsTheObservationWindowAndGenerationIsGreedy() throws {
+        let tiny = try TinyLlama()
+        let model = try LlamaModel(file: tiny.file)
+        let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
+        let a = store.addSequence()
+        let (last, window) = try model.prefill(Self.tokens, sequence: a, in: store, chunkTokenCount: 4, observationTokenCount: 6)
+        #expect(window.positions == Array(7..<13).map(Int32.init))
+        #expect(window.queries.count == TinyLlama.layers && window.queries[0].count == TinyLlama.heads * 6 * TinyLlama.headDim)
+        let b = store.addSequence()
+        var observed = [Float]()
+        let all = try model.forward(Self.tokens, sequence: b, in: store, logits: .all) { if $0.layer == 1 { observed = $0.queries } }
+        #expect(relativeError(last, all.suffix(TinyLlama.vocabulary).map(Double.init)) < 1e-5)
+        let n = Self.tokens.count, d = TinyLlama.headDim
+        for h in 0..<TinyLlama.heads {
+            let expected = observed[((h * n + 7) * d)..<((h * n + n) * d)].map(Double.init)
+            #expect(relativeError(Array(window.queries[1][(h * 6 * d)..<((h + 1) * 6 * d)]), expected) < 1e-5)
+        }
+        // Greedy generation = argmax, fed back.
+        let c = store.addSequence()
+        let generated = try model.generate(prompt: Self.tokens, maxTokenCount: 5, sequence: c, in: store)
+        let dseq = store.addSequence()
+        var logits = try model.forward(Self.tokens, sequence: dseq, in: store)
+        var manual = [Int32]()
+        for _ in 0..<5 {
+            manual.append(NextTokenStatistics.argmax(logits[...]))
+            logits = try model.forward([manual.last!], sequence: dseq, in: store)
+        }
+        #expect(generated == manual)
+        let stop = manual.firstIndex(of: manual[1])!
+        #expect(try model.generate(prompt: Self.tokens, maxTokenCount: 5, sequence: store.addSequence(), in: store, stopTokens: [manual[1]]) == Array(manual[0...stop]))
+    }
+
+    @Test func continuationProtocolOnUniformFormats() throws {
+        let tiny = try TinyLlama()
+        let model = try LlamaModel(file: tiny.file)
+        let tokens = (0..<40).map { Int32(($0 * 7 + 3) % TinyLlama.vocabulary) }
+        let evaluation = ContinuationEvaluation(model: model, storeConfiguration: model.storeConfiguration(pageCapacity: 8))
+        let (prefill, results) = try evaluation.run(tokens: tokens, promptTokenCount: 32, continuationTokenCount: 8,
+                                                    treatments: [.uniform(.int8), .uniform(.int4), .uncompressed])
+        #expect(prefill.tokenCount == 32)
+        #expect(results.map(\.treatment.policy) == ["uncompressed", "uniform-int8", "uniform-int4"])
+        let (base, int8, int4) = (results[0], results[1], results[2])
+        #expect(base.meanKLDivergence == 0 && base.top1Agreement == 1 && base.ratio == 1 && base.perplexityDelta == 0)
+        #expect(int8.byteCount < base.byteCount && int4.byteCount < int8.byteCount)
+        #expect(int8.meanKLDivergence >= 0 && int8.meanKLDivergence < int4.meanKLDivergence)
+        #expect(int4.ratio < 0.5)
+        for r in results { #expect(r.perplexity.isFinite && r.perplexity > 1 && (0...1).contains(r.top1Agreement)) }
+    }
+
+    @Test func badModelFilesAreTypedErrors() throws {
+        #expect(throws: LlamaModelError.unsupportedArchitecture("gpt2")) { try LlamaModel(file: TinyLlama(architecture: "gpt2").file) }
+        #expect(throws: LlamaModelError.missingTensor("blk.1.ffn_up.weight")) { try LlamaModel(file: TinyLlama(skip: "blk.1.ffn_up.weight").file) }
+    }
+
+    @Test func tiledMatrixProductMatchesTheScalarReference() {
+        var g = SeededGenerator(seed: 3)
+        for (rows, columns, count) in [(1, 1, 1), (7, 13, 5), (16, 64, 4), (33, 40, 3), (4, 8, 2)] {
+            let w = (0..<(rows * columns)).map { _ in Float(g.nextGaussian()) }
+            let x = (0..<(count * columns)).map { _ in Float(g.nextGaussian()) }
+            let y = DenseMatrix(rows: rows, columns: columns, values: w).apply(x, count: count, threadCount: 2)
+            let r = MatrixKernels.multiplyReference(w, rows: rows, columns: columns, x: x, count: count)
+            for i in y.indices { #expect(abs(y[i] - r[i]) <= 1e-5 * Float(columns), "\(rows)×\(columns)×\(count) at \(i)") }
+        }
+    }
+
+    @Test func statisticsOfDistributions() {
+        let logits: [Float] = [1, 2, 3, 0]
+        let lp = NextTokenStatistics.logSoftmax(logits[...])
+        #expect(abs(lp.map(exp).reduce(0, +) - 1) < 1e-12)
+        #expect(abs(NextTokenStatistics.logProbability(of: 2, in: logits[...]) - lp[2]) < 1e-12)
+        #expect(NextTokenStatistics.argmax(logits[...]) == 2)
+        #expect(NextTokenStatistics.klDivergence(lp, lp) == 0)
+        let other = NextTokenStatistics.logSoftmax(([3, 2, 1, 0] as [Float])[...])
+        #expect(NextTokenStatistics.klDivergence(lp, other) > 0)
+    }
+}
