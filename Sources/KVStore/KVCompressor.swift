@@ -264,15 +264,8 @@ public struct KVCompressor: Sendable {
 extension KVStore {
     /// One stream's stored positions (ascending) and tiers, without decoding anything.
     public func tokenTiers(of id: SequenceID, layer: Int, kvHead: Int) -> (positions: [Int32], tiers: [Tier]) {
-        let stream = withStream(id, layer, kvHead, "tokenTiers") { $0 }
-        var entries = [(Int32, Tier)]()
-        for (t, tier) in stream.tiers.enumerated() {
-            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
-                for s in 0..<page.count { entries.append((page.position(s), Tier(rawValue: t)!)) }
-            }
-        }
-        entries.sort { $0.0 < $1.0 }
-        return (entries.map(\.0), entries.map(\.1))
+        let entries = withStream(id, layer, kvHead, "tokenTiers") { $0.entriesByPosition() }
+        return (entries.map(\.position), entries.map { Tier(rawValue: $0.tier)! })
     }
 }
 

@@ -250,4 +250,30 @@ import KVExperiments
         print("real fixture layer 29, \(n) tokens: mean relative attention-output error fp16 \(errors[.fp16]!), int8 \(errors[.int8]!), int4 \(errors[.int4]!)")
         #expect(errors[.fp16]! < 1e-5 && errors[.fp16]! < errors[.int8]! && errors[.int8]! < errors[.int4]! && errors[.int4]! < 0.2)
     }
+
+    /// Results (outputs and weights) are bit-identical whatever the thread count, batched or not.
+    @Test func attendIsIdenticalForEveryThreadCount() throws {
+        var g = SeededGenerator(seed: 6)
+        let config = KVStoreConfiguration(layerCount: 1, queryHeadCount: 6, kvHeadCount: 3, headDim: 24, pageCapacity: 8)
+        let store = try KVStore(config)
+        let ids = (0..<3).map { _ in store.addSequence() }
+        for (k, id) in ids.enumerated() {
+            try store.append(id, layer: 0, keys: randomRows(3 * (40 + k) * 24, using: &g), values: randomRows(3 * (40 + k) * 24, using: &g))
+            let plan = RetentionPlan(streams: (0..<3).map { h in
+                StreamPlan(layer: 0, kvHead: h, moves: (8..<30).map { .init(position: Int32($0), tier: Tier(rawValue: 1 + ($0 + h) % 4)!) })
+            })
+            try store.apply(plan, to: id)
+        }
+        let requests = ids.map { KVStore.AttendRequest(sequence: $0, queries: randomRows(6 * 2 * 24, using: &g), queryCount: 2) }
+        let one = store.attend(batch: requests, layer: 0, returnWeights: true, threadCount: 1)
+        for threads in [2, 3, 8] {
+            let many = store.attend(batch: requests, layer: 0, returnWeights: true, threadCount: threads)
+            for b in ids.indices {
+                #expect(many[b].output.map(\.bitPattern) == one[b].output.map(\.bitPattern), "\(threads) threads, sequence \(b)")
+                #expect(many[b].weights!.map(\.weights) == one[b].weights!.map(\.weights))
+                let single = store.attend(ids[b], layer: 0, queries: requests[b].queries, queryCount: 2, threadCount: threads)
+                #expect(single.output.map(\.bitPattern) == one[b].output.map(\.bitPattern))
+            }
+        }
+    }
 }
