@@ -26,7 +26,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["KVQuantization"], path: "Tests/TestSupport"),
         .testTarget(name: "KVQuantizationTests", dependencies: ["KVQuantization", "TestSupport", "KVExperiments"]),
         .testTarget(name: "KVSelectionTests", dependencies: ["KVSelection", "TestSupport"]),
-        .testTarget(name: "KVStoreTests", dependencies: ["KVStore", "TestSupport", "KVExperiments"]),
+        .testTarget(name: "KVStoreTests", dependencies: ["KVStore", "TestSupport", "KVExperiments", "KVCrush"]),
         .testTarget(name: "KVExperimentsTests", dependencies: ["KVExperiments", "TestSupport"]),
         .testTarget(name: "KVModelTests", dependencies: ["KVModel", "KVExperiments", "TestSupport"]),
     ],

@@ -30,13 +30,7 @@ extension KVStore {
                                        _ body: (StoredToken, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws(E) -> Void) throws(E) {
         let stream = withStream(id, layer, kvHead, "forEachToken") { $0 }
         let d = configuration.headDim
-        var entries = [(position: Int32, tier: Int, page: Page, slot: Int)]()
-        for (t, tier) in stream.tiers.enumerated() {
-            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
-                for s in 0..<page.count { entries.append((page.position(s), t, page, s)) }
-            }
-        }
-        entries.sort { $0.position < $1.position }
+        let entries = stream.entriesByPosition()
         let key = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)
         let value = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)
         defer { key.deallocate(); value.deallocate() }

@@ -45,6 +45,20 @@ struct StreamState: Sendable {
         return map
     }
 
+    /// Every stored token as (position, tier index, page, slot), in position order.
+    /// O(tokens · log tokens).
+    func entriesByPosition() -> [(position: Int32, tier: Int, page: Page, slot: Int)] {
+        var entries = [(position: Int32, tier: Int, page: Page, slot: Int)]()
+        entries.reserveCapacity(tokenCount)
+        for (t, tier) in tiers.enumerated() {
+            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
+                for s in 0..<page.count { entries.append((page.position(s), t, page, s)) }
+            }
+        }
+        entries.sort { $0.position < $1.position }
+        return entries
+    }
+
     // MARK: Appending at FP16
 
     /// Bytes of new pages an append of `count` tokens at FP16 allocates.
