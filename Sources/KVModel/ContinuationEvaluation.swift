@@ -14,7 +14,9 @@ import KVStore
 /// Figures per treatment: mean KL(uncompressed ‖ treated) of the scored predictions, perplexity
 /// exp(mean −log p(x_{t+1})) and its change relative to the uncompressed run, top-1 agreement (the
 /// share of steps whose argmax equals the uncompressed run's), the sequence's cache bytes right
-/// after the treatment and their ratio to the uncompressed prompt cache, and decode tokens/s.
+/// after the treatment and their ratio to the uncompressed prompt cache, the bytes after the last
+/// and the largest after any decode step, and decode tokens/s (including the treatment's work
+/// during decode: score accumulation and re-planning).
 public struct ContinuationEvaluation {
     /// One treatment's figures.
     public struct Result: Sendable {
@@ -28,6 +30,10 @@ public struct ContinuationEvaluation {
         public var byteCount: Int
         /// `byteCount` / the uncompressed prompt cache's bytes.
         public var ratio: Double
+        /// Bytes of the sequence after the last decode step (prompt and continuation).
+        public var finalByteCount: Int
+        /// The most bytes the sequence held after any decode step.
+        public var peakByteCount: Int
         /// Continuation tokens decoded per second (including the decode-step treatment).
         public var tokensPerSecond: Double
     }
@@ -80,13 +86,16 @@ public struct ContinuationEvaluation {
             let sequence = store.fork(prompt)
             defer { store.removeSequence(sequence) }
             let context = CacheTreatment.Context(store: store, sequence: sequence, promptTokenCount: promptTokenCount, observation: observation)
-            try treatment.afterPrefill(context)
+            let hook = try treatment.afterPrefill(context)
             let bytes = store.byteCount(of: sequence)
+            var peakBytes = bytes
             var nll = 0.0, kl = 0.0, agree = 0
             let t0 = Date()
             for step in 0..<continuationTokenCount {
-                let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none)
-                try treatment.afterDecodeStep?(context)
+                let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none,
+                                               attentionObserver: hook?.recordAttention)
+                try hook?.afterStep()
+                peakBytes = max(peakBytes, store.byteCount(of: sequence))
                 guard step < steps else { break }
                 let logP = NextTokenStatistics.logSoftmax(logits[...])
                 nll -= logP[Int(continuation[step + 1])]
@@ -107,6 +116,7 @@ public struct ContinuationEvaluation {
                            perplexityDelta: isReference ? 0 : (perplexity - referencePerplexity) / referencePerplexity,
                            meanKLDivergence: isReference ? 0 : kl / Double(steps), top1Agreement: isReference ? 1 : Double(agree) / Double(steps),
                            byteCount: bytes, ratio: Double(bytes) / Double(prefill.byteCount),
+                           finalByteCount: store.byteCount(of: sequence), peakByteCount: peakBytes,
                            tokensPerSecond: Double(continuationTokenCount) / seconds)
             results.append(r)
             progress?(String(format: "%@: perplexity %.4f, KLD %.5f, top-1 %.3f, %d bytes (%.3f), %.1f tokens/s", treatment.policy,

@@ -46,15 +46,16 @@ extension LlamaModel {
     /// `maxTokenCount` tokens or a token in `stopTokens`.
     ///
     /// - Parameters:
-    ///   - afterPrefill: called once the prompt is in the cache (e.g. to compress it).
+    ///   - afterPrefill: called once the prompt is in the cache (e.g. to compress it); the hook it
+    ///     returns, if any, sees every decode step's attention and runs after each step.
     ///   - onToken: called with each generated token as it is chosen.
     /// - Returns: the generated tokens (a stop token included).
     public func generate(prompt: [Int32], maxTokenCount: Int, sequence id: SequenceID, in store: KVStore,
-                         stopTokens: Set<Int32> = [], afterPrefill: ((ObservationWindow) throws -> Void)? = nil,
+                         stopTokens: Set<Int32> = [], afterPrefill: ((ObservationWindow) throws -> CacheTreatment.DecodeHook?)? = nil,
                          onToken: ((Int32) -> Void)? = nil) throws -> [Int32] {
         guard maxTokenCount > 0 else { return [] }
         let (first, observation) = try prefill(prompt, sequence: id, in: store)
-        try afterPrefill?(observation)
+        let hook = try afterPrefill?(observation) ?? nil
         var logits = first
         var out = [Int32]()
         while true {
@@ -62,7 +63,8 @@ extension LlamaModel {
             out.append(next)
             onToken?(next)
             if out.count == maxTokenCount || stopTokens.contains(next) { break }
-            logits = try forward([next], sequence: id, in: store, logits: .last)
+            logits = try forward([next], sequence: id, in: store, logits: .last, attentionObserver: hook?.recordAttention)
+            try hook?.afterStep()
         }
         return out
     }

@@ -81,12 +81,15 @@ public final class LlamaModel: Sendable {
     /// - Parameters:
     ///   - observer: called once per layer with the chunk's queries, keys and values (e.g. to keep
     ///     observation-window queries for a compression policy, or to compare with a dump).
+    ///   - attentionObserver: if given, attention is asked for its weights and each layer's
+    ///     `AttentionResult` is passed here (e.g. to a decode-time policy's score accumulator).
     /// - Returns: logits `[token][vocabulary]` for the tokens `logits` selects.
     /// - Throws: `KVStoreError` if the store cannot take the keys and values (byte limit, or a
     ///   non-finite activation); layers before the failing one have then appended the chunk.
     /// - Precondition: the store has this model's shape; token ids are in the vocabulary.
     public func forward(_ tokens: [Int32], sequence id: SequenceID, in store: KVStore, logits: Logits = .last,
-                        observer: ((LayerActivations) -> Void)? = nil) throws(KVStoreError) -> [Float] {
+                        observer: ((LayerActivations) -> Void)? = nil,
+                        attentionObserver: ((Int, AttentionResult) -> Void)? = nil) throws(KVStoreError) -> [Float] {
         let h = hyperparameters, e = h.embeddingLength, d = h.headDim, n = tokens.count
         let sc = store.configuration
         precondition(sc.layerCount == h.layerCount && sc.queryHeadCount == h.headCount && sc.kvHeadCount == h.kvHeadCount
@@ -117,7 +120,9 @@ public final class LlamaModel: Sendable {
             let vh = Self.transpose(v, outer: n, inner: h.kvHeadCount, d: d)
             observer?(LayerActivations(layer: l, firstPosition: first, tokenCount: n, queries: qh, keys: kh, values: vh))
             try store.append(id, layer: l, keys: kh, values: vh)
-            let attended = store.attend(id, layer: l, queries: qh, queryCount: n, threadCount: threadCount).output
+            let result = store.attend(id, layer: l, queries: qh, queryCount: n, returnWeights: attentionObserver != nil, threadCount: threadCount)
+            attentionObserver?(l, result)
+            let attended = result.output
             let a = Self.transpose(attended, outer: h.headCount, inner: n, d: d)
             let o = block.output.apply(a, count: n, threadCount: threadCount)
             for i in 0..<x.count { x[i] += o[i] }

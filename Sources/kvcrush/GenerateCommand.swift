@@ -8,12 +8,15 @@ enum GenerateCommand {
         summary: "greedy text generation from a GGUF model with the store as its KV cache",
         help: """
             usage: kvcrush generate --model FILE.gguf --prompt TEXT [--max-tokens 64] [--template none|chatml]
-                                    [--policy uncompressed|uniform-int8|uniform-int4|uniform-int2] [--threads N]
+                                    [--policy NAME [--budgets B] [--crush-share S] [--rep-format T] [--anchor A]] [--threads N]
 
             Tokenizes --prompt (with --template chatml: wrapped in the model's ChatML turn, <|im_start|>user …
             <|im_end|> <|im_start|>assistant), prefills it, applies --policy to the prompt's cache, then
             prints the most likely next token until --max-tokens or the end-of-sequence token, and
             the speed and cache bytes on standard error. --model defaults to $KVCRUSH_MODEL.
+
+            \(TreatmentOptions.help)
+            (generate takes one policy and the first budget and share.)
             """,
         run: run)
 
@@ -27,12 +30,10 @@ enum GenerateCommand {
         let threads = try args.value("threads", default: ProcessInfo.processInfo.activeProcessorCount, expected: "a positive integer") {
             Int($0).flatMap { $0 > 0 ? $0 : nil }
         }
+        let treatment = try TreatmentOptions.treatments([policy], &args)[0]
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "generate") }
         guard let prompt else { throw UsageError(message: "--prompt is required", command: "generate") }
-        guard let treatment = CacheTreatment.builtIn(policy) else {
-            throw UsageError(message: "unknown policy '\(policy)': expected uncompressed, uniform-int8, uniform-int4 or uniform-int2", command: "generate")
-        }
         let url = URL(fileURLWithPath: modelPath)
         let file = try GGUFFile(contentsOf: url)
         let model = try LlamaModel(file: file, threadCount: threads)

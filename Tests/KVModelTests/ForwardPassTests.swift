@@ -103,6 +103,27 @@ import TestSupport
         for r in results { #expect(r.perplexity.isFinite && r.perplexity > 1 && (0...1).contains(r.top1Agreement)) }
     }
 
+    /// A KVSelection policy through the compressor: the prompt is compressed to the budget and the
+    /// decode session keeps the cache below the uncompressed one while it grows.
+    @Test func compressorTreatmentKeepsTheBudget() throws {
+        let tiny = try TinyLlama()
+        let model = try LlamaModel(file: tiny.file)
+        let tokens = (0..<72).map { Int32(($0 * 11 + 5) % TinyLlama.vocabulary) }
+        var evaluation = ContinuationEvaluation(model: model, storeConfiguration: model.storeConfiguration(pageCapacity: 4, sinkCount: 2, recentCount: 4))
+        evaluation.observationTokenCount = 8
+        let snap = CacheTreatment.compressed(CompressionSettings(policy: .snapKV(SnapKVOptions(observationQueryCount: 8)), budget: .fraction(0.5)),
+                                             policy: "snapkv", budget: 0.5, crushShare: 0, representativeFormat: nil, anchor: nil)
+        let crush = CacheTreatment.compressed(CompressionSettings(policy: .h2o(), budget: .fraction(0.5, representativeShare: 0.25)),
+                                              policy: "h2o", budget: 0.5, crushShare: 0.25, representativeFormat: "int4", anchor: "random",
+                                              keepsBudgetDuringDecode: false)
+        let (_, results) = try evaluation.run(tokens: tokens, promptTokenCount: 48, continuationTokenCount: 24, treatments: [snap, crush])
+        let (base, s, c) = (results[0], results[1], results[2])
+        #expect(s.byteCount < base.byteCount && s.ratio < 0.75)
+        #expect(s.peakByteCount < base.finalByteCount && s.finalByteCount < base.finalByteCount)
+        #expect(c.byteCount < base.byteCount && c.finalByteCount > c.byteCount)  // no decode budget: the cache grows
+        for r in results.dropFirst() { #expect(r.meanKLDivergence >= 0 && r.meanKLDivergence.isFinite) }
+    }
+
     @Test func badModelFilesAreTypedErrors() throws {
         #expect(throws: LlamaModelError.unsupportedArchitecture("gpt2")) { try LlamaModel(file: TinyLlama(architecture: "gpt2").file) }
         #expect(throws: LlamaModelError.missingTensor("blk.1.ffn_up.weight")) { try LlamaModel(file: TinyLlama(skip: "blk.1.ffn_up.weight").file) }
