@@ -13,8 +13,9 @@ public struct BPETokenizer: Sendable {
     public let tokens: [String]
     /// The pre-tokenizer.
     public let preTokenizer: PreTokenizer
-    /// Beginning- and end-of-sequence tokens, if the file names them.
+    /// The beginning-of-sequence token, if the file names one.
     public let bosToken: Int32?
+    /// The end-of-sequence token, if the file names one.
     public let eosToken: Int32?
     /// Whether the file asks for a BOS token at the start of a prompt (`tokenizer.ggml.add_bos_token`).
     public let addsBOS: Bool

@@ -20,11 +20,15 @@ import KVStore
 public struct ContinuationEvaluation {
     /// One treatment's figures.
     public struct Result: Sendable {
+        /// The treatment measured.
         public var treatment: CacheTreatment
+        /// exp(mean −log p) of the scored predictions.
         public var perplexity: Double
         /// (perplexity − reference) / reference; 0 for the reference.
         public var perplexityDelta: Double
+        /// Mean KL(uncompressed ‖ treated) over the scored predictions (nats).
         public var meanKLDivergence: Double
+        /// Share of scored predictions whose argmax equals the uncompressed run's.
         public var top1Agreement: Double
         /// Bytes of the sequence's pages right after the treatment (prompt tokens only).
         public var byteCount: Int
@@ -38,9 +42,13 @@ public struct ContinuationEvaluation {
         public var tokensPerSecond: Double
     }
 
+    /// The model run.
     public let model: LlamaModel
+    /// The store every treatment's sequence lives in (one store, forks of one prompt).
     public let storeConfiguration: KVStoreConfiguration
+    /// Prefill chunk size.
     public var chunkTokenCount = 512
+    /// Prompt queries kept per layer for policies (the observation window).
     public var observationTokenCount = 32
 
     public init(model: LlamaModel, storeConfiguration: KVStoreConfiguration) {
@@ -50,8 +58,11 @@ public struct ContinuationEvaluation {
 
     /// What the prefill took.
     public struct Prefill: Sendable {
+        /// Prompt tokens.
         public var tokenCount: Int
+        /// Wall-clock seconds.
         public var seconds: Double
+        /// Bytes of the uncompressed prompt cache.
         public var byteCount: Int
     }
 

@@ -6,10 +6,15 @@
 ///     Q4_0 (18 B / 32 values):  | d | qs: 16 × UInt8 (low nibbles 0..<16, high 16..<32) |   x = d·(q − 8)
 ///     Q4_1 (20 B / 32 values):  | d | m | qs: 16 × UInt8 (same packing) |  x = d·q + m
 public enum GGMLType: UInt32, Sendable, Hashable, CaseIterable, CustomStringConvertible {
+    /// IEEE single precision.
     case f32 = 0
+    /// IEEE half precision.
     case f16 = 1
+    /// 4-bit symmetric blocks of 32.
     case q4_0 = 2
+    /// 4-bit affine blocks of 32 (scale and minimum).
     case q4_1 = 3
+    /// 8-bit symmetric blocks of 32.
     case q8_0 = 8
 
     /// Values per block (1 for the float types).

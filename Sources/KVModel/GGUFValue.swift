@@ -1,6 +1,9 @@
 /// One GGUF metadata value: a scalar, a string, or an array of values of one type.
 public enum GGUFValue: Sendable, Hashable, CustomStringConvertible {
+    /// Integers of each width GGUF defines (type ids 0–5, 10, 11).
     case uint8(UInt8), int8(Int8), uint16(UInt16), int16(Int16), uint32(UInt32), int32(Int32)
+    /// Floats (type ids 6, 12), a Boolean (one byte, 0 or 1; id 7), a UTF-8 string (id 8) and
+    /// 64-bit integers.
     case float32(Float), bool(Bool), string(String), uint64(UInt64), int64(Int64), float64(Double)
     /// An array; `elementType` is the GGUF type id of its elements (every element has it).
     case array(elementType: GGUFValueType, [GGUFValue])
@@ -59,6 +62,7 @@ public enum GGUFValue: Sendable, Hashable, CustomStringConvertible {
 
 /// The type ids of GGUF metadata values (the file's `gguf_metadata_value_type`).
 public enum GGUFValueType: UInt32, Sendable, Hashable, CaseIterable {
+    /// The ids as the file stores them.
     case uint8 = 0, int8 = 1, uint16 = 2, int16 = 3, uint32 = 4, int32 = 5, float32 = 6, bool = 7
     case string = 8, array = 9, uint64 = 10, int64 = 11, float64 = 12
 

@@ -63,9 +63,11 @@ public final class LlamaModel: Sendable {
 
     /// What one layer computed for a chunk, for observers (all after RoPE).
     public struct LayerActivations: Sendable {
+        /// The layer (0-based).
         public var layer: Int
         /// Position of the chunk's first token.
         public var firstPosition: Int
+        /// Tokens in the chunk.
         public var tokenCount: Int
         /// `[head][token][headDim]`.
         public var queries: [Float]

@@ -108,12 +108,14 @@ enum RunCommand {
                       prefill: ContinuationEvaluation.Prefill) -> String {
         var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
         s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n\n"
-        let head = "policy          budget  perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
+        let head = "policy          budget  crush  rep   perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
         s += head + "\n" + String(repeating: "-", count: head.count) + "\n"
         for r in results {
             let t = r.treatment
             s += t.policy.padding(toLength: 16, withPad: " ", startingAt: 0)
             s += (t.budget.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 8, withPad: " ", startingAt: 0)
+            s += (t.crushShare.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 7, withPad: " ", startingAt: 0)
+            s += (t.representativeFormat ?? "-").padding(toLength: 6, withPad: " ", startingAt: 0)
             s += String(format: "%-12.4f %+8.3f%%  %-9.5f %-7.3f %-11d %-7.3f %.1f\n", r.perplexity, 100 * r.perplexityDelta,
                         r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond)
         }

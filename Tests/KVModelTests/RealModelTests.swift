@@ -94,7 +94,7 @@ extension RealModelTests {
             }
             let ek = rel(keys[layer.index]!, layer.keys), ev = rel(values[layer.index]!, layer.values)
             print("layer \(layer.index): keys relative error \(ek), values \(ev)")
-            #expect(ek < 2e-3 && ev < 2e-3, "layer \(layer.index)")
+            #expect(ek < 1e-3 && ev < 1e-3, "layer \(layer.index)")
         }
         #expect(abs(perplexity - 14.8) < 0.1)
     }
