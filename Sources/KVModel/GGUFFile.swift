@@ -67,8 +67,12 @@ public struct GGUFFile: Sendable {
     public func tensor(_ name: String) -> GGUFTensorInfo? { tensorIndex[name].map { tensors[$0] } }
 
     /// Calls `body` with the raw bytes of a tensor (valid only inside `body`).
+    ///
+    /// - Precondition: `tensor` is one of this file's `tensors` (a caller bug otherwise: traps).
     public func withUnsafeBytes<R>(of tensor: GGUFTensorInfo, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
-        try storage.withUnsafeBytes { file in
+        precondition(tensorIndex[tensor.name].map { tensors[$0] == tensor } ?? false,
+                     "GGUFFile.withUnsafeBytes: tensor \(tensor.name) is not one of this file's tensors")
+        return try storage.withUnsafeBytes { file in
             // Validated at init: the tensor's data lies inside the file.
             try body(UnsafeRawBufferPointer(rebasing: file[(dataOffset + tensor.offset)..<(dataOffset + tensor.offset + tensor.byteCount)]))
         }
