@@ -15,6 +15,9 @@ enum TreatmentOptions {
         Each budgeted policy runs once per --budgets fraction (of the FP16 cache, sinks and recent
         window included; default 0.5,0.25) and --crush-share (share of the budget spent on KVCrush
         representatives stored as --rep-format, default 0 = host policy alone), with --anchor.
+        --planner tiered (reported as POLICY+tiered) lets the tiered planner split the budget over
+        FP16, INT8 and INT4 by error reduction per byte (error model derived from the store's
+        formats) before the KVCrush share; --planner budget,tiered runs both.
         """
 
     static func evictionPolicy(_ name: String) -> EvictionPolicy? {
@@ -54,20 +57,25 @@ enum TreatmentOptions {
         }
         let anchorName = try args.value("anchor", default: "random", expected: "random, zeros, ones, mean or alternate") { anchor($0) == nil ? nil : $0 }
         let decodeBudget = try args.value("decode-budget", default: true, expected: "on or off") { $0 == "on" ? true : $0 == "off" ? false : nil }
+        let planners = try args.list("planner", default: ["budget"], expected: "budget or tiered") { ["budget", "tiered"].contains($0) ? $0 : nil }
         var out = [CacheTreatment]()
         for name in names {
             if let t = CacheTreatment.builtIn(name) { out.append(t); continue }
             guard let policy = evictionPolicy(name) else {
                 throw UsageError(message: "unknown policy '\(name)': expected one of \((builtInNames + policyNames).joined(separator: ", "))", command: command)
             }
-            for budget in budgets {
-                for share in shares {
-                    let settings = CompressionSettings(
-                        policy: policy, budget: .fraction(budget, representativeShare: share, representativeTier: repFormat),
-                        kvCrush: KVCrushSelector(anchor: anchor(anchorName)!))
-                    out.append(.compressed(settings, policy: name, budget: budget, crushShare: share,
-                                           representativeFormat: share > 0 ? repFormat.description : nil,
-                                           anchor: share > 0 ? anchorName : nil, keepsBudgetDuringDecode: decodeBudget))
+            for planner in planners {
+                for budget in budgets {
+                    for share in shares {
+                        let kind: CompressionSettings.PlannerKind = planner == "tiered"
+                            ? .tiered(.derived(from: .standard), candidateTiers: [.fp16, .int8, .int4]) : .budget
+                        let settings = CompressionSettings(
+                            policy: policy, budget: .fraction(budget, representativeShare: share, representativeTier: repFormat),
+                            planner: kind, kvCrush: KVCrushSelector(anchor: anchor(anchorName)!))
+                        out.append(.compressed(settings, policy: planner == "tiered" ? name + "+tiered" : name, budget: budget, crushShare: share,
+                                               representativeFormat: share > 0 ? repFormat.description : nil,
+                                               anchor: share > 0 ? anchorName : nil, keepsBudgetDuringDecode: decodeBudget))
+                    }
                 }
             }
         }
