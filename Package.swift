@@ -26,6 +26,8 @@ let package = Package(
         .testTarget(name: "KVSelectionTests", dependencies: ["KVSelection", "TestSupport"]),
         .testTarget(name: "KVStoreTests", dependencies: ["KVStore", "TestSupport", "KVExperiments"]),
         .testTarget(name: "KVExperimentsTests", dependencies: ["KVExperiments", "TestSupport"]),
+        // The command line's parsing layer (the executable target is importable by tests).
+        .testTarget(name: "kvcrushTests", dependencies: ["kvcrush", "KVExperiments", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )
