@@ -173,8 +173,10 @@ public struct Evaluation: Sendable {
         if case .host(.streamingLLM) = policy.base, k != nil { share = 1 }
         let budget = ByteBudget.fraction(b, representativeShare: share, representativeTier: k?.representativeTier ?? .int4,
                                          restTier: policy.restTier)
-        let planner: CompressionSettings.PlannerKind = policy.base == .tiered
-            ? .tiered(TierErrorModel.derived(from: settings.tierFormats), candidateTiers: policy.candidateTiers) : .budget
+        var planner = CompressionSettings.PlannerKind.budget
+        if case .tiered = policy.base {
+            planner = .tiered(TierErrorModel.derived(from: settings.tierFormats), candidateTiers: policy.candidateTiers)
+        }
         return CompressionSettings(policy: host, budget: budget, planner: planner,
                                    kvCrush: KVCrushSelector(anchor: k?.anchor ?? .random(seed: 0)))
     }

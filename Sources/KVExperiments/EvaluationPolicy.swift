@@ -9,14 +9,15 @@ import KVStore
 /// | `full` | nothing: every token stays at FP16 (no budget) |
 /// | `streaming` | StreamingLLM: dropped, with the recent window widened to fill the budget (`Evaluation.storeConfiguration(for:)`) |
 /// | `h2o`, `snapkv`, `tova`, `random`, `pyramid` | the host keeps its top tokens at FP16 (`BudgetPlanner`) |
-/// | `tiered` | SnapKV scores spent by `TieredPlanner` over FP16 / INT8 / INT4 |
+/// | `tiered` | SnapKV scores spent by `TieredPlanner` over FP16 / INT8 / INT4 (= `snapkv+tiered`) |
 /// | `uniform-int8`, `uniform-int4`, `uniform-int2` | every prompt token (sinks and window too) moved to that tier (no budget) |
 ///
 /// | modifier | effect |
 /// |---|---|
+/// | `+tiered` | (scored hosts) `TieredPlanner` instead of keep-top-B at FP16, e.g. `h2o+tiered` |
 /// | `+kvcrush` | KVCrush representatives of the tail, with the evaluation's crush share, representative format and anchor |
 /// | `+mikv` | tokens neither kept nor representatives go to INT2 instead of being dropped (MiKV) |
-/// | `+int2` | (`tiered` only) INT2 is one of the planner's candidate tiers |
+/// | `+int2` | (tiered only) INT2 is one of the planner's candidate tiers |
 ///
 /// Every score-based policy scores only from the observation-window queries (H2O accumulates over
 /// them, TOVA takes the last one); `random` draws its scores from the evaluation's seed.
@@ -25,7 +26,8 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
     public enum Base: Sendable, Hashable {
         case full
         case host(EvictionPolicy)
-        case tiered
+        /// `TieredPlanner` spending the budget by this host's scores.
+        case tiered(EvictionPolicy)
         case uniform(Tier)
     }
 
@@ -43,9 +45,10 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
     public static let baseNames = ["full", "streaming", "h2o", "snapkv", "tova", "random", "pyramid", "tiered",
                                    "uniform-int8", "uniform-int4", "uniform-int2"]
 
-    /// The canonical name: base, then the modifiers in the order `kvcrush`, `mikv`, `int2`.
+    /// The canonical name: base, then the modifiers in the order `tiered`, `kvcrush`, `mikv`, `int2`.
     public var description: String {
         var s = baseName
+        if case .tiered = base, baseName != "tiered" { s += "+tiered" }
         if usesKVCrush { s += "+kvcrush" }
         if restTier == .int2 { s += "+mikv" }
         if candidateTiers.contains(.int2) { s += "+int2" }
@@ -60,7 +63,7 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
         }
     }
 
-    /// Parses `name` (`BASE[+kvcrush][+mikv][+int2]`); `seed` seeds `random`.
+    /// Parses `name` (`BASE[+tiered][+kvcrush][+mikv][+int2]`, modifiers in any order); `seed` seeds `random`.
     ///
     /// - Throws: `EvaluationError.invalidPolicy` naming what is wrong.
     public init(parsing name: String, seed: UInt64 = 0, observationWindow: Int = 32) throws(EvaluationError) {
@@ -68,29 +71,37 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
         let baseName = parts[0]
         func bad(_ why: String) -> EvaluationError { .invalidPolicy(name, why) }
         let snap = SnapKVOptions(observationQueryCount: observationWindow)
+        var b: Base
         switch baseName {
-        case "full": base = .full
-        case "streaming": base = .host(.streamingLLM)
-        case "h2o": base = .host(.h2o())
-        case "snapkv": base = .host(.snapKV(snap))
-        case "tova": base = .host(.tova)
-        case "random": base = .host(.random(seed: seed))
-        case "pyramid": base = .host(.pyramidKV(snap))
-        case "tiered": base = .tiered
-        case "uniform-int8": base = .uniform(.int8)
-        case "uniform-int4": base = .uniform(.int4)
-        case "uniform-int2": base = .uniform(.int2)
+        case "full": b = .full
+        case "streaming": b = .host(.streamingLLM)
+        case "h2o": b = .host(.h2o())
+        case "snapkv": b = .host(.snapKV(snap))
+        case "tova": b = .host(.tova)
+        case "random": b = .host(.random(seed: seed))
+        case "pyramid": b = .host(.pyramidKV(snap))
+        case "tiered": b = .tiered(.snapKV(snap))
+        case "uniform-int8": b = .uniform(.int8)
+        case "uniform-int4": b = .uniform(.int4)
+        case "uniform-int2": b = .uniform(.int2)
         default: throw bad("unknown base '\(baseName)' (expected one of \(Self.baseNames.joined(separator: ", ")))")
         }
         self.baseName = baseName
         var modifiers = Set<String>()
         for m in parts.dropFirst() {
-            guard ["kvcrush", "mikv", "int2"].contains(m) else { throw bad("unknown modifier '+\(m)' (expected +kvcrush, +mikv or +int2)") }
+            guard ["tiered", "kvcrush", "mikv", "int2"].contains(m) else { throw bad("unknown modifier '+\(m)' (expected +tiered, +kvcrush, +mikv or +int2)") }
             guard modifiers.insert(m).inserted else { throw bad("modifier '+\(m)' given twice") }
         }
-        if !modifiers.isEmpty, case .full = base { throw bad("full takes no modifiers") }
-        if !modifiers.isEmpty, case .uniform = base { throw bad("uniform baselines take no modifiers") }
-        if modifiers.contains("int2"), base != .tiered { throw bad("+int2 applies to tiered only") }
+        if !modifiers.isEmpty, case .full = b { throw bad("full takes no modifiers") }
+        if !modifiers.isEmpty, case .uniform = b { throw bad("uniform baselines take no modifiers") }
+        if modifiers.contains("tiered") {
+            guard case .host(let p) = b, p.usesScores else { throw bad("+tiered needs a scored host policy (h2o, snapkv, tova, random, pyramid)") }
+            b = .tiered(p)
+        }
+        if modifiers.contains("int2") {
+            guard case .tiered = b else { throw bad("+int2 applies to tiered planners only") }
+        }
+        base = b
         usesKVCrush = modifiers.contains("kvcrush")
         restTier = modifiers.contains("mikv") ? .int2 : .dropped
         candidateTiers = modifiers.contains("int2") ? [.fp16, .int8, .int4, .int2] : [.fp16, .int8, .int4]
@@ -102,7 +113,7 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
         switch base {
         case .full, .uniform: nil
         case .host(let p): p
-        case .tiered: .snapKV(SnapKVOptions(observationQueryCount: observationWindow))
+        case .tiered(let p): p
         }
     }
 }

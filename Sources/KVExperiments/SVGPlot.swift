@@ -51,7 +51,7 @@ public struct SVGPlot: Sendable {
         var s = """
             <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(width))" height="\(Int(height))" viewBox="0 0 \(Int(width)) \(Int(height))" font-family="Helvetica, Arial, sans-serif" font-size="12">
             <rect x="0" y="0" width="\(Int(width))" height="\(Int(height))" fill="white"/>
-            <text x="\(f(left + plotW / 2))" y="24" text-anchor="middle" font-size="15" font-weight="bold">\(escape(title))</text>
+            <text x="\(f(width / 2))" y="24" text-anchor="middle" font-size="14" font-weight="bold">\(escape(title))</text>
 
             """
         // Grid and ticks: decades (and 2, 5 between them) on y; tenths on x.

@@ -3,7 +3,7 @@ import KVCrush
 
 /// `kvcrush eval`: the attention-level protocol of evaluation.md on a KV dump.
 enum EvalCommand {
-    static let defaultPolicies = "full,streaming,h2o,snapkv,snapkv+kvcrush,tiered,uniform-int8,uniform-int4,uniform-int2"
+    static let defaultPolicies = "full,streaming,h2o,snapkv,snapkv+kvcrush,h2o+tiered,uniform-int8,uniform-int4,uniform-int2"
 
     static let subcommand = Subcommand(
         name: "eval",
@@ -25,8 +25,9 @@ enum EvalCommand {
             --policies   comma list (default \(defaultPolicies)) of
                          full, streaming, h2o, snapkv, tova, random, pyramid, tiered (SnapKV scores,
                          tiered FP16/INT8/INT4 planner), uniform-int8, uniform-int4, uniform-int2;
-                         modifiers: +kvcrush (representatives), +mikv (rest at INT2 instead of dropped),
-                         +int2 (tiered may use INT2). E.g. snapkv+kvcrush, tiered+kvcrush+mikv.
+                         modifiers: +tiered (tiered planner on a scored host's scores, e.g. h2o+tiered),
+                         +kvcrush (representatives), +mikv (rest at INT2 instead of dropped),
+                         +int2 (a tiered planner may use INT2). E.g. snapkv+kvcrush, tiered+kvcrush+mikv.
             --budgets    fractions of the prompt's FP16 bytes (default 0.1,0.25,0.5); sinks and window included
             --crush-share, --rep-format, --anchor   KVCrush settings, each a list: every +kvcrush policy runs
                          for every combination (defaults 0.3, int4, alternate; anchors random, zeros, ones,

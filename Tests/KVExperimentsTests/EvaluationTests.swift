@@ -102,10 +102,11 @@ func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings
         }
         let evaluation = try Evaluation(dump: dump, settings: testSettings)
         #expect(throws: EvaluationError.self) { try evaluation.run(configuration("snapkv", budget: 0.01)) }
-        for bad in ["nope", "snapkv+bar", "full+kvcrush", "uniform-int4+mikv", "h2o+kvcrush+kvcrush", "h2o+int2", "tiered+int2+mikv", ""] {
+        for bad in ["nope", "snapkv+bar", "full+kvcrush", "uniform-int4+mikv", "h2o+kvcrush+kvcrush", "h2o+int2", "tiered+int2+mikv", "", "streaming+tiered", "tiered+tiered"] {
             #expect(throws: EvaluationError.self, "\(bad)") { try EvaluationPolicy(parsing: bad) }
         }
         #expect(try EvaluationPolicy(parsing: "tiered+mikv+kvcrush").description == "tiered+kvcrush+mikv")
+        #expect(try EvaluationPolicy(parsing: "h2o+kvcrush+tiered+int2").description == "h2o+tiered+kvcrush+int2")
     }
 
     /// The table, CSV and JSON carry the same figures, and the JSON has exactly the documented schema.
