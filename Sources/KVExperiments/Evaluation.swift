@@ -126,9 +126,13 @@ public struct Evaluation: Sendable {
 
     /// Runs `body(0 ..< count)` on up to `threads` threads (all cores when `nil`).
     static func parallel(_ count: Int, threads: Int?, _ body: @Sendable (Int) -> Void) {
-        let t = max(1, min(threads ?? 64, count))
+        let t = max(1, min(threads ?? ProcessInfo.processInfo.activeProcessorCount, count))
         if t == 1 { for i in 0..<count { body(i) }; return }
-        DispatchQueue.concurrentPerform(iterations: count) { body($0) }
+        // Thread k takes items k, k + t, k + 2t, …
+        DispatchQueue.concurrentPerform(iterations: t) { k in
+            var i = k
+            while i < count { body(i); i += t }
+        }
     }
 
     /// `[kvHead][token][headDim]` rows of `data` for `tokens`.
