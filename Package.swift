@@ -29,6 +29,8 @@ let package = Package(
         .testTarget(name: "KVStoreTests", dependencies: ["KVStore", "TestSupport", "KVExperiments", "KVCrush"]),
         .testTarget(name: "KVExperimentsTests", dependencies: ["KVExperiments", "TestSupport"]),
         .testTarget(name: "KVModelTests", dependencies: ["KVModel", "KVExperiments", "TestSupport"]),
+        // The command line's parsing layer (the executable target is importable by tests).
+        .testTarget(name: "kvcrushTests", dependencies: ["kvcrush", "KVExperiments", "TestSupport"]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -9,7 +9,7 @@ enum RunCommand {
         help: """
             usage: kvcrush run --model FILE.gguf --text FILE [--prompt-tokens 1536] [--continue 512]
                                [--policies uncompressed,uniform-int8,uniform-int4] [--budgets B,B] [--crush-share S,S]
-                               [--rep-format int4] [--anchor random] [--planner budget|tiered] [--decode-budget on|off]
+                               [--rep-format int4] [--anchor alternate] [--seed N] [--decode-budget on|off]
                                [--page N] [--chunk N] [--threads N] [--format table|csv|json] [--output FILE]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies

@@ -1,0 +1,303 @@
+import Dispatch
+import Foundation
+import KVQuantization
+import KVSelection
+import KVStore
+import Synchronization
+
+/// The protocol's fixed parts: regions, windows, pages and formats.
+public struct EvaluationSettings: Sendable, Hashable {
+    /// Sink tokens kept at FP16 (default 4).
+    public var sinkCount: Int
+    /// Recent-window tokens kept at FP16 (default 32).
+    public var recentCount: Int
+    /// Observation window W: the last W prompt queries score the prompt (default 32).
+    public var observationWindow: Int
+    /// Evaluation queries E: the prompt is the first T − E tokens (default 32, as in evaluation.md).
+    public var evaluationQueryCount: Int
+    /// Store page capacity (default 32).
+    public var pageCapacity: Int
+    /// Tier formats (default `.standard`: per-channel keys, grouped values).
+    public var tierFormats: TierFormats
+    /// Threads for independent configurations and reference rows (`nil`: all cores).
+    public var threadCount: Int?
+
+    public init(sinkCount: Int = 4, recentCount: Int = 32, observationWindow: Int = 32, evaluationQueryCount: Int = 32,
+                pageCapacity: Int = 32, tierFormats: TierFormats = .standard, threadCount: Int? = nil) {
+        self.sinkCount = sinkCount
+        self.recentCount = recentCount
+        self.observationWindow = observationWindow
+        self.evaluationQueryCount = evaluationQueryCount
+        self.pageCapacity = pageCapacity
+        self.tierFormats = tierFormats
+        self.threadCount = threadCount
+    }
+}
+
+/// The attention-level protocol of `evaluation.md` on one KV dump.
+///
+/// With T tokens and E evaluation queries, the prompt is positions `0 ..< P`, `P = T − E`:
+/// 1. the prompt of every loaded layer is appended to a `KVStore` at FP16;
+/// 2. it is compressed: budgeted policies through `KVCompressor.compressPrefill`, scored only by
+///    the observation-window queries `P − W ..< P` (causal, over keys `0 ..< P`), within
+///    `budget · (P · FP16 token bytes)` per stream (sinks and window included); `uniform-*` moves
+///    every prompt token to its tier; `full` does nothing;
+/// 3. the prompt cache's exact bytes and tiers are read from the store;
+/// 4. tokens `P ..< T` are appended at FP16 and the evaluation queries at `P ..< T` attend in one
+///    call, each over the compressed prompt and the new tokens up to its own position;
+/// 5. each output is compared with the reference: FP64 attention over the dump's uncompressed
+///    values (scale 1/√headDim, softmax), computed once per layer.
+///
+/// The new tokens are stored at FP16, so they are "exact" up to FP16 rounding, as in a runtime
+/// whose cache is FP16; so is the `full` policy (its error is FP16 rounding of the keys and values,
+/// plus FP32 arithmetic).
+public struct Evaluation: Sendable {
+    public let dump: KVDump
+    public let settings: EvaluationSettings
+    /// P.
+    public let promptTokenCount: Int
+    let references: [LayerReference]
+
+    /// The reference attention of one layer's evaluation queries.
+    struct LayerReference: Sendable {
+        /// `[head][query][headDim]`.
+        var outputs: [Double]
+        /// `[head][query][P]`: weights on prompt tokens.
+        var promptWeights: [Double]
+    }
+
+    /// Checks the settings against the dump and computes the reference attention.
+    ///
+    /// - Throws: `EvaluationError.invalidSetting` or `.notEnoughQueries`.
+    /// - Complexity: O(layers · heads · E · T · headDim).
+    public init(dump: KVDump, settings: EvaluationSettings = EvaluationSettings()) throws(EvaluationError) {
+        let s = dump.shape
+        guard settings.evaluationQueryCount > 0 else { throw .invalidSetting("evaluation queries", "must be positive") }
+        guard settings.observationWindow > 0 else { throw .invalidSetting("--window", "must be positive") }
+        guard settings.sinkCount >= 0, settings.recentCount >= 0 else { throw .invalidSetting("--sinks/--recent", "must not be negative") }
+        let p = s.tokenCount - settings.evaluationQueryCount
+        guard p - settings.observationWindow >= s.queryStart else {
+            throw .notEnoughQueries(neededFrom: p - settings.observationWindow, queryStart: s.queryStart)
+        }
+        guard settings.sinkCount + settings.recentCount <= p else {
+            throw .invalidSetting("--sinks/--recent", "sinks + recent window (\(settings.sinkCount + settings.recentCount)) exceed the prompt (\(p) tokens)")
+        }
+        let probe = KVStoreConfiguration(layerCount: 1, queryHeadCount: s.headCount, kvHeadCount: s.kvHeadCount, headDim: s.headDim,
+                                         pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats)
+        do { try probe.validate() } catch { throw .invalidSetting("store", error.description) }
+        self.dump = dump
+        self.settings = settings
+        promptTokenCount = p
+        let e = settings.evaluationQueryCount, d = s.headDim, h = s.headCount, layerCount = dump.layers.count
+        let scale = 1 / Double(d).squareRoot()
+        let units = layerCount * h
+        let outputs = Mutex([[Double]](repeating: [], count: units)), weights = Mutex([[Double]](repeating: [], count: units))
+        let layers = dump.layers
+        Self.parallel(units, threads: settings.threadCount) { u in
+            let layer = layers[u / h], head = u % h, kv = s.kvHead(forQueryHead: head)
+            var out = [Double](repeating: 0, count: e * d), w = [Double](repeating: 0, count: e * p)
+            var scores = [Double](repeating: 0, count: s.tokenCount)
+            let q0 = layer.queryOffset(head: head, position: p), k0 = layer.kvOffset(kvHead: kv, token: 0)
+            for i in 0..<e {
+                let n = p + i + 1
+                var m = -Double.infinity
+                for j in 0..<n {
+                    var dot = 0.0
+                    for c in 0..<d { dot += Double(layer.queries[q0 + i * d + c]) * Double(layer.keys[k0 + j * d + c]) }
+                    scores[j] = dot * scale
+                    m = max(m, scores[j])
+                }
+                var total = 0.0
+                for j in 0..<n { scores[j] = Foundation.exp(scores[j] - m); total += scores[j] }
+                for j in 0..<n {
+                    let wj = scores[j] / total
+                    if j < p { w[i * p + j] = wj }
+                    for c in 0..<d { out[i * d + c] += wj * Double(layer.values[k0 + j * d + c]) }
+                }
+            }
+            outputs.withLock { $0[u] = out }
+            weights.withLock { $0[u] = w }
+        }
+        let o = outputs.withLock { $0 }, w = weights.withLock { $0 }
+        references = (0..<layerCount).map { l in
+            LayerReference(outputs: (0..<h).flatMap { o[l * h + $0] }, promptWeights: (0..<h).flatMap { w[l * h + $0] })
+        }
+    }
+
+    /// Runs `body(0 ..< count)` on up to `threads` threads (all cores when `nil`).
+    static func parallel(_ count: Int, threads: Int?, _ body: @Sendable (Int) -> Void) {
+        let t = max(1, min(threads ?? ProcessInfo.processInfo.activeProcessorCount, count))
+        if t == 1 { for i in 0..<count { body(i) }; return }
+        // Thread k takes items k, k + t, k + 2t, …
+        DispatchQueue.concurrentPerform(iterations: t) { k in
+            var i = k
+            while i < count { body(i); i += t }
+        }
+    }
+
+    /// `[kvHead][token][headDim]` rows of `data` for `tokens`.
+    func rows(_ data: [Float], _ tokens: Range<Int>) -> [Float] {
+        let s = dump.shape, d = s.headDim
+        var out = [Float]()
+        out.reserveCapacity(s.kvHeadCount * tokens.count * d)
+        for h in 0..<s.kvHeadCount {
+            out.append(contentsOf: data[((h * s.tokenCount + tokens.lowerBound) * d) ..< ((h * s.tokenCount + tokens.upperBound) * d)])
+        }
+        return out
+    }
+
+    /// The store configuration a run uses: one store layer per loaded dump layer.
+    ///
+    /// StreamingLLM's cache is the sinks plus the most recent tokens, so for `streaming` the recent
+    /// window is widened to fill the budget: `⌊budget·P⌋ − sinks` tokens (never below
+    /// `recentCount`), or, with `+kvcrush`, the host's share of the bytes after sinks and the
+    /// configured window (the representatives' share stays theirs).
+    public func storeConfiguration(for configuration: EvaluationConfiguration? = nil) -> KVStoreConfiguration {
+        let s = dump.shape
+        var recent = settings.recentCount
+        if let c = configuration, case .host(.streamingLLM) = c.policy.base, let b = c.budget {
+            let budgetTokens = Int(b * Double(promptTokenCount))  // FP16 tokens the budget buys (⌊·⌋)
+            let available = max(0, budgetTokens - settings.sinkCount - settings.recentCount)
+            let hostShare = 1 - (c.kvCrush?.share ?? 0)
+            recent = min(promptTokenCount - settings.sinkCount, settings.recentCount + Int(Double(available) * hostShare))
+        }
+        return KVStoreConfiguration(layerCount: dump.layers.count, queryHeadCount: s.headCount, kvHeadCount: s.kvHeadCount,
+                                    headDim: s.headDim, pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats,
+                                    sinkCount: settings.sinkCount, recentCount: recent)
+    }
+
+    /// The compressor settings of a budgeted configuration (`nil` for `full` and `uniform-*`).
+    public func compressionSettings(_ configuration: EvaluationConfiguration) -> CompressionSettings? {
+        // StreamingLLM's host share went into the widened window (`storeConfiguration(for:)`).
+        configuration.compressionSettings(tierFormats: settings.tierFormats, streamingWindowFillsBudget: true)
+    }
+
+    /// Runs one configuration: its overall result, then one per layer.
+    ///
+    /// - Throws: `EvaluationError.compression` (e.g. a budget below sinks + window), `.store`.
+    public func run(_ configuration: EvaluationConfiguration) throws(EvaluationError) -> [EvaluationResult] {
+        let s = dump.shape, d = s.headDim, p = promptTokenCount, e = settings.evaluationQueryCount
+        let w = settings.observationWindow, layerCount = dump.layers.count
+        let store: KVStore
+        do { store = try KVStore(storeConfiguration(for: configuration)) } catch { throw .invalidSetting("store", error.description) }
+        let id = store.addSequence()
+        do {
+            for (l, layer) in dump.layers.enumerated() {
+                try store.append(id, layer: l, keys: rows(layer.keys, 0..<p), values: rows(layer.values, 0..<p))
+            }
+        } catch { throw .store(error.description) }
+
+        func failed(_ message: String) -> EvaluationError {
+            .compression(configuration: configuration.label, budget: configuration.budget, message: message)
+        }
+        switch configuration.policy.base {
+        case .full:
+            break
+        case .uniform(let tier):
+            let moves = (0..<p).map { StreamPlan.Move(position: Int32($0), tier: tier) }
+            let plan = RetentionPlan(streams: (0..<layerCount).flatMap { l in
+                (0..<s.kvHeadCount).map { StreamPlan(layer: l, kvHead: $0, moves: moves) }
+            })
+            do { try store.apply(plan, to: id) } catch { throw failed(error.description) }
+        case .host, .tiered:
+            guard let cs = compressionSettings(configuration) else { throw failed("a budgeted policy needs a budget") }
+            let window = (p - w)..<p
+            let queries = dump.layers.map { layer in (0..<s.headCount).flatMap { h in window.flatMap { layer.query(head: h, position: $0) } } }
+            let positions = [[Int32]](repeating: window.map { Int32($0) }, count: layerCount)
+            do { try KVCompressor(store: store, settings: cs).compressPrefill(id, observationQueries: queries, queryPositions: positions) } catch {
+                throw failed(error.description)
+            }
+        }
+
+        // The compressed prompt cache: bytes, tiers, which tokens are still stored.
+        let fp16PerStream = (p + settings.pageCapacity - 1) / settings.pageCapacity
+            * TierCosts(formats: settings.tierFormats, headDim: d, pageCapacity: settings.pageCapacity).pageByteCount(.fp16)
+        var layerBytes = [Int](repeating: 0, count: layerCount)
+        var layerTiers = [[Tier: Int]](repeating: [:], count: layerCount)
+        var stored = [[[Bool]]]()  // [layer][kvHead][prompt token]
+        for l in 0..<layerCount {
+            var perHead = [[Bool]]()
+            var counts: [Tier: Int] = [.fp16: 0, .int8: 0, .int4: 0, .int2: 0, .dropped: 0]
+            for h in 0..<s.kvHeadCount {
+                layerBytes[l] += store.byteCount(of: id, layer: l, kvHead: h)
+                let t = store.tokenTiers(of: id, layer: l, kvHead: h)
+                var mask = [Bool](repeating: false, count: p)
+                for (pos, tier) in zip(t.positions, t.tiers) { mask[Int(pos)] = true; counts[tier, default: 0] += 1 }
+                counts[.dropped, default: 0] += p - t.positions.count
+                perHead.append(mask)
+            }
+            layerTiers[l] = counts
+            stored.append(perHead)
+        }
+
+        // Evaluation queries over the compressed prompt plus the exact new tokens.
+        var errors = [[Double]](repeating: [], count: layerCount), masses = errors
+        let queryPositions = (p..<s.tokenCount).map { Int32($0) }
+        for (l, layer) in dump.layers.enumerated() {
+            do { try store.append(id, layer: l, keys: rows(layer.keys, p..<s.tokenCount), values: rows(layer.values, p..<s.tokenCount)) } catch {
+                throw .store(error.description)
+            }
+            let q = (0..<s.headCount).flatMap { h in (p..<s.tokenCount).flatMap { layer.query(head: h, position: $0) } }
+            let out = store.attend(id, layer: l, queries: q, queryCount: e, queryPositions: queryPositions, threadCount: 1).output
+            let ref = references[l]
+            for h in 0..<s.headCount {
+                let mask = stored[l][s.kvHead(forQueryHead: h)]
+                for i in 0..<e {
+                    let o = (h * e + i) * d
+                    var num = 0.0, den = 0.0
+                    for c in 0..<d {
+                        let diff = Double(out[o + c]) - ref.outputs[o + c]
+                        num += diff * diff
+                        den += ref.outputs[o + c] * ref.outputs[o + c]
+                    }
+                    errors[l].append(den == 0 ? num.squareRoot() : (num / den).squareRoot())
+                    var lost = 0.0
+                    let wo = (h * e + i) * p
+                    for j in 0..<p where !mask[j] { lost += ref.promptWeights[wo + j] }
+                    masses[l].append(1 - lost)
+                }
+            }
+        }
+
+        func result(layer: Int?, errors: [Double], masses: [Double], bytes: Int, fp16: Int, tiers: [Tier: Int]) -> EvaluationResult {
+            let m = EvaluationResult.summarise(errors: errors, masses: masses)
+            let k = configuration.kvCrush
+            return EvaluationResult(policy: configuration.policy.description, budget: configuration.budget, crushShare: k?.share,
+                                    representativeTier: k?.representativeTier, anchor: k.map { KVCrushSettings.name(of: $0.anchor) },
+                                    layer: layer, relErrMean: m.mean, relErrP95: m.p95, relErrMax: m.max, massKept: m.mass,
+                                    byteCount: bytes, fp16ByteCount: fp16, tokenCounts: tiers)
+        }
+        var all: [Tier: Int] = [:]
+        for t in layerTiers { all.merge(t, uniquingKeysWith: +) }
+        var out = [result(layer: nil, errors: errors.flatMap { $0 }, masses: masses.flatMap { $0 }, bytes: layerBytes.reduce(0, +),
+                          fp16: fp16PerStream * s.kvHeadCount * layerCount, tiers: all)]
+        for (l, layer) in dump.layers.enumerated() {
+            out.append(result(layer: layer.index, errors: errors[l], masses: masses[l], bytes: layerBytes[l],
+                              fp16: fp16PerStream * s.kvHeadCount, tiers: layerTiers[l]))
+        }
+        return out
+    }
+
+    /// Runs every configuration (in parallel), reporting each one finished to `progress`
+    /// (`finished`, `total`, the configuration), and collects the results in configuration order.
+    ///
+    /// - Throws: the first configuration's error, in configuration order.
+    public func run(_ configurations: [EvaluationConfiguration], dumpName: String,
+                    progress: (@Sendable (Int, Int, EvaluationConfiguration) -> Void)? = nil) throws(EvaluationError) -> EvaluationReport {
+        let outcomes = Mutex([Result<[EvaluationResult], EvaluationError>?](repeating: nil, count: configurations.count))
+        let finished = Atomic<Int>(0)
+        let total = configurations.count
+        Self.parallel(total, threads: settings.threadCount) { i in
+            let r = Result { () throws(EvaluationError) in try run(configurations[i]) }
+            outcomes.withLock { $0[i] = r }
+            let n = finished.add(1, ordering: .relaxed).newValue
+            progress?(n, total, configurations[i])
+        }
+        var results: [EvaluationResult] = []
+        for r in outcomes.withLock({ $0 }) { results += try r!.get() }
+        return EvaluationReport(dumpName: dumpName, model: dump.model, layers: dump.layerIndices, promptTokenCount: promptTokenCount,
+                                observationWindow: settings.observationWindow, evaluationQueryCount: settings.evaluationQueryCount,
+                                results: results)
+    }
+}
+
