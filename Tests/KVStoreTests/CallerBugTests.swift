@@ -48,6 +48,14 @@ import KVExperiments
         c.kvHeadCount = 1
         c.headDim = 0
         #expect(throws: KVStoreConfigurationError.self) { try KVStore(c) }
+        // Shape fields are bounded so their products cannot overflow (found by the snapshot fuzzer:
+        // a restored queryHeadCount near Int.max made attend's buffer size overflow).
+        c.headDim = 8
+        c.queryHeadCount = 1 << 62
+        #expect(throws: KVStoreConfigurationError.invalidField("queryHeadCount", "must be in 1...65536, got \(1 << 62)")) { try KVStore(c) }
+        c.queryHeadCount = 1
+        c.layerCount = 1 << 40
+        #expect(throws: KVStoreConfigurationError.self) { try KVStore(c) }
         let (s, id) = Self.store()
         #expect(throws: KVStoreError.self) { try s.append(id, layer: 0, keys: [Float](repeating: .nan, count: 8), values: [Float](repeating: 0, count: 8)) }
         #expect(throws: SnapshotError.notASnapshot) { try s.loadSnapshot(bytes: Array("{}".utf8) + [UInt8](repeating: 0, count: 30)) }

@@ -282,6 +282,7 @@ struct SnapshotSections {
         #expect(rejected { $0.payloads[1][0] = 3 }.contains("PAGE"))
         #expect(rejected { $0.payloads[1].append(0) }.contains("unread bytes"))
         #expect(rejected { $0.payloads[0][16] = 0 }.contains("kvHeadCount"))  // kvHeadCount = 0
+        #expect(rejected { $0.payloads[0][15] = 0x40 }.contains("queryHeadCount must be in 1...65536"))  // 2⁶²: fuzzer-found
         #expect(rejected { $0.payloads[0][24] = 5 } != "accepted")  // headDim 5: the rows no longer fit the payload
         // SEQS: nextID u64, count u32, id u64, next position i32, tier 0: pageCount u32 (= 2), indices...
         #expect(rejected { $0.payloads[2][28] = 1 }.contains("is not full"))  // pages [1, 1]: a partial page first
