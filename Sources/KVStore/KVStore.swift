@@ -1,6 +1,5 @@
 import KVQuantization
 import KVSelection
-import Synchronization
 
 /// A paged, mixed-precision KV cache for many sequences, read back through one dequantising
 /// attention path.
@@ -34,7 +33,7 @@ public final class KVStore: Sendable {
     /// The pool every page comes from (its `bytesInUse` is `byteCount`).
     public let pool: PagePool
     let codecs: [TierCodecs]
-    let state: Mutex<StoreState>
+    let state: StateLock<StoreState>
 
     struct StoreState: Sendable {
         var sequences: [SequenceID: SequenceState] = [:]
@@ -59,7 +58,7 @@ public final class KVStore: Sendable {
         self.configuration = configuration
         pool = PagePool()
         codecs = Tier.stored.map { TierCodecs(tier: $0, configuration: configuration) }
-        state = Mutex(StoreState())
+        state = StateLock(StoreState())
     }
 
     // MARK: Sequences

@@ -56,15 +56,21 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     /// - Throws: `KVStoreConfigurationError` naming the first invalid field.
     public func validate() throws(KVStoreConfigurationError) {
         func bad(_ field: String, _ rule: String) -> KVStoreConfigurationError { .invalidField(field, rule) }
-        guard layerCount > 0 else { throw bad("layerCount", "must be positive, got \(layerCount)") }
-        guard queryHeadCount > 0 else { throw bad("queryHeadCount", "must be positive, got \(queryHeadCount)") }
+        // Upper bounds keep every product of shape fields (buffer sizes, stream counts) far from
+        // overflow, whatever a configuration read from a file says.
+        guard layerCount > 0, layerCount <= 65536 else { throw bad("layerCount", "must be in 1...65536, got \(layerCount)") }
+        guard queryHeadCount > 0, queryHeadCount <= 65536 else {
+            throw bad("queryHeadCount", "must be in 1...65536, got \(queryHeadCount)")
+        }
         guard kvHeadCount > 0, queryHeadCount % kvHeadCount == 0 else {
             throw bad("kvHeadCount", "must be positive and divide queryHeadCount \(queryHeadCount), got \(kvHeadCount)")
         }
         guard headDim > 0, headDim <= 4096 else { throw bad("headDim", "must be in 1...4096, got \(headDim)") }
         guard pageCapacity > 0, pageCapacity <= 65536 else { throw bad("pageCapacity", "must be in 1...65536, got \(pageCapacity)") }
-        guard sinkCount >= 0 else { throw bad("sinkCount", "must not be negative, got \(sinkCount)") }
-        guard recentCount >= 0 else { throw bad("recentCount", "must not be negative, got \(recentCount)") }
+        guard sinkCount >= 0, sinkCount <= Int(Int32.max) else { throw bad("sinkCount", "must be in 0...Int32.max, got \(sinkCount)") }
+        guard recentCount >= 0, recentCount <= Int(Int32.max) else {
+            throw bad("recentCount", "must be in 0...Int32.max, got \(recentCount)")
+        }
         if let limit = byteLimit, limit < 0 { throw bad("byteLimit", "must not be negative, got \(limit)") }
         if let s = attentionScale, !(s.isFinite && s > 0) { throw bad("attentionScale", "must be finite and positive, got \(s)") }
         for tier in Tier.stored {

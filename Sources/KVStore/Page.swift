@@ -1,5 +1,4 @@
 import KVQuantization
-import Synchronization
 
 /// The byte layout of one kind of page: `capacity` token slots of one stream, keys and values in
 /// fixed formats.
@@ -102,7 +101,7 @@ public final class PagePool: Sendable {
         var pagesInUseByLayout: [PageLayout: Int] = [:]
         var freePageCount = 0
     }
-    private let state = Mutex(State())
+    private let state = StateLock(State())
     /// Free pages kept for reuse at most (beyond this, freed buffers go back to the allocator).
     let maxFreePages: Int
 

@@ -1,0 +1,178 @@
+import KVQuantization
+import KVSelection
+
+/// The snapshot file format, version 1. All integers little-endian.
+///
+///     file    = header · section("CONF") · section("PAGE") · section("SEQS")      (nothing after)
+///     header  = magic "KVCSNAP\n" (8) · version u32 · sectionCount u32 (= 3) · reserved u32 (= 0)
+///               · CRC-32C of the preceding 20 bytes u32
+///     section = tag (4 ASCII) · payloadByteCount u64 · payload · CRC-32C of tag, count and payload u32
+///
+///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity, sinkCount,
+///               recentCount (u64 each) · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
+///               · for each stored tier (fp16, int8, int4, int2): key format, value format
+///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise) · code bits u8 (0, 2, 4, 8) · groupSize u32
+///     PAGE    = pageCount u32 · page*
+///     page    = tier u8 · isStaging u8 · count u32 · count key rows · count value rows
+///               · page key parameters (channelwise sealed pages) · count positions i32
+///     SEQS    = nextSequenceID u64 · sequenceCount u32 · sequence*
+///     sequence = id u64 · per layer: nextPosition i32
+///               · per layer, per KV head, per stored tier: pageCount u32 · page indices u32*
+///               · staging page index u32 (0xFFFFFFFF: none)
+///
+/// Pages are stored once however many sequences share them (forks), so a restored store shares
+/// them the same way and `byteCount` is unchanged. Only filled slots are written: the bytes beyond
+/// `count` in a page are not part of its state.
+enum SnapshotFormat {
+    static let magic: [UInt8] = Array("KVCSNAP\n".utf8)
+    static let version: UInt32 = 1
+    static let headerByteCount = 24
+    static let sectionTags = ["CONF", "PAGE", "SEQS"]
+    static let noPage: UInt32 = 0xFFFF_FFFF
+    /// Most streams (layers × KV heads) a snapshot's configuration may have.
+    static let maxStreamCount = 1 << 20
+}
+
+/// Appends little-endian fields to a byte array.
+struct SnapshotWriter {
+    var bytes: [UInt8] = []
+
+    mutating func u8(_ x: UInt8) { bytes.append(x) }
+    mutating func u32(_ x: UInt32) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func i32(_ x: Int32) { u32(UInt32(bitPattern: x)) }
+    mutating func u64(_ x: UInt64) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func i64(_ x: Int64) { u64(UInt64(bitPattern: x)) }
+    mutating func raw(_ p: UnsafeRawPointer, _ n: Int) { bytes.append(contentsOf: UnsafeRawBufferPointer(start: p, count: n)) }
+
+    /// Appends `payload` as a section with its tag, length and checksum.
+    mutating func section(_ tag: String, _ payload: [UInt8]) {
+        let start = bytes.count
+        bytes.append(contentsOf: Array(tag.utf8))
+        u64(UInt64(payload.count))
+        bytes.append(contentsOf: payload)
+        let crc = bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[start...])) }
+        u32(crc)
+    }
+
+    mutating func format(_ f: StorageFormat) {
+        switch f {
+        case .fp16: u8(0); u8(0); u32(0)
+        case .grouped(let w, let g): u8(1); u8(UInt8(w.bits)); u32(UInt32(g))
+        case .channelwise(let w): u8(2); u8(UInt8(w.bits)); u32(0)
+        }
+    }
+
+    mutating func configuration(_ c: KVStoreConfiguration) {
+        for x in [c.layerCount, c.queryHeadCount, c.kvHeadCount, c.headDim, c.pageCapacity, c.sinkCount, c.recentCount] {
+            u64(UInt64(x))
+        }
+        u8(c.byteLimit == nil ? 0 : 1)
+        i64(Int64(c.byteLimit ?? 0))
+        u8(c.attentionScale == nil ? 0 : 1)
+        u32(c.attentionScale?.bitPattern ?? 0)
+        for t in Tier.stored {
+            format(c.tierFormats.keyFormat(t))
+            format(c.tierFormats.valueFormat(t))
+        }
+    }
+}
+
+/// Reads little-endian fields from one section's payload; every read is bounds-checked and a short
+/// payload is a `.malformed` error naming the field.
+struct SnapshotReader {
+    let bytes: UnsafeRawBufferPointer
+    let section: String
+    var offset = 0
+
+    init(_ bytes: UnsafeRawBufferPointer, section: String) {
+        self.bytes = bytes
+        self.section = section
+    }
+
+    var remaining: Int { bytes.count - offset }
+
+    func fail(_ reason: String) -> SnapshotError { .malformed(section: section, reason: reason) }
+
+    mutating func take(_ n: Int, _ what: String) throws(SnapshotError) -> UnsafeRawBufferPointer {
+        guard n >= 0, n <= remaining else {
+            throw fail("the payload ends inside \(what) (needs \(n) bytes at offset \(offset), \(remaining) left)")
+        }
+        defer { offset += n }
+        return UnsafeRawBufferPointer(rebasing: bytes[offset..<(offset + n)])
+    }
+
+    mutating func u8(_ what: String) throws(SnapshotError) -> UInt8 { try take(1, what)[0] }
+    mutating func u32(_ what: String) throws(SnapshotError) -> UInt32 {
+        UInt32(littleEndian: try take(4, what).loadUnaligned(as: UInt32.self))
+    }
+    mutating func i32(_ what: String) throws(SnapshotError) -> Int32 { Int32(bitPattern: try u32(what)) }
+    mutating func u64(_ what: String) throws(SnapshotError) -> UInt64 {
+        UInt64(littleEndian: try take(8, what).loadUnaligned(as: UInt64.self))
+    }
+
+    /// A u64 that must fit in `Int`.
+    mutating func int(_ what: String) throws(SnapshotError) -> Int {
+        let x = try u64(what)
+        guard x <= UInt64(Int.max) else { throw fail("\(what) \(x) does not fit in Int") }
+        return Int(x)
+    }
+
+    /// A flag byte that must be 0 or 1.
+    mutating func flag(_ what: String) throws(SnapshotError) -> Bool {
+        let x = try u8(what)
+        guard x <= 1 else { throw fail("\(what) is \(x), must be 0 or 1") }
+        return x == 1
+    }
+
+    /// A count that must be at most `limit`.
+    mutating func count(_ what: String, max limit: Int) throws(SnapshotError) -> Int {
+        let x = Int(try u32(what))
+        guard x <= limit else { throw fail("\(what) is \(x), at most \(limit) fit") }
+        return x
+    }
+
+    func finish() throws(SnapshotError) {
+        guard remaining == 0 else { throw fail("\(remaining) unread bytes at the end of the payload") }
+    }
+
+    mutating func format(_ what: String) throws(SnapshotError) -> StorageFormat {
+        let kind = try u8("\(what) kind"), bits = try u8("\(what) code bits"), group = try u32("\(what) group size")
+        func width() throws(SnapshotError) -> CodeWidth {
+            guard let w = CodeWidth(rawValue: Int(bits)) else { throw fail("\(what) has \(bits)-bit codes (2, 4 or 8 exist)") }
+            return w
+        }
+        switch kind {
+        case 0:
+            guard bits == 0, group == 0 else { throw fail("\(what) is fp16 with nonzero code bits or group size") }
+            return .fp16
+        case 1:
+            guard group <= 1 << 20 else { throw fail("\(what) group size \(group) is implausible") }
+            return .grouped(try width(), groupSize: Int(group))
+        case 2:
+            guard group == 0 else { throw fail("\(what) is channelwise with a group size") }
+            return .channelwise(try width())
+        default:
+            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise)")
+        }
+    }
+
+    mutating func configuration() throws(SnapshotError) -> KVStoreConfiguration {
+        let layerCount = try int("layerCount"), queryHeadCount = try int("queryHeadCount")
+        let kvHeadCount = try int("kvHeadCount"), headDim = try int("headDim")
+        let pageCapacity = try int("pageCapacity"), sinkCount = try int("sinkCount")
+        let recentCount = try int("recentCount")
+        let hasLimit = try flag("hasByteLimit")
+        let limit = Int64(bitPattern: try u64("byteLimit"))
+        let hasScale = try flag("hasAttentionScale")
+        let scale = Float(bitPattern: try u32("attentionScale"))
+        var keys = [Tier: StorageFormat](), values = [Tier: StorageFormat]()
+        for t in Tier.stored {
+            keys[t] = try format("keys[\(t)]")
+            values[t] = try format("values[\(t)]")
+        }
+        return KVStoreConfiguration(
+            layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
+            pageCapacity: pageCapacity, tierFormats: TierFormats(keys: keys, values: values), sinkCount: sinkCount,
+            recentCount: recentCount, byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil)
+    }
+}

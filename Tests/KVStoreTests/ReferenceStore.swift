@@ -1,0 +1,146 @@
+import TestSupport
+import KVQuantization
+import KVSelection
+@testable import KVStore
+
+// The reference model and random generators of the model-based tests; no `Testing` here, so the
+// API fuzz target (Tests/Fuzz) compiles this file too.
+
+/// The plain model the store is checked against: per stream, a dictionary of FP32 rows (exactly the
+/// decoded values the store must return) and tiers.
+struct ReferenceStore {
+    struct Token { var tier: Tier; var key: [Float]; var value: [Float] }
+    struct Sequence {
+        var streams: [[[Int32: Token]]]  // [layer][kvHead]
+        var next: [Int32]
+    }
+    let configuration: KVStoreConfiguration
+    var sequences: [SequenceID: Sequence] = [:]
+
+    /// True if every format is row-wise, so the model predicts every decoded value.
+    var modelsValues: Bool { Tier.stored.allSatisfy { !configuration.tierFormats.keyFormat($0).isPageWise } }
+
+    func codec(_ f: StorageFormat) -> RowCodec { try! RowCodec(f, headDim: configuration.headDim) }
+
+    /// What storing `x` in format `f` gives back, computed with the scalar reference kernels.
+    /// Page-wise (channelwise) formats depend on a page's other tokens and are not modelled: their
+    /// values pass through unchanged, and only positions, tiers and bytes of such tiers are exact
+    /// (`modelsValues` is false).
+    func roundTrip(_ x: [Float], _ f: StorageFormat) -> [Float] {
+        guard !f.isPageWise else { return x }
+        let c = codec(f)
+        let clamped = x.map { min(max($0, -65504), 65504) }
+        var row = [UInt8](repeating: 0, count: c.rowByteCount)
+        var out = [Float](repeating: 0, count: x.count)
+        clamped.withUnsafeBufferPointer { xp in
+            row.withUnsafeMutableBytes { rp in
+                try! c.encodeReference(xp.baseAddress!, into: rp.baseAddress!)
+                out.withUnsafeMutableBufferPointer { c.decodeReference(rp.baseAddress!, into: $0.baseAddress!) }
+            }
+        }
+        return out
+    }
+
+    mutating func append(_ id: SequenceID, layer: Int, keys: [Float], values: [Float]) {
+        let d = configuration.headDim, h = configuration.kvHeadCount, n = keys.count / (d * h)
+        for head in 0..<h {
+            for t in 0..<n {
+                let o = (head * n + t) * d
+                let k = keys[o..<(o + d)].map { Float(Float16($0)) }, v = values[o..<(o + d)].map { Float(Float16($0)) }
+                sequences[id]!.streams[layer][head][sequences[id]!.next[layer] + Int32(t)] = Token(tier: .fp16, key: k, value: v)
+            }
+        }
+        sequences[id]!.next[layer] += Int32(n)
+    }
+
+    mutating func apply(_ plan: RetentionPlan, to id: SequenceID) {
+        for sp in plan.streams {
+            for m in sp.moves {
+                let old = sequences[id]!.streams[sp.layer][sp.kvHead][m.position]!
+                guard m.tier != old.tier else { continue }
+                if m.tier == .dropped {
+                    sequences[id]!.streams[sp.layer][sp.kvHead][m.position] = nil
+                } else {
+                    sequences[id]!.streams[sp.layer][sp.kvHead][m.position] = Token(
+                        tier: m.tier, key: roundTrip(old.key, configuration.tierFormats.keyFormat(m.tier)),
+                        value: roundTrip(old.value, configuration.tierFormats.valueFormat(m.tier)))
+                }
+            }
+        }
+    }
+
+    /// Exact bytes of one sequence by the memory formula: every row-wise tier packs its tokens into
+    /// ⌈tokens / capacity⌉ pages.
+    func byteCount(_ id: SequenceID) -> Int {
+        let c = configuration
+        var total = 0
+        for layer in sequences[id]!.streams {
+            for stream in layer {
+                for tier in Tier.stored {
+                    let n = stream.values.filter { $0.tier == tier }.count
+                    let layout = PageLayout(keyFormat: c.tierFormats.keyFormat(tier), valueFormat: c.tierFormats.valueFormat(tier),
+                                            headDim: c.headDim, capacity: c.pageCapacity)
+                    total += (n + c.pageCapacity - 1) / c.pageCapacity * layout.byteCount
+                }
+            }
+        }
+        return total
+    }
+}
+
+/// Distinct live pages reachable from the store's sequences.
+func livePages(_ store: KVStore) -> (count: Int, bytes: Int) {
+    var seen = Set<ObjectIdentifier>(), bytes = 0
+    store.state.withLock { s in
+        for (_, seq) in s.sequences {
+            for layer in seq.layers {
+                for stream in layer.streams {
+                    for tier in stream.tiers {
+                        for page in tier.pages + (tier.staging.map { [$0] } ?? []) where seen.insert(ObjectIdentifier(page)).inserted {
+                            bytes += page.layout.byteCount
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return (seen.count, bytes)
+}
+
+let rowWiseFormats: [StorageFormat] = [.fp16, .int8, .int4, .int2, .grouped(.int8, groupSize: 32), .grouped(.int4, groupSize: 64)]
+
+func randomConfiguration<G: RandomNumberGenerator>(using g: inout G, channelwiseKeys: Bool = false) -> KVStoreConfiguration {
+    let kv = [1, 2, 3].randomElement(using: &g)!, group = [1, 2, 3].randomElement(using: &g)!
+    var keys: [Tier: StorageFormat] = [.fp16: .fp16], values: [Tier: StorageFormat] = [.fp16: .fp16]
+    for t in [Tier.int8, .int4, .int2] {
+        keys[t] = channelwiseKeys ? .channelwise([CodeWidth.int8, .int4, .int2].randomElement(using: &g)!) : rowWiseFormats.randomElement(using: &g)!
+        values[t] = rowWiseFormats.randomElement(using: &g)!
+    }
+    return KVStoreConfiguration(
+        layerCount: Int.random(in: 1...2, using: &g), queryHeadCount: kv * group, kvHeadCount: kv,
+        headDim: [1, 7, 8, 9, 16, 33, 64].randomElement(using: &g)!, pageCapacity: [1, 2, 3, 8, 16].randomElement(using: &g)!,
+        tierFormats: TierFormats(keys: keys, values: values))
+}
+
+func randomRows(_ count: Int, using g: inout SeededGenerator) -> [Float] {
+    let sigma = Float.random(in: 0.1...4, using: &g)
+    return (0..<count).map { _ in Float(g.nextGaussian()) * sigma }
+}
+
+/// A random valid plan over the sequence's streams (moves down only, any subset).
+func randomPlan<G: RandomNumberGenerator>(_ model: ReferenceStore, _ id: SequenceID, using g: inout G) -> RetentionPlan {
+    var plan = RetentionPlan()
+    let seq = model.sequences[id]!
+    for layer in seq.streams.indices {
+        for head in seq.streams[layer].indices where Bool.random(using: &g) {
+            var moves = [StreamPlan.Move]()
+            for (p, t) in seq.streams[layer][head].sorted(by: { $0.key < $1.key }) where Double.random(in: 0..<1, using: &g) < 0.4 {
+                let tier = Tier(rawValue: Int.random(in: t.tier.rawValue...Tier.dropped.rawValue, using: &g))!
+                moves.append(.init(position: p, tier: tier))
+            }
+            moves.shuffle(using: &g)
+            plan.streams.append(StreamPlan(layer: layer, kvHead: head, moves: moves))
+        }
+    }
+    return plan
+}
