@@ -47,6 +47,11 @@ double kvk_read_sum(const float *p, size_t count) {
     return t;
 }
 
+void kvk_prefetch(const void *p, long bytes) {
+    const char *c = (const char *)p;
+    for (long i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T0);
+}
+
 // MARK: exp
 
 // exp(x) for x ≤ 0 (any x ≤ 88 works): n = round(x·log2 e), r = x − n·C1 − n·C2 (Cody–Waite, by
@@ -110,6 +115,17 @@ KVK_T KVK_INLINE void load_chunk(int bits, const void *row, long c0, __m512 v[4]
 
 // MARK: scores
 
+// Sums of the lanes of four vectors, as four floats: two 512→256→128 folds each, then two hadds.
+KVK_T KVK_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd); // lanes: a b c d (low half) + a b c d (high half)
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
 KVK_T KVK_INLINE void scores_tile(int bits, int RT, const float *q, const float *zt, long d, const uint8_t *rows,
                                   long rowBytes, long n, float scale, float *scores, long stride) {
     for (long j = 0; j < n; j++) {
@@ -127,16 +143,50 @@ KVK_T KVK_INLINE void scores_tile(int bits, int RT, const float *q, const float 
                 acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 48), v[3], acc[r][1]);
             }
         }
-        for (int r = 0; r < RT; r++) {
-            float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
-            if (zt) s += zt[r];
-            scores[r * stride + j] = s * scale;
+        if (RT == 4) {
+            float s4[4];
+            _mm_storeu_ps(s4, reduce4(_mm512_add_ps(acc[0][0], acc[0][1]), _mm512_add_ps(acc[1][0], acc[1][1]),
+                                      _mm512_add_ps(acc[2][0], acc[2][1]), _mm512_add_ps(acc[3][0], acc[3][1])));
+            for (int r = 0; r < 4; r++) scores[r * stride + j] = (zt ? s4[r] + zt[r] : s4[r]) * scale;
+        } else {
+            for (int r = 0; r < RT; r++) {
+                float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+                if (zt) s += zt[r];
+                scores[r * stride + j] = s * scale;
+            }
         }
     }
 }
 
+// One query row (a decode step without GQA): four tokens at a time, one combined reduction.
+KVK_T KVK_INLINE void scores_row4(int bits, const float *q, const float *zt, long d, const uint8_t *rows,
+                                  long rowBytes, long n, float scale, float *scores) {
+    long j = 0;
+    const __m128 z = _mm_set1_ps(zt ? zt[0] : 0.0f), sc = _mm_set1_ps(scale);
+    for (; j + 4 <= n; j += 4) {
+        __m512 acc[4];
+        for (int t = 0; t < 4; t++) acc[t] = _mm512_setzero_ps();
+        for (long c0 = 0; c0 < d; c0 += 64) {
+            __m512 q0 = _mm512_loadu_ps(q + c0), q1 = _mm512_loadu_ps(q + c0 + 16);
+            __m512 q2 = _mm512_loadu_ps(q + c0 + 32), q3 = _mm512_loadu_ps(q + c0 + 48);
+            for (int t = 0; t < 4; t++) {
+                __m512 v[4];
+                load_chunk(bits, rows + (j + t) * rowBytes, c0, v);
+                __m512 x = _mm512_fmadd_ps(q0, v[0], _mm512_mul_ps(q1, v[1]));
+                x = _mm512_fmadd_ps(q2, v[2], x);
+                acc[t] = _mm512_add_ps(acc[t], _mm512_fmadd_ps(q3, v[3], x));
+            }
+        }
+        __m128 s4 = reduce4(acc[0], acc[1], acc[2], acc[3]);
+        if (zt) s4 = _mm_add_ps(s4, z);
+        _mm_storeu_ps(scores + j, _mm_mul_ps(s4, sc));
+    }
+    if (j < n) scores_tile(bits, 1, q, zt, d, rows + j * rowBytes, rowBytes, n - j, scale, scores + j, 0);
+}
+
 KVK_T KVK_INLINE void scores_all(int bits, const float *q, const float *zt, long R, long d, const uint8_t *rows,
                                  long rowBytes, long n, float scale, float *scores, long stride) {
+    if (R == 1) { scores_row4(bits, q, zt, d, rows, rowBytes, n, scale, scores); return; }
     long r = 0;
     for (; r + 4 <= R; r += 4)
         scores_tile(bits, 4, q + r * d, zt ? zt + r : 0, d, rows, rowBytes, n, scale, scores + r * stride, stride);
@@ -168,18 +218,50 @@ static long permuted(int bits, long c) {
     return c;
 }
 
+// 16 channels' (scale, zero) FP16 pairs at p → scales and zeros.
+KVK_T KVK_INLINE void load_params16(const uint16_t *p, __m512 *scale, __m512 *zero) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 a = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
+    *scale = _mm512_permutex2var_ps(a, ev, b);
+    *zero = _mm512_permutex2var_ps(a, od, b);
+}
+
 KVK_T void kvk_prepare_channelwise(int bits, const float *q, long R, long d, const uint16_t *params,
                                    float *qs, float *zt) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
     for (long r = 0; r < R; r++) {
         const float *qr = q + r * d;
         float *out = qs + r * d;
-        float z = 0;
-        for (long c = 0; c < d; c++) {
-            float scale = _cvtsh_ss(params[2 * c]), zero = _cvtsh_ss(params[2 * c + 1]);
-            out[permuted(bits, c)] = qr[c] * scale;
-            z += qr[c] * zero;
+        __m512 z = _mm512_setzero_ps();
+        if (bits == 2) {
+            for (long c = 0; c < d; c++) {
+                float scale = _cvtsh_ss(params[2 * c]), zero = _cvtsh_ss(params[2 * c + 1]);
+                out[permuted(2, c)] = qr[c] * scale;
+                z = _mm512_mask_add_ps(z, 1, z, _mm512_set1_ps(qr[c] * zero));
+            }
+            zt[r] = _mm512_reduce_add_ps(z);
+            continue;
         }
-        zt[r] = z;
+        for (long c = 0; c < d; c += 32) {
+            __m512 s0, z0, s1, z1;
+            load_params16(params + 2 * c, &s0, &z0);
+            load_params16(params + 2 * c + 32, &s1, &z1);
+            __m512 q0 = _mm512_loadu_ps(qr + c), q1 = _mm512_loadu_ps(qr + c + 16);
+            __m512 a = _mm512_mul_ps(q0, s0), b = _mm512_mul_ps(q1, s1);
+            z = _mm512_fmadd_ps(q0, z0, z);
+            z = _mm512_fmadd_ps(q1, z1, z);
+            if (bits == 4) {
+                _mm512_storeu_ps(out + c, _mm512_permutex2var_ps(a, ev, b));
+                _mm512_storeu_ps(out + c + 16, _mm512_permutex2var_ps(a, od, b));
+            } else {
+                _mm512_storeu_ps(out + c, a);
+                _mm512_storeu_ps(out + c + 16, b);
+            }
+        }
+        zt[r] = _mm512_reduce_add_ps(z);
     }
 }
 
@@ -281,16 +363,27 @@ KVK_T KVK_INLINE void accumulate_tile(int bits, int RT, long groupSize, const fl
             long base = bits == 4 ? 32 * (k / 2) : bits == 2 ? 0 : 16 * k;
             group[k] = bits ? (c0 + base) / groupSize : 0;
         }
+        // Lanes of each vector's scale and zero among the four converted halves: 2·(group − first).
+        __m512i sIdx[4], zIdx[4];
+        for (int k = 0; k < 4; k++) {
+            sIdx[k] = _mm512_set1_epi32((int)(2 * (group[k] - group[0])));
+            zIdx[k] = _mm512_set1_epi32((int)(2 * (group[k] - group[0]) + 1));
+        }
+        const int oneGroup = group[3] == group[0];
+        const __mmask8 halfMask = (__mmask8)((1u << (2 * (group[3] - group[0] + 1))) - 1);
         for (long j = 0; j < n; j++) {
             const uint8_t *row = rows + j * rowBytes;
             __m512 v[4];
             load_chunk(bits, row, c0, v);
             if (bits) {
-                const uint16_t *pz = (const uint16_t *)(row + codeBytes);
-                for (int k = 0; k < 4; k++) {
-                    __m512 sc = _mm512_set1_ps(_cvtsh_ss(pz[2 * group[k]]));
-                    __m512 ze = _mm512_set1_ps(_cvtsh_ss(pz[2 * group[k] + 1]));
-                    v[k] = _mm512_fmadd_ps(sc, v[k], ze);
+                // The chunk's (at most 4) groups' parameters: one masked load and conversion.
+                __m512 pv = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(halfMask, row + codeBytes + 4 * group[0])));
+                if (oneGroup) {
+                    __m512 sc = _mm512_permutexvar_ps(sIdx[0], pv), ze = _mm512_permutexvar_ps(zIdx[0], pv);
+                    for (int k = 0; k < 4; k++) v[k] = _mm512_fmadd_ps(sc, v[k], ze);
+                } else {
+                    for (int k = 0; k < 4; k++)
+                        v[k] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[k], pv), v[k], _mm512_permutexvar_ps(zIdx[k], pv));
                 }
             }
             for (int r = 0; r < RT; r++) {
@@ -332,6 +425,7 @@ KVK_T void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long
 #else // not x86-64: the Swift path is used; these must never be called.
 
 int kvk_avx512_available(void) { return 0; }
+void kvk_prefetch(const void *p, long bytes) { (void)p; (void)bytes; }
 double kvk_read_sum(const float *p, size_t count) {
     double t = 0;
     for (size_t i = 0; i < count; i++) t += p[i];

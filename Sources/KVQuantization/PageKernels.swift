@@ -35,6 +35,14 @@ public enum PageKernels {
         }
     }
 
+    /// The sum of `count` floats read as four concurrent streams: a memory-bandwidth probe for
+    /// benchmarks (AVX-512 when available, else portable C).
+    public static func readSum(_ p: UnsafePointer<Float>, count: Int) -> Double { kvk_read_sum(p, count) }
+
+    /// Starts loading `byteCount` bytes at `p` into the caches (software prefetch; a hint, never
+    /// faults): the read path asks for the next page while it computes on the current one.
+    @inlinable public static func prefetch(_ p: UnsafeRawPointer, byteCount: Int) { kvk_prefetch(p, byteCount) }
+
     // MARK: exp
 
     /// exp(x) for x ≤ 0 in FP32, |error| ≤ 2 ulp for x ≥ −87 (Cephes `expf`: Cody–Waite reduction

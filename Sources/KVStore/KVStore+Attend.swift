@@ -178,13 +178,28 @@ struct StreamAttention {
         var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
         let fastFP16Keys = PageKernels.supports(.fp16, headDim: d, asKeys: true)
 
+        // Every page with its tier, in visiting order, so the next page can be prefetched.
+        var visit = [(page: Page, tier: Int)]()
         for (t, tier) in stream.tiers.enumerated() {
-            let tc = codecs[t]
-            let fastKeys = PageKernels.supports(tc.layout.keyFormat, headDim: d, asKeys: true)
-            let fastValues = PageKernels.supports(tc.values.format, headDim: d, asKeys: false)
-            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
+            for page in tier.pages where page.count > 0 { visit.append((page, t)) }
+            if let st = tier.staging, st.count > 0 { visit.append((st, t)) }
+        }
+        let fast = (0..<codecs.count).map { t in
+            (keys: PageKernels.supports(codecs[t].layout.keyFormat, headDim: d, asKeys: true),
+             values: PageKernels.supports(codecs[t].values.format, headDim: d, asKeys: false))
+        }
+        // Software prefetch `prefetchDistance` pages ahead: pages are separate allocations, so the
+        // hardware prefetchers lose the stream at every page boundary.
+        let prefetchDistance = 2
+        for ahead in visit.prefix(prefetchDistance) { PageKernels.prefetch(ahead.page.bytes, byteCount: ahead.page.layout.byteCount) }
+        for (index, (page, t)) in visit.enumerated() {
+            if index + prefetchDistance < visit.count {
+                let next = visit[index + prefetchDistance].page
+                PageKernels.prefetch(next.bytes, byteCount: next.layout.byteCount)
+            }
+            let tc = codecs[t], fastKeys = fast[t].keys, fastValues = fast[t].values
+            do {
                 let n = page.count
-                guard n > 0 else { continue }
                 let isStaging = page.layout != tc.layout
                 // Scores.
                 if isStaging || tc.keyRows?.format == .fp16 {

@@ -9,7 +9,7 @@ struct Subcommand: Sendable {
     let run: @Sendable (inout CommandLineArguments) throws -> Void
 }
 
-let subcommands: [Subcommand] = [FormatsCommand.subcommand]
+let subcommands: [Subcommand] = [FormatsCommand.subcommand, BenchCommand.subcommand]
 
 /// The run with no arguments: the main job on the bundled fixture.
 let defaultArguments = ["formats"]
