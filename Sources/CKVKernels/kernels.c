@@ -86,6 +86,33 @@ KVK_T void kvk_exp(const float *x, float *out, long count) {
 
 // MARK: row chunks
 
+// Codes as FP32 by table lookup: `vpermps` reads only the low 4 bits of each index lane, so an
+// INT4 byte needs no mask for its low nibble, and an INT2 index (code t plus the next code above it)
+// maps through a table of i mod 4. The values are the codes exactly, as `vcvtdq2ps` would give.
+KVK_T KVK_INLINE __m512 code_table(int bits) {
+    return bits == 4 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                     : _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+}
+
+// Table indices of a 64-element chunk of 4- or 2-bit codes, in block order.
+KVK_T KVK_INLINE void load_indices(int bits, const void *row, long c0, __m512i idx[4]) {
+    if (bits == 4) {
+        const uint8_t *b = (const uint8_t *)row + c0 / 2;
+        for (int k = 0; k < 2; k++) {
+            __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k)));
+            idx[2 * k] = x;
+            idx[2 * k + 1] = _mm512_srli_epi32(x, 4);
+        }
+    } else {
+        const uint8_t *b = (const uint8_t *)row + c0 / 4;
+        __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+        idx[0] = x;
+        idx[1] = _mm512_srli_epi32(x, 2);
+        idx[2] = _mm512_srli_epi32(x, 4);
+        idx[3] = _mm512_srli_epi32(x, 6);
+    }
+}
+
 // Four FP32 vectors of one 64-element chunk starting at element c0 of a row, in the block order of
 // `bits` (0 = FP16, natural order; 8 natural; 4 and 2 permuted within blocks, see the header).
 KVK_T KVK_INLINE void load_chunk(int bits, const void *row, long c0, __m512 v[4]) {
@@ -96,20 +123,11 @@ KVK_T KVK_INLINE void load_chunk(int bits, const void *row, long c0, __m512 v[4]
         const uint8_t *b = (const uint8_t *)row + c0;
         for (int k = 0; k < 4; k++)
             v[k] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k))));
-    } else if (bits == 4) {
-        const uint8_t *b = (const uint8_t *)row + c0 / 2;
-        for (int k = 0; k < 2; k++) {
-            __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k)));
-            v[2 * k] = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(15)));
-            v[2 * k + 1] = _mm512_cvtepi32_ps(_mm512_srli_epi32(x, 4));
-        }
     } else {
-        const uint8_t *b = (const uint8_t *)row + c0 / 4;
-        __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
-        v[0] = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(3)));
-        v[1] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(x, 2), _mm512_set1_epi32(3)));
-        v[2] = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srli_epi32(x, 4), _mm512_set1_epi32(3)));
-        v[3] = _mm512_cvtepi32_ps(_mm512_srli_epi32(x, 6));
+        __m512i idx[4];
+        load_indices(bits, row, c0, idx);
+        const __m512 table = code_table(bits);
+        for (int k = 0; k < 4; k++) v[k] = _mm512_permutexvar_ps(idx[k], table);
     }
 }
 
@@ -374,6 +392,23 @@ KVK_T KVK_INLINE void accumulate_tile(int bits, int RT, long groupSize, const fl
         for (long j = 0; j < n; j++) {
             const uint8_t *row = rows + j * rowBytes;
             __m512 v[4];
+            if (bits == 4 || bits == 2) {
+                __m512i idx[4];
+                load_indices(bits, row, c0, idx);
+                __m512 pv = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(halfMask, row + codeBytes + 4 * group[0])));
+                const __m512 table = code_table(bits);
+                if (oneGroup) {
+                    __m512 t = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[0], pv), table, _mm512_permutexvar_ps(zIdx[0], pv));
+                    for (int k = 0; k < 4; k++) v[k] = _mm512_permutexvar_ps(idx[k], t);
+                } else {
+                    for (int k = 0; k < 4; k += 2) {
+                        // Vectors k and k+1 share a group (INT4: one 32-code block; INT2: one 64-code chunk).
+                        __m512 t = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[k], pv), table, _mm512_permutexvar_ps(zIdx[k], pv));
+                        v[k] = _mm512_permutexvar_ps(idx[k], t);
+                        v[k + 1] = _mm512_permutexvar_ps(idx[k + 1], t);
+                    }
+                }
+            } else {
             load_chunk(bits, row, c0, v);
             if (bits) {
                 // The chunk's (at most 4) groups' parameters: one masked load and conversion.
@@ -385,6 +420,7 @@ KVK_T KVK_INLINE void accumulate_tile(int bits, int RT, long groupSize, const fl
                     for (int k = 0; k < 4; k++)
                         v[k] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[k], pv), v[k], _mm512_permutexvar_ps(zIdx[k], pv));
                 }
+            }
             }
             for (int r = 0; r < RT; r++) {
                 __m512 wr = _mm512_set1_ps(w[r * stride + j]);
