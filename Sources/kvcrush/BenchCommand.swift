@@ -9,7 +9,7 @@ enum BenchCommand {
         name: "bench",
         summary: "decode attention speed vs memory bandwidth and an FP32 loop; planning and append costs",
         help: """
-            usage: kvcrush bench [--quick] [--json] [--tokens N,N] [--threads T,T] [--shapes S,S] [--tiers T,T] [--seconds S]
+            usage: kvcrush bench [--quick] [--json] [--tokens N,N] [--threads T,T] [--shapes S,S] [--tiers T,T] [--seconds S] [--json-file FILE]
 
             Builds a one-layer cache of random keys and values for each shape (mha-32x128: 32 KV heads
             × 128; gqa-8x4x128: 8 KV heads × 4 query heads × 128; smollm2-3x3x64) and token count
@@ -34,6 +34,7 @@ enum BenchCommand {
 
             --quick    reduced run for CI smoke tests (1024 tokens, few repetitions)
             --json     one JSON object instead of the table
+            --json-file  also write that JSON object to FILE
             --seconds  target time per case (default 0.4)
             """,
         run: run)
@@ -160,6 +161,7 @@ enum BenchCommand {
         let threadCounts = try args.list("threads", default: [1, 2], expected: "positive thread counts") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let shapeNames = try args.list("shapes", default: shapes.map(\.name), expected: "shape names") { n in shapes.contains { $0.name == n } ? n : nil }
         let tierNames = try args.list("tiers", default: ["mix", "fp16", "int8", "int4"], expected: "mix, fp16, int8, int4") { ["mix", "fp16", "int8", "int4"].contains($0) ? $0 : nil }
+        let jsonFile = args.string("json-file")
         let seconds = try args.value("seconds", default: quick ? 0.05 : 0.4, expected: "seconds per case") { Double($0).flatMap { $0 > 0 ? $0 : nil } }
         try args.finish()
         let minReps = quick ? 3 : 7, maxReps = quick ? 10 : 100_000
@@ -299,15 +301,16 @@ enum BenchCommand {
             }
         }
 
-        if json {
+        do {
             func num(_ x: Double) -> String { x.isFinite ? String(format: "%.6g", x) : "null" }
             let bwText = threadCounts.map { "\"\($0)\": \(num(bw[$0]!))" }.joined(separator: ", ")
             let caseText = cases.map { c in
                 "{\"shape\": \"\(c.shape)\", \"tokens\": \(c.tokens), \"threads\": \(c.threads), \"tier\": \"\(c.tier)\", \"msMedian\": \(num(c.ms.median)), \"msMin\": \(num(c.ms.min)), \"msMax\": \(num(c.ms.max)), \"cacheBytes\": \(c.cacheBytes), \"effectiveGBs\": \(num(c.effectiveGBs)), \"boundRatio\": \(num(c.boundRatio)), \"speedupVsFP32\": \(num(c.speedupVsFP32))}"
             }.joined(separator: ",\n    ")
             let rateText = rates.keys.sorted().map { "\"\($0)\": \(num(rates[$0]!))" }.joined(separator: ", ")
-            print("{\"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llc), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(planMs)), \"prefillAttentionMs\": \(num(prefillMs)), \"appendTokensPerSecond\": {\(rateText)}}")
-            return
+            let text = "{\"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llc), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(planMs)), \"prefillAttentionMs\": \(num(prefillMs)), \"appendTokensPerSecond\": {\(rateText)}}\n"
+            if let jsonFile { try Data(text.utf8).write(to: URL(fileURLWithPath: jsonFile), options: .atomic) }
+            if json { print(text, terminator: ""); return }
         }
         var s = "kvcrush bench — \(Date()), \(ProcessInfo.processInfo.activeProcessorCount) cores, last-level cache \(llc >> 20) MiB"
         s += PageKernels.isAccelerated ? ", AVX-512 kernels\n" : ", portable Swift kernels\n"
