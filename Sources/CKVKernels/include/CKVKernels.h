@@ -23,7 +23,7 @@ int kvk_avx512_available(void);
 /// when AVX-512 is missing.
 double kvk_read_sum(const float *p, size_t count);
 
-/// Asks the CPU to start loading `bytes` bytes at `p` into its caches (software prefetch, one
+/// Asks the CPU to start loading `bytes` bytes at `p` into its L2 cache (software prefetch, one
 /// request per 64-byte line; a no-op where unsupported). Never faults.
 void kvk_prefetch(const void *p, long bytes);
 
