@@ -30,15 +30,15 @@ void kvk_prefetch(const void *p, long bytes);
 /// out[i] = exp(x[i]) for i < count, by the algorithm of `PageKernels.expReference` (bit-exact).
 void kvk_exp(const float *x, float *out, long count);
 
-/// scores[r·stride + j] = scale · (q_r · key_j) for FP16 keys; d a multiple of 16.
+/// scores[r·stride + j] = scale · (q_r · key_j) for FP16 keys. All kernels below need d a multiple of 64.
 void kvk_scores_fp16(const float *q, long R, long d, const uint16_t *keys, long n, float scale,
                      float *scores, long stride);
 
 /// Folds R query rows into one page's per-channel (scale, zero) FP16 parameters (`params`, d pairs):
-/// qs[r·d + π(c)] = q[r·d + c]·scale_c (π: the block permutation of `bits`), zt[r] = Σ_c q·zero_c
-/// left to right. π is the identity for 8 bits; for 4 bits, within each 32-channel block, channel
+/// qs[r·d + π(c)] = q[r·d + c]·scale_c (π: the block permutation of `bits`), zt[r] = Σ_c q·zero_c (16-lane partial sums)
+/// . π is the identity for 8 bits; for 4 bits, within each 32-channel block, channel
 /// 2k+h goes to 16h+k; for 2 bits, within each 64-channel block, channel 4k+t goes to 16t+k.
-/// d a multiple of 16 (8 bits), 32 (4 bits) or 64 (2 bits).
+/// d a multiple of 64.
 void kvk_prepare_channelwise(int bits, const float *q, long R, long d, const uint16_t *params,
                              float *qs, float *zt);
 
@@ -51,7 +51,7 @@ void kvk_scores_codes(int bits, const float *qs, const float *zt, long R, long d
 /// (only when c ≠ 1), s_j ← exp(s_j − M) (0 for −∞), l_r ← l_r + Σ_j s_j (16-lane partial sums), m_r ← M.
 void kvk_softmax_page(float *s, long R, long n, long stride, float *m, float *l, float *out, long d);
 
-/// out[r·d + i] ← fma(w_rj, v_ji, out[r·d + i]) for j = 0..<n in order, FP16 value rows; d a multiple of 16.
+/// out[r·d + i] ← fma(w_rj, v_ji, out[r·d + i]) for j = 0..<n in order, FP16 value rows.
 void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out);
 
 /// As kvk_accumulate_fp16 for grouped rows, v_ji = fma(scale_k, code_ji, zero_k) (= zero + scale·code
