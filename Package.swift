@@ -10,7 +10,9 @@ let package = Package(
     ],
     targets: [
         // Formats: FP16 rows, affine group codecs, per-channel keys, SIMD kernels + scalar twins.
-        .target(name: "KVQuantization", linkerSettings: [.linkedLibrary("m")]),
+        .target(name: "KVQuantization", dependencies: ["CKVKernels"], linkerSettings: [.linkedLibrary("m")]),
+        // AVX-512 hot loops of the read path (per-function target attributes, runtime dispatch; no flags).
+        .target(name: "CKVKernels"),
         // Scores, policies, KVCrush representatives, byte budgets -> retention plans.
         .target(name: "KVSelection", dependencies: ["KVQuantization"]),
         // The paged mixed-precision store and its one dequantising read path.

@@ -154,71 +154,104 @@ struct StreamAttention {
 
     /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
     /// rows written) and returns the weights if asked.
+    ///
+    /// Per page: the scores of all the group's query rows (`g·queryCount` rows, contiguous in
+    /// `queries`) against all the page's keys, one online-softmax step, then the weighted sum of the
+    /// page's values, with `PageKernels` (each K/V row converted once per tile of up to four query
+    /// rows) where the CPU and shape allow, else the per-row `RowCodec` kernels.
     func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
         let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
         let scale = c.effectiveAttentionScale
-        // Row r = (group head r / queryCount, query r % queryCount).
-        func query(_ r: Int) -> UnsafePointer<Float> { queries + ((kvHead * g + r / queryCount) * queryCount + r % queryCount) * d }
-        func out(_ r: Int) -> UnsafeMutablePointer<Float> { output + ((kvHead * g + r / queryCount) * queryCount + r % queryCount) * d }
+        // Row r = (group head r / queryCount, query r % queryCount): rows are consecutive.
+        let q0 = queries + kvHead * rows * d, o0 = output + kvHead * rows * d
         let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
-        var m = [Float](repeating: -.infinity, count: rows), l = [Float](repeating: 0, count: rows)
-        for r in 0..<rows { out(r).initialize(repeating: 0, count: d) }
+        let minQueryPosition = qpos.min() ?? .max
         let cap = c.pageCapacity
-        var scores = [Float](repeating: 0, count: rows * cap)
+        o0.initialize(repeating: 0, count: rows * d)
+        let m = UnsafeMutablePointer<Float>.allocate(capacity: rows), l = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+        let S = UnsafeMutablePointer<Float>.allocate(capacity: rows * cap)
+        let work = UnsafeMutablePointer<Float>.allocate(capacity: rows * (d + 1))
+        defer { m.deallocate(); l.deallocate(); S.deallocate(); work.deallocate() }
+        m.initialize(repeating: -.infinity, count: rows)
+        l.initialize(repeating: 0, count: rows)
         // For weights: every visited token's position, tier and raw scores.
         var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
+        let fastFP16Keys = PageKernels.supports(.fp16, headDim: d, asKeys: true)
 
+        // Every page with its tier, in visiting order, so the next page can be prefetched.
+        var visit = [(page: Page, tier: Int)]()
         for (t, tier) in stream.tiers.enumerated() {
-            let tc = codecs[t]
-            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
+            for page in tier.pages where page.count > 0 { visit.append((page, t)) }
+            if let st = tier.staging, st.count > 0 { visit.append((st, t)) }
+        }
+        let fast = (0..<codecs.count).map { t in
+            (keys: PageKernels.supports(codecs[t].layout.keyFormat, headDim: d, asKeys: true),
+             values: PageKernels.supports(codecs[t].values.format, headDim: d, asKeys: false))
+        }
+        // Software prefetch `prefetchDistance` pages ahead: pages are separate allocations, so the
+        // hardware prefetchers lose the stream at every page boundary.
+        let prefetchDistance = 2
+        for ahead in visit.prefix(prefetchDistance) { PageKernels.prefetch(ahead.page.bytes, byteCount: ahead.page.layout.byteCount) }
+        for (index, (page, t)) in visit.enumerated() {
+            if index + prefetchDistance < visit.count {
+                let next = visit[index + prefetchDistance].page
+                PageKernels.prefetch(next.bytes, byteCount: next.layout.byteCount)
+            }
+            let tc = codecs[t], fastKeys = fast[t].keys, fastValues = fast[t].values
+            do {
                 let n = page.count
                 let isStaging = page.layout != tc.layout
-                // Scores, masked by position.
-                scores.withUnsafeMutableBufferPointer { S in
-                    if let channels = tc.keyChannels, !isStaging {
-                        for r in 0..<rows {
-                            let prepared = channels.prepare(query(r), params: page.keyParameters)
-                            for j in 0..<n {
-                                S[r * cap + j] = page.position(j) <= qpos[r] ? channels.dot(prepared, page.keyRow(j)) * scale : -.infinity
-                            }
-                        }
+                // Scores.
+                if isStaging || tc.keyRows?.format == .fp16 {
+                    if fastFP16Keys {
+                        PageKernels.scoresFP16(q0, rowCount: rows, headDim: d, keys: page.keyRow(0), tokenCount: n,
+                                               scale: scale, into: S, stride: cap)
                     } else {
-                        let keys = isStaging ? tc.fp16 : tc.keyRows!
-                        for j in 0..<n {
-                            let p = page.position(j), row = page.keyRow(j)
-                            for r in 0..<rows {
-                                S[r * cap + j] = p <= qpos[r] ? keys.dot(query(r), row) * scale : -.infinity
-                            }
+                        for j in 0..<n { for r in 0..<rows { S[r * cap + j] = tc.fp16.dot(q0 + r * d, page.keyRow(j)) * scale } }
+                    }
+                } else if let channels = tc.keyChannels {
+                    if fastKeys {
+                        PageKernels.scoresChannelwise(channels, q0, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
+                                                      tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+                    } else {
+                        for r in 0..<rows {
+                            let prepared = channels.prepare(q0 + r * d, params: page.keyParameters)
+                            for j in 0..<n { S[r * cap + j] = channels.dot(prepared, page.keyRow(j)) * scale }
                         }
+                    }
+                } else {
+                    let keys = tc.keyRows!
+                    for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q0 + r * d, page.keyRow(j)) * scale } }
+                }
+                // Causal mask, only where some token is after some query.
+                var maxPosition = Int32.min
+                for j in 0..<n { maxPosition = max(maxPosition, page.position(j)) }
+                if maxPosition > minQueryPosition {
+                    for j in 0..<n {
+                        let p = page.position(j)
+                        for r in 0..<rows where p > qpos[r] { S[r * cap + j] = -.infinity }
                     }
                 }
                 if returnWeights {
                     for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
-                    for j in 0..<n { for r in 0..<rows { visitedScores.append(scores[r * cap + j]) } }
+                    for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
                 }
-                // Online softmax update, one page at a time.
-                for r in 0..<rows {
-                    var pageMax = -Float.infinity
-                    for j in 0..<n { pageMax = max(pageMax, scores[r * cap + j]) }
-                    guard pageMax > -.infinity else { continue }
-                    let newMax = max(m[r], pageMax)
-                    let correction = exp(m[r] - newMax)
-                    let o = out(r)
-                    if correction != 1 {
-                        l[r] *= correction
-                        for i in 0..<d { o[i] *= correction }
+                // Online softmax, one page at a time: S becomes the page's weights.
+                PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
+                if fastValues {
+                    PageKernels.accumulate(tc.values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0),
+                                           tokenCount: n, into: o0)
+                } else {
+                    for j in 0..<n {
+                        for r in 0..<rows where S[r * cap + j] != 0 {
+                            tc.values.accumulate(S[r * cap + j], page.valueRow(j), into: o0 + r * d)
+                        }
                     }
-                    for j in 0..<n where scores[r * cap + j] > -.infinity {
-                        let p = exp(scores[r * cap + j] - newMax)
-                        l[r] += p
-                        tc.values.accumulate(p, page.valueRow(j), into: o)
-                    }
-                    m[r] = newMax
                 }
             }
         }
         for r in 0..<rows where l[r] > 0 {
-            let o = out(r), inv = 1 / l[r]
+            let o = o0 + r * d, inv = 1 / l[r]
             for i in 0..<d { o[i] *= inv }
         }
         guard returnWeights else { return nil }

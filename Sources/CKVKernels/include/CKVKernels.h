@@ -1,0 +1,63 @@
+// Hot loops of the KVStore decode read path, for x86-64 CPUs with AVX-512 (F, BW, VL, DQ) and
+// F16C/FMA. Every function here has a Swift reference twin in KVQuantization (`PageKernels`) that
+// tests hold it to; callers must check `kvk_avx512_available()` first and use the Swift path
+// otherwise (other CPUs, other architectures: these functions then trap).
+//
+// Layouts (d = headDim, all row-major):
+//   queries / prepared queries:  R rows × d floats
+//   scores / weights:            R rows × `stride` floats (the first n used)
+//   FP16 rows:                   n rows × d halves (little-endian bit patterns)
+//   code rows:                   n rows × `rowBytes` bytes (codes packed little-end first, then,
+//                                for grouped rows, (scale, zero) FP16 pairs per group at `codeBytes`)
+// Prepared channelwise queries are *permuted* within blocks (see kvk_prepare_channelwise).
+#ifndef CKVKERNELS_H
+#define CKVKERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/// 1 when this CPU (and OS) supports the AVX-512 kernels below, else 0.
+int kvk_avx512_available(void);
+
+/// Sum of `count` floats, read as four concurrent streams (a memory-bandwidth probe). Portable C
+/// when AVX-512 is missing.
+double kvk_read_sum(const float *p, size_t count);
+
+/// Asks the CPU to start loading `bytes` bytes at `p` into its L2 cache (software prefetch, one
+/// request per 64-byte line; a no-op where unsupported). Never faults.
+void kvk_prefetch(const void *p, long bytes);
+
+/// out[i] = exp(x[i]) for i < count, by the algorithm of `PageKernels.expReference` (bit-exact).
+void kvk_exp(const float *x, float *out, long count);
+
+/// scores[r·stride + j] = scale · (q_r · key_j) for FP16 keys. All kernels below need d a multiple of 64.
+void kvk_scores_fp16(const float *q, long R, long d, const uint16_t *keys, long n, float scale,
+                     float *scores, long stride);
+
+/// Folds R query rows into one page's per-channel (scale, zero) FP16 parameters (`params`, d pairs):
+/// qs[r·d + π(c)] = q[r·d + c]·scale_c (π: the block permutation of `bits`), zt[r] = Σ_c q·zero_c (16-lane partial sums)
+/// . π is the identity for 8 bits; for 4 bits, within each 32-channel block, channel
+/// 2k+h goes to 16h+k; for 2 bits, within each 64-channel block, channel 4k+t goes to 16t+k.
+/// d a multiple of 64.
+void kvk_prepare_channelwise(int bits, const float *q, long R, long d, const uint16_t *params,
+                             float *qs, float *zt);
+
+/// scores[r·stride + j] = scale · (Σ_c qs_r[π(c)]·code_jc + zt[r]) for channelwise code rows.
+void kvk_scores_codes(int bits, const float *qs, const float *zt, long R, long d, const uint8_t *codes,
+                      long rowBytes, long n, float scale, float *scores, long stride);
+
+/// One page of online softmax, per row r < R: pm = max_j s_j; if pm = −∞ the row's weights become
+/// 0 and nothing else changes; else M = max(m_r, pm), c = exp(m_r − M), l_r ← l_r·c, out_r ← out_r·c
+/// (only when c ≠ 1), s_j ← exp(s_j − M) (0 for −∞), l_r ← l_r + Σ_j s_j (16-lane partial sums), m_r ← M.
+void kvk_softmax_page(float *s, long R, long n, long stride, float *m, float *l, float *out, long d);
+
+/// out[r·d + i] ← fma(w_rj, v_ji, out[r·d + i]) for j = 0..<n in order, FP16 value rows.
+void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out);
+
+/// As kvk_accumulate_fp16 for grouped rows, v_ji = fma(scale_k, code_ji, zero_k) (= zero + scale·code
+/// exactly). Needs groupSize a multiple of 16 (8 bits), 32 (4 bits) or 64 (2 bits), d a multiple of
+/// groupSize, and d/groupSize ≤ 32.
+void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n,
+                            const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
+
+#endif

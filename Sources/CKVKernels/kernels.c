@@ -1,0 +1,480 @@
+// AVX-512 kernels of the decode read path. See include/CKVKernels.h for the contracts and
+// KVQuantization/PageKernels.swift for the Swift reference twins.
+//
+// Everything works in 64-element chunks of a row (d must be a multiple of 64 for the caller to pick
+// these kernels; `PageKernels.supports` checks) and in tiles of up to 4 query rows, so each key or
+// value row is converted to FP32 once per tile, with the tile's accumulators in registers.
+#include "CKVKernels.h"
+#include <immintrin.h>
+#include <math.h>
+
+#if defined(__x86_64__)
+
+#define KVK_T __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
+#define KVK_INLINE static inline __attribute__((always_inline))
+
+int kvk_avx512_available(void) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")
+        && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")
+        && __builtin_cpu_supports("f16c") && __builtin_cpu_supports("fma");
+}
+
+KVK_T static double read_sum_avx512(const float *p, size_t count) {
+    size_t quarter = count / 4 / 64 * 64;
+    const float *s0 = p, *s1 = p + quarter, *s2 = p + 2 * quarter, *s3 = p + 3 * quarter;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (size_t i = 0; i < quarter; i += 32) {
+        a0 = _mm512_add_ps(a0, _mm512_add_ps(_mm512_loadu_ps(s0 + i), _mm512_loadu_ps(s0 + i + 16)));
+        a1 = _mm512_add_ps(a1, _mm512_add_ps(_mm512_loadu_ps(s1 + i), _mm512_loadu_ps(s1 + i + 16)));
+        a2 = _mm512_add_ps(a2, _mm512_add_ps(_mm512_loadu_ps(s2 + i), _mm512_loadu_ps(s2 + i + 16)));
+        a3 = _mm512_add_ps(a3, _mm512_add_ps(_mm512_loadu_ps(s3 + i), _mm512_loadu_ps(s3 + i + 16)));
+    }
+    double t = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (size_t i = 4 * quarter; i < count; i++) t += p[i];
+    return t;
+}
+
+double kvk_read_sum(const float *p, size_t count) {
+    if (kvk_avx512_available()) return read_sum_avx512(p, count);
+    float a[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= count; i += 8)
+        for (int k = 0; k < 8; k++) a[k] += p[i + k];
+    double t = 0;
+    for (int k = 0; k < 8; k++) t += a[k];
+    for (; i < count; i++) t += p[i];
+    return t;
+}
+
+// Into L2 (T1), not L1: measured faster for whole pages two ahead (the L1 prefetchers take it from
+// there, and a page does not evict the current one's lines from L1).
+void kvk_prefetch(const void *p, long bytes) {
+    const char *c = (const char *)p;
+    for (long i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T1);
+}
+
+// MARK: exp
+
+// exp(x) for x ≤ 0 (any x ≤ 88 works): n = round(x·log2 e), r = x − n·C1 − n·C2 (Cody–Waite, by
+// fma), e^r ≈ 1 + r + r²·P(r) (Cephes expf coefficients, Horner by fma), times 2^n (scalef: one
+// rounding). x < −103 (and −∞) gives 0. Same operations as PageKernels.expReference.
+KVK_T KVK_INLINE __m512 exp16(__m512 x) {
+    __mmask16 live = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-103.0f), _CMP_GE_OQ);
+    x = _mm512_max_ps(x, _mm512_set1_ps(-103.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 y = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+    y = _mm512_add_ps(y, _mm512_set1_ps(1.0f));
+    return _mm512_maskz_mov_ps(live, _mm512_scalef_ps(y, n));
+}
+
+KVK_T void kvk_exp(const float *x, float *out, long count) {
+    long i = 0;
+    for (; i + 16 <= count; i += 16) _mm512_storeu_ps(out + i, exp16(_mm512_loadu_ps(x + i)));
+    if (i < count) {
+        __mmask16 k = (__mmask16)((1u << (count - i)) - 1);
+        _mm512_mask_storeu_ps(out + i, k, exp16(_mm512_maskz_loadu_ps(k, x + i)));
+    }
+}
+
+// MARK: row chunks
+
+// Codes as FP32 by table lookup: `vpermps` reads only the low 4 bits of each index lane, so an
+// INT4 byte needs no mask for its low nibble, and an INT2 index (code t plus the next code above it)
+// maps through a table of i mod 4. The values are the codes exactly, as `vcvtdq2ps` would give.
+KVK_T KVK_INLINE __m512 code_table(int bits) {
+    return bits == 4 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                     : _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+}
+
+// Table indices of a 64-element chunk of 4- or 2-bit codes, in block order.
+KVK_T KVK_INLINE void load_indices(int bits, const void *row, long c0, __m512i idx[4]) {
+    if (bits == 4) {
+        const uint8_t *b = (const uint8_t *)row + c0 / 2;
+        for (int k = 0; k < 2; k++) {
+            __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k)));
+            idx[2 * k] = x;
+            idx[2 * k + 1] = _mm512_srli_epi32(x, 4);
+        }
+    } else {
+        const uint8_t *b = (const uint8_t *)row + c0 / 4;
+        __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+        idx[0] = x;
+        idx[1] = _mm512_srli_epi32(x, 2);
+        idx[2] = _mm512_srli_epi32(x, 4);
+        idx[3] = _mm512_srli_epi32(x, 6);
+    }
+}
+
+// Four FP32 vectors of one 64-element chunk starting at element c0 of a row, in the block order of
+// `bits` (0 = FP16, natural order; 8 natural; 4 and 2 permuted within blocks, see the header).
+KVK_T KVK_INLINE void load_chunk(int bits, const void *row, long c0, __m512 v[4]) {
+    if (bits == 0) {
+        const uint16_t *h = (const uint16_t *)row + c0;
+        for (int k = 0; k < 4; k++) v[k] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16 * k)));
+    } else if (bits == 8) {
+        const uint8_t *b = (const uint8_t *)row + c0;
+        for (int k = 0; k < 4; k++)
+            v[k] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k))));
+    } else {
+        __m512i idx[4];
+        load_indices(bits, row, c0, idx);
+        const __m512 table = code_table(bits);
+        for (int k = 0; k < 4; k++) v[k] = _mm512_permutexvar_ps(idx[k], table);
+    }
+}
+
+// MARK: scores
+
+// Sums of the lanes of four vectors, as four floats: two 512→256→128 folds each, then two hadds.
+KVK_T KVK_INLINE __m128 reduce4(__m512 a, __m512 b, __m512 c, __m512 d) {
+    __m256 a8 = _mm256_add_ps(_mm512_castps512_ps256(a), _mm512_extractf32x8_ps(a, 1));
+    __m256 b8 = _mm256_add_ps(_mm512_castps512_ps256(b), _mm512_extractf32x8_ps(b, 1));
+    __m256 c8 = _mm256_add_ps(_mm512_castps512_ps256(c), _mm512_extractf32x8_ps(c, 1));
+    __m256 d8 = _mm256_add_ps(_mm512_castps512_ps256(d), _mm512_extractf32x8_ps(d, 1));
+    __m256 ab = _mm256_hadd_ps(a8, b8), cd = _mm256_hadd_ps(c8, d8);
+    __m256 abcd = _mm256_hadd_ps(ab, cd); // lanes: a b c d (low half) + a b c d (high half)
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
+}
+
+KVK_T KVK_INLINE void scores_tile(int bits, int RT, const float *q, const float *zt, long d, const uint8_t *rows,
+                                  long rowBytes, long n, float scale, float *scores, long stride) {
+    for (long j = 0; j < n; j++) {
+        const uint8_t *row = rows + j * rowBytes;
+        __m512 acc[4][2];
+        for (int r = 0; r < RT; r++) { acc[r][0] = _mm512_setzero_ps(); acc[r][1] = _mm512_setzero_ps(); }
+        for (long c0 = 0; c0 < d; c0 += 64) {
+            __m512 v[4];
+            load_chunk(bits, row, c0, v);
+            for (int r = 0; r < RT; r++) {
+                const float *qr = q + r * d + c0;
+                acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(qr), v[0], acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 16), v[1], acc[r][1]);
+                acc[r][0] = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 32), v[2], acc[r][0]);
+                acc[r][1] = _mm512_fmadd_ps(_mm512_loadu_ps(qr + 48), v[3], acc[r][1]);
+            }
+        }
+        if (RT == 4) {
+            float s4[4];
+            _mm_storeu_ps(s4, reduce4(_mm512_add_ps(acc[0][0], acc[0][1]), _mm512_add_ps(acc[1][0], acc[1][1]),
+                                      _mm512_add_ps(acc[2][0], acc[2][1]), _mm512_add_ps(acc[3][0], acc[3][1])));
+            for (int r = 0; r < 4; r++) scores[r * stride + j] = (zt ? s4[r] + zt[r] : s4[r]) * scale;
+        } else {
+            for (int r = 0; r < RT; r++) {
+                float s = _mm512_reduce_add_ps(_mm512_add_ps(acc[r][0], acc[r][1]));
+                if (zt) s += zt[r];
+                scores[r * stride + j] = s * scale;
+            }
+        }
+    }
+}
+
+// One query row (a decode step without GQA): four tokens at a time, one combined reduction.
+KVK_T KVK_INLINE void scores_row4(int bits, const float *q, const float *zt, long d, const uint8_t *rows,
+                                  long rowBytes, long n, float scale, float *scores) {
+    long j = 0;
+    const __m128 z = _mm_set1_ps(zt ? zt[0] : 0.0f), sc = _mm_set1_ps(scale);
+    for (; j + 4 <= n; j += 4) {
+        __m512 acc[4];
+        for (int t = 0; t < 4; t++) acc[t] = _mm512_setzero_ps();
+        for (long c0 = 0; c0 < d; c0 += 64) {
+            __m512 q0 = _mm512_loadu_ps(q + c0), q1 = _mm512_loadu_ps(q + c0 + 16);
+            __m512 q2 = _mm512_loadu_ps(q + c0 + 32), q3 = _mm512_loadu_ps(q + c0 + 48);
+            for (int t = 0; t < 4; t++) {
+                __m512 v[4];
+                load_chunk(bits, rows + (j + t) * rowBytes, c0, v);
+                __m512 x = _mm512_fmadd_ps(q0, v[0], _mm512_mul_ps(q1, v[1]));
+                x = _mm512_fmadd_ps(q2, v[2], x);
+                acc[t] = _mm512_add_ps(acc[t], _mm512_fmadd_ps(q3, v[3], x));
+            }
+        }
+        __m128 s4 = reduce4(acc[0], acc[1], acc[2], acc[3]);
+        if (zt) s4 = _mm_add_ps(s4, z);
+        _mm_storeu_ps(scores + j, _mm_mul_ps(s4, sc));
+    }
+    if (j < n) scores_tile(bits, 1, q, zt, d, rows + j * rowBytes, rowBytes, n - j, scale, scores + j, 0);
+}
+
+KVK_T KVK_INLINE void scores_all(int bits, const float *q, const float *zt, long R, long d, const uint8_t *rows,
+                                 long rowBytes, long n, float scale, float *scores, long stride) {
+    if (R == 1) { scores_row4(bits, q, zt, d, rows, rowBytes, n, scale, scores); return; }
+    long r = 0;
+    for (; r + 4 <= R; r += 4)
+        scores_tile(bits, 4, q + r * d, zt ? zt + r : 0, d, rows, rowBytes, n, scale, scores + r * stride, stride);
+    switch (R - r) {
+    case 3: scores_tile(bits, 3, q + r * d, zt ? zt + r : 0, d, rows, rowBytes, n, scale, scores + r * stride, stride); break;
+    case 2: scores_tile(bits, 2, q + r * d, zt ? zt + r : 0, d, rows, rowBytes, n, scale, scores + r * stride, stride); break;
+    case 1: scores_tile(bits, 1, q + r * d, zt ? zt + r : 0, d, rows, rowBytes, n, scale, scores + r * stride, stride); break;
+    default: break;
+    }
+}
+
+KVK_T void kvk_scores_fp16(const float *q, long R, long d, const uint16_t *keys, long n, float scale,
+                           float *scores, long stride) {
+    scores_all(0, q, 0, R, d, (const uint8_t *)keys, 2 * d, n, scale, scores, stride);
+}
+
+KVK_T void kvk_scores_codes(int bits, const float *qs, const float *zt, long R, long d, const uint8_t *codes,
+                            long rowBytes, long n, float scale, float *scores, long stride) {
+    switch (bits) {
+    case 8: scores_all(8, qs, zt, R, d, codes, rowBytes, n, scale, scores, stride); break;
+    case 4: scores_all(4, qs, zt, R, d, codes, rowBytes, n, scale, scores, stride); break;
+    default: scores_all(2, qs, zt, R, d, codes, rowBytes, n, scale, scores, stride); break;
+    }
+}
+
+static long permuted(int bits, long c) {
+    if (bits == 4) return c / 32 * 32 + (c % 2) * 16 + (c % 32) / 2;
+    if (bits == 2) return c / 64 * 64 + (c % 4) * 16 + (c % 64) / 4;
+    return c;
+}
+
+// 16 channels' (scale, zero) FP16 pairs at p → scales and zeros.
+KVK_T KVK_INLINE void load_params16(const uint16_t *p, __m512 *scale, __m512 *zero) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 a = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
+    *scale = _mm512_permutex2var_ps(a, ev, b);
+    *zero = _mm512_permutex2var_ps(a, od, b);
+}
+
+KVK_T void kvk_prepare_channelwise(int bits, const float *q, long R, long d, const uint16_t *params,
+                                   float *qs, float *zt) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    for (long r = 0; r < R; r++) {
+        const float *qr = q + r * d;
+        float *out = qs + r * d;
+        __m512 z = _mm512_setzero_ps();
+        if (bits == 2) {
+            for (long c = 0; c < d; c++) {
+                float scale = _cvtsh_ss(params[2 * c]), zero = _cvtsh_ss(params[2 * c + 1]);
+                out[permuted(2, c)] = qr[c] * scale;
+                z = _mm512_mask_add_ps(z, 1, z, _mm512_set1_ps(qr[c] * zero));
+            }
+            zt[r] = _mm512_reduce_add_ps(z);
+            continue;
+        }
+        for (long c = 0; c < d; c += 32) {
+            __m512 s0, z0, s1, z1;
+            load_params16(params + 2 * c, &s0, &z0);
+            load_params16(params + 2 * c + 32, &s1, &z1);
+            __m512 q0 = _mm512_loadu_ps(qr + c), q1 = _mm512_loadu_ps(qr + c + 16);
+            __m512 a = _mm512_mul_ps(q0, s0), b = _mm512_mul_ps(q1, s1);
+            z = _mm512_fmadd_ps(q0, z0, z);
+            z = _mm512_fmadd_ps(q1, z1, z);
+            if (bits == 4) {
+                _mm512_storeu_ps(out + c, _mm512_permutex2var_ps(a, ev, b));
+                _mm512_storeu_ps(out + c + 16, _mm512_permutex2var_ps(a, od, b));
+            } else {
+                _mm512_storeu_ps(out + c, a);
+                _mm512_storeu_ps(out + c + 16, b);
+            }
+        }
+        zt[r] = _mm512_reduce_add_ps(z);
+    }
+}
+
+// MARK: softmax
+
+KVK_T void kvk_softmax_page(float *s, long R, long n, long stride, float *m, float *l, float *out, long d) {
+    for (long r = 0; r < R; r++) {
+        float *sr = s + r * stride;
+        __m512 mx = _mm512_set1_ps(-INFINITY);
+        long j = 0;
+        for (; j + 16 <= n; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(sr + j));
+        __mmask16 tail = (__mmask16)((1u << (n - j)) - 1);
+        if (j < n) mx = _mm512_max_ps(mx, _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, sr + j));
+        float pm = _mm512_reduce_max_ps(mx);
+        if (pm == -INFINITY) {
+            for (long k = 0; k < n; k++) sr[k] = 0;
+            continue;
+        }
+        float nm = m[r] > pm ? m[r] : pm;
+        float cx = m[r] - nm, c;
+        kvk_exp(&cx, &c, 1);
+        if (c != 1.0f) {
+            l[r] *= c;
+            __m512 cv = _mm512_set1_ps(c);
+            float *o = out + r * d;
+            long i = 0;
+            for (; i + 16 <= d; i += 16) _mm512_storeu_ps(o + i, _mm512_mul_ps(_mm512_loadu_ps(o + i), cv));
+            for (; i < d; i++) o[i] *= c;
+        }
+        __m512 nmv = _mm512_set1_ps(nm), sum = _mm512_setzero_ps();
+        for (j = 0; j + 16 <= n; j += 16) {
+            __m512 p = exp16(_mm512_sub_ps(_mm512_loadu_ps(sr + j), nmv));
+            _mm512_storeu_ps(sr + j, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        if (j < n) {
+            __m512 p = exp16(_mm512_sub_ps(_mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), tail, sr + j), nmv));
+            _mm512_mask_storeu_ps(sr + j, tail, p);
+            sum = _mm512_add_ps(sum, p);
+        }
+        l[r] += _mm512_reduce_add_ps(sum);
+        m[r] = nm;
+    }
+}
+
+// MARK: accumulate
+
+// Output chunk of 64 elements in the block order of `bits`, and back.
+KVK_T KVK_INLINE void load_out(int bits, const float *o, __m512 a[4]) {
+    if (bits == 4) {
+        const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        for (int b = 0; b < 2; b++) {
+            __m512 x = _mm512_loadu_ps(o + 32 * b), y = _mm512_loadu_ps(o + 32 * b + 16);
+            a[2 * b] = _mm512_permutex2var_ps(x, ev, y);
+            a[2 * b + 1] = _mm512_permutex2var_ps(x, od, y);
+        }
+    } else if (bits == 2) {
+        // a[t] lane k = o[4k + t].
+        for (int t = 0; t < 4; t++) {
+            const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60),
+                                                 _mm512_set1_epi32(t));
+            a[t] = _mm512_i32gather_ps(idx, o, 4);
+        }
+    } else {
+        for (int k = 0; k < 4; k++) a[k] = _mm512_loadu_ps(o + 16 * k);
+    }
+}
+
+KVK_T KVK_INLINE void store_out(int bits, float *o, const __m512 a[4]) {
+    if (bits == 4) {
+        const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for (int b = 0; b < 2; b++) {
+            _mm512_storeu_ps(o + 32 * b, _mm512_permutex2var_ps(a[2 * b], lo, a[2 * b + 1]));
+            _mm512_storeu_ps(o + 32 * b + 16, _mm512_permutex2var_ps(a[2 * b], hi, a[2 * b + 1]));
+        }
+    } else if (bits == 2) {
+        for (int t = 0; t < 4; t++) {
+            const __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 52, 56, 60),
+                                                 _mm512_set1_epi32(t));
+            _mm512_i32scatter_ps(o, idx, a[t], 4);
+        }
+    } else {
+        for (int k = 0; k < 4; k++) _mm512_storeu_ps(o + 16 * k, a[k]);
+    }
+}
+
+// bits: 0 = FP16 rows, else grouped rows with (scale, zero) pairs at codeBytes.
+KVK_T KVK_INLINE void accumulate_tile(int bits, int RT, long groupSize, const float *w, long stride, long n,
+                                      const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) {
+    const long G = bits ? d / groupSize : 0;
+    for (long c0 = 0; c0 < d; c0 += 64) {
+        __m512 acc[4][4];
+        for (int r = 0; r < RT; r++) load_out(bits, out + r * d + c0, acc[r]);
+        // Groups of this chunk's four vectors (elements c0 + blockBase(k)).
+        long group[4];
+        for (int k = 0; k < 4; k++) {
+            long base = bits == 4 ? 32 * (k / 2) : bits == 2 ? 0 : 16 * k;
+            group[k] = bits ? (c0 + base) / groupSize : 0;
+        }
+        // Lanes of each vector's scale and zero among the four converted halves: 2·(group − first).
+        __m512i sIdx[4], zIdx[4];
+        for (int k = 0; k < 4; k++) {
+            sIdx[k] = _mm512_set1_epi32((int)(2 * (group[k] - group[0])));
+            zIdx[k] = _mm512_set1_epi32((int)(2 * (group[k] - group[0]) + 1));
+        }
+        const int oneGroup = group[3] == group[0];
+        const __mmask8 halfMask = (__mmask8)((1u << (2 * (group[3] - group[0] + 1))) - 1);
+        for (long j = 0; j < n; j++) {
+            const uint8_t *row = rows + j * rowBytes;
+            __m512 v[4];
+            if (bits == 4 || bits == 2) {
+                __m512i idx[4];
+                load_indices(bits, row, c0, idx);
+                __m512 pv = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(halfMask, row + codeBytes + 4 * group[0])));
+                const __m512 table = code_table(bits);
+                if (oneGroup) {
+                    __m512 t = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[0], pv), table, _mm512_permutexvar_ps(zIdx[0], pv));
+                    for (int k = 0; k < 4; k++) v[k] = _mm512_permutexvar_ps(idx[k], t);
+                } else {
+                    for (int k = 0; k < 4; k += 2) {
+                        // Vectors k and k+1 share a group (INT4: one 32-code block; INT2: one 64-code chunk).
+                        __m512 t = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[k], pv), table, _mm512_permutexvar_ps(zIdx[k], pv));
+                        v[k] = _mm512_permutexvar_ps(idx[k], t);
+                        v[k + 1] = _mm512_permutexvar_ps(idx[k + 1], t);
+                    }
+                }
+            } else {
+            load_chunk(bits, row, c0, v);
+            if (bits) {
+                // The chunk's (at most 4) groups' parameters: one masked load and conversion.
+                __m512 pv = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_maskz_loadu_epi16(halfMask, row + codeBytes + 4 * group[0])));
+                if (oneGroup) {
+                    __m512 sc = _mm512_permutexvar_ps(sIdx[0], pv), ze = _mm512_permutexvar_ps(zIdx[0], pv);
+                    for (int k = 0; k < 4; k++) v[k] = _mm512_fmadd_ps(sc, v[k], ze);
+                } else {
+                    for (int k = 0; k < 4; k++)
+                        v[k] = _mm512_fmadd_ps(_mm512_permutexvar_ps(sIdx[k], pv), v[k], _mm512_permutexvar_ps(zIdx[k], pv));
+                }
+            }
+            }
+            for (int r = 0; r < RT; r++) {
+                __m512 wr = _mm512_set1_ps(w[r * stride + j]);
+                for (int k = 0; k < 4; k++) acc[r][k] = _mm512_fmadd_ps(wr, v[k], acc[r][k]);
+            }
+        }
+        for (int r = 0; r < RT; r++) store_out(bits, out + r * d + c0, acc[r]);
+    }
+    (void)G;
+}
+
+KVK_T KVK_INLINE void accumulate_all(int bits, long groupSize, const float *w, long R, long stride, long n,
+                                     const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) {
+    long r = 0;
+    for (; r + 4 <= R; r += 4)
+        accumulate_tile(bits, 4, groupSize, w + r * stride, stride, n, rows, rowBytes, codeBytes, d, out + r * d);
+    switch (R - r) {
+    case 3: accumulate_tile(bits, 3, groupSize, w + r * stride, stride, n, rows, rowBytes, codeBytes, d, out + r * d); break;
+    case 2: accumulate_tile(bits, 2, groupSize, w + r * stride, stride, n, rows, rowBytes, codeBytes, d, out + r * d); break;
+    case 1: accumulate_tile(bits, 1, groupSize, w + r * stride, stride, n, rows, rowBytes, codeBytes, d, out + r * d); break;
+    default: break;
+    }
+}
+
+KVK_T void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out) {
+    accumulate_all(0, d, w, R, stride, n, (const uint8_t *)rows, 2 * d, 0, d, out);
+}
+
+KVK_T void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n,
+                                  const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) {
+    switch (bits) {
+    case 8: accumulate_all(8, groupSize, w, R, stride, n, rows, rowBytes, codeBytes, d, out); break;
+    case 4: accumulate_all(4, groupSize, w, R, stride, n, rows, rowBytes, codeBytes, d, out); break;
+    default: accumulate_all(2, groupSize, w, R, stride, n, rows, rowBytes, codeBytes, d, out); break;
+    }
+}
+
+#else // not x86-64: the Swift path is used; these must never be called.
+
+int kvk_avx512_available(void) { return 0; }
+void kvk_prefetch(const void *p, long bytes) { (void)p; (void)bytes; }
+double kvk_read_sum(const float *p, size_t count) {
+    double t = 0;
+    for (size_t i = 0; i < count; i++) t += p[i];
+    return t;
+}
+void kvk_exp(const float *x, float *out, long count) { __builtin_trap(); }
+void kvk_scores_fp16(const float *q, long R, long d, const uint16_t *keys, long n, float scale, float *scores, long stride) { __builtin_trap(); }
+void kvk_prepare_channelwise(int bits, const float *q, long R, long d, const uint16_t *params, float *qs, float *zt) { __builtin_trap(); }
+void kvk_scores_codes(int bits, const float *qs, const float *zt, long R, long d, const uint8_t *codes, long rowBytes, long n, float scale, float *scores, long stride) { __builtin_trap(); }
+void kvk_softmax_page(float *s, long R, long n, long stride, float *m, float *l, float *out, long d) { __builtin_trap(); }
+void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out) { __builtin_trap(); }
+void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n, const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) { __builtin_trap(); }
+
+#endif

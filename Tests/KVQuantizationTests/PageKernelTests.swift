@@ -1,0 +1,190 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import KVQuantization
+
+/// The accelerated page kernels (`PageKernels`, AVX-512 C) against their Swift reference twins.
+/// On CPUs without AVX-512 the accelerated kernels are never called, and these tests check only
+/// the references.
+@Suite struct PageKernelTests {
+    static let u = 0x1p-24
+    static func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
+
+    static func gaussians(_ n: Int, sigma: Float = 1, using g: inout SeededGenerator) -> [Float] {
+        (0..<n).map { _ in Float(g.nextGaussian()) * sigma }
+    }
+
+    @Test func expEqualsReferenceBitForBit() {
+        var g = SeededGenerator(seed: 61)
+        var x: [Float] = [0, -0.0, -1e-30, -0x1p-149, -1, -0.5 * Float(M_LN2), -87, -87.33, -88, -100, -102.99, -103, -103.0001, -104, -200,
+                          -.infinity, -Float.greatestFiniteMagnitude]
+        x += (0..<4000).map { _ in -Float.random(in: 0...110, using: &g) }
+        x += (0..<1000).map { _ in -Float.random(in: 0...1e-3, using: &g) }
+        var fast = [Float](repeating: .nan, count: x.count)
+        x.withUnsafeBufferPointer { xp in fast.withUnsafeMutableBufferPointer { PageKernels.exp(xp.baseAddress!, into: $0.baseAddress!, count: x.count) } }
+        for (i, v) in x.enumerated() {
+            let r = PageKernels.expReference(v)
+            #expect(fast[i].bitPattern == r.bitPattern, "exp(\(v)): fast \(fast[i]) reference \(r)")
+            // Accuracy: within 2 ulp of exp in the normal range, tiny below.
+            let exact = Foundation.exp(Double(v))
+            if v >= -87 {
+                #expect(abs(Double(r) - exact) <= 2 * Double(Float(exact).ulp), "exp(\(v)) = \(r), exact \(exact)")
+            } else {
+                #expect(abs(Double(r) - exact) <= 0x1p-126, "exp(\(v)) = \(r), exact \(exact)")
+            }
+        }
+    }
+
+    @Test func fp16ScoresWithinReorderingBound() throws {
+        guard PageKernels.isAccelerated else { return }
+        try forEachSeededCase(40, base: 6100) { g in
+            let d = [64, 128, 192].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
+            let n = Int.random(in: 1...40, using: &g), stride = n + Int.random(in: 0...3, using: &g)
+            let codec = try RowCodec(.fp16, headDim: d)
+            let q = Self.gaussians(rows * d, using: &g)
+            var keys = [UInt8]()
+            for _ in 0..<n { keys += try codec.encode(Self.gaussians(d, sigma: 3, using: &g)) }
+            let scale = Float.random(in: 0.05...1, using: &g)
+            var fast = [Float](repeating: .nan, count: rows * stride), ref = fast
+            q.withUnsafeBufferPointer { qp in
+                keys.withUnsafeBytes { kp in
+                    fast.withUnsafeMutableBufferPointer {
+                        PageKernels.scoresFP16(qp.baseAddress!, rowCount: rows, headDim: d, keys: kp.baseAddress!, tokenCount: n,
+                                               scale: scale, into: $0.baseAddress!, stride: stride)
+                    }
+                    ref.withUnsafeMutableBufferPointer {
+                        PageKernels.scoresReference(codec, qp.baseAddress!, rowCount: rows, keys: kp.baseAddress!, tokenCount: n,
+                                                    scale: scale, into: $0.baseAddress!, stride: stride)
+                    }
+                    for r in 0..<rows {
+                        for j in 0..<n {
+                            // Both within dotErrorBound of the exact dot, then one rounding for ·scale each.
+                            let bound = 2 * Double(scale) * codec.dotErrorBound(qp.baseAddress! + r * d, kp.baseAddress! + j * codec.rowByteCount)
+                                + 2 * Self.u * Double(abs(ref[r * stride + j]))
+                            #expect(abs(Double(fast[r * stride + j]) - Double(ref[r * stride + j])) <= bound,
+                                    "seed \(g.seed) d \(d) rows \(rows) r \(r) j \(j)")
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func channelwiseScoresWithinReorderingBound() throws {
+        guard PageKernels.isAccelerated else { return }
+        try forEachSeededCase(60, base: 6200) { g in
+            let width = CodeWidth.allCases.randomElement(using: &g)!
+            let d = [64, 128, 256].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
+            let n = Int.random(in: 1...40, using: &g), stride = n + Int.random(in: 0...3, using: &g)
+            let codec = try ChannelwiseKeyCodec(width, headDim: d)
+            let x = Self.gaussians(n * d, sigma: 2, using: &g).enumerated().map { i, v in i % d == 5 ? v * 20 : v }
+            var codes = [UInt8](repeating: 0, count: n * codec.rowByteCount), params = [UInt8](repeating: 0, count: codec.parameterByteCount)
+            try x.withUnsafeBufferPointer { xp in
+                try codes.withUnsafeMutableBytes { cp in
+                    try params.withUnsafeMutableBytes { pp in
+                        try codec.encodePage(xp.baseAddress!, tokenCount: n, codes: cp.baseAddress!, params: pp.baseAddress!)
+                    }
+                }
+            }
+            let q = Self.gaussians(rows * d, using: &g)
+            let scale = Float.random(in: 0.05...1, using: &g)
+            var fast = [Float](repeating: .nan, count: rows * stride), ref = fast
+            var work = [Float](repeating: .nan, count: rows * (d + 1))
+            q.withUnsafeBufferPointer { qp in
+                codes.withUnsafeBytes { cp in
+                    params.withUnsafeBytes { pp in
+                        fast.withUnsafeMutableBufferPointer { fp in
+                            work.withUnsafeMutableBufferPointer {
+                                PageKernels.scoresChannelwise(codec, qp.baseAddress!, rowCount: rows, codes: cp.baseAddress!, params: pp.baseAddress!,
+                                                              tokenCount: n, scale: scale, into: fp.baseAddress!, stride: stride, work: $0.baseAddress!)
+                            }
+                        }
+                        ref.withUnsafeMutableBufferPointer {
+                            PageKernels.scoresChannelwiseReference(codec, qp.baseAddress!, rowCount: rows, codes: cp.baseAddress!, params: pp.baseAddress!,
+                                                                   tokenCount: n, scale: scale, into: $0.baseAddress!, stride: stride)
+                        }
+                        for r in 0..<rows {
+                            for j in 0..<n {
+                                // Each within γ_{d+4}·Σ|q_c|·(scale_c·code_c + |zero_c|) of the exact dot.
+                                var magnitude = 0.0
+                                for c in 0..<d {
+                                    let a = codec.parameters(ofChannel: c, in: pp.baseAddress!)
+                                    magnitude += abs(Double(q[r * d + c])) * (Double(a.scale) * Double(codec.code(at: c, in: cp.baseAddress! + j * codec.rowByteCount)) + abs(Double(a.zero)))
+                                }
+                                let bound = 2 * Double(scale) * Self.gamma(d + 4) * magnitude + 2 * Self.u * Double(abs(ref[r * stride + j]))
+                                #expect(abs(Double(fast[r * stride + j]) - Double(ref[r * stride + j])) <= bound,
+                                        "seed \(g.seed) \(width) d \(d) rows \(rows) r \(r) j \(j): \(fast[r * stride + j]) vs \(ref[r * stride + j])")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    @Test func softmaxPageMatchesReference() {
+        guard PageKernels.isAccelerated else { return }
+        forEachSeededCase(60, base: 6300) { g in
+            let rows = Int.random(in: 1...6, using: &g), n = Int.random(in: 1...40, using: &g), d = [16, 64, 128].randomElement(using: &g)!
+            let stride = n + Int.random(in: 0...3, using: &g)
+            var s = (0..<(rows * stride)).map { _ in Float(g.nextGaussian()) * 5 }
+            for i in s.indices where Int.random(in: 0..<4, using: &g) == 0 { s[i] = -.infinity }
+            if Bool.random(using: &g) { for j in 0..<n { s[j] = -.infinity } } // a row that sees nothing
+            var m = (0..<rows).map { _ in Bool.random(using: &g) ? -Float.infinity : Float(g.nextGaussian()) * 5 }
+            var l = m.map { $0 == -.infinity ? Float(0) : Float.random(in: 0.5...20, using: &g) }
+            var out = (0..<(rows * d)).map { _ in Float(g.nextGaussian()) }
+            var s2 = s, m2 = m, l2 = l, out2 = out
+            PageKernels.softmaxPage(&s, rowCount: rows, tokenCount: n, stride: stride, m: &m, l: &l, out: &out, headDim: d)
+            PageKernels.softmaxPageReference(&s2, rowCount: rows, tokenCount: n, stride: stride, m: &m2, l: &l2, out: &out2, headDim: d)
+            for r in 0..<rows {
+                #expect(m[r].bitPattern == m2[r].bitPattern, "seed \(g.seed) row \(r): max")
+                for j in 0..<n { #expect(s[r * stride + j].bitPattern == s2[r * stride + j].bitPattern, "seed \(g.seed) row \(r) weight \(j)") }
+                for i in 0..<d { #expect(out[r * d + i].bitPattern == out2[r * d + i].bitPattern, "seed \(g.seed) row \(r) out \(i)") }
+                // The sums differ by summation order only.
+                #expect(abs(Double(l[r]) - Double(l2[r])) <= 2 * Self.gamma(n + 2) * Double(l2[r]), "seed \(g.seed) row \(r): sum \(l[r]) vs \(l2[r])")
+            }
+        }
+    }
+
+    @Test func accumulateEqualsReferenceBitForBit() throws {
+        guard PageKernels.isAccelerated else { return }
+        let formats: [StorageFormat] = [.fp16, .grouped(.int8, groupSize: 16), .grouped(.int8, groupSize: 32), .int8,
+                                        .grouped(.int8, groupSize: 128), .int4, .grouped(.int4, groupSize: 64),
+                                        .grouped(.int4, groupSize: 128), .grouped(.int2, groupSize: 64), .grouped(.int2, groupSize: 128)]
+        try forEachSeededCase(80, base: 6400) { g in
+            let format = formats.randomElement(using: &g)!
+            let d = [64, 128, 256].filter { PageKernels.supports(format, headDim: $0, asKeys: false) }.randomElement(using: &g)!
+            let rows = Int.random(in: 1...9, using: &g), n = Int.random(in: 1...40, using: &g)
+            let stride = n + Int.random(in: 0...3, using: &g)
+            let codec = try RowCodec(format, headDim: d)
+            var values = [UInt8]()
+            for _ in 0..<n { values += try codec.encode(Self.gaussians(d, sigma: Float.random(in: 0.1...8, using: &g), using: &g)) }
+            let w = (0..<(rows * stride)).map { _ in Bool.random(using: &g) ? Float(0) : Float.random(in: 0...1, using: &g) }
+            var fast = Self.gaussians(rows * d, using: &g), ref = fast
+            w.withUnsafeBufferPointer { wp in
+                values.withUnsafeBytes { vp in
+                    fast.withUnsafeMutableBufferPointer {
+                        PageKernels.accumulate(codec, weights: wp.baseAddress!, rowCount: rows, stride: stride, rows: vp.baseAddress!,
+                                               tokenCount: n, into: $0.baseAddress!)
+                    }
+                    ref.withUnsafeMutableBufferPointer {
+                        PageKernels.accumulateReference(codec, weights: wp.baseAddress!, rowCount: rows, stride: stride, rows: vp.baseAddress!,
+                                                        tokenCount: n, into: $0.baseAddress!)
+                    }
+                }
+            }
+            #expect(fast.map(\.bitPattern) == ref.map(\.bitPattern), "seed \(g.seed) \(format) d \(d) rows \(rows) n \(n)")
+        }
+    }
+
+    @Test func supportedShapes() {
+        guard PageKernels.isAccelerated else { return }
+        #expect(PageKernels.supports(.fp16, headDim: 128, asKeys: true))
+        #expect(PageKernels.supports(.channelwise(.int4), headDim: 64, asKeys: true))
+        #expect(!PageKernels.supports(.channelwise(.int4), headDim: 64, asKeys: false))
+        #expect(!PageKernels.supports(.int4, headDim: 128, asKeys: true))
+        #expect(PageKernels.supports(.int4, headDim: 128, asKeys: false))
+        #expect(!PageKernels.supports(.int2, headDim: 128, asKeys: false)) // g32 at INT2 spans half a code block
+        #expect(!PageKernels.supports(.fp16, headDim: 96, asKeys: true))
+    }
+}
