@@ -33,12 +33,8 @@ public struct BudgetPlanner: StreamPlanner {
     ///   above the rest tier): MiKV as far as the bytes allow.
     /// - Precondition: `input.queryHeadScores` is present when representatives are requested.
     public func plan(_ input: StreamInput, budget: ByteBudget) throws(SelectionError) -> StreamAssignment {
-        try budget.validate()
-        var ctx = try PlanningContext(input, configuration, budget,
-                                      required: requiredByteCount(input, restTier: budget.restTier),
-                                      minimumRequired: requiredByteCount(input, restTier: .dropped))
-        if ctx.everythingFits { return ctx.finish(representativeAllowance: 0) }
-        if !ctx.floorFits { return ctx.demoteWhatFits(scores: input.hostScores) }
+        var (ctx, settled) = try beginPlan(input, budget)
+        if let settled { return settled }
         let c = configuration.costs
         let p = configuration.granularity.unitTokenCount
         let rest = budget.restTier

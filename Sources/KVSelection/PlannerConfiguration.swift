@@ -73,6 +73,22 @@ extension StreamPlanner {
 
 /// The bookkeeping both planners share: regions, units, budget arithmetic, tier assignment that
 /// never moves a token up, and the final byte check.
+extension StreamPlanner {
+    /// What every planner does first: validate the budget, cost the stream, and settle the two
+    /// cases that need no ranking (everything fits; even the rest-tier floor does not fit, so the
+    /// best-scored tokens that fit are demoted, MiKV as far as the bytes allow). Returns the
+    /// assignment when settled, otherwise the context to plan within.
+    func beginPlan(_ input: StreamInput, _ budget: ByteBudget) throws(SelectionError) -> (context: PlanningContext, settled: StreamAssignment?) {
+        try budget.validate()
+        var ctx = try PlanningContext(input, configuration, budget,
+                                      required: requiredByteCount(input, restTier: budget.restTier),
+                                      minimumRequired: requiredByteCount(input, restTier: .dropped))
+        if ctx.everythingFits { return (ctx, ctx.finish(representativeAllowance: 0)) }
+        if !ctx.floorFits { return (ctx, ctx.demoteWhatFits(scores: input.hostScores)) }
+        return (ctx, nil)
+    }
+}
+
 struct PlanningContext {
     let input: StreamInput
     let configuration: PlannerConfiguration

@@ -82,12 +82,8 @@ public struct TieredPlanner: StreamPlanner {
     /// - Precondition: `input.hostScores` is present (the greedy needs scores);
     ///   `input.queryHeadScores` too when representatives are requested.
     public func plan(_ input: StreamInput, budget: ByteBudget) throws(SelectionError) -> StreamAssignment {
-        try budget.validate()
-        var ctx = try PlanningContext(input, configuration, budget,
-                                      required: requiredByteCount(input, restTier: budget.restTier),
-                                      minimumRequired: requiredByteCount(input, restTier: .dropped))
-        if ctx.everythingFits { return ctx.finish(representativeAllowance: 0) }
-        if !ctx.floorFits { return ctx.demoteWhatFits(scores: input.hostScores) }
+        var (ctx, settled) = try beginPlan(input, budget)
+        if let settled { return settled }
         guard let scores = input.hostScores else { preconditionFailure("TieredPlanner: hostScores are required") }
         let c = configuration.costs
         let p = configuration.granularity.unitTokenCount
