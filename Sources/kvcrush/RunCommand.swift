@@ -108,11 +108,13 @@ enum RunCommand {
                       prefill: ContinuationEvaluation.Prefill) -> String {
         var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
         s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n\n"
-        let head = "policy          budget  crush  rep   perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
+        let width = max(16, (results.map { $0.treatment.policy.count }.max() ?? 0) + 2)
+        let head = "policy".padding(toLength: width, withPad: " ", startingAt: 0)
+            + "budget  crush  rep   perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
         s += head + "\n" + String(repeating: "-", count: head.count) + "\n"
         for r in results {
             let t = r.treatment
-            s += t.policy.padding(toLength: 16, withPad: " ", startingAt: 0)
+            s += t.policy.padding(toLength: width, withPad: " ", startingAt: 0)
             s += (t.budget.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 8, withPad: " ", startingAt: 0)
             s += (t.crushShare.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 7, withPad: " ", startingAt: 0)
             s += (t.representativeFormat ?? "-").padding(toLength: 6, withPad: " ", startingAt: 0)
