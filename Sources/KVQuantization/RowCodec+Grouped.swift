@@ -55,9 +55,12 @@ extension RowCodec {
         }
     }
 
-    @inlinable
-    func decodeGrouped(_ w: CodeWidth, _ row: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>) {
-        let o = UnsafeMutableRawPointer(out)
+    /// Walks a grouped row's decoded values zero + scale·code in element order: eight at a time
+    /// (`chunk(firstElement, values)`) while a group has eight left, then one at a time
+    /// (`element(index, value)`). The one decoding loop `decode` and `accumulate` share.
+    @inlinable @inline(__always)
+    func forEachDecoded(_ w: CodeWidth, _ row: UnsafeRawPointer,
+                        chunk: (Int, SIMD8<Float>) -> Void, element: (Int, Float) -> Void) {
         for k in 0..<groupCount {
             let start = k * groupSize, end = min(start + groupSize, headDim)
             let a = parameters(ofGroup: k, in: row)
@@ -65,12 +68,22 @@ extension RowCodec {
             let s8 = SIMD8<Float>(repeating: s), z8 = SIMD8<Float>(repeating: z)
             var i = start
             while i + 8 <= end {
-                let c = CodePacking.load8f(w, row, element: i)
-                o.storeBytes(of: z8 + s8 * c, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+                chunk(i, z8 + s8 * CodePacking.load8f(w, row, element: i))
                 i += 8
             }
-            while i < end { out[i] = z + s * Float(CodePacking.load(w, row, element: i)); i += 1 }
+            while i < end {
+                element(i, z + s * Float(CodePacking.load(w, row, element: i)))
+                i += 1
+            }
         }
+    }
+
+    @inlinable
+    func decodeGrouped(_ w: CodeWidth, _ row: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>) {
+        let o = UnsafeMutableRawPointer(out)
+        forEachDecoded(w, row,
+                       chunk: { i, x in o.storeBytes(of: x, toByteOffset: 4 * i, as: SIMD8<Float>.self) },
+                       element: { i, x in out[i] = x })
     }
 
     @inlinable
@@ -102,22 +115,11 @@ extension RowCodec {
     @inlinable
     func accumulateGrouped(_ w: CodeWidth, _ weight: Float, _ row: UnsafeRawPointer, into out: UnsafeMutablePointer<Float>) {
         let o = UnsafeMutableRawPointer(out)
-        for k in 0..<groupCount {
-            let start = k * groupSize, end = min(start + groupSize, headDim)
-            let a = parameters(ofGroup: k, in: row)
-            let s = a.scale, z = a.zero
-            let s8 = SIMD8<Float>(repeating: s), z8 = SIMD8<Float>(repeating: z)
-            var i = start
-            while i + 8 <= end {
-                let c = CodePacking.load8f(w, row, element: i)
-                let acc = o.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-                o.storeBytes(of: acc + weight * (z8 + s8 * c), toByteOffset: 4 * i, as: SIMD8<Float>.self)
-                i += 8
-            }
-            while i < end {
-                out[i] = out[i] + weight * (z + s * Float(CodePacking.load(w, row, element: i)))
-                i += 1
-            }
-        }
+        forEachDecoded(w, row,
+                       chunk: { i, x in
+                           let acc = o.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                           o.storeBytes(of: acc + weight * x, toByteOffset: 4 * i, as: SIMD8<Float>.self)
+                       },
+                       element: { i, x in out[i] = out[i] + weight * x })
     }
 }

@@ -60,9 +60,7 @@ public func storeOpsFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     guard var store = try? KVStore(config) else { preconditionFailure("a valid configuration was refused") }
     var model = ReferenceStore(configuration: config)
     func newSequence() {
-        let id = store.addSequence()
-        model.sequences[id] = .init(streams: Array(repeating: Array(repeating: [:], count: config.kvHeadCount), count: config.layerCount),
-                                    next: Array(repeating: 0, count: config.layerCount))
+        model.addEmptySequence(store.addSequence())
     }
     newSequence()
     var step = 0

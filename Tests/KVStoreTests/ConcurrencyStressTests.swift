@@ -28,7 +28,7 @@ import KVSelection
         var g = SeededGenerator(seed: 77)
         var promptModel = ReferenceStore(configuration: config)
         let prompt = store.addSequence()
-        promptModel.sequences[prompt] = .init(streams: Array(repeating: Array(repeating: [:], count: 2), count: 2), next: [0, 0])
+        promptModel.addEmptySequence(prompt)
         for layer in 0..<2 {
             let k = randomRows(2 * 9 * 16, using: &g), v = randomRows(2 * 9 * 16, using: &g)
             try store.append(prompt, layer: layer, keys: k, values: v)

@@ -94,8 +94,7 @@ import KVSelection
             let store = try KVStore(config)
             var model = ReferenceStore(configuration: config)
             let first = store.addSequence()
-            model.sequences[first] = .init(streams: Array(repeating: Array(repeating: [:], count: config.kvHeadCount), count: config.layerCount),
-                                           next: Array(repeating: 0, count: config.layerCount))
+            model.addEmptySequence(first)
             for step in 0..<40 {
                 let live = model.sequences.keys.sorted()
                 let id = live.randomElement(using: &g)!

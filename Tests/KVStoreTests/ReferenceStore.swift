@@ -144,3 +144,44 @@ func randomPlan<G: RandomNumberGenerator>(_ model: ReferenceStore, _ id: Sequenc
     }
     return plan
 }
+
+extension ReferenceStore {
+    /// Models `store.addSequence()` having returned `id`: an empty sequence.
+    mutating func addEmptySequence(_ id: SequenceID) {
+        sequences[id] = .init(streams: Array(repeating: Array(repeating: [:], count: configuration.kvHeadCount), count: configuration.layerCount),
+                              next: Array(repeating: 0, count: configuration.layerCount))
+    }
+}
+
+/// One random operation applied to the store and its model alike: add or fork a sequence (while
+/// fewer than `maxSequences` live), remove one (while more than one live), append one of
+/// `appendSizes` tokens to a random layer, or apply a random valid plan. With no live sequence it
+/// adds one.
+func randomOperation(_ store: KVStore, _ model: inout ReferenceStore, maxSequences: Int, appendSizes: [Int],
+                     using g: inout SeededGenerator) throws {
+    let config = store.configuration
+    let live = model.sequences.keys.sorted()
+    switch Int.random(in: 0..<10, using: &g) {
+    case 0 where live.count < maxSequences, _ where live.isEmpty:
+        model.addEmptySequence(store.addSequence())
+    case 1 where live.count < maxSequences:
+        let source = live.randomElement(using: &g)!
+        model.sequences[store.fork(source)] = model.sequences[source]
+    case 2 where live.count > 1:
+        let id = live.randomElement(using: &g)!
+        store.removeSequence(id)
+        model.sequences[id] = nil
+    case 3, 4, 5:
+        let id = live.randomElement(using: &g)!, layer = Int.random(in: 0..<config.layerCount, using: &g)
+        let n = appendSizes.randomElement(using: &g)!
+        let k = randomRows(config.kvHeadCount * n * config.headDim, using: &g)
+        let v = randomRows(config.kvHeadCount * n * config.headDim, using: &g)
+        try store.append(id, layer: layer, keys: k, values: v)
+        model.append(id, layer: layer, keys: k, values: v)
+    default:
+        let id = live.randomElement(using: &g)!
+        let plan = randomPlan(model, id, using: &g)
+        try store.apply(plan, to: id)
+        model.apply(plan, to: id)
+    }
+}

@@ -9,36 +9,9 @@ import KVSelection
 func randomPopulatedStore(_ config: KVStoreConfiguration, steps: Int, using g: inout SeededGenerator) throws -> (KVStore, ReferenceStore) {
     let store = try KVStore(config)
     var model = ReferenceStore(configuration: config)
-    func add() {
-        let id = store.addSequence()
-        model.sequences[id] = .init(streams: Array(repeating: Array(repeating: [:], count: config.kvHeadCount), count: config.layerCount),
-                                    next: Array(repeating: 0, count: config.layerCount))
-    }
-    add()
+    model.addEmptySequence(store.addSequence())
     for _ in 0..<steps {
-        let live = model.sequences.keys.sorted()
-        switch Int.random(in: 0..<10, using: &g) {
-        case 0 where live.count < 3: add()
-        case 1 where live.count < 3:
-            let source = live.randomElement(using: &g)!
-            model.sequences[store.fork(source)] = model.sequences[source]
-        case 2 where live.count > 1:
-            let id = live.randomElement(using: &g)!
-            store.removeSequence(id)
-            model.sequences[id] = nil
-        case 3, 4, 5, 6:
-            let id = live.randomElement(using: &g)!, layer = Int.random(in: 0..<config.layerCount, using: &g)
-            let n = [1, 2, 5, 17].randomElement(using: &g)!
-            let k = randomRows(config.kvHeadCount * n * config.headDim, using: &g)
-            let v = randomRows(config.kvHeadCount * n * config.headDim, using: &g)
-            try store.append(id, layer: layer, keys: k, values: v)
-            model.append(id, layer: layer, keys: k, values: v)
-        default:
-            let id = live.randomElement(using: &g)!
-            let plan = randomPlan(model, id, using: &g)
-            try store.apply(plan, to: id)
-            model.apply(plan, to: id)
-        }
+        try randomOperation(store, &model, maxSequences: 3, appendSizes: [1, 2, 5, 17], using: &g)
     }
     return (store, model)
 }

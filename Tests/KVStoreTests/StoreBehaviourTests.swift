@@ -161,8 +161,7 @@ import KVExperiments
             let store = try KVStore(config)
             var model = ReferenceStore(configuration: config)
             let id = store.addSequence()
-            model.sequences[id] = .init(streams: Array(repeating: Array(repeating: [:], count: config.kvHeadCount), count: config.layerCount),
-                                        next: Array(repeating: 0, count: config.layerCount))
+            model.addEmptySequence(id)
             for step in 0..<12 {
                 let context = "seed \(g.seed) step \(step)"
                 if step % 3 != 2 {

@@ -70,34 +70,7 @@ import KVSelection
             let context = "seed \(g.seed) config kv \(config.kvHeadCount)×\(config.groupSize) d \(config.headDim) P \(config.pageCapacity) formats \(config.tierFormats.keys.sorted { $0.key < $1.key }.map(\.value)) / \(config.tierFormats.values.sorted { $0.key < $1.key }.map(\.value))"
             for step in 0..<25 {
                 operations += 1
-                let live = model.sequences.keys.sorted()
-                switch Int.random(in: 0..<10, using: &g) {
-                case 0 where live.count < 4, _ where live.isEmpty:
-                    let id = store.addSequence()
-                    model.sequences[id] = .init(streams: Array(repeating: Array(repeating: [:], count: config.kvHeadCount), count: config.layerCount),
-                                                next: Array(repeating: 0, count: config.layerCount))
-                case 1 where live.count < 4:
-                    let source = live.randomElement(using: &g)!
-                    let id = store.fork(source)
-                    model.sequences[id] = model.sequences[source]
-                case 2 where live.count > 1:
-                    let id = live.randomElement(using: &g)!
-                    store.removeSequence(id)
-                    model.sequences[id] = nil
-                case 3, 4, 5:
-                    let id = live.randomElement(using: &g)!
-                    let layer = Int.random(in: 0..<config.layerCount, using: &g)
-                    let n = [0, 1, 1, 2, 5, 17, 40].randomElement(using: &g)!
-                    let k = randomRows(config.kvHeadCount * n * config.headDim, using: &g)
-                    let v = randomRows(config.kvHeadCount * n * config.headDim, using: &g)
-                    try store.append(id, layer: layer, keys: k, values: v)
-                    model.append(id, layer: layer, keys: k, values: v)
-                default:
-                    let id = live.randomElement(using: &g)!
-                    let plan = randomPlan(model, id, using: &g)
-                    try store.apply(plan, to: id)
-                    model.apply(plan, to: id)
-                }
+                try randomOperation(store, &model, maxSequences: 4, appendSizes: [0, 1, 1, 2, 5, 17, 40], using: &g)
                 Self.check(store, model, &g, "\(context) step \(step)")
             }
             for id in model.sequences.keys { store.removeSequence(id) }
