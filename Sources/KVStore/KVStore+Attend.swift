@@ -178,7 +178,7 @@ struct StreamAttention {
         var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
         let fastFP16Keys = PageKernels.supports(.fp16, headDim: d, asKeys: true)
 
-        // Every page with its tier, in visiting order, so the next page can be prefetched.
+        // Every page with its tier, in visiting order (a tier's pages in address order, mostly).
         var visit = [(page: Page, tier: Int)]()
         for (t, tier) in stream.tiers.enumerated() {
             for page in tier.pages where page.count > 0 { visit.append((page, t)) }
@@ -186,17 +186,12 @@ struct StreamAttention {
         }
         let fast = (0..<codecs.count).map { t in
             (keys: PageKernels.supports(codecs[t].layout.keyFormat, headDim: d, asKeys: true),
-             values: PageKernels.supports(codecs[t].values.format, headDim: d, asKeys: false))
+             values: PageKernels.supports(codecs[t].values.format, headDim: d, asKeys: false),
+             integerValues: PageKernels.supportsInteger(codecs[t].values.format, headDim: d))
         }
-        // Software prefetch `prefetchDistance` pages ahead: pages are separate allocations, so the
-        // hardware prefetchers lose the stream at every page boundary.
-        let prefetchDistance = 2
-        for ahead in visit.prefix(prefetchDistance) { PageKernels.prefetch(ahead.page.bytes, byteCount: ahead.page.layout.byteCount) }
-        for (index, (page, t)) in visit.enumerated() {
-            if index + prefetchDistance < visit.count {
-                let next = visit[index + prefetchDistance].page
-                PageKernels.prefetch(next.bytes, byteCount: next.layout.byteCount)
-            }
+        // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
+        // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
+        for (page, t) in visit {
             let tc = codecs[t], fastKeys = fast[t].keys, fastValues = fast[t].values
             do {
                 let n = page.count
@@ -238,7 +233,10 @@ struct StreamAttention {
                 }
                 // Online softmax, one page at a time: S becomes the page's weights.
                 PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
-                if fastValues {
+                if fast[t].integerValues {
+                    PageKernels.accumulateInteger(tc.values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0),
+                                                  tokenCount: n, into: o0)
+                } else if fastValues {
                     PageKernels.accumulate(tc.values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0),
                                            tokenCount: n, into: o0)
                 } else {

@@ -75,7 +75,7 @@ extension KVStore {
             pageSection.u32(UInt32(page.count))
             pageSection.raw(page.keyRow(0), page.count * l.keyRowByteCount)
             pageSection.raw(page.valueRow(0), page.count * l.valueRowByteCount)
-            pageSection.raw(page.keyParameters, l.positionOffset - l.keyParameterOffset)
+            pageSection.raw(page.keyParameters, l.keyParameterByteCount)
             for s in 0..<page.count { pageSection.i32(page.position(s)) }
         }
         var conf = SnapshotWriter()
@@ -356,7 +356,7 @@ extension KVStore {
             // store allocates pages): key rows · value rows · key parameters.
             let kr = layout.keyRowByteCount, vr = layout.valueRowByteCount
             let keyBytes = count * kr, valueBytes = count * vr
-            let paramBytes = layout.positionOffset - layout.keyParameterOffset
+            let paramBytes = layout.keyParameterByteCount
             let rows = try r.take(keyBytes + valueBytes + paramBytes, "rows of page \(i)")
             var positions = [Int32](repeating: 0, count: count)
             for s in 0..<count { positions[s] = try r.i32("position \(s) of page \(i)") }
@@ -480,9 +480,11 @@ extension KVStore {
             if let limit = c.byteLimit, pool.bytesInUse + p.byteCount > limit {
                 return .failure(.byteLimitExceeded(requestedBytes: p.byteCount, availableBytes: max(0, limit - pool.bytesInUse)))
             }
+            var previous: Page?
             let pages = p.pages.map { record in
-                let page = pool.allocate(record.layout)
+                let page = pool.allocate(record.layout, after: previous)
                 record.write(into: page)
+                previous = page
                 return page
             }
             var ids = [SequenceID]()

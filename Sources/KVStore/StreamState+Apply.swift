@@ -153,7 +153,7 @@ extension StreamState {
         var next = 0
         while next < rows.count {
             if tiers[t].pages.isEmpty || tiers[t].pages[tiers[t].pages.count - 1].isFull {
-                tiers[t].pages.append(pool.allocate(layout))
+                tiers[t].pages.append(pool.allocate(layout, after: tiers[t].pages.last))
             }
             let last = tiers[t].pages.count - 1
             makeUnique(tier: t, page: last, pool: pool)
@@ -203,7 +203,7 @@ extension StreamState {
         pendingKeys.withUnsafeBufferPointer { kp in
             pendingValues.withUnsafeBytes { vp in
                 while n - start >= cap {
-                    let page = pool.allocate(c.layout)
+                    let page = pool.allocate(c.layout, after: tiers[t].pages.last)
                     do {
                         try c.keyChannels!.encodePage(kp.baseAddress! + start * d, tokenCount: cap,
                                                       codes: page.keyRow(0), params: page.keyParameters)

@@ -80,7 +80,7 @@ struct StreamState: Sendable {
         var done = 0
         while done < count {
             if tiers[0].pages.isEmpty || tiers[0].pages[tiers[0].pages.count - 1].isFull {
-                tiers[0].pages.append(pool.allocate(layout))
+                tiers[0].pages.append(pool.allocate(layout, after: tiers[0].pages.last))
             }
             let last = tiers[0].pages.count - 1
             makeUnique(tier: 0, page: last, pool: pool)
@@ -98,14 +98,15 @@ struct StreamState: Sendable {
     mutating func makeUnique(tier t: Int, page i: Int, pool: PagePool) {
         if i < 0 {
             guard let st = tiers[t].staging, !isKnownUniquelyReferenced(&tiers[t].staging!) else { return }
-            tiers[t].staging = Self.copy(st, pool: pool)
+            tiers[t].staging = Self.copy(st, pool: pool, after: nil)
         } else if !isKnownUniquelyReferenced(&tiers[t].pages[i]) {
-            tiers[t].pages[i] = Self.copy(tiers[t].pages[i], pool: pool)
+            tiers[t].pages[i] = Self.copy(tiers[t].pages[i], pool: pool, after: i > 0 ? tiers[t].pages[i - 1] : nil)
         }
     }
 
-    static func copy(_ page: Page, pool: PagePool) -> Page {
-        let c = pool.allocate(page.layout)
+    /// A private copy of `page`, placed after `previous` (its predecessor in the tier) if possible.
+    static func copy(_ page: Page, pool: PagePool, after previous: Page?) -> Page {
+        let c = pool.allocate(page.layout, after: previous)
         c.bytes.copyMemory(from: page.bytes, byteCount: page.layout.byteCount)
         c.count = page.count
         return c

@@ -41,7 +41,7 @@ import KVSelection
                     let start = (h * queryCount + i) * shape.d
                     let ref = ReferenceAttention(q: Array(q[start..<(start + shape.d)]), keys: rows.keys, values: rows.values,
                                                  visible: rows.positions.map { $0 <= positions[i] }, scale: c.effectiveAttentionScale,
-                                                 pageCount: pageCount)
+                                                 pageCount: pageCount, valueFormats: rows.tiers.map { c.tierFormats.valueFormat($0) })
                     for e in 0..<shape.d {
                         #expect(abs(Double(one.output[start + e]) - ref.output[e]) <= ref.bound[e] + 1e-30,
                                 "\(shape) head \(h) query \(i) element \(e)")

@@ -73,7 +73,7 @@ import KVExperiments
         // Drop four tokens per head: one FP16 page each returns to the pool.
         let drop = (2..<6).map { StreamPlan.Move(position: Int32($0), tier: .dropped) }
         try store.apply(RetentionPlan(streams: [StreamPlan(layer: 0, kvHead: 0, moves: drop), StreamPlan(layer: 0, kvHead: 1, moves: drop)]), to: id)
-        #expect(store.byteCount == 2 * fp16Page && store.pool.freePageCount == 2)
+        #expect(store.byteCount == 2 * fp16Page && store.pool.pagesInUse == 2)
         try store.append(id, layer: 0, keys: randomRows(2 * 1 * 8, using: &g), values: randomRows(2 * 1 * 8, using: &g))
         #expect(store.byteCount == 4 * fp16Page)
         // A plan that would need more than the limit (quantising while a fork keeps the originals).
@@ -199,7 +199,8 @@ import KVExperiments
                     let rows = store.rows(id, layer: layer, kvHead: h / config.groupSize)
                     let ref = ReferenceAttention(q: Array(q[(h * d)..<((h + 1) * d)]), keys: rows.keys, values: rows.values,
                                                  visible: rows.positions.map { $0 <= Int32(next - 1) }, scale: config.effectiveAttentionScale,
-                                                 pageCount: store.pageCounts(of: id, layer: layer, kvHead: h / config.groupSize).values.reduce(0, +))
+                                                 pageCount: store.pageCounts(of: id, layer: layer, kvHead: h / config.groupSize).values.reduce(0, +),
+                                                 valueFormats: rows.tiers.map { config.tierFormats.valueFormat($0) })
                     for e in 0..<d {
                         #expect(abs(Double(out.output[h * d + e]) - ref.output[e]) <= ref.bound[e] + 1e-30, "\(context): attend element \(e)")
                     }

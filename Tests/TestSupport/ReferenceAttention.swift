@@ -1,4 +1,5 @@
 import Foundation
+import KVQuantization
 
 /// Naive attention in FP64 for one query row over `n` key/value rows (`[n][d]`), the keys whose
 /// index is in `visible` only: the ground truth the store's FP32 read path is held to.
@@ -25,7 +26,17 @@ public struct ReferenceAttention {
     /// perturbed by a relative ε is ≤ 2ε, so per element
     ///
     ///     |ô − o| ≤ (2(e^{2Δ} − 1 + 4u) + 3γ_{n+p+d+8}) · Σⱼ wⱼ|vⱼ|
-    public init(q: [Float], keys: [Float], values: [Float], visible: [Bool], scale: Float, pageCount: Int = 1) {
+    ///
+    /// Rows whose value format (`valueFormats`) the store accumulates in the integer domain
+    /// (`PageKernels.supportsInteger`) add, per element i of group g, the split residual of
+    /// `PageKernels.accumulateInteger` in output units, (1/2 + 2⁻¹²)/(127·254)·maxⱼ(wⱼ·sⱼg)·Σⱼ cⱼᵢ
+    /// over those rows (each block's σ1 is at most that maximum once the block's weights are
+    /// rescaled to the final ones; × (1 + ε) for the weights' own error), and
+    /// γ_{n+p+8}·Σⱼ wⱼ·(sⱼg·cⱼᵢ + |zⱼg|) for its roundings, which are relative to the
+    /// decomposed terms rather than to |vⱼᵢ|. Scales and codes are recovered by re-encoding the
+    /// decoded row (decode∘encode is a fixpoint of every grouped format).
+    public init(q: [Float], keys: [Float], values: [Float], visible: [Bool], scale: Float, pageCount: Int = 1,
+                valueFormats: [StorageFormat]? = nil) {
         let d = q.count, n = visible.count
         precondition(keys.count == n * d && values.count == n * d)
         let u = 0x1p-24
@@ -58,6 +69,26 @@ public struct ReferenceAttention {
             }
         }
         for i in 0..<d { bound[i] *= eps }
+        guard let formats = valueFormats else { return }
+        precondition(formats.count == n, "ReferenceAttention: one value format per row")
+        var maxWS = [Double](repeating: 0, count: d), codeSum = maxWS, terms = maxWS
+        for j in 0..<n where visible[j] && PageKernels.supportsInteger(formats[j], headDim: d) {
+            let codec = try! RowCodec(formats[j], headDim: d), groupSize = d / codec.groupCount
+            let row = try! codec.encode(Array(values[(j * d)..<((j + 1) * d)]))
+            row.withUnsafeBytes { r in
+                for i in 0..<d {
+                    let p = codec.parameters(ofGroup: i / groupSize, in: r.baseAddress!)
+                    let s = Double(Float(Float16(bitPattern: p.scaleBits))), z = Double(Float(Float16(bitPattern: p.zeroBits)))
+                    let c = Double(codec.code(at: i, in: r.baseAddress!))
+                    maxWS[i] = max(maxWS[i], weights[j] * s)
+                    codeSum[i] += c
+                    terms[i] += weights[j] * (s * c + abs(z))
+                }
+            }
+        }
+        for i in 0..<d {
+            bound[i] += (0.5 + 0x1p-12) / (127 * 254) * maxWS[i] * codeSum[i] * (1 + eps) + gamma(n + pageCount + 8) * terms[i]
+        }
     }
 }
 

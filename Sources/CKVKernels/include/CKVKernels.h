@@ -60,4 +60,20 @@ void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint
 void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n,
                             const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
 
+/// 1 when this CPU also has AVX-512 VNNI and VBMI (kvk_accumulate_grouped_integer), else 0.
+int kvk_integer_values_available(void);
+
+/// The weighted sum of grouped value rows in the integer domain, per output row r < R: for each
+/// block of up to 64 tokens (j0 = 0, 64, …) and group k, with a_j = w_j·scale_jk (FP32):
+///   m = max_j |a_j|, σ0 = m/127, σ1 = σ0/254 (divisors 1 where these are 0),
+///   a0_j = clamp(rne(a_j·(1/σ0)), ±127), a1_j = clamp(rne(fma(−σ0, a0_j, a_j)·(1/σ1)), ±127),
+///   Z = (z0 + z1) + (z2 + z3) with z_t = Σ_{j ≡ t mod 4} w_j·zero_jk (products rounded, summed in order),
+///   dot_p[i] = Σ_j a_p,j·code_ji (exact, int32),
+///   out[r·d + i] += fma(σ0, dot0[i], fma(σ1, dot1[i], Z)).
+/// Bit-identical to `PageKernels.accumulateIntegerReference`. Needs bits 4 (groupSize a multiple
+/// of 32) or 8 (a multiple of 16), codeBytes a multiple of 64, d/groupSize ≤ 32, and
+/// kvk_integer_values_available().
+void kvk_accumulate_grouped_integer(int bits, long groupSize, const float *w, long R, long stride, long n,
+                                    const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
+
 #endif
