@@ -18,9 +18,11 @@ import Darwin
 /// - `allocate(_:after:)` puts a page right after the stream's previous page when that slot is
 ///   free; otherwise it starts the page at the first slot of an entirely free block, which no
 ///   other stream starts in, so the stream can keep growing there;
-/// - when no block is free and at least an eighth of the layout's slots lie free in partly used
-///   blocks, any free slot is used (this bounds the memory held in such holes), else a new slab is
-///   made. Slabs grow geometrically per layout (16 slots first, then doubling, up to 8 MiB), and
+/// - when no block is free and at least an eighth of the layout's slots are *holes* (free slots
+///   below the last used slot of their block, left by released pages), the first hole is used,
+///   which bounds the memory held in holes; else a new slab is made. Free slots above a block's
+///   last used slot are the tail its stream grows into and are never given to another stream, so
+///   a stream holds at most `blockSlotCount − 1` unused slots per layout beyond its pages. Slabs grow geometrically per layout (16 slots first, then doubling, up to 8 MiB), and
 ///   slabs of 2 MiB or more are 2 MiB-aligned and advised for transparent huge pages (fewer TLB
 ///   misses on a streaming read).
 ///
@@ -96,10 +98,28 @@ public final class PagePool: Sendable {
             return nil
         }
 
-        func firstFreeSlot() -> Int? {
-            for (w, word) in used.enumerated() where word != .max {
-                let slot = w * 64 + (~word).trailingZeroBitCount
-                if slot < slotCount { return slot }
+        /// The used bits of block `b`.
+        func blockBits(_ b: Int) -> UInt64 {
+            let first = b * PagePool.blockSlotCount
+            return (used[first >> 6] >> UInt64(first & 63)) & ((1 << UInt64(PagePool.blockSlotCount)) - 1)
+        }
+
+        /// Free slots of a block that lie below its last used slot: left behind by released pages.
+        /// (Free slots above the last used one are the tail its stream is still growing into.)
+        func holeCount() -> Int {
+            var n = 0
+            for b in 0..<(slotCount / PagePool.blockSlotCount) {
+                let bits = blockBits(b)
+                if bits != 0 { n += (64 - bits.leadingZeroBitCount) - bits.nonzeroBitCount }
+            }
+            return n
+        }
+
+        func firstHole() -> Int? {
+            for b in 0..<(slotCount / PagePool.blockSlotCount) {
+                let bits = blockBits(b)
+                let top = 64 - bits.leadingZeroBitCount
+                if bits != 0, bits.nonzeroBitCount < top { return b * PagePool.blockSlotCount + (~bits).trailingZeroBitCount }
             }
             return nil
         }
@@ -112,7 +132,6 @@ public final class PagePool: Sendable {
         var slabs: [Int: Slab] = [:]
         var order: [Int] = []
         var slotCount = 0
-        var usedCount = 0
         var nextSlabSlotCount = PagePool.blockSlotCount
 
         init(layout: PageLayout) { slotBytes = (max(layout.byteCount, 1) + 63) / 64 * 64 }
@@ -157,7 +176,6 @@ public final class PagePool: Sendable {
     }
 
     private static func take(_ a: inout Arena, hint: Place?, nextSlabID: inout Int, reservedBytes: inout Int) -> Place {
-        a.usedCount += 1
         if let h = hint, let slab = a.slabs[h.slab], h.slot + 1 < slab.slotCount, !slab.isUsed(h.slot + 1) {
             slab.take(h.slot + 1)
             return Place(slab: h.slab, slot: h.slot + 1)
@@ -169,10 +187,10 @@ public final class PagePool: Sendable {
                 return Place(slab: id, slot: slot)
             }
         }
-        if a.slotCount - (a.usedCount - 1) >= max(blockSlotCount, a.slotCount / 8) {
+        if a.order.reduce(0, { $0 + a.slabs[$1]!.holeCount() }) >= max(blockSlotCount, a.slotCount / 8) {
             for id in a.order {
                 let slab = a.slabs[id]!
-                if let slot = slab.firstFreeSlot() {
+                if let slot = slab.firstHole() {
                     slab.take(slot)
                     return Place(slab: id, slot: slot)
                 }
@@ -203,7 +221,6 @@ public final class PagePool: Sendable {
                 preconditionFailure("PagePool.release: page of an unknown slab")
             }
             slab.free(place.slot)
-            s.arenas[layout]!.usedCount -= 1
             guard slab.usedCount == 0 else { return nil }
             // Keep one empty slab per layout for reuse; free this one if another is already empty.
             let arena = s.arenas[layout]!
