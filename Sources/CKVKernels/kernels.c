@@ -483,137 +483,163 @@ KVK_VI KVK_INLINE __m512i pair_words_index(int base) {
     return _mm512_loadu_si512(ix);
 }
 
-// One output row: out[i] += Σ_j w_j·(scale_jg·code_ji + zero_jg) over n grouped rows, by blocks of
-// up to 64 tokens, as documented in the header (kvk_accumulate_grouped_integer). BITS is 4 or 8.
-KVK_VI KVK_INLINE void acc_int_row(const int BITS, long g, const float *w, long n, const uint8_t *rows, long rowBytes,
-                                   long codeBytes, long d, float *out) {
-    const long G = d / g, sets = (G + 3) / 4;
-    float wsBuf[16][8][16];
-    uint32_t W0[16][8][4], W1[16][8][4];
-    float s0[32], s1[32], zsum[32];
-    // Lane 4·gl + t of the set vector ← token t's (scale, zero) of group gl from [t0 | t1] and [t2 | t3].
-    const __m512i idxS = _mm512_setr_epi32(0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30);
-    const __m512i idxZ = _mm512_add_epi32(idxS, _mm512_set1_epi32(1));
+// The codes of a block of up to 64 tokens, transposed for vpdpbusd: per 64-code-byte chunk and
+// quad of tokens, four vectors whose dword m holds byte 16x + m of the chunk for the quad's four
+// tokens (token-minor), split into low and high nibbles at 4 bits. Missing tokens read as zero.
+// Computed once per block and shared by all query rows.
+#define KVK_MAX_CHUNKS 4
+typedef struct { __m512i v[KVK_MAX_CHUNKS][16][4][2]; } kvk_block_codes;
+
+KVK_VI KVK_INLINE void transpose_block(const int BITS, long j0, long n, long quads, const uint8_t *rows, long rowBytes,
+                                       long codeBytes, kvk_block_codes *bc) {
     const __m512i pb0 = pair_bytes_index(0), pb1 = pair_bytes_index(32);
     const __m512i pw0 = pair_words_index(0), pw1 = pair_words_index(16);
     const __m512i nib = _mm512_set1_epi8(0x0F);
-    for (long j0 = 0; j0 < n; j0 += 64) {
-        const long nb = n - j0 < 64 ? n - j0 : 64, quads = (nb + 3) / 4;
-        // Pass 1: w·scale and w·zero per (token, group); maxima and zero sums per group.
-        for (long k = 0; k < sets; k++) {
-            const long gs = G - 4 * k < 4 ? G - 4 * k : 4;
-            const __mmask8 pm = (__mmask8)((1u << (2 * gs)) - 1);
-            __m512 mx = _mm512_setzero_ps(), zs = _mm512_setzero_ps();
-            for (long q = 0; q < quads; q++) {
-                __m256 h[4];
-                for (int t = 0; t < 4; t++) {
-                    long j = j0 + 4 * q + t;
-                    if (j < n) {
-                        __m128i half = _mm_maskz_loadu_epi16(pm, rows + j * rowBytes + codeBytes + 16 * k);
-                        h[t] = _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(w[j]));
-                    } else {
-                        h[t] = _mm256_setzero_ps();
-                    }
-                }
-                __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(h[0]), h[1], 1);
-                __m512 b = _mm512_insertf32x8(_mm512_castps256_ps512(h[2]), h[3], 1);
-                __m512 ws = _mm512_permutex2var_ps(a, idxS, b), wz = _mm512_permutex2var_ps(a, idxZ, b);
-                zs = _mm512_add_ps(zs, wz);
-                mx = _mm512_max_ps(mx, _mm512_abs_ps(ws));
-                _mm512_storeu_ps(wsBuf[q][k], ws);
+    for (long c = 0; c < codeBytes / 64; c++) {
+        for (long q = 0; q < quads; q++) {
+            __m512i T[4];
+            for (int t = 0; t < 4; t++) {
+                long j = j0 + 4 * q + t;
+                T[t] = j < n ? _mm512_loadu_si512(rows + j * rowBytes + 64 * c) : _mm512_setzero_si512();
             }
-            // Group maxima: the four lanes of each 128-bit lane.
-            mx = _mm512_max_ps(mx, _mm512_permute_ps(mx, 0xB1));
-            mx = _mm512_max_ps(mx, _mm512_permute_ps(mx, 0x4E));
-            __m512 sg0 = _mm512_div_ps(mx, _mm512_set1_ps(127.0f));
-            __m512 sg1 = _mm512_div_ps(sg0, _mm512_set1_ps(254.0f));
-            __m512 d0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sg0, _mm512_setzero_ps(), _CMP_EQ_OQ), sg0, _mm512_set1_ps(1.0f));
-            __m512 d1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sg1, _mm512_setzero_ps(), _CMP_EQ_OQ), sg1, _mm512_set1_ps(1.0f));
-            float sv0[16], sv1[16], zv[16];
-            _mm512_storeu_ps(sv0, sg0);
-            _mm512_storeu_ps(sv1, sg1);
-            _mm512_storeu_ps(zv, zs);
-            for (int gl = 0; gl < 4; gl++) {
-                s0[4 * k + gl] = sv0[4 * gl];
-                s1[4 * k + gl] = sv1[4 * gl];
-                zsum[4 * k + gl] = (zv[4 * gl] + zv[4 * gl + 1]) + (zv[4 * gl + 2] + zv[4 * gl + 3]);
-            }
-            // Pass 2: two int8 pieces per weight: ws ≈ σ0·a0 + σ1·a1.
-            const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
-            const __m512 inv0 = _mm512_div_ps(_mm512_set1_ps(1.0f), d0), inv1 = _mm512_div_ps(_mm512_set1_ps(1.0f), d1);
-            for (long q = 0; q < quads; q++) {
-                __m512 ws = _mm512_loadu_ps(wsBuf[q][k]);
-                __m512i a0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(ws, inv0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                a0 = _mm512_max_epi32(_mm512_min_epi32(a0, lim), nlim);
-                __m512 r = _mm512_fnmadd_ps(d0, _mm512_cvtepi32_ps(a0), ws);
-                __m512i a1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(r, inv1), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-                a1 = _mm512_max_epi32(_mm512_min_epi32(a1, lim), nlim);
-                _mm_storeu_si128((__m128i *)W0[q][k], _mm512_cvtepi32_epi8(a0));
-                _mm_storeu_si128((__m128i *)W1[q][k], _mm512_cvtepi32_epi8(a1));
-            }
-        }
-        // Integer pass, one 64-code-byte chunk at a time: four tokens' bytes transposed into dwords
-        // (token-minor), codes split into nibbles, vpdpbusd against the tokens' weight bytes.
-        for (long c0 = 0; c0 < codeBytes; c0 += 64) {
-            __m512i acc[4][2][2];
-            long grp[4];
+            __m512i P0 = _mm512_permutex2var_epi8(T[0], pb0, T[1]), P1 = _mm512_permutex2var_epi8(T[0], pb1, T[1]);
+            __m512i Q0 = _mm512_permutex2var_epi8(T[2], pb0, T[3]), Q1 = _mm512_permutex2var_epi8(T[2], pb1, T[3]);
+            __m512i X[4] = {_mm512_permutex2var_epi16(P0, pw0, Q0), _mm512_permutex2var_epi16(P0, pw1, Q0),
+                            _mm512_permutex2var_epi16(P1, pw0, Q1), _mm512_permutex2var_epi16(P1, pw1, Q1)};
             for (int x = 0; x < 4; x++) {
-                grp[x] = BITS == 4 ? (2 * (c0 + 16 * x)) / g : (c0 + 16 * x) / g;
-                for (int h = 0; h < 2; h++) { acc[x][h][0] = _mm512_setzero_si512(); acc[x][h][1] = _mm512_setzero_si512(); }
-            }
-            for (long q = 0; q < quads; q++) {
-                __m512i T[4];
-                for (int t = 0; t < 4; t++) {
-                    long j = j0 + 4 * q + t;
-                    T[t] = j < n ? _mm512_loadu_si512(rows + j * rowBytes + c0) : _mm512_setzero_si512();
-                }
-                __m512i P0 = _mm512_permutex2var_epi8(T[0], pb0, T[1]), P1 = _mm512_permutex2var_epi8(T[0], pb1, T[1]);
-                __m512i Q0 = _mm512_permutex2var_epi8(T[2], pb0, T[3]), Q1 = _mm512_permutex2var_epi8(T[2], pb1, T[3]);
-                __m512i X[4] = {_mm512_permutex2var_epi16(P0, pw0, Q0), _mm512_permutex2var_epi16(P0, pw1, Q0),
-                                _mm512_permutex2var_epi16(P1, pw0, Q1), _mm512_permutex2var_epi16(P1, pw1, Q1)};
-                for (int x = 0; x < 4; x++) {
-                    const long gi = grp[x];
-                    const __m512i w0 = _mm512_set1_epi32((int)W0[q][gi / 4][gi % 4]);
-                    const __m512i w1 = _mm512_set1_epi32((int)W1[q][gi / 4][gi % 4]);
-                    if (BITS == 4) {
-                        __m512i lo = _mm512_and_si512(X[x], nib), hi = _mm512_and_si512(_mm512_srli_epi16(X[x], 4), nib);
-                        acc[x][0][0] = _mm512_dpbusd_epi32(acc[x][0][0], lo, w0);
-                        acc[x][0][1] = _mm512_dpbusd_epi32(acc[x][0][1], lo, w1);
-                        acc[x][1][0] = _mm512_dpbusd_epi32(acc[x][1][0], hi, w0);
-                        acc[x][1][1] = _mm512_dpbusd_epi32(acc[x][1][1], hi, w1);
-                    } else {
-                        acc[x][0][0] = _mm512_dpbusd_epi32(acc[x][0][0], X[x], w0);
-                        acc[x][0][1] = _mm512_dpbusd_epi32(acc[x][0][1], X[x], w1);
-                    }
-                }
-            }
-            // out += fma(σ0, dot0, fma(σ1, dot1, Z)) per channel, in natural channel order.
-            const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-            const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-            for (int x = 0; x < 4; x++) {
-                const long gi = grp[x];
-                const __m512 S0 = _mm512_set1_ps(s0[gi]), S1 = _mm512_set1_ps(s1[gi]), Z = _mm512_set1_ps(zsum[gi]);
-                __m512 v0 = _mm512_fmadd_ps(S0, _mm512_cvtepi32_ps(acc[x][0][0]), _mm512_fmadd_ps(S1, _mm512_cvtepi32_ps(acc[x][0][1]), Z));
                 if (BITS == 4) {
-                    __m512 v1 = _mm512_fmadd_ps(S0, _mm512_cvtepi32_ps(acc[x][1][0]), _mm512_fmadd_ps(S1, _mm512_cvtepi32_ps(acc[x][1][1]), Z));
-                    float *o = out + 2 * (c0 + 16 * x);
-                    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_permutex2var_ps(v0, lo, v1)));
-                    _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_loadu_ps(o + 16), _mm512_permutex2var_ps(v0, hi, v1)));
+                    bc->v[c][q][x][0] = _mm512_and_si512(X[x], nib);
+                    bc->v[c][q][x][1] = _mm512_and_si512(_mm512_srli_epi16(X[x], 4), nib);
                 } else {
-                    float *o = out + c0 + 16 * x;
-                    _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v0));
+                    bc->v[c][q][x][0] = X[x];
                 }
             }
         }
     }
 }
 
+// One output row over one block: out[i] += Σ_j w_j·(scale_jg·code_ji + zero_jg) for the block's
+// tokens, as documented in the header (kvk_accumulate_grouped_integer). BITS is 4 or 8.
+KVK_VI KVK_INLINE void acc_int_row_block(const int BITS, long g, const float *w, long j0, long n, long quads,
+                                         const uint8_t *rows, long rowBytes, long codeBytes, long d,
+                                         const kvk_block_codes *bc, float *out) {
+    const long G = d / g, sets = (G + 3) / 4;
+    float wsBuf[16][16];
+    uint32_t W0[16][8][4], W1[16][8][4];
+    float s0[32], s1[32], zsum[32];
+    // Lane 4·gl + t of the set vector ← token t's (scale, zero) of group gl from [t0 | t1] and [t2 | t3].
+    const __m512i idxS = _mm512_setr_epi32(0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30);
+    const __m512i idxZ = _mm512_add_epi32(idxS, _mm512_set1_epi32(1));
+    // Pass 1: w·scale and w·zero per (token, group); maxima and zero sums per group. Pass 2: two
+    // int8 pieces per weight: ws ≈ σ0·a0 + σ1·a1.
+    for (long k = 0; k < sets; k++) {
+        const long gs = G - 4 * k < 4 ? G - 4 * k : 4;
+        const __mmask8 pm = (__mmask8)((1u << (2 * gs)) - 1);
+        __m512 mx = _mm512_setzero_ps(), zs = _mm512_setzero_ps();
+        for (long q = 0; q < quads; q++) {
+            __m256 h[4];
+            for (int t = 0; t < 4; t++) {
+                long j = j0 + 4 * q + t;
+                if (j < n) {
+                    __m128i half = _mm_maskz_loadu_epi16(pm, rows + j * rowBytes + codeBytes + 16 * k);
+                    h[t] = _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(w[j]));
+                } else {
+                    h[t] = _mm256_setzero_ps();
+                }
+            }
+            __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(h[0]), h[1], 1);
+            __m512 b = _mm512_insertf32x8(_mm512_castps256_ps512(h[2]), h[3], 1);
+            __m512 ws = _mm512_permutex2var_ps(a, idxS, b), wz = _mm512_permutex2var_ps(a, idxZ, b);
+            zs = _mm512_add_ps(zs, wz);
+            mx = _mm512_max_ps(mx, _mm512_abs_ps(ws));
+            _mm512_storeu_ps(wsBuf[q], ws);
+        }
+        // Group maxima: the four lanes of each 128-bit lane.
+        mx = _mm512_max_ps(mx, _mm512_permute_ps(mx, 0xB1));
+        mx = _mm512_max_ps(mx, _mm512_permute_ps(mx, 0x4E));
+        __m512 sg0 = _mm512_div_ps(mx, _mm512_set1_ps(127.0f));
+        __m512 sg1 = _mm512_div_ps(sg0, _mm512_set1_ps(254.0f));
+        __m512 d0 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sg0, _mm512_setzero_ps(), _CMP_EQ_OQ), sg0, _mm512_set1_ps(1.0f));
+        __m512 d1 = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(sg1, _mm512_setzero_ps(), _CMP_EQ_OQ), sg1, _mm512_set1_ps(1.0f));
+        float sv0[16], sv1[16], zv[16];
+        _mm512_storeu_ps(sv0, sg0);
+        _mm512_storeu_ps(sv1, sg1);
+        _mm512_storeu_ps(zv, zs);
+        for (int gl = 0; gl < 4; gl++) {
+            s0[4 * k + gl] = sv0[4 * gl];
+            s1[4 * k + gl] = sv1[4 * gl];
+            zsum[4 * k + gl] = (zv[4 * gl] + zv[4 * gl + 1]) + (zv[4 * gl + 2] + zv[4 * gl + 3]);
+        }
+        const __m512i lim = _mm512_set1_epi32(127), nlim = _mm512_set1_epi32(-127);
+        const __m512 inv0 = _mm512_div_ps(_mm512_set1_ps(1.0f), d0), inv1 = _mm512_div_ps(_mm512_set1_ps(1.0f), d1);
+        for (long q = 0; q < quads; q++) {
+            __m512 ws = _mm512_loadu_ps(wsBuf[q]);
+            __m512i a0 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(ws, inv0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            a0 = _mm512_max_epi32(_mm512_min_epi32(a0, lim), nlim);
+            __m512 r = _mm512_fnmadd_ps(d0, _mm512_cvtepi32_ps(a0), ws);
+            __m512i a1 = _mm512_cvt_roundps_epi32(_mm512_mul_ps(r, inv1), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            a1 = _mm512_max_epi32(_mm512_min_epi32(a1, lim), nlim);
+            _mm_storeu_si128((__m128i *)W0[q][k], _mm512_cvtepi32_epi8(a0));
+            _mm_storeu_si128((__m128i *)W1[q][k], _mm512_cvtepi32_epi8(a1));
+        }
+    }
+    // Integer pass per chunk: vpdpbusd of the transposed codes against the tokens' weight bytes,
+    // then out += fma(σ0, dot0, fma(σ1, dot1, Z)) per channel, in natural channel order.
+    const __m512i lo = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+    const __m512i hi = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+    for (long c = 0; c < codeBytes / 64; c++) {
+        const long c0 = 64 * c;
+        __m512i acc[4][2][2];
+        long grp[4];
+        for (int x = 0; x < 4; x++) {
+            grp[x] = BITS == 4 ? (2 * (c0 + 16 * x)) / g : (c0 + 16 * x) / g;
+            for (int h = 0; h < 2; h++) { acc[x][h][0] = _mm512_setzero_si512(); acc[x][h][1] = _mm512_setzero_si512(); }
+        }
+        for (long q = 0; q < quads; q++) {
+            for (int x = 0; x < 4; x++) {
+                const long gi = grp[x];
+                const __m512i w0 = _mm512_set1_epi32((int)W0[q][gi / 4][gi % 4]);
+                const __m512i w1 = _mm512_set1_epi32((int)W1[q][gi / 4][gi % 4]);
+                for (int h = 0; h < (BITS == 4 ? 2 : 1); h++) {
+                    const __m512i v = _mm512_load_si512(&bc->v[c][q][x][h]);
+                    acc[x][h][0] = _mm512_dpbusd_epi32(acc[x][h][0], v, w0);
+                    acc[x][h][1] = _mm512_dpbusd_epi32(acc[x][h][1], v, w1);
+                }
+            }
+        }
+        for (int x = 0; x < 4; x++) {
+            const long gi = grp[x];
+            const __m512 S0 = _mm512_set1_ps(s0[gi]), S1 = _mm512_set1_ps(s1[gi]), Z = _mm512_set1_ps(zsum[gi]);
+            __m512 v0 = _mm512_fmadd_ps(S0, _mm512_cvtepi32_ps(acc[x][0][0]), _mm512_fmadd_ps(S1, _mm512_cvtepi32_ps(acc[x][0][1]), Z));
+            if (BITS == 4) {
+                __m512 v1 = _mm512_fmadd_ps(S0, _mm512_cvtepi32_ps(acc[x][1][0]), _mm512_fmadd_ps(S1, _mm512_cvtepi32_ps(acc[x][1][1]), Z));
+                float *o = out + 2 * (c0 + 16 * x);
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), _mm512_permutex2var_ps(v0, lo, v1)));
+                _mm512_storeu_ps(o + 16, _mm512_add_ps(_mm512_loadu_ps(o + 16), _mm512_permutex2var_ps(v0, hi, v1)));
+            } else {
+                float *o = out + c0 + 16 * x;
+                _mm512_storeu_ps(o, _mm512_add_ps(_mm512_loadu_ps(o), v0));
+            }
+        }
+    }
+}
+
+KVK_VI KVK_INLINE void acc_int_all(const int BITS, long g, const float *w, long R, long stride, long n, const uint8_t *rows,
+                                   long rowBytes, long codeBytes, long d, float *out) {
+    kvk_block_codes *bc = (kvk_block_codes *)__builtin_alloca(sizeof(kvk_block_codes) + 64);
+    bc = (kvk_block_codes *)(((uintptr_t)bc + 63) & ~(uintptr_t)63);
+    for (long j0 = 0; j0 < n; j0 += 64) {
+        const long nb = n - j0 < 64 ? n - j0 : 64, quads = (nb + 3) / 4;
+        transpose_block(BITS, j0, n, quads, rows, rowBytes, codeBytes, bc);
+        for (long r = 0; r < R; r++)
+            acc_int_row_block(BITS, g, w + r * stride, j0, n, quads, rows, rowBytes, codeBytes, d, bc, out + r * d);
+    }
+}
+
 KVK_VI void kvk_accumulate_grouped_integer(int bits, long groupSize, const float *w, long R, long stride, long n,
                                            const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) {
-    for (long r = 0; r < R; r++) {
-        if (bits == 4) acc_int_row(4, groupSize, w + r * stride, n, rows, rowBytes, codeBytes, d, out + r * d);
-        else acc_int_row(8, groupSize, w + r * stride, n, rows, rowBytes, codeBytes, d, out + r * d);
-    }
+    if (bits == 4) acc_int_all(4, groupSize, w, R, stride, n, rows, rowBytes, codeBytes, d, out);
+    else acc_int_all(8, groupSize, w, R, stride, n, rows, rowBytes, codeBytes, d, out);
 }
 
 #else // not x86-64: the Swift path is used; these must never be called.

@@ -197,9 +197,10 @@ public enum PageKernels {
     /// True when `accumulateInteger` runs on this CPU for grouped value rows of `format`: AVX-512
     /// VNNI and VBMI present, INT4 rows with a group size that is a multiple of 32 and a head dim
     /// that is a multiple of 128, or INT8 rows with a group size that is a multiple of 16 and a head
-    /// dim that is a multiple of 64; at most 32 groups.
+    /// dim that is a multiple of 64; at most 32 groups and 256 code bytes per row.
     public static func supportsInteger(_ format: StorageFormat, headDim d: Int) -> Bool {
-        guard hasIntegerKernels, case .grouped(let w, let g) = format, d % g == 0, d / g <= 32 else { return false }
+        guard hasIntegerKernels, case .grouped(let w, let g) = format, d % g == 0, d / g <= 32,
+              w.packedByteCount(codes: d) <= 256 else { return false }
         switch w {
         case .int4: return g % 32 == 0 && d % 128 == 0
         case .int8: return g % 16 == 0 && d % 64 == 0

@@ -71,7 +71,7 @@ int kvk_integer_values_available(void);
 ///   dot_p[i] = Σ_j a_p,j·code_ji (exact, int32),
 ///   out[r·d + i] += fma(σ0, dot0[i], fma(σ1, dot1[i], Z)).
 /// Bit-identical to `PageKernels.accumulateIntegerReference`. Needs bits 4 (groupSize a multiple
-/// of 32) or 8 (a multiple of 16), codeBytes a multiple of 64, d/groupSize ≤ 32, and
+/// of 32) or 8 (a multiple of 16), codeBytes a multiple of 64 and at most 256, d/groupSize ≤ 32, and
 /// kvk_integer_values_available().
 void kvk_accumulate_grouped_integer(int bits, long groupSize, const float *w, long R, long stride, long n,
                                     const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
