@@ -461,6 +461,34 @@ KVK_T void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long
 }
 
 
+// MARK: value check and FP16 conversion (the append path)
+
+KVK_T long kvk_first_unstorable(const float *x, long count) {
+    const __m512i maxBits = _mm512_set1_epi32(0x477FE000), absMask = _mm512_set1_epi32(0x7FFFFFFF);
+    long i = 0;
+    for (; i + 16 <= count; i += 16) {
+        __mmask16 bad = _mm512_cmpgt_epu32_mask(_mm512_and_si512(_mm512_loadu_si512(x + i), absMask), maxBits);
+        if (bad) return i + __builtin_ctz(bad);
+    }
+    if (i < count) {
+        __mmask16 k = (__mmask16)((1u << (count - i)) - 1);
+        __mmask16 bad = _mm512_mask_cmpgt_epu32_mask(k, _mm512_and_si512(_mm512_maskz_loadu_epi32(k, x + i), absMask), maxBits);
+        if (bad) return i + __builtin_ctz(bad);
+    }
+    return -1;
+}
+
+KVK_T void kvk_float_to_half(const float *x, uint16_t *out, long count) {
+    long i = 0;
+    for (; i + 16 <= count; i += 16)
+        _mm256_storeu_si256((__m256i *)(out + i), _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    if (i < count) {
+        __mmask16 k = (__mmask16)((1u << (count - i)) - 1);
+        __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(k, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(out + i, k, h);
+    }
+}
+
 // MARK: integer-domain value accumulation (AVX-512 VNNI + VBMI)
 
 #define KVK_VI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,f16c,fma")))
@@ -659,6 +687,8 @@ void kvk_softmax_page(float *s, long R, long n, long stride, float *m, float *l,
 void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out) { __builtin_trap(); }
 void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n, const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) { __builtin_trap(); }
 int kvk_integer_values_available(void) { return 0; }
+long kvk_first_unstorable(const float *x, long count) { __builtin_trap(); }
+void kvk_float_to_half(const float *x, uint16_t *out, long count) { __builtin_trap(); }
 void kvk_accumulate_grouped_integer(int bits, long groupSize, const float *w, long R, long stride, long n, const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) { __builtin_trap(); }
 
 #endif

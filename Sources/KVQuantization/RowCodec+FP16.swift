@@ -1,4 +1,5 @@
 // SIMD kernels for FP16 rows: `headDim` half bit patterns, little-endian.
+import CKVKernels
 
 extension RowCodec {
     @inlinable @inline(__always)
@@ -13,6 +14,7 @@ extension RowCodec {
 
     @inlinable
     func encodeFP16(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer) {
+        if PageKernels.isAccelerated { return kvk_float_to_half(x, row.assumingMemoryBound(to: UInt16.self), headDim) }
         let raw = UnsafeRawPointer(x)
         var i = 0
         while i + 8 <= headDim {

@@ -1,3 +1,5 @@
+import CKVKernels
+
 /// Finds values no format may store: non-finite, or finite with magnitude above 65504.
 @usableFromInline
 enum ValueCheck {
@@ -8,9 +10,13 @@ enum ValueCheck {
     /// The error for the first invalid element of `x[0..<count]`, reported at `indexOffset + i`, or
     /// `nil` if all are storable.
     ///
-    /// - Complexity: O(count), vectorised.
+    /// - Complexity: O(count), vectorised (AVX-512 C where available, else Swift SIMD).
     @inlinable
     static func firstInvalid(_ x: UnsafePointer<Float>, count: Int, indexOffset: Int = 0) -> QuantizationError? {
+        if PageKernels.isAccelerated {
+            let i = kvk_first_unstorable(x, count)
+            return i < 0 ? nil : firstInvalidReference(x + i, count: count - i, indexOffset: indexOffset + i)
+        }
         var i = 0
         var bad = false
         let raw = UnsafeRawPointer(x)

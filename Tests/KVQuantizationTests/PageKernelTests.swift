@@ -177,6 +177,39 @@ import TestSupport
         }
     }
 
+    /// The append path's kernels: FP16 encoding bit-identical to `Float16(x)` (round to nearest
+    /// even, subnormals, ties, the largest half) and the value check naming the same first bad
+    /// element as the scalar reference, for every head dim (tails of the 16-lane kernel).
+    @Test func appendKernelsMatchReferences() throws {
+        var g = SeededGenerator(seed: 6600)
+        let edges: [Float] = [0, -0.0, 0x1p-24, 0x1p-25, 0x1.8p-24, 0x1p-14, 0x1.ffcp-15, 65504, -65504, 65503.9, 1 + 0x1p-11,
+                              1 + 0x1.8p-11, 2049, 2051, 0x1p-149, -0x1p-140, 6.1e-5, 1e-7]
+        for d in [1, 7, 8, 15, 16, 17, 64, 96, 128, 200] {
+            let codec = try RowCodec(.fp16, headDim: d)
+            for _ in 0..<50 {
+                var x = (0..<d).map { _ in Bool.random(using: &g) ? edges.randomElement(using: &g)! : Float(g.nextGaussian()) * Float.random(in: 1e-6...1e4, using: &g) }
+                var row = [UInt8](repeating: 0, count: codec.rowByteCount)
+                try x.withUnsafeBufferPointer { xp in try row.withUnsafeMutableBytes { try codec.encode(xp.baseAddress!, into: $0.baseAddress!) } }
+                for i in 0..<d {
+                    let h = UInt16(row[2 * i]) | UInt16(row[2 * i + 1]) << 8
+                    #expect(h == Float16Bits.floatToHalfReference(x[i]), "d \(d) element \(i): \(x[i])")
+                }
+                // Plant unstorable values; the error names the first.
+                for _ in 0..<Int.random(in: 1...3, using: &g) {
+                    x[Int.random(in: 0..<d, using: &g)] = [Float.nan, .infinity, -.infinity, 65504.01, -70000, .greatestFiniteMagnitude].randomElement(using: &g)!
+                }
+                let expected = x.withUnsafeBufferPointer { ValueCheck.firstInvalidReference($0.baseAddress!, count: d) }
+                let thrown: QuantizationError? = x.withUnsafeBufferPointer { xp in
+                    row.withUnsafeMutableBytes { rp in
+                        do throws(QuantizationError) { try codec.encode(xp.baseAddress!, into: rp.baseAddress!); return nil } catch { return error }
+                    }
+                }
+                // NaN payloads make the errors unequal under ==; compare index and message.
+                #expect(thrown?.index == expected!.index && "\(thrown.map { "\($0)" } ?? "none")" == "\(expected!)", "d \(d): \(String(describing: thrown)) vs \(expected!)")
+            }
+        }
+    }
+
     @Test func supportedShapes() {
         guard PageKernels.isAccelerated else { return }
         #expect(PageKernels.supports(.fp16, headDim: 128, asKeys: true))

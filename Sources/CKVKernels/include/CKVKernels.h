@@ -60,6 +60,12 @@ void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint
 void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n,
                             const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
 
+/// Index of the first x[i] that no format may store (NaN, ±∞, or |x| > 65504), or −1.
+long kvk_first_unstorable(const float *x, long count);
+
+/// out[i] = the FP16 bit pattern of x[i], rounded to nearest even (x already checked storable).
+void kvk_float_to_half(const float *x, uint16_t *out, long count);
+
 /// 1 when this CPU also has AVX-512 VNNI and VBMI (kvk_accumulate_grouped_integer), else 0.
 int kvk_integer_values_available(void);
 
