@@ -7,6 +7,7 @@
 #include "CKVKernels.h"
 #include <immintrin.h>
 #include <math.h>
+#include <float.h>
 
 #if defined(__x86_64__)
 
@@ -460,6 +461,265 @@ KVK_T void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long
     }
 }
 
+// MARK: VNNI scores of channelwise keys
+
+// Integer-domain scores: the query is split into two int8 vectors per page (kvk_prepare_vnni), and
+// each code row is dotted with both by `vpdpbusd` (u8 codes × s8 weights → s32, exact), 64 codes
+// per instruction, with no per-code conversion to FP32. See the header for the layout.
+#define KVK_VNNI_T __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
+
+int kvk_vnni_available(void) {
+    __builtin_cpu_init();
+    return kvk_avx512_available() && __builtin_cpu_supports("avx512vnni");
+}
+
+// The block (base b0, size B channels) that channel c falls in: greedy from 0, the largest size
+// of the width (64 at 8 bits, 128 at 4, 256 at 2) that fits, halving down to 64 at the end.
+static inline void vnni_block(int bits, long d, long c, long *b0, long *B) {
+    long base = 0, size = bits == 4 ? 128 : bits == 2 ? 256 : 64;
+    for (;;) {
+        while (base + size > d) size /= 2;
+        if (c < base + size) break;
+        base += size;
+    }
+    *b0 = base;
+    *B = size;
+}
+
+// The codes of the block at b0 (B channels) as B/64 vectors of 64 unsigned bytes, in π order.
+KVK_VNNI_T KVK_INLINE int vnni_codes(int bits, const uint8_t *row, long b0, long B, __m512i v[4]) {
+    if (bits == 8) {
+        v[0] = _mm512_loadu_si512((const void *)(row + b0));
+        return 1;
+    }
+    if (bits == 4) {
+        const __m512i m4 = _mm512_set1_epi8(0x0F);
+        if (B == 128) {
+            __m512i x = _mm512_loadu_si512((const void *)(row + b0 / 2));
+            v[0] = _mm512_and_si512(x, m4);
+            v[1] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+            return 2;
+        }
+        __m256i x = _mm256_loadu_si256((const __m256i *)(row + b0 / 2));
+        v[0] = _mm512_and_si512(_mm512_inserti64x4(_mm512_castsi256_si512(x), _mm256_srli_epi16(x, 4), 1), m4);
+        return 1;
+    }
+    const __m512i m2 = _mm512_set1_epi8(0x03);
+    if (B == 256) {
+        __m512i x = _mm512_loadu_si512((const void *)(row + b0 / 4));
+        v[0] = _mm512_and_si512(x, m2);
+        v[1] = _mm512_and_si512(_mm512_srli_epi16(x, 2), m2);
+        v[2] = _mm512_and_si512(_mm512_srli_epi16(x, 4), m2);
+        v[3] = _mm512_and_si512(_mm512_srli_epi16(x, 6), m2);
+        return 4;
+    }
+    if (B == 128) {
+        __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(row + b0 / 4)));
+        const __m512i s01 = _mm512_inserti64x4(_mm512_set1_epi16(0), _mm256_set1_epi16(2), 1);
+        const __m512i s23 = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(6), 1);
+        v[0] = _mm512_and_si512(_mm512_srlv_epi16(x, s01), m2);
+        v[1] = _mm512_and_si512(_mm512_srlv_epi16(x, s23), m2);
+        return 2;
+    }
+    __m512i x = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(row + b0 / 4)));
+    const __m512i s = _mm512_setr_epi64(0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
+                                        0x0004000400040004LL, 0x0004000400040004LL, 0x0006000600060006LL, 0x0006000600060006LL);
+    v[0] = _mm512_and_si512(_mm512_srlv_epi16(x, s), m2);
+    return 1;
+}
+
+// Lane-sum steps (see kvk_scores_vnni): pairs of 256-bit halves, 128-bit blocks, 64-bit pairs, lanes.
+KVK_VNNI_T KVK_INLINE __m512i vnni_red1(__m512i a, __m512i b) {
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+}
+KVK_VNNI_T KVK_INLINE __m512i vnni_red2(__m512i a, __m512i b) {
+    return _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+KVK_VNNI_T KVK_INLINE __m512i vnni_red3(__m512i a, __m512i b) {
+    return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+}
+KVK_VNNI_T KVK_INLINE __m512i vnni_red4(__m512i a, __m512i b) {
+    return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
+}
+
+// The block sizes of a row in order (at most 8: d ≤ 512).
+static inline int vnni_blocks(int bits, long d, long sizes[8]) {
+    int nb = 0;
+    for (long c = 0; c < d; nb++) {
+        long b0;
+        vnni_block(bits, d, c, &b0, &sizes[nb]);
+        c = b0 + sizes[nb];
+    }
+    return nb;
+}
+
+// Both dots of one code row with one prepared row: 16 int32 partial sums each.
+KVK_VNNI_T KVK_INLINE void vnni_dots(int bits, const uint8_t *row, const int8_t *a0, const int8_t *a1, int nb,
+                                     const long *sizes, __m512i *s0, __m512i *s1) {
+    __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
+    long b0 = 0;
+    for (int b = 0; b < nb; b++) {
+        __m512i v[4];
+        int k = vnni_codes(bits, row, b0, sizes[b], v);
+        for (int i = 0; i < k; i++) {
+            x0 = _mm512_dpbusd_epi32(x0, v[i], _mm512_loadu_si512((const void *)(a0 + b0 + 64 * i)));
+            x1 = _mm512_dpbusd_epi32(x1, v[i], _mm512_loadu_si512((const void *)(a1 + b0 + 64 * i)));
+        }
+        b0 += sizes[b];
+    }
+    *s0 = x0;
+    *s1 = x1;
+}
+
+KVK_VNNI_T KVK_INLINE void vnni_scores_width(int bits, const int8_t *a, const float *coef, long R, long d,
+                                             const uint8_t *codes, long rowBytes, long n, float scale,
+                                             float *scores, long stride) {
+    // After the four steps, lane 4k + i holds token k + 4i of the 16; this puts token j in lane j.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    const __m512 sc = _mm512_set1_ps(scale);
+    long sizes[8];
+    const int nb = vnni_blocks(bits, d, sizes);
+    for (long r = 0; r < R; r++) {
+        const int8_t *a0 = a + r * 2 * d, *a1 = a0 + d;
+        const __m512 c0 = _mm512_set1_ps(coef[4 * r]), c1 = _mm512_set1_ps(coef[4 * r + 1]), zt = _mm512_set1_ps(coef[4 * r + 2]);
+        float *out = scores + r * stride;
+        for (long j0 = 0; j0 < n; j0 += 16) {
+            __m512i p0[8], p1[8];
+            for (int p = 0; p < 8; p++) {
+                __m512i u0 = _mm512_setzero_si512(), u1 = u0, w0 = u0, w1 = u0;
+                long j = j0 + 2 * p;
+                if (j < n) vnni_dots(bits, codes + j * rowBytes, a0, a1, nb, sizes, &u0, &u1);
+                if (j + 1 < n) vnni_dots(bits, codes + (j + 1) * rowBytes, a0, a1, nb, sizes, &w0, &w1);
+                p0[p] = vnni_red1(u0, w0);
+                p1[p] = vnni_red1(u1, w1);
+            }
+            __m512i q0[4], q1[4];
+            for (int p = 0; p < 4; p++) { q0[p] = vnni_red2(p0[2 * p], p0[2 * p + 1]); q1[p] = vnni_red2(p1[2 * p], p1[2 * p + 1]); }
+            __m512i d0 = vnni_red4(vnni_red3(q0[0], q0[1]), vnni_red3(q0[2], q0[3]));
+            __m512i d1 = vnni_red4(vnni_red3(q1[0], q1[1]), vnni_red3(q1[2], q1[3]));
+            __m512 f0 = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, d0));
+            __m512 f1 = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, d1));
+            __m512 s = _mm512_mul_ps(_mm512_fmadd_ps(c0, f0, _mm512_fmadd_ps(c1, f1, zt)), sc);
+            long left = n - j0;
+            __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
+            _mm512_mask_storeu_ps(out + j0, k, s);
+        }
+    }
+}
+
+KVK_VNNI_T void kvk_scores_vnni(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes,
+                                long rowBytes, long n, float scale, float *scores, long stride) {
+    if (d % 64 != 0 || d > KVK_VNNI_MAX_HEAD_DIM) __builtin_trap();
+    // The common head dim 128 gets its own copies (constant blocks, unrolled).
+    if (d == 128) {
+        switch (bits) {
+        case 8: vnni_scores_width(8, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
+        case 4: vnni_scores_width(4, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
+        default: vnni_scores_width(2, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
+        }
+        return;
+    }
+    switch (bits) {
+    case 8: vnni_scores_width(8, a, coef, R, d, codes, rowBytes, n, scale, scores, stride); break;
+    case 4: vnni_scores_width(4, a, coef, R, d, codes, rowBytes, n, scale, scores, stride); break;
+    default: vnni_scores_width(2, a, coef, R, d, codes, rowBytes, n, scale, scores, stride); break;
+    }
+}
+
+// Stores 16 FP32 values of a 64-channel chunk at c (k-th vector of 16) into the π order of `bits`.
+KVK_VNNI_T KVK_INLINE void vnni_store_permuted(int bits, long d, long c, const __m512 x[4], float *qs) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    if (bits == 8) {
+        for (int k = 0; k < 4; k++) _mm512_storeu_ps(qs + c + 16 * k, x[k]);
+        return;
+    }
+    long b0, B;
+    vnni_block(bits, d, c, &b0, &B);
+    long o = c - b0;
+    if (bits == 4) {
+        // Channels b0 + o + 2i (+1) of each 32: evens at b0 + o/2 + i, odds at b0 + B/2 + o/2 + i.
+        for (int h = 0; h < 2; h++) {
+            long oo = o + 32 * h;
+            _mm512_storeu_ps(qs + b0 + oo / 2, _mm512_permutex2var_ps(x[2 * h], ev, x[2 * h + 1]));
+            _mm512_storeu_ps(qs + b0 + B / 2 + oo / 2, _mm512_permutex2var_ps(x[2 * h], od, x[2 * h + 1]));
+        }
+        return;
+    }
+    __m512 A = _mm512_permutex2var_ps(x[0], ev, x[1]), Bo = _mm512_permutex2var_ps(x[0], od, x[1]);
+    __m512 C = _mm512_permutex2var_ps(x[2], ev, x[3]), D = _mm512_permutex2var_ps(x[2], od, x[3]);
+    __m512 t[4] = {_mm512_permutex2var_ps(A, ev, C), _mm512_permutex2var_ps(Bo, ev, D),
+                   _mm512_permutex2var_ps(A, od, C), _mm512_permutex2var_ps(Bo, od, D)};
+    for (int k = 0; k < 4; k++) _mm512_storeu_ps(qs + b0 + k * (B / 4) + o / 4, t[k]);
+}
+
+KVK_VNNI_T KVK_INLINE __m512 vnni_split(__m512 x, __m512 inv) {
+    __m512 y = _mm512_roundscale_ps(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
+}
+
+KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const uint16_t *params, int8_t *a, float *coef) {
+    if (d % 64 != 0 || d > KVK_VNNI_MAX_HEAD_DIM) __builtin_trap();
+    float qs[KVK_VNNI_MAX_HEAD_DIM];
+    for (long r = 0; r < R; r++) {
+        const float *qr = q + r * d;
+        __m512 z = _mm512_setzero_ps(), mx = _mm512_setzero_ps();
+        __mmask16 bad = 0;
+        for (long c = 0; c < d; c += 64) {
+            __m512 x[4];
+            for (int h = 0; h < 2; h++) {
+                __m512 s0, z0, s1, z1;
+                long cc = c + 32 * h;
+                load_params16(params + 2 * cc, &s0, &z0);
+                load_params16(params + 2 * cc + 32, &s1, &z1);
+                __m512 q0 = _mm512_loadu_ps(qr + cc), q1 = _mm512_loadu_ps(qr + cc + 16);
+                x[2 * h] = _mm512_mul_ps(q0, s0);
+                x[2 * h + 1] = _mm512_mul_ps(q1, s1);
+                z = _mm512_fmadd_ps(q0, z0, z);
+                z = _mm512_fmadd_ps(q1, z1, z);
+                mx = _mm512_max_ps(mx, _mm512_abs_ps(x[2 * h]));
+                mx = _mm512_max_ps(mx, _mm512_abs_ps(x[2 * h + 1]));
+                bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(x[2 * h]), _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ);
+                bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(x[2 * h + 1]), _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ);
+            }
+            vnni_store_permuted(bits, d, c, x, qs);
+        }
+        // zt: fold halves 8, 4, 2, 1 (the order of PageKernels.prepareChannelwiseVNNIReference).
+        __m256 z8 = _mm256_add_ps(_mm512_castps512_ps256(z), _mm512_extractf32x8_ps(z, 1));
+        __m128 z4 = _mm_add_ps(_mm256_castps256_ps128(z8), _mm256_extractf128_ps(z8, 1));
+        __m128 z2 = _mm_add_ps(z4, _mm_movehl_ps(z4, z4));
+        float zt = _mm_cvtss_f32(_mm_add_ss(z2, _mm_shuffle_ps(z2, z2, 1)));
+        // m: an exact max, any order (NaN and ±∞ products are caught by `bad` instead).
+        float m = _mm512_reduce_max_ps(mx);
+        int finite = bad == 0;
+        int8_t *a0 = a + r * 2 * d, *a1 = a0 + d;
+        float s0 = 0, s1 = 0;
+        if (!finite) {
+            s0 = s1 = NAN;
+        } else if (m >= 0x1p-96f) {
+            s0 = m / 127.0f;
+            s1 = s0 / 254.0f;
+        }
+        coef[4 * r] = s0;
+        coef[4 * r + 1] = s1;
+        coef[4 * r + 2] = zt;
+        coef[4 * r + 3] = 0;
+        if (!(s0 > 0)) {
+            for (long c = 0; c < 2 * d; c++) a0[c] = 0;
+            continue;
+        }
+        const __m512 i0 = _mm512_set1_ps(1.0f / s0), i1 = _mm512_set1_ps(1.0f / s1), nsv = _mm512_set1_ps(-s0);
+        for (long c = 0; c < d; c += 16) {
+            __m512 x = _mm512_loadu_ps(qs + c);
+            __m512 h0 = vnni_split(x, i0);
+            __m512 res = _mm512_fmadd_ps(nsv, h0, x);
+            __m512 h1 = vnni_split(res, i1);
+            _mm_storeu_si128((__m128i *)(a0 + c), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(h0)));
+            _mm_storeu_si128((__m128i *)(a1 + c), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(h1)));
+        }
+    }
+}
+
 #else // not x86-64: the Swift path is used; these must never be called.
 
 int kvk_avx512_available(void) { return 0; }
@@ -476,5 +736,8 @@ void kvk_scores_codes(int bits, const float *qs, const float *zt, long R, long d
 void kvk_softmax_page(float *s, long R, long n, long stride, float *m, float *l, float *out, long d) { __builtin_trap(); }
 void kvk_accumulate_fp16(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out) { __builtin_trap(); }
 void kvk_accumulate_grouped(int bits, long groupSize, const float *w, long R, long stride, long n, const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out) { __builtin_trap(); }
+int kvk_vnni_available(void) { return 0; }
+void kvk_prepare_vnni(int bits, const float *q, long R, long d, const uint16_t *params, int8_t *a, float *coef) { __builtin_trap(); }
+void kvk_scores_vnni(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes, long rowBytes, long n, float scale, float *scores, long stride) { __builtin_trap(); }
 
 #endif
