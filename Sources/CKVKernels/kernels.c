@@ -542,75 +542,106 @@ KVK_VNNI_T KVK_INLINE __m512i vnni_red4(__m512i a, __m512i b) {
     return _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b));
 }
 
-// The block sizes of a row in order (at most 8: d ≤ 512).
-static inline int vnni_blocks(int bits, long d, long sizes[8]) {
-    int nb = 0;
-    for (long c = 0; c < d; nb++) {
-        long b0;
-        vnni_block(bits, d, c, &b0, &sizes[nb]);
-        c = b0 + sizes[nb];
+// One block's contribution to both dots.
+KVK_VNNI_T KVK_INLINE void vnni_block_dots(int bits, const uint8_t *row, const int8_t *a0, const int8_t *a1, long b0,
+                                           long B, __m512i *x0, __m512i *x1) {
+    __m512i v[4];
+    int k = vnni_codes(bits, row, b0, B, v);
+    for (int i = 0; i < k; i++) {
+        *x0 = _mm512_dpbusd_epi32(*x0, v[i], _mm512_loadu_si512((const void *)(a0 + b0 + 64 * i)));
+        *x1 = _mm512_dpbusd_epi32(*x1, v[i], _mm512_loadu_si512((const void *)(a1 + b0 + 64 * i)));
     }
-    return nb;
 }
 
-// Both dots of one code row with one prepared row: 16 int32 partial sums each.
-KVK_VNNI_T KVK_INLINE void vnni_dots(int bits, const uint8_t *row, const int8_t *a0, const int8_t *a1, int nb,
-                                     const long *sizes, __m512i *s0, __m512i *s1) {
+// Both dots of one code row with one prepared row (16 int32 partial sums each), block by block as
+// `vnni_block` cuts the row: full blocks, then halves down to 64.
+KVK_VNNI_T KVK_INLINE void vnni_dots(int bits, const uint8_t *row, const int8_t *a0, const int8_t *a1, long d,
+                                     __m512i *s0, __m512i *s1) {
+    const long F = bits == 4 ? 128 : bits == 2 ? 256 : 64;
     __m512i x0 = _mm512_setzero_si512(), x1 = _mm512_setzero_si512();
     long b0 = 0;
-    for (int b = 0; b < nb; b++) {
-        __m512i v[4];
-        int k = vnni_codes(bits, row, b0, sizes[b], v);
-        for (int i = 0; i < k; i++) {
-            x0 = _mm512_dpbusd_epi32(x0, v[i], _mm512_loadu_si512((const void *)(a0 + b0 + 64 * i)));
-            x1 = _mm512_dpbusd_epi32(x1, v[i], _mm512_loadu_si512((const void *)(a1 + b0 + 64 * i)));
-        }
-        b0 += sizes[b];
-    }
+    for (; b0 + F <= d; b0 += F) vnni_block_dots(bits, row, a0, a1, b0, F, &x0, &x1);
+    for (long B = F / 2; B >= 64; B /= 2)
+        if (b0 + B <= d) { vnni_block_dots(bits, row, a0, a1, b0, B, &x0, &x1); b0 += B; }
     *s0 = x0;
     *s1 = x1;
 }
 
+// Tokens j and j + 1 (each only if below n), their dots folded by the first lane-sum step.
+KVK_VNNI_T KVK_INLINE void vnni_pair(int bits, int full, const uint8_t *codes, long rowBytes, long j, long n,
+                                     const int8_t *a0, const int8_t *a1, long d, __m512i *p0, __m512i *p1) {
+    __m512i u0 = _mm512_setzero_si512(), u1 = u0, w0 = u0, w1 = u0;
+    if (full || j < n) vnni_dots(bits, codes + j * rowBytes, a0, a1, d, &u0, &u1);
+    if (full || j + 1 < n) vnni_dots(bits, codes + (j + 1) * rowBytes, a0, a1, d, &w0, &w1);
+    *p0 = vnni_red1(u0, w0);
+    *p1 = vnni_red1(u1, w1);
+}
+
+// Four tokens from j: both dots after two lane-sum steps (128-bit block t = token j + t).
+KVK_VNNI_T KVK_INLINE void vnni_quad(int bits, int full, const uint8_t *codes, long rowBytes, long j, long n,
+                                     const int8_t *a0, const int8_t *a1, long d, __m512i *q0, __m512i *q1) {
+    __m512i a, b, c, e;
+    vnni_pair(bits, full, codes, rowBytes, j, n, a0, a1, d, &a, &b);
+    vnni_pair(bits, full, codes, rowBytes, j + 2, n, a0, a1, d, &c, &e);
+    *q0 = vnni_red2(a, c);
+    *q1 = vnni_red2(b, e);
+}
+
+// Sixteen tokens from j0 (those below n) of one prepared row: their scores, stored.
+KVK_VNNI_T KVK_INLINE void vnni_block16(int bits, int full, const uint8_t *codes, long rowBytes, long j0, long n,
+                                        const int8_t *a0, const int8_t *a1, long d, __m512 c0, __m512 c1, __m512 zt,
+                                        __m512 sc, float *out) {
+    // After the four steps, lane 4k + i holds token k + 4i of the 16; this puts token j in lane j.
+    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    __m512i qa0, qa1, qb0, qb1, t0, t1, u0, u1;
+    vnni_quad(bits, full, codes, rowBytes, j0, n, a0, a1, d, &qa0, &qa1);
+    vnni_quad(bits, full, codes, rowBytes, j0 + 4, n, a0, a1, d, &qb0, &qb1);
+    t0 = vnni_red3(qa0, qb0);
+    t1 = vnni_red3(qa1, qb1);
+    vnni_quad(bits, full, codes, rowBytes, j0 + 8, n, a0, a1, d, &qa0, &qa1);
+    vnni_quad(bits, full, codes, rowBytes, j0 + 12, n, a0, a1, d, &qb0, &qb1);
+    u0 = vnni_red3(qa0, qb0);
+    u1 = vnni_red3(qa1, qb1);
+    __m512 f0 = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, vnni_red4(t0, u0)));
+    __m512 f1 = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, vnni_red4(t1, u1)));
+    __m512 s = _mm512_mul_ps(_mm512_fmadd_ps(c0, f0, _mm512_fmadd_ps(c1, f1, zt)), sc);
+    if (full) {
+        _mm512_storeu_ps(out + j0, s);
+    } else {
+        __mmask16 k = (__mmask16)((1u << (n - j0)) - 1);
+        _mm512_mask_storeu_ps(out + j0, k, s);
+    }
+}
+
+// Lane sums, 16 tokens at a time: pairs of tokens fold their 256-bit halves together (one vector,
+// 8 lanes each), pairs of those their 128-bit blocks (4 tokens × 4 lanes), then 64-bit pairs and
+// lanes across 4 tokens 4 apart: 45 adds and shuffles per 16 tokens and dot, then one vpermd.
 KVK_VNNI_T KVK_INLINE void vnni_scores_width(int bits, const int8_t *a, const float *coef, long R, long d,
                                              const uint8_t *codes, long rowBytes, long n, float scale,
                                              float *scores, long stride) {
-    // After the four steps, lane 4k + i holds token k + 4i of the 16; this puts token j in lane j.
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
     const __m512 sc = _mm512_set1_ps(scale);
-    long sizes[8];
-    const int nb = vnni_blocks(bits, d, sizes);
     for (long r = 0; r < R; r++) {
         const int8_t *a0 = a + r * 2 * d, *a1 = a0 + d;
         const __m512 c0 = _mm512_set1_ps(coef[4 * r]), c1 = _mm512_set1_ps(coef[4 * r + 1]), zt = _mm512_set1_ps(coef[4 * r + 2]);
         float *out = scores + r * stride;
-        for (long j0 = 0; j0 < n; j0 += 16) {
-            __m512i p0[8], p1[8];
-            for (int p = 0; p < 8; p++) {
-                __m512i u0 = _mm512_setzero_si512(), u1 = u0, w0 = u0, w1 = u0;
-                long j = j0 + 2 * p;
-                if (j < n) vnni_dots(bits, codes + j * rowBytes, a0, a1, nb, sizes, &u0, &u1);
-                if (j + 1 < n) vnni_dots(bits, codes + (j + 1) * rowBytes, a0, a1, nb, sizes, &w0, &w1);
-                p0[p] = vnni_red1(u0, w0);
-                p1[p] = vnni_red1(u1, w1);
-            }
-            __m512i q0[4], q1[4];
-            for (int p = 0; p < 4; p++) { q0[p] = vnni_red2(p0[2 * p], p0[2 * p + 1]); q1[p] = vnni_red2(p1[2 * p], p1[2 * p + 1]); }
-            __m512i d0 = vnni_red4(vnni_red3(q0[0], q0[1]), vnni_red3(q0[2], q0[3]));
-            __m512i d1 = vnni_red4(vnni_red3(q1[0], q1[1]), vnni_red3(q1[2], q1[3]));
-            __m512 f0 = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, d0));
-            __m512 f1 = _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(order, d1));
-            __m512 s = _mm512_mul_ps(_mm512_fmadd_ps(c0, f0, _mm512_fmadd_ps(c1, f1, zt)), sc);
-            long left = n - j0;
-            __mmask16 k = left >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << left) - 1);
-            _mm512_mask_storeu_ps(out + j0, k, s);
-        }
+        long j0 = 0;
+        for (; j0 + 16 <= n; j0 += 16) vnni_block16(bits, 1, codes, rowBytes, j0, n, a0, a1, d, c0, c1, zt, sc, out);
+        if (j0 < n) vnni_block16(bits, 0, codes, rowBytes, j0, n, a0, a1, d, c0, c1, zt, sc, out);
     }
 }
 
 KVK_VNNI_T void kvk_scores_vnni(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes,
                                 long rowBytes, long n, float scale, float *scores, long stride) {
     if (d % 64 != 0 || d > KVK_VNNI_MAX_HEAD_DIM) __builtin_trap();
-    // The common head dim 128 gets its own copies (constant blocks, unrolled).
+    // The common head dims get their own copies (constant blocks, unrolled).
+    if (d == 64) {
+        switch (bits) {
+        case 8: vnni_scores_width(8, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride); break;
+        case 4: vnni_scores_width(4, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride); break;
+        default: vnni_scores_width(2, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride); break;
+        }
+        return;
+    }
     if (d == 128) {
         switch (bits) {
         case 8: vnni_scores_width(8, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
@@ -653,18 +684,14 @@ KVK_VNNI_T KVK_INLINE void vnni_store_permuted(int bits, long d, long c, const _
     for (int k = 0; k < 4; k++) _mm512_storeu_ps(qs + b0 + k * (B / 4) + o / 4, t[k]);
 }
 
-KVK_VNNI_T KVK_INLINE __m512 vnni_split(__m512 x, __m512 inv) {
-    __m512 y = _mm512_roundscale_ps(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    return _mm512_min_ps(_mm512_max_ps(y, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f));
-}
-
 KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const uint16_t *params, int8_t *a, float *coef) {
     if (d % 64 != 0 || d > KVK_VNNI_MAX_HEAD_DIM) __builtin_trap();
     float qs[KVK_VNNI_MAX_HEAD_DIM];
     for (long r = 0; r < R; r++) {
         const float *qr = q + r * d;
-        __m512 z = _mm512_setzero_ps(), mx = _mm512_setzero_ps();
-        __mmask16 bad = 0;
+        __m512 z = _mm512_setzero_ps();
+        // max_c |qs_c| as bit patterns: unsigned order is float order on |x|, and above it (∞, NaN).
+        __m512i mx = _mm512_setzero_si512();
         for (long c = 0; c < d; c += 64) {
             __m512 x[4];
             for (int h = 0; h < 2; h++) {
@@ -677,10 +704,8 @@ KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const
                 x[2 * h + 1] = _mm512_mul_ps(q1, s1);
                 z = _mm512_fmadd_ps(q0, z0, z);
                 z = _mm512_fmadd_ps(q1, z1, z);
-                mx = _mm512_max_ps(mx, _mm512_abs_ps(x[2 * h]));
-                mx = _mm512_max_ps(mx, _mm512_abs_ps(x[2 * h + 1]));
-                bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(x[2 * h]), _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ);
-                bad |= _mm512_cmp_ps_mask(_mm512_abs_ps(x[2 * h + 1]), _mm512_set1_ps(FLT_MAX), _CMP_NLE_UQ);
+                mx = _mm512_max_epu32(mx, _mm512_castps_si512(_mm512_abs_ps(x[2 * h])));
+                mx = _mm512_max_epu32(mx, _mm512_castps_si512(_mm512_abs_ps(x[2 * h + 1])));
             }
             vnni_store_permuted(bits, d, c, x, qs);
         }
@@ -689,9 +714,10 @@ KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const
         __m128 z4 = _mm_add_ps(_mm256_castps256_ps128(z8), _mm256_extractf128_ps(z8, 1));
         __m128 z2 = _mm_add_ps(z4, _mm_movehl_ps(z4, z4));
         float zt = _mm_cvtss_f32(_mm_add_ss(z2, _mm_shuffle_ps(z2, z2, 1)));
-        // m: an exact max, any order (NaN and ±∞ products are caught by `bad` instead).
-        float m = _mm512_reduce_max_ps(mx);
-        int finite = bad == 0;
+        uint32_t mbits = (uint32_t)_mm512_reduce_max_epu32(mx);
+        int finite = mbits <= 0x7F7FFFFFu;
+        float m;
+        __builtin_memcpy(&m, &mbits, 4);
         int8_t *a0 = a + r * 2 * d, *a1 = a0 + d;
         float s0 = 0, s1 = 0;
         if (!finite) {
@@ -709,13 +735,16 @@ KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const
             continue;
         }
         const __m512 i0 = _mm512_set1_ps(1.0f / s0), i1 = _mm512_set1_ps(1.0f / s1), nsv = _mm512_set1_ps(-s0);
+        // The clamps to ±127 of the definition never bind for finite m ≥ 2⁻⁹⁶ (|x| < 127.5, see
+        // PageKernels.prepareChannelwiseVNNIReference), so they are left out here (the saturating
+        // packs would clamp to [−128, 127] anyway).
         for (long c = 0; c < d; c += 16) {
             __m512 x = _mm512_loadu_ps(qs + c);
-            __m512 h0 = vnni_split(x, i0);
+            __m512 h0 = _mm512_roundscale_ps(_mm512_mul_ps(x, i0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
             __m512 res = _mm512_fmadd_ps(nsv, h0, x);
-            __m512 h1 = vnni_split(res, i1);
-            _mm_storeu_si128((__m128i *)(a0 + c), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(h0)));
-            _mm_storeu_si128((__m128i *)(a1 + c), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(h1)));
+            __m512 h1 = _mm512_roundscale_ps(_mm512_mul_ps(res, i1), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            _mm_storeu_si128((__m128i *)(a0 + c), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(h0)));
+            _mm_storeu_si128((__m128i *)(a1 + c), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(h1)));
         }
     }
 }
