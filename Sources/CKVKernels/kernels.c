@@ -528,12 +528,15 @@ KVK_VNNI_T KVK_INLINE int vnni_codes(int bits, const uint8_t *row, long b0, long
     return 1;
 }
 
-// Lane-sum steps (see kvk_scores_vnni): pairs of 256-bit halves, 128-bit blocks, 64-bit pairs, lanes.
+// Lane-sum steps (see vnni_scores_width). The first two each use one blend (any vector pipe) and
+// one cross-lane shuffle: red1(a, b) = [a.lo + a.hi | b.hi + b.lo] (token a in 128-bit blocks 0–1,
+// b in 2–3); red2 of two of those (tokens a, b and c, d) puts a, c, b, d in blocks 0, 1, 2, 3.
 KVK_VNNI_T KVK_INLINE __m512i vnni_red1(__m512i a, __m512i b) {
-    return _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 1, 0)), _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+    return _mm512_add_epi32(_mm512_mask_blend_epi64(0xF0, a, b), _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(1, 0, 3, 2)));
 }
 KVK_VNNI_T KVK_INLINE __m512i vnni_red2(__m512i a, __m512i b) {
-    return _mm512_add_epi32(_mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1)));
+    const __m512i idx = _mm512_setr_epi64(2, 3, 8, 9, 6, 7, 12, 13);
+    return _mm512_add_epi32(_mm512_mask_blend_epi64(0xCC, a, b), _mm512_permutex2var_epi64(a, idx, b));
 }
 KVK_VNNI_T KVK_INLINE __m512i vnni_red3(__m512i a, __m512i b) {
     return _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
@@ -591,8 +594,9 @@ KVK_VNNI_T KVK_INLINE void vnni_quad(int bits, int full, const uint8_t *codes, l
 KVK_VNNI_T KVK_INLINE void vnni_block16(int bits, int full, const uint8_t *codes, long rowBytes, long j0, long n,
                                         const int8_t *a0, const int8_t *a1, long d, __m512 c0, __m512 c1, __m512 zt,
                                         __m512 sc, float *out) {
-    // After the four steps, lane 4k + i holds token k + 4i of the 16; this puts token j in lane j.
-    const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    // After the four steps, lane 4k + i holds token π(k) + 4i of the 16 (π = 0, 2, 1, 3: the block
+    // order of vnni_red2); this puts token j in lane j (lane 4·π(j mod 4) + ⌊j/4⌋).
+    const __m512i order = _mm512_setr_epi32(0, 8, 4, 12, 1, 9, 5, 13, 2, 10, 6, 14, 3, 11, 7, 15);
     __m512i qa0, qa1, qb0, qb1, t0, t1, u0, u1;
     vnni_quad(bits, full, codes, rowBytes, j0, n, a0, a1, d, &qa0, &qa1);
     vnni_quad(bits, full, codes, rowBytes, j0 + 4, n, a0, a1, d, &qb0, &qb1);
@@ -615,7 +619,8 @@ KVK_VNNI_T KVK_INLINE void vnni_block16(int bits, int full, const uint8_t *codes
 
 // Lane sums, 16 tokens at a time: pairs of tokens fold their 256-bit halves together (one vector,
 // 8 lanes each), pairs of those their 128-bit blocks (4 tokens × 4 lanes), then 64-bit pairs and
-// lanes across 4 tokens 4 apart: 45 adds and shuffles per 16 tokens and dot, then one vpermd.
+// lanes across 4 tokens 4 apart: 15 adds, 12 blends or shuffles across lanes and 6 within lanes per
+// 16 tokens and dot, then one vpermd.
 KVK_VNNI_T KVK_INLINE void vnni_scores_width(int bits, const int8_t *a, const float *coef, long R, long d,
                                              const uint8_t *codes, long rowBytes, long n, float scale,
                                              float *scores, long stride) {
@@ -735,16 +740,18 @@ KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const
             continue;
         }
         const __m512 i0 = _mm512_set1_ps(1.0f / s0), i1 = _mm512_set1_ps(1.0f / s1), nsv = _mm512_set1_ps(-s0);
-        // The clamps to ±127 of the definition never bind for finite m ≥ 2⁻⁹⁶ (|x| < 127.5, see
-        // PageKernels.prepareChannelwiseVNNIReference), so they are left out here (the saturating
-        // packs would clamp to [−128, 127] anyway).
+        // rint(x·inv) by the magic number 1.5·2²³: fl(magic + x·inv) (one fma) is magic + rint(x·inv)
+        // exactly for |x·inv| < 2²², so its low byte is the piece in two's complement. The clamps to
+        // ±127 of the definition never bind for finite m ≥ 2⁻⁹⁶ (|x·inv| < 127.5, see
+        // PageKernels.prepareChannelwiseVNNIReference), so they are left out here.
+        const __m512 magic = _mm512_set1_ps(0x1.8p23f);
         for (long c = 0; c < d; c += 16) {
             __m512 x = _mm512_loadu_ps(qs + c);
-            __m512 h0 = _mm512_roundscale_ps(_mm512_mul_ps(x, i0), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            __m512 res = _mm512_fmadd_ps(nsv, h0, x);
-            __m512 h1 = _mm512_roundscale_ps(_mm512_mul_ps(res, i1), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            _mm_storeu_si128((__m128i *)(a0 + c), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(h0)));
-            _mm_storeu_si128((__m128i *)(a1 + c), _mm512_cvtsepi32_epi8(_mm512_cvttps_epi32(h1)));
+            __m512 y0 = _mm512_fmadd_ps(x, i0, magic);
+            __m512 res = _mm512_fmadd_ps(nsv, _mm512_sub_ps(y0, magic), x);
+            __m512 y1 = _mm512_fmadd_ps(res, i1, magic);
+            _mm_storeu_si128((__m128i *)(a0 + c), _mm512_cvtepi32_epi8(_mm512_castps_si512(y0)));
+            _mm_storeu_si128((__m128i *)(a1 + c), _mm512_cvtepi32_epi8(_mm512_castps_si512(y1)));
         }
     }
 }

@@ -144,29 +144,31 @@ public enum PageKernels {
     /// The scalar definition of the VNNI kernels' query preparation, bit for bit:
     ///
     ///     qs_c = fl(q_c·scale_c), m = max_c |qs_c|, σ0 = fl(m/127), σ1 = fl(σ0/254)
-    ///     a0_c = clamp(rint(fl(qs_c·fl(1/σ0))), −127, 127)        (round to nearest even)
-    ///     r_c  = fl(qs_c − σ0·a0_c)                              (one fused multiply-add)
-    ///     a1_c = clamp(rint(fl(r_c·fl(1/σ1))), −127, 127)
+    ///     a0_c = clamp(rint(qs_c·fl(1/σ0)), −127, 127)     (rint of the exact product, ties to even)
+    ///     r_c  = fl(qs_c − σ0·a0_c)                         (one fused multiply-add)
+    ///     a1_c = clamp(rint(r_c·fl(1/σ1)), −127, 127)
     ///     zt   = Σ_c q_c·zero_c: lane c mod 16 accumulates by fma in channel order, then the 16
     ///            lanes fold in halves (i + 8, i + 4, i + 2, i + 1).
     ///
-    /// m < 2⁻⁹⁶ (zero queries included) gives σ0 = σ1 = 0 and a = 0 (the score is then scale·zt);
-    /// a non-finite qs_c gives σ0 = σ1 = NaN and a = 0 (NaN scores).
+    /// rint(x·inv) is computed as fl(M + x·inv) − M with M = 1.5·2²³ (one fma; exact for
+    /// |x·inv| < 2²², where the FP32 spacing is 1). m < 2⁻⁹⁶ (zero queries included) gives
+    /// σ0 = σ1 = 0 and a = 0 (the score is then scale·zt); a non-finite qs_c gives σ0 = σ1 = NaN and
+    /// a = 0 (NaN scores).
     ///
-    /// **Split residual.** With eₓ = qs_c − σ0·a0_c − σ1·a1_c (exact, σ's the FP32 values used),
+    /// **Split residual.** With e_c = qs_c − σ0·a0_c − σ1·a1_c (exact, σ's the FP32 values used),
     /// |e_c| ≤ (σ1/2)·(1 + 2⁻¹⁴) when m ≥ 2⁻⁹⁶. Proof, u = 2⁻²⁴: σ0 ≥ (m/127)(1 − u), so
-    /// |qs_c/σ0| ≤ 127/(1 − u); the reciprocal and the product add two roundings, so the computed
-    /// x0 = fl(qs_c·fl(1/σ0)) is within 127·(2u + u²)/(1 − u) < 2⁻¹⁶ of qs_c/σ0 and |x0| < 127.5:
-    /// rint(x0) ∈ [−127, 127], the clamp never binds (and were it to bind, clamping a value of
-    /// magnitude < 127.5 to ±127 stays within ½ of it), so |qs_c/σ0 − a0_c| ≤ ½ + 2⁻¹⁶ and the exact
-    /// residual ρ = qs_c − σ0·a0_c has |ρ| ≤ σ0(½ + 2⁻¹⁶). The fma rounds it once: |r_c − ρ| ≤ u|ρ|
-    /// (below 2⁻¹²⁶ the error is ≤ 2⁻¹⁵⁰ absolute, < 2⁻³⁹σ1 since σ1 > 2⁻¹¹¹). As σ0/σ1 ≤ 254/(1 − u),
-    /// |r_c/σ1| ≤ 127(1 + 2⁻¹⁵)(1 + u)/(1 − u) < 127.01, and the same argument gives |x1| < 127.5,
-    /// a1_c ∈ [−127, 127] with no clamping, and |r_c/σ1 − a1_c| ≤ ½ + 2⁻¹⁶. Then
-    /// |e_c| = |(ρ − r_c) + σ1(r_c/σ1 − a1_c)| ≤ u·σ0(½ + 2⁻¹⁶)(1 + u) + σ1(½ + 2⁻¹⁶)
+    /// |qs_c/σ0| ≤ 127/(1 − u); the reciprocal rounds once, so x0 = qs_c·fl(1/σ0) is within
+    /// 127·u/(1 − u) < 2⁻¹⁶ of qs_c/σ0 and |x0| < 127.5: rint(x0) ∈ [−127, 127], the clamp never
+    /// binds (and were it to bind, clamping a value of magnitude < 127.5 to ±127 stays within ½ of
+    /// it), so |qs_c/σ0 − a0_c| ≤ ½ + 2⁻¹⁶ and the exact residual ρ = qs_c − σ0·a0_c has
+    /// |ρ| ≤ σ0(½ + 2⁻¹⁶). The fma rounds it once: |r_c − ρ| ≤ u|ρ| (below 2⁻¹²⁶ the error is
+    /// ≤ 2⁻¹⁵⁰ absolute, < 2⁻³⁹σ1 since σ1 > 2⁻¹¹¹). As σ0/σ1 ≤ 254/(1 − u),
+    /// |r_c/σ1| ≤ 127(1 + 2⁻¹⁵)(1 + u)/(1 − u) < 127.01, and the same argument gives
+    /// |r_c·fl(1/σ1)| < 127.5, a1_c ∈ [−127, 127] with no clamping, and |r_c/σ1 − a1_c| ≤ ½ + 2⁻¹⁶.
+    /// Then |e_c| = |(ρ − r_c) + σ1(r_c/σ1 − a1_c)| ≤ u·σ0(½ + 2⁻¹⁶)(1 + u) + σ1(½ + 2⁻¹⁶) + 2⁻³⁹σ1
     /// ≤ σ1(127.01·u + ½ + 2⁻¹⁶ + 2⁻³⁹) ≤ σ1(½ + 2⁻¹⁵). (In exact arithmetic it would be σ1/2; the
-    /// factor 1 + 2⁻¹⁴ pays for the FP32 reciprocals, products and residual.) When m < 2⁻⁹⁶,
-    /// e_c = qs_c and |e_c| ≤ m.
+    /// factor 1 + 2⁻¹⁴ pays for the FP32 reciprocals and residual.) When m < 2⁻⁹⁶, e_c = qs_c and
+    /// |e_c| ≤ m.
     public static func prepareChannelwiseVNNIReference(_ codec: ChannelwiseKeyCodec, _ q: UnsafePointer<Float>,
                                                        params: UnsafeRawPointer) -> ChannelwiseVNNIQuery {
         let d = codec.headDim
@@ -194,15 +196,16 @@ public enum PageKernels {
         }
         guard m >= 0x1p-96 else { return result }
         let s0 = m / 127, s1 = s0 / 254, inv0 = 1 / s0, inv1 = 1 / s1
-        func piece(_ x: Float) -> Float { min(max((x * inv0).rounded(.toNearestOrEven), -127), 127) }
-        func piece1(_ x: Float) -> Float { min(max((x * inv1).rounded(.toNearestOrEven), -127), 127) }
+        // rint of the exact product x·inv (ties to even): M + x·inv rounded once, minus M.
+        let magic: Float = 0x1.8p23
+        func piece(_ x: Float, _ inv: Float) -> Float { min(max(magic.addingProduct(x, inv) - magic, -127), 127) }
         result.sigma0 = s0
         result.sigma1 = s1
         for c in 0..<d {
-            let h0 = piece(qs[c])
+            let h0 = piece(qs[c], inv0)
             let r = qs[c].addingProduct(-s0, h0)
             result.a0[c] = Int8(h0)
-            result.a1[c] = Int8(piece1(r))
+            result.a1[c] = Int8(piece(r, inv1))
         }
         return result
     }
