@@ -11,6 +11,8 @@ import CKVKernels
 ///   which equals `zero + scale·code` exactly because scale·code is exact in `Float`);
 /// - `scores`: differ from the reference only by summation order, each within the row codec's
 ///   `dotErrorBound` (FP16 and grouped keys) or `ChannelwiseKeyCodec`'s dot bound, times `scale`;
+/// - `scoresChannelwiseVNNI` (per-channel keys on AVX512-VNNI CPUs, integer dots): bit-identical
+///   to its reference, which is within `channelwiseVNNIErrorBound` of the exact score;
 /// - `softmaxPage`: the weights are bit-identical (same `exp` of the same difference); the running
 ///   sum `l` differs by summation order only (γₙ relative).
 ///
