@@ -61,6 +61,19 @@ import TestSupport
             description = "seed \(g.seed) \(width) d \(d) rows \(rows) n \(n) family \(family) constant \(constant) query \(queryKind)"
         }
 
+        /// The same page with other queries.
+        init(_ other: Case, query: [Float]) {
+            codec = other.codec
+            rows = other.rows
+            n = other.n
+            stride = other.stride
+            q = query
+            codes = other.codes
+            params = other.params
+            scale = other.scale
+            description = other.description + " (modified query)"
+        }
+
         func scores(accelerated: Bool) -> [Float] {
             var out = [Float](repeating: .nan, count: rows * stride)
             var work = [Float](repeating: .nan, count: rows * (codec.headDim + 1))
@@ -159,6 +172,25 @@ import TestSupport
                 t.q.withUnsafeBufferPointer {
                     let p = PageKernels.prepareChannelwiseVNNIReference(t.codec, $0.baseAddress!, params: pp.baseAddress!)
                     #expect((p.a0 + p.a1).allSatisfy { $0 >= -127 }, "\(t.description)")
+                }
+            }
+        }
+    }
+
+    /// A NaN or infinite query element makes σ0 = σ1 = NaN: every score of that row is NaN, in the
+    /// kernel and the twin alike (other rows unaffected).
+    @Test func nonFiniteQueriesGiveNaNScores() throws {
+        try forEachSeededCase(20, base: 6900) { g in
+            let t0 = try Case(headDims: [64, 128], using: &g)
+            var q = t0.q
+            q[Int.random(in: 0..<t0.codec.headDim, using: &g)] = Bool.random(using: &g) ? .nan : -.infinity
+            let t = Case(t0, query: q)
+            for accelerated in PageKernels.isVNNIAccelerated ? [false, true] : [false] {
+                let s = t.scores(accelerated: accelerated)
+                for j in 0..<t.n { #expect(s[j].isNaN, "\(t.description) accelerated \(accelerated) j \(j)") }
+                if t.rows > 1, accelerated {
+                    let ref = t.scores(accelerated: false)
+                    for i in t.stride..<(t.rows * t.stride) { #expect(s[i].bitPattern == ref[i].bitPattern, "\(t.description) \(i)") }
                 }
             }
         }
