@@ -265,7 +265,7 @@ public enum PageKernels {
                                              into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
         let d = codec.headDim, bits = Int32(codec.width.bits)
         // Pieces: rowCount·2d bytes at the start of `work`; then (σ0, σ1, zt, 0) per row.
-        let a = UnsafeMutableRawPointer(work).bindMemory(to: Int8.self, capacity: rowCount * 2 * d)
+        let a = UnsafeMutableRawPointer(work).assumingMemoryBound(to: Int8.self) // written and read by C only
         let coef = work + rowCount * d / 2
         kvk_prepare_vnni(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), a, coef)
         kvk_scores_vnni(bits, a, coef, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
