@@ -57,7 +57,9 @@ extension KVStore {
     ///     for every thread count: each stream is computed by one thread in a fixed order.
     /// - Returns: outputs `[queryHead][query][headDim]`; a query that sees no token gets zeros.
     /// - Error: relative to exact attention over the *decoded* rows, the output differs only by
-    ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32).
+    ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, for
+    ///   per-channel key pages on AVX512-VNNI CPUs, the integer query split of
+    ///   `PageKernels.scoresChannelwiseVNNI` (scores within `channelwiseVNNIErrorBound`).
     /// - Complexity: O(queryHeads · queries · tokens · headDim) arithmetic, O(tokens · rowBytes)
     ///   memory traffic per KV head.
     public func attend(_ id: SequenceID, layer: Int, queries: [Float], queryCount: Int = 1,
@@ -205,7 +207,10 @@ struct StreamAttention {
                         for j in 0..<n { for r in 0..<rows { S[r * cap + j] = tc.fp16.dot(q0 + r * d, page.keyRow(j)) * scale } }
                     }
                 } else if let channels = tc.keyChannels {
-                    if fastKeys {
+                    if fastKeys && PageKernels.supportsVNNI(channels) {
+                        PageKernels.scoresChannelwiseVNNI(channels, q0, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
+                                                          tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+                    } else if fastKeys {
                         PageKernels.scoresChannelwise(channels, q0, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
                                                       tokenCount: n, scale: scale, into: S, stride: cap, work: work)
                     } else {

@@ -7,7 +7,7 @@ import KVSelection
 /// The read path at the shapes the accelerated page kernels take (headDim 64 and 128, default
 /// per-channel keys and grouped values, MHA and GQA, mixed tiers with staging pages): identical
 /// results for every thread count, and attention within the derived FP32 bound of FP64 attention
-/// over the decoded rows.
+/// over the decoded rows (plus the VNNI query-split term where per-channel keys are scored in int8).
 @Suite struct ReadPathTests {
     @Test(arguments: [(kv: 2, group: 1, d: 128), (kv: 2, group: 4, d: 128), (kv: 3, group: 3, d: 64)])
     func defaultFormatsAcrossThreadCounts(_ shape: (kv: Int, group: Int, d: Int)) throws {
@@ -39,9 +39,12 @@ import KVSelection
                 let pageCount = store.pageCounts(of: id, layer: 0, kvHead: kv).values.reduce(0, +)
                 for i in 0..<queryCount {
                     let start = (h * queryCount + i) * shape.d
-                    let ref = ReferenceAttention(q: Array(q[start..<(start + shape.d)]), keys: rows.keys, values: rows.values,
+                    let qrow = Array(q[start..<(start + shape.d)])
+                    let ref = ReferenceAttention(q: qrow, keys: rows.keys, values: rows.values,
                                                  visible: rows.positions.map { $0 <= positions[i] }, scale: c.effectiveAttentionScale,
-                                                 pageCount: pageCount, valueFormats: rows.tiers.map { c.tierFormats.valueFormat($0) })
+                                                 pageCount: pageCount,
+                                                 scoreErrors: store.vnniScoreErrors(id, layer: 0, kvHead: kv, query: qrow),
+                                                 valueFormats: rows.tiers.map { c.tierFormats.valueFormat($0) })
                     for e in 0..<shape.d {
                         #expect(abs(Double(one.output[start + e]) - ref.output[e]) <= ref.bound[e] + 1e-30,
                                 "\(shape) head \(h) query \(i) element \(e)")

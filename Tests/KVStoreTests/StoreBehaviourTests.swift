@@ -197,9 +197,11 @@ import KVExperiments
                 let next = store.nextPosition(of: id, layer: layer)
                 for h in 0..<config.queryHeadCount {
                     let rows = store.rows(id, layer: layer, kvHead: h / config.groupSize)
-                    let ref = ReferenceAttention(q: Array(q[(h * d)..<((h + 1) * d)]), keys: rows.keys, values: rows.values,
+                    let qrow = Array(q[(h * d)..<((h + 1) * d)])
+                    let ref = ReferenceAttention(q: qrow, keys: rows.keys, values: rows.values,
                                                  visible: rows.positions.map { $0 <= Int32(next - 1) }, scale: config.effectiveAttentionScale,
                                                  pageCount: store.pageCounts(of: id, layer: layer, kvHead: h / config.groupSize).values.reduce(0, +),
+                                                 scoreErrors: store.vnniScoreErrors(id, layer: layer, kvHead: h / config.groupSize, query: qrow),
                                                  valueFormats: rows.tiers.map { config.tierFormats.valueFormat($0) })
                     for e in 0..<d {
                         #expect(abs(Double(out.output[h * d + e]) - ref.output[e]) <= ref.bound[e] + 1e-30, "\(context): attend element \(e)")

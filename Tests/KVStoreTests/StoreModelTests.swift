@@ -45,7 +45,8 @@ import KVSelection
                     let qrow = Array(q[((h * nq + i) * d)..<((h * nq + i + 1) * d)])
                     let ref = ReferenceAttention(q: qrow, keys: allKeys[kv], values: allValues[kv],
                                                  visible: allPositions[kv].map { $0 <= positions[i] }, scale: c.effectiveAttentionScale,
-                                                 pageCount: pageCount, valueFormats: allFormats[kv])
+                                                 pageCount: pageCount, scoreErrors: store.vnniScoreErrors(id, layer: layer, kvHead: kv, query: qrow),
+                                                 valueFormats: allFormats[kv])
                     let o = Array(result.output[((h * nq + i) * d)..<((h * nq + i + 1) * d)])
                     for e in 0..<d {
                         #expect(abs(Double(o[e]) - ref.output[e]) <= ref.bound[e] + 1e-30,

@@ -16,9 +16,13 @@ public struct ReferenceAttention {
     ///   - keys, values: `[n][d]`, exactly the decoded rows the store reads.
     ///   - visible: which rows the query may see (causality).
     ///   - pageCount: pages the store visits (each adds an online-softmax rescaling).
+    ///   - scoreErrors: per key row, a further bound on the store's score error beyond the FP32
+    ///     dot (in score units, scale included): `PageKernels.channelwiseVNNIErrorBound` for keys
+    ///     scored by the integer-domain VNNI kernel, else 0. It adds to Δⱼ below (the VNNI bound is
+    ///     against the exact code-space score; the FP32 term still covers the decoded row's rounding).
     ///
     /// The bound, with u = 2⁻²⁴ and γₖ = k·u/(1 − k·u): each FP32 score sⱼ = fl(scale·fl(q·kⱼ))
-    /// is within Δⱼ = scale·γ_{d+4}·Σᵢ|qᵢkⱼᵢ| + u·|sⱼ| of the exact one (`RowCodec.dotErrorBound`),
+    /// is within Δⱼ = scale·γ_{d+4}·Σᵢ|qᵢkⱼᵢ| + u·|sⱼ| (+ scoreErrorsⱼ) of the exact one (`RowCodec.dotErrorBound`),
     /// so each unnormalised weight exp(sⱼ − m) carries a relative error of at most
     /// e^{2Δ} − 1 + 4u (Δ = maxⱼ Δⱼ; the max cancels; exp and the subtraction round), the
     /// normaliser and the accumulation add γ_{n+p+4} relative each (p online-softmax rescalings of
@@ -36,9 +40,9 @@ public struct ReferenceAttention {
     /// decomposed terms rather than to |vⱼᵢ|. Scales and codes are recovered by re-encoding the
     /// decoded row (decode∘encode is a fixpoint of every grouped format).
     public init(q: [Float], keys: [Float], values: [Float], visible: [Bool], scale: Float, pageCount: Int = 1,
-                valueFormats: [StorageFormat]? = nil) {
+                scoreErrors: [Double]? = nil, valueFormats: [StorageFormat]? = nil) {
         let d = q.count, n = visible.count
-        precondition(keys.count == n * d && values.count == n * d)
+        precondition(keys.count == n * d && values.count == n * d && (scoreErrors?.count ?? n) == n)
         let u = 0x1p-24
         func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
         var s = [Double](repeating: -.infinity, count: n)
@@ -51,7 +55,7 @@ public struct ReferenceAttention {
                 mag += abs(p)
             }
             s[j] = Double(scale) * dot
-            delta = max(delta, Double(scale) * gamma(d + 4) * mag + u * abs(s[j]))
+            delta = max(delta, Double(scale) * gamma(d + 4) * mag + u * abs(s[j]) + (scoreErrors?[j] ?? 0))
         }
         let m = s.max() ?? -.infinity
         weights = [Double](repeating: 0, count: n)

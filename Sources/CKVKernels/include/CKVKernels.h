@@ -82,4 +82,32 @@ int kvk_integer_values_available(void);
 void kvk_accumulate_grouped_integer(int bits, long groupSize, const float *w, long R, long stride, long n,
                                     const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
 
+// MARK: integer-domain (AVX512-VNNI) scores of channelwise keys
+
+/// Largest headDim of the VNNI kernels: the int32 dots |Σ a_c·code_c| ≤ d·255·127 stay exact in
+/// int32 up to d = 66311, and convert to FP32 exactly (< 2²⁴) up to d = 518; 512 keeps both.
+#define KVK_VNNI_MAX_HEAD_DIM 512
+
+/// 1 when this CPU supports the AVX-512 kernels above and AVX512-VNNI (`vpdpbusd`), else 0.
+int kvk_vnni_available(void);
+
+/// Splits R query rows, folded into one page's channelwise (scale, zero) FP16 parameters, into two
+/// int8 pieces per channel (see `PageKernels.prepareChannelwiseVNNIReference` for the arithmetic):
+/// qs_c = q_c·scale_c, m = max_c |qs_c|, σ0 = m/127, a0_c = clamp(rint(qs_c·(1/σ0)), ±127),
+/// r_c = fma(−σ0, a0_c, qs_c), σ1 = σ0/254, a1_c = clamp(rint(r_c·(1/σ1)), ±127);
+/// zt = Σ_c q_c·zero_c (lane c mod 16 by fma in channel order, then halves folded 8, 4, 2, 1).
+/// m < 2⁻⁹⁶ (zero queries included): σ0 = σ1 = 0 and a = 0; m not finite: σ0 = σ1 = NaN, a = 0.
+/// Output per row r: a[r·2d + π(c)] = a0_c, a[r·2d + d + π(c)] = a1_c; coef[4r..4r+2] = σ0, σ1, zt.
+/// π is the byte order the unpacked codes come out in: channels are cut greedily from 0 into blocks
+/// of B = 64 (8 bits), 128 then 64 (4 bits), 256 then 128 then 64 (2 bits) channels; with k = 8/bits
+/// codes per byte, channel b0 + k·i + t of the block at b0 sits at b0 + t·(B/k) + i (identity for 8 bits).
+/// d a multiple of 64, at most KVK_VNNI_MAX_HEAD_DIM (else traps).
+void kvk_prepare_vnni(int bits, const float *q, long R, long d, const uint16_t *params, int8_t *a, float *coef);
+
+/// scores[r·stride + j] = fl(fl(fma(σ0, D0, fma(σ1, D1, zt)))·scale) with the exact int32 dots
+/// D0 = Σ_c a0_c·code_jc, D1 = Σ_c a1_c·code_jc (converted to FP32 exactly), for the output of
+/// kvk_prepare_vnni and channelwise code rows (same contract as kvk_scores_codes).
+void kvk_scores_vnni(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes,
+                     long rowBytes, long n, float scale, float *scores, long stride);
+
 #endif
