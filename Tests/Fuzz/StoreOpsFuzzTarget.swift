@@ -143,8 +143,10 @@ func check(_ store: KVStore, _ model: ReferenceStore, _ g: inout FuzzBytes) {
         for h in 0..<c.queryHeadCount {
             let kv = h / c.groupSize
             let pageCount = store.pageCounts(of: id, layer: layer, kvHead: kv).values.reduce(0, +)
-            let ref = ReferenceAttention(q: Array(q[(h * d)..<((h + 1) * d)]), keys: keys[kv], values: values[kv],
+            let qrow = Array(q[(h * d)..<((h + 1) * d)])
+            let ref = ReferenceAttention(q: qrow, keys: keys[kv], values: values[kv],
                                          visible: positions[kv].map { _ in true }, scale: c.effectiveAttentionScale, pageCount: pageCount,
+                                         scoreErrors: store.vnniScoreErrors(id, layer: layer, kvHead: kv, query: qrow),
                                          valueFormats: formats[kv])
             for e in 0..<d {
                 let o = Double(result.output[h * d + e])
