@@ -519,10 +519,33 @@ KVK_VI KVK_INLINE __m512i pair_words_index(int base) {
 // tokens (token-minor), split into low and high nibbles at 4 bits. Missing tokens read as zero.
 // Computed once per block and shared by all query rows.
 #define KVK_MAX_CHUNKS 4
-typedef struct { __m512i v[KVK_MAX_CHUNKS][16][4][2]; } kvk_block_codes;
+typedef struct {
+    __m512i v[KVK_MAX_CHUNKS][16][4][2];
+    // Per quad and set of four groups: lane 4·gl + t holds token t's scale (sc) and zero (ze) of
+    // group 4·set + gl (0 for missing tokens and groups).
+    __m512 sc[16][8], ze[16][8];
+} kvk_block_codes;
 
 KVK_VI KVK_INLINE void transpose_block(const int BITS, long j0, long n, long quads, const uint8_t *rows, long rowBytes,
-                                       long codeBytes, kvk_block_codes *bc) {
+                                       long codeBytes, long G, kvk_block_codes *bc) {
+    // Lane 4·gl + t ← token t's (scale, zero) of group gl from [t0 | t1] and [t2 | t3].
+    const __m512i idxS = _mm512_setr_epi32(0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30);
+    const __m512i idxZ = _mm512_add_epi32(idxS, _mm512_set1_epi32(1));
+    for (long k = 0; k < (G + 3) / 4; k++) {
+        const long gs = G - 4 * k < 4 ? G - 4 * k : 4;
+        const __mmask8 pm = (__mmask8)((1u << (2 * gs)) - 1);
+        for (long q = 0; q < quads; q++) {
+            __m256 h[4];
+            for (int t = 0; t < 4; t++) {
+                long j = j0 + 4 * q + t;
+                h[t] = j < n ? _mm256_cvtph_ps(_mm_maskz_loadu_epi16(pm, rows + j * rowBytes + codeBytes + 16 * k)) : _mm256_setzero_ps();
+            }
+            __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(h[0]), h[1], 1);
+            __m512 b = _mm512_insertf32x8(_mm512_castps256_ps512(h[2]), h[3], 1);
+            bc->sc[q][k] = _mm512_permutex2var_ps(a, idxS, b);
+            bc->ze[q][k] = _mm512_permutex2var_ps(a, idxZ, b);
+        }
+    }
     const __m512i pb0 = pair_bytes_index(0), pb1 = pair_bytes_index(32);
     const __m512i pw0 = pair_words_index(0), pw1 = pair_words_index(16);
     const __m512i nib = _mm512_set1_epi8(0x0F);
@@ -558,29 +581,16 @@ KVK_VI KVK_INLINE void acc_int_row_block(const int BITS, long g, const float *w,
     float wsBuf[16][16];
     uint32_t W0[16][8][4], W1[16][8][4];
     float s0[32], s1[32], zsum[32];
-    // Lane 4·gl + t of the set vector ← token t's (scale, zero) of group gl from [t0 | t1] and [t2 | t3].
-    const __m512i idxS = _mm512_setr_epi32(0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30);
-    const __m512i idxZ = _mm512_add_epi32(idxS, _mm512_set1_epi32(1));
     // Pass 1: w·scale and w·zero per (token, group); maxima and zero sums per group. Pass 2: two
     // int8 pieces per weight: ws ≈ σ0·a0 + σ1·a1.
     for (long k = 0; k < sets; k++) {
-        const long gs = G - 4 * k < 4 ? G - 4 * k : 4;
-        const __mmask8 pm = (__mmask8)((1u << (2 * gs)) - 1);
         __m512 mx = _mm512_setzero_ps(), zs = _mm512_setzero_ps();
         for (long q = 0; q < quads; q++) {
-            __m256 h[4];
-            for (int t = 0; t < 4; t++) {
-                long j = j0 + 4 * q + t;
-                if (j < n) {
-                    __m128i half = _mm_maskz_loadu_epi16(pm, rows + j * rowBytes + codeBytes + 16 * k);
-                    h[t] = _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(w[j]));
-                } else {
-                    h[t] = _mm256_setzero_ps();
-                }
-            }
-            __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(h[0]), h[1], 1);
-            __m512 b = _mm512_insertf32x8(_mm512_castps256_ps512(h[2]), h[3], 1);
-            __m512 ws = _mm512_permutex2var_ps(a, idxS, b), wz = _mm512_permutex2var_ps(a, idxZ, b);
+            // Lane 4·gl + t ← w of token t (0 past n).
+            const long left = n - (j0 + 4 * q);
+            const __mmask8 wm = (__mmask8)(left >= 4 ? 0xF : (1u << left) - 1);
+            const __m512 wv = _mm512_broadcast_f32x4(_mm_maskz_loadu_ps(wm, w + j0 + 4 * q));
+            __m512 ws = _mm512_mul_ps(bc->sc[q][k], wv), wz = _mm512_mul_ps(bc->ze[q][k], wv);
             zs = _mm512_add_ps(zs, wz);
             mx = _mm512_max_ps(mx, _mm512_abs_ps(ws));
             _mm512_storeu_ps(wsBuf[q], ws);
@@ -661,7 +671,7 @@ KVK_VI KVK_INLINE void acc_int_all(const int BITS, long g, const float *w, long 
     bc = (kvk_block_codes *)(((uintptr_t)bc + 63) & ~(uintptr_t)63);
     for (long j0 = 0; j0 < n; j0 += 64) {
         const long nb = n - j0 < 64 ? n - j0 : 64, quads = (nb + 3) / 4;
-        transpose_block(BITS, j0, n, quads, rows, rowBytes, codeBytes, bc);
+        transpose_block(BITS, j0, n, quads, rows, rowBytes, codeBytes, d / g, bc);
         for (long r = 0; r < R; r++)
             acc_int_row_block(BITS, g, w + r * stride, j0, n, quads, rows, rowBytes, codeBytes, d, bc, out + r * d);
     }
