@@ -518,34 +518,33 @@ KVK_VI KVK_INLINE __m512i pair_words_index(int base) {
 // quad of tokens, four vectors whose dword m holds byte 16x + m of the chunk for the quad's four
 // tokens (token-minor), split into low and high nibbles at 4 bits. Missing tokens read as zero.
 // Computed once per block and shared by all query rows.
+// The (scale, zero) FP16 pairs of `gs` ≤ 4 groups at p, zero-extended to 16 bytes. Plain loads of
+// the exact bytes: a partially masked load was measured 2× slower for a whole decode step here.
+KVK_VI KVK_INLINE __m128i load_param_set(const uint8_t *p, long gs) {
+    switch (gs) {
+    case 4: return _mm_loadu_si128((const __m128i *)p);
+    case 3: return _mm_insert_epi32(_mm_loadl_epi64((const __m128i *)p), *(const int32_t *)(const void *)(p + 8), 2);
+    case 2: return _mm_loadl_epi64((const __m128i *)p);
+    default: return _mm_cvtsi32_si128(*(const int32_t *)(const void *)p);
+    }
+}
+
 #define KVK_MAX_CHUNKS 4
 typedef struct {
-    __m512i v[KVK_MAX_CHUNKS][16][4][2];
     // Per quad and set of four groups: lane 4·gl + t holds token t's scale (sc) and zero (ze) of
     // group 4·set + gl (0 for missing tokens and groups).
     __m512 sc[16][8], ze[16][8];
+    // Codes, densely: vector (x, nibble h) of quad q of chunk c at ((c·16 + q)·4 + x)·H + h, where
+    // H = 2 at 4 bits, 1 at 8.
+    __m512i v[KVK_MAX_CHUNKS * 16 * 4 * 2];
 } kvk_block_codes;
+#define KVK_CODE(bc, c, q, x, h, H) ((bc)->v[(((c) * 16 + (q)) * 4 + (x)) * (H) + (h)])
 
 KVK_VI KVK_INLINE void transpose_block(const int BITS, long j0, long n, long quads, const uint8_t *rows, long rowBytes,
                                        long codeBytes, long G, kvk_block_codes *bc) {
     // Lane 4·gl + t ← token t's (scale, zero) of group gl from [t0 | t1] and [t2 | t3].
     const __m512i idxS = _mm512_setr_epi32(0, 8, 16, 24, 2, 10, 18, 26, 4, 12, 20, 28, 6, 14, 22, 30);
     const __m512i idxZ = _mm512_add_epi32(idxS, _mm512_set1_epi32(1));
-    for (long k = 0; k < (G + 3) / 4; k++) {
-        const long gs = G - 4 * k < 4 ? G - 4 * k : 4;
-        const __mmask8 pm = (__mmask8)((1u << (2 * gs)) - 1);
-        for (long q = 0; q < quads; q++) {
-            __m256 h[4];
-            for (int t = 0; t < 4; t++) {
-                long j = j0 + 4 * q + t;
-                h[t] = j < n ? _mm256_cvtph_ps(_mm_maskz_loadu_epi16(pm, rows + j * rowBytes + codeBytes + 16 * k)) : _mm256_setzero_ps();
-            }
-            __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(h[0]), h[1], 1);
-            __m512 b = _mm512_insertf32x8(_mm512_castps256_ps512(h[2]), h[3], 1);
-            bc->sc[q][k] = _mm512_permutex2var_ps(a, idxS, b);
-            bc->ze[q][k] = _mm512_permutex2var_ps(a, idxZ, b);
-        }
-    }
     const __m512i pb0 = pair_bytes_index(0), pb1 = pair_bytes_index(32);
     const __m512i pw0 = pair_words_index(0), pw1 = pair_words_index(16);
     const __m512i nib = _mm512_set1_epi8(0x0F);
@@ -562,12 +561,27 @@ KVK_VI KVK_INLINE void transpose_block(const int BITS, long j0, long n, long qua
                             _mm512_permutex2var_epi16(P1, pw0, Q1), _mm512_permutex2var_epi16(P1, pw1, Q1)};
             for (int x = 0; x < 4; x++) {
                 if (BITS == 4) {
-                    bc->v[c][q][x][0] = _mm512_and_si512(X[x], nib);
-                    bc->v[c][q][x][1] = _mm512_and_si512(_mm512_srli_epi16(X[x], 4), nib);
+                    KVK_CODE(bc, c, q, x, 0, 2) = _mm512_and_si512(X[x], nib);
+                    KVK_CODE(bc, c, q, x, 1, 2) = _mm512_and_si512(_mm512_srli_epi16(X[x], 4), nib);
                 } else {
-                    bc->v[c][q][x][0] = X[x];
+                    KVK_CODE(bc, c, q, x, 0, 1) = X[x];
                 }
             }
+        }
+    }
+    // The scales and zeros after the codes: their rows are in L1 by then (read in row order).
+    for (long k = 0; k < (G + 3) / 4; k++) {
+        const long gs = G - 4 * k < 4 ? G - 4 * k : 4;
+        for (long q = 0; q < quads; q++) {
+            __m256 h[4];
+            for (int t = 0; t < 4; t++) {
+                long j = j0 + 4 * q + t;
+                h[t] = j < n ? _mm256_cvtph_ps(load_param_set(rows + j * rowBytes + codeBytes + 16 * k, gs)) : _mm256_setzero_ps();
+            }
+            __m512 a = _mm512_insertf32x8(_mm512_castps256_ps512(h[0]), h[1], 1);
+            __m512 b = _mm512_insertf32x8(_mm512_castps256_ps512(h[2]), h[3], 1);
+            bc->sc[q][k] = _mm512_permutex2var_ps(a, idxS, b);
+            bc->ze[q][k] = _mm512_permutex2var_ps(a, idxZ, b);
         }
     }
 }
@@ -642,7 +656,7 @@ KVK_VI KVK_INLINE void acc_int_row_block(const int BITS, long g, const float *w,
                 const __m512i w0 = _mm512_set1_epi32((int)W0[q][gi / 4][gi % 4]);
                 const __m512i w1 = _mm512_set1_epi32((int)W1[q][gi / 4][gi % 4]);
                 for (int h = 0; h < (BITS == 4 ? 2 : 1); h++) {
-                    const __m512i v = _mm512_load_si512(&bc->v[c][q][x][h]);
+                    const __m512i v = _mm512_load_si512(&KVK_CODE(bc, c, q, x, h, (BITS == 4 ? 2 : 1)));
                     acc[x][h][0] = _mm512_dpbusd_epi32(acc[x][h][0], v, w0);
                     acc[x][h][1] = _mm512_dpbusd_epi32(acc[x][h][1], v, w1);
                 }

@@ -189,7 +189,7 @@ struct StreamAttention {
         let fast = (0..<codecs.count).map { t in
             (keys: PageKernels.supports(codecs[t].layout.keyFormat, headDim: d, asKeys: true),
              values: PageKernels.supports(codecs[t].values.format, headDim: d, asKeys: false),
-             integerValues: PageKernels.supportsInteger(codecs[t].values.format, headDim: d))
+             integerValues: PageKernels.prefersInteger(codecs[t].values.format, headDim: d))
         }
         // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.

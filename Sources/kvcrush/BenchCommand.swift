@@ -20,7 +20,11 @@ enum BenchCommand {
             bytes (the layer's pages, including page-wise parameters, positions and slack), effective
             GB/s, the ratio to the time to read those bytes at the read bandwidth measured in the same
             run for that thread count (`boundRatio`), and the speed-up over a plain FP32 loop (SIMD
-            dot, softmax, SIMD weighted sum; K/V re-read per query head) over the same tokens.
+            dot, softmax, SIMD weighted sum; K/V re-read per query head) over the same tokens. For
+            memory-sized caches each timed step is followed by one bandwidth probe read, and
+            `boundRatio` is the median of the per-step ratios (so noise from other tenants of a
+            shared host, which slows both, cancels); the JSON's per-case `bandwidthGBs` is the
+            median of those probes.
 
             Caches larger than the last-level cache (read from sysfs) give memory figures ("dram");
             smaller ones stay cached between steps ("llc"): those are cache figures.
@@ -49,6 +53,9 @@ enum BenchCommand {
     struct Case {
         var shape: String, tokens: Int, threads: Int, tier: String
         var ms: Timing, cacheBytes: Int, effectiveGBs: Double, boundRatio: Double, speedupVsFP32: Double, inLLC: Bool
+        /// The bandwidth the ratio is against: the median of the probes paired with the repetitions
+        /// (memory cases), or the start-of-run probe (cache cases).
+        var bandwidthGBs: Double
     }
 
     struct Timing {
@@ -176,7 +183,7 @@ enum BenchCommand {
         fillRandom(probe, probeCount, seed: 1)
         var bw = [Int: Double]()
         for t in threadCounts { bw[t] = bandwidth(probe, count: probeCount, threads: t, reps: quick ? 3 : 9) }
-        probe.deallocate()
+        defer { probe.deallocate() }
         log("read bandwidth: " + threadCounts.map { "\($0) thread(s) \(String(format: "%.1f", bw[$0]!)) GB/s" }.joined(separator: ", "))
 
         var cases = [Case]()
@@ -226,16 +233,38 @@ enum BenchCommand {
                 }
                 func measure(_ seq: SequenceID, tier: String) {
                     guard tierNames.contains(tier) else { return }
-                    let bytes = store.byteCount(of: seq)
+                    let bytes = store.byteCount(of: seq), inLLC = bytes <= llc
                     for t in threadCounts {
-                        let ms = time(seconds: seconds, minReps: minReps, maxReps: maxReps) {
-                            _ = store.attend(seq, layer: 0, queries: queries, threadCount: t)
+                        let step = { _ = store.attend(seq, layer: 0, queries: queries, threadCount: t) }
+                        var ms: Timing, ratio: Double, caseBW: Double
+                        if inLLC {
+                            ms = time(seconds: seconds, minReps: minReps, maxReps: maxReps, step)
+                            caseBW = bw[t]!
+                            ratio = ms.median / (Double(bytes) / (caseBW * 1e6))
+                        } else {
+                            // Each repetition is paired with a bandwidth probe read right after it, and
+                            // the ratio is the median of the pairs' ratios: noise from other tenants of
+                            // the host that slows both cancels.
+                            step()
+                            var samples = [Double](), ratios = [Double](), probes = [Double]()
+                            let start = now()
+                            while samples.count < minReps || (samples.count < maxReps && now() - start < 2 * seconds * 1000) {
+                                let t0 = now()
+                                step()
+                                let a = now() - t0
+                                let p = bandwidth(probe, count: probeCount, threads: t, reps: 1)
+                                samples.append(a)
+                                probes.append(p)
+                                ratios.append(a / (Double(bytes) / (p * 1e6)))
+                            }
+                            ms = Timing(samples)
+                            ratio = Timing(ratios).median
+                            caseBW = Timing(probes).median
                         }
-                        let bound = Double(bytes) / (bw[t]! * 1e6)
                         cases.append(Case(shape: shape.name, tokens: n, threads: t, tier: tier, ms: ms, cacheBytes: bytes,
-                                          effectiveGBs: Double(bytes) / (ms.median * 1e6), boundRatio: ms.median / bound,
-                                          speedupVsFP32: fp32[t]! / ms.median, inLLC: bytes <= llc))
-                        log(String(format: "%@ %6d tokens %d thr %-4@ %8.3f ms  ×%.2f bound", shape.name, n, t, tier, ms.median, ms.median / bound))
+                                          effectiveGBs: Double(bytes) / (ms.median * 1e6), boundRatio: ratio,
+                                          speedupVsFP32: fp32[t]! / ms.median, inLLC: inLLC, bandwidthGBs: caseBW))
+                        log(String(format: "%@ %6d tokens %d thr %-4@ %8.3f ms  ×%.2f bound", shape.name, n, t, tier, ms.median, ratio))
                     }
                 }
                 func plan(_ tierOf: (Int32) -> Tier) -> RetentionPlan {
@@ -307,7 +336,7 @@ enum BenchCommand {
             func num(_ x: Double) -> String { x.isFinite ? String(format: "%.6g", x) : "null" }
             let bwText = threadCounts.map { "\"\($0)\": \(num(bw[$0]!))" }.joined(separator: ", ")
             let caseText = cases.map { c in
-                "{\"shape\": \"\(c.shape)\", \"tokens\": \(c.tokens), \"threads\": \(c.threads), \"tier\": \"\(c.tier)\", \"msMedian\": \(num(c.ms.median)), \"msMin\": \(num(c.ms.min)), \"msMax\": \(num(c.ms.max)), \"cacheBytes\": \(c.cacheBytes), \"effectiveGBs\": \(num(c.effectiveGBs)), \"boundRatio\": \(num(c.boundRatio)), \"speedupVsFP32\": \(num(c.speedupVsFP32))}"
+                "{\"shape\": \"\(c.shape)\", \"tokens\": \(c.tokens), \"threads\": \(c.threads), \"tier\": \"\(c.tier)\", \"msMedian\": \(num(c.ms.median)), \"msMin\": \(num(c.ms.min)), \"msMax\": \(num(c.ms.max)), \"cacheBytes\": \(c.cacheBytes), \"effectiveGBs\": \(num(c.effectiveGBs)), \"boundRatio\": \(num(c.boundRatio)), \"speedupVsFP32\": \(num(c.speedupVsFP32)), \"bandwidthGBs\": \(num(c.bandwidthGBs)), \"memory\": \"\(c.inLLC ? "llc" : "dram")\"}"
             }.joined(separator: ",\n    ")
             let rateText = rates.keys.sorted().map { "\"\($0)\": \(num(rates[$0]!))" }.joined(separator: ", ")
             let text = "{\"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llc), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(planMs)), \"prefillAttentionMs\": \(num(prefillMs)), \"appendTokensPerSecond\": {\(rateText)}}\n"
@@ -318,13 +347,15 @@ enum BenchCommand {
         s += PageKernels.isAccelerated ? ", AVX-512 kernels\n" : ", portable Swift kernels\n"
         s += "read bandwidth (multi-stream read of \((probeCount * 4) >> 20) MiB): " + threadCounts.map { "\($0) thread(s) \(String(format: "%.1f", bw[$0]!)) GB/s" }.joined(separator: ", ") + "\n"
         s += "mem: dram = cache larger than the LLC (memory figure); llc = fits in the LLC (cache figure)\n\n"
-        s += "shape            tokens thr tier   ms median   [min – max]          cache MiB   GB/s  ×bound  ×FP32  mem\n"
-        s += String(repeating: "-", count: 104) + "\n"
+        s += "×bound: dram rows, median over repetitions of (step time ÷ time to read the cache at the bandwidth of a probe\n"
+        s += "read right after that step; its median is the bw column); llc rows, against the start-of-run probe\n\n"
+        s += "shape            tokens thr tier   ms median   [min – max]          cache MiB   GB/s  ×bound  ×FP32  mem   bw GB/s\n"
+        s += String(repeating: "-", count: 114) + "\n"
         for c in cases {
             s += c.shape.padding(toLength: 16, withPad: " ", startingAt: 0)
-            s += String(format: " %6d %3d %-5@ %10.3f   [%8.3f – %8.3f] %9.1f %6.1f %7.2f %6.2f  %@\n", c.tokens, c.threads, c.tier,
+            s += String(format: " %6d %3d %-5@ %10.3f   [%8.3f – %8.3f] %9.1f %6.1f %7.2f %6.2f  %-4@ %7.1f\n", c.tokens, c.threads, c.tier,
                         c.ms.median, c.ms.min, c.ms.max, Double(c.cacheBytes) / 1048576, c.effectiveGBs, c.boundRatio, c.speedupVsFP32,
-                        c.inLLC ? "llc" : "dram")
+                        c.inLLC ? "llc" : "dram", c.bandwidthGBs)
         }
         s += "\nKVCrush planning, one layer of \(planTokens) tokens (mha-32x128, 32 heads): \(String(format: "%.2f", planMs)) ms"
         s += String(format: " = %.2f decode attends (fp16, %d threads), %.4f%% of the layer's prefill attention (%.0f ms, estimated)\n",
