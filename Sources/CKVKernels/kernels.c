@@ -50,13 +50,6 @@ double kvk_read_sum(const float *p, size_t count) {
     return t;
 }
 
-// Into L2 (T1), not L1: measured faster for whole pages two ahead (the L1 prefetchers take it from
-// there, and a page does not evict the current one's lines from L1).
-void kvk_prefetch(const void *p, long bytes) {
-    const char *c = (const char *)p;
-    for (long i = 0; i < bytes; i += 64) _mm_prefetch(c + i, _MM_HINT_T1);
-}
-
 // MARK: exp
 
 // exp(x) for x ≤ 0 (any x ≤ 88 works): n = round(x·log2 e), r = x − n·C1 − n·C2 (Cody–Waite, by
@@ -1015,7 +1008,6 @@ KVK_VNNI_T void kvk_prepare_vnni(int bits, const float *q, long R, long d, const
 #else // not x86-64: the Swift path is used; these must never be called.
 
 int kvk_avx512_available(void) { return 0; }
-void kvk_prefetch(const void *p, long bytes) { (void)p; (void)bytes; }
 double kvk_read_sum(const float *p, size_t count) {
     double t = 0;
     for (size_t i = 0; i < count; i++) t += p[i];

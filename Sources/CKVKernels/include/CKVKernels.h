@@ -23,10 +23,6 @@ int kvk_avx512_available(void);
 /// when AVX-512 is missing.
 double kvk_read_sum(const float *p, size_t count);
 
-/// Asks the CPU to start loading `bytes` bytes at `p` into its L2 cache (software prefetch, one
-/// request per 64-byte line; a no-op where unsupported). Never faults.
-void kvk_prefetch(const void *p, long bytes);
-
 /// out[i] = exp(x[i]) for i < count, by the algorithm of `PageKernels.expReference` (bit-exact).
 void kvk_exp(const float *x, float *out, long count);
 
