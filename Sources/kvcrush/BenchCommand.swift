@@ -20,11 +20,12 @@ enum BenchCommand {
             bytes (the layer's pages, including page-wise parameters, positions and slack), effective
             GB/s, the ratio to the time to read those bytes at the read bandwidth measured in the same
             run for that thread count (`boundRatio`), and the speed-up over a plain FP32 loop (SIMD
-            dot, softmax, SIMD weighted sum; K/V re-read per query head) over the same tokens. For
-            memory-sized caches each timed step is followed by one bandwidth probe read, and
-            `boundRatio` is the median of the per-step ratios (so noise from other tenants of a
-            shared host, which slows both, cancels); the JSON's per-case `bandwidthGBs` is the
-            median of those probes.
+            dot, softmax, SIMD weighted sum; K/V re-read per query head) over the same tokens.
+            Against noise on shared machines: the cases of one shape and token count (every tier and
+            thread count, and the FP32 loop) are timed in 5 interleaved rounds; for memory-sized
+            caches each timed step is followed by one bandwidth probe read and `boundRatio` is the
+            median of the per-step ratios (the JSON's per-case `bandwidthGBs` is the median of those
+            probes).
 
             Caches larger than the last-level cache (read from sysfs) give memory figures ("dram");
             smaller ones stay cached between steps ("llc"): those are cache figures.
@@ -33,8 +34,8 @@ enum BenchCommand {
             tokens) for one layer of the MHA shape at 16384 tokens (or the largest count run), against
             one decode attend and against that layer's prefill attention (estimated from a 64-query
             chunk attending to all tokens: × tokens / 128); append throughput at decode (one token)
-            and prefill (1024-token chunks), and quantisation (apply) throughput to INT8 and INT4, in
-            token positions (all KV heads of the layer) per second.
+            and prefill (1024-token chunks), and quantisation (apply) throughput from FP16 to INT8 and
+            to INT4, in token positions (all KV heads of the layer) per second.
 
             --quick    reduced run for CI smoke tests (1024 tokens, few repetitions)
             --json     one JSON object instead of the table
@@ -223,48 +224,65 @@ enum BenchCommand {
                 let out = UnsafeMutablePointer<Float>.allocate(capacity: qh * d)
                 defer { out.deallocate() }
 
-                var fp32 = [Int: Double]()
-                for t in threadCounts {
-                    fp32[t] = queries.withUnsafeBufferPointer { q in
-                        time(seconds: seconds, minReps: minReps, maxReps: maxReps) {
-                            fp32Attention(q: q.baseAddress!, k: k, v: v, out: out, queryHeads: qh, group: shape.group, tokens: n, d: d, threads: t)
-                        }.median
+                // Interleaved rounds: every (tier, threads) case and the FP32 loop per thread count get
+                // a slice of their time in each of `rounds` rounds, in a rotating order, so a burst of
+                // noise from other tenants of a shared host spreads over the cases instead of ruining
+                // one. Memory-sized cases pair each step with a bandwidth probe read right after it;
+                // their ratio is the median of the per-step ratios (noise that slows both cancels).
+                func measureInterleaved(_ sequences: [(tier: String, id: SequenceID)]) {
+                    struct Slot {
+                        var tier: String, id: SequenceID?, threads: Int, bytes: Int
+                        var samples: [Double] = [], ratios: [Double] = [], probes: [Double] = []
                     }
-                }
-                func measure(_ seq: SequenceID, tier: String) {
-                    guard tierNames.contains(tier) else { return }
-                    let bytes = store.byteCount(of: seq), inLLC = bytes <= llc
-                    for t in threadCounts {
-                        let step = { _ = store.attend(seq, layer: 0, queries: queries, threadCount: t) }
-                        var ms: Timing, ratio: Double, caseBW: Double
-                        if inLLC {
-                            ms = time(seconds: seconds, minReps: minReps, maxReps: maxReps, step)
-                            caseBW = bw[t]!
-                            ratio = ms.median / (Double(bytes) / (caseBW * 1e6))
+                    var slots = [Slot]()
+                    for t in threadCounts { slots.append(Slot(tier: "fp32", id: nil, threads: t, bytes: 0)) }
+                    for (tier, seq) in sequences {
+                        for t in threadCounts { slots.append(Slot(tier: tier, id: seq, threads: t, bytes: store.byteCount(of: seq))) }
+                    }
+                    let rounds = quick ? 1 : 5
+                    func step(_ slot: Slot) {
+                        if let seq = slot.id {
+                            _ = store.attend(seq, layer: 0, queries: queries, threadCount: slot.threads)
                         } else {
-                            // Each repetition is paired with a bandwidth probe read right after it, and
-                            // the ratio is the median of the pairs' ratios: noise from other tenants of
-                            // the host that slows both cancels.
-                            step()
-                            var samples = [Double](), ratios = [Double](), probes = [Double]()
-                            let start = now()
-                            while samples.count < minReps || (samples.count < maxReps && now() - start < 2 * seconds * 1000) {
-                                let t0 = now()
-                                step()
-                                let a = now() - t0
-                                let p = bandwidth(probe, count: probeCount, threads: t, reps: 1)
-                                samples.append(a)
-                                probes.append(p)
-                                ratios.append(a / (Double(bytes) / (p * 1e6)))
+                            queries.withUnsafeBufferPointer { q in
+                                fp32Attention(q: q.baseAddress!, k: k, v: v, out: out, queryHeads: qh, group: shape.group, tokens: n, d: d,
+                                              threads: slot.threads)
                             }
-                            ms = Timing(samples)
-                            ratio = Timing(ratios).median
-                            caseBW = Timing(probes).median
                         }
-                        cases.append(Case(shape: shape.name, tokens: n, threads: t, tier: tier, ms: ms, cacheBytes: bytes,
-                                          effectiveGBs: Double(bytes) / (ms.median * 1e6), boundRatio: ratio,
-                                          speedupVsFP32: fp32[t]! / ms.median, inLLC: inLLC, bandwidthGBs: caseBW))
-                        log(String(format: "%@ %6d tokens %d thr %-4@ %8.3f ms  ×%.2f bound", shape.name, n, t, tier, ms.median, ratio))
+                    }
+                    for slot in slots { step(slot) }  // warm-up
+                    for round in 0..<rounds {
+                        for offset in slots.indices {
+                            let i = (offset + round * 3) % slots.count
+                            let paired = slots[i].id != nil && slots[i].bytes > llc
+                            let start = now()
+                            var reps = 0
+                            while reps < (minReps + rounds - 1) / rounds
+                                    || (slots[i].samples.count < maxReps && now() - start < (paired ? 2 : 1) * seconds * 1000 / Double(rounds)) {
+                                let t0 = now()
+                                step(slots[i])
+                                let a = now() - t0
+                                slots[i].samples.append(a)
+                                if paired {
+                                    let p = bandwidth(probe, count: probeCount, threads: slots[i].threads, reps: 1)
+                                    slots[i].probes.append(p)
+                                    slots[i].ratios.append(a / (Double(slots[i].bytes) / (p * 1e6)))
+                                }
+                                reps += 1
+                            }
+                        }
+                    }
+                    var fp32 = [Int: Double]()
+                    for slot in slots where slot.id == nil { fp32[slot.threads] = Timing(slot.samples).median }
+                    for slot in slots where slot.id != nil {
+                        let ms = Timing(slot.samples), inLLC = slot.bytes <= llc
+                        let caseBW = inLLC ? bw[slot.threads]! : Timing(slot.probes).median
+                        let ratio = inLLC ? ms.median / (Double(slot.bytes) / (caseBW * 1e6)) : Timing(slot.ratios).median
+                        cases.append(Case(shape: shape.name, tokens: n, threads: slot.threads, tier: slot.tier, ms: ms, cacheBytes: slot.bytes,
+                                          effectiveGBs: Double(slot.bytes) / (ms.median * 1e6), boundRatio: ratio,
+                                          speedupVsFP32: fp32[slot.threads]! / ms.median, inLLC: inLLC, bandwidthGBs: caseBW))
+                        log(String(format: "%@ %6d tokens %d thr %-4@ %8.3f ms  ×%.2f bound", shape.name, n, slot.threads, slot.tier,
+                                   ms.median, ratio))
                     }
                 }
                 func plan(_ tierOf: (Int32) -> Tier) -> RetentionPlan {
@@ -275,17 +293,28 @@ enum BenchCommand {
                         })
                     })
                 }
-                // Mix: on a fork (its FP16 pages shared until moved).
-                let mixed = store.fork(id)
+                // Every tier on its own fork of the FP16 sequence (pages shared until moved).
                 var rng = SplitMix64(seed: 5)
                 let mixTiers: [Tier] = (0..<n).map { _ in
                     let u = Double(rng.next() >> 11) * 0x1p-53
                     return u < 0.1 ? .fp16 : u < 0.4 ? .int4 : .dropped
                 }
-                try store.apply(plan { mixTiers[Int($0)] }, to: mixed)
-                measure(mixed, tier: "mix")
-                store.removeSequence(mixed)
-                measure(id, tier: "fp16")
+                var sequences: [(tier: String, id: SequenceID)] = []
+                if tierNames.contains("mix") {
+                    let mixed = store.fork(id)
+                    try store.apply(plan { mixTiers[Int($0)] }, to: mixed)
+                    sequences.append(("mix", mixed))
+                }
+                if tierNames.contains("fp16") { sequences.append(("fp16", id)) }
+                for (name, tier) in [("int8", Tier.int8), ("int4", Tier.int4)] where tierNames.contains(name) {
+                    let quantised = store.fork(id)
+                    let t2 = now()
+                    try store.apply(plan { _ in tier }, to: quantised)
+                    if shape.name == "mha-32x128" && n == planAt { rates["quantizeTo" + name.capitalized] = Double(n) / ((now() - t2) / 1000) }
+                    sequences.append((name, quantised))
+                }
+                measureInterleaved(sequences)
+                for (_, seq) in sequences where seq != id { store.removeSequence(seq) }
                 if shape.name == "mha-32x128" && n == planAt {
                     // Decode append: one token at a time on a fresh store.
                     let s2 = try KVStore(config)
@@ -318,14 +347,6 @@ enum BenchCommand {
                     }.median
                     planTokens = n
                 }
-                var t2 = now()
-                try store.apply(plan { _ in .int8 }, to: id)
-                if shape.name == "mha-32x128" && n == planAt { rates["quantizeToInt8"] = Double(n) / ((now() - t2) / 1000) }
-                measure(id, tier: "int8")
-                t2 = now()
-                try store.apply(plan { _ in .int4 }, to: id)
-                if shape.name == "mha-32x128" && n == planAt { rates["quantizeToInt4"] = Double(n) / ((now() - t2) / 1000) }
-                measure(id, tier: "int4")
                 if shape.name == "mha-32x128" && n == planAt {
                     decodeMsForPlan = cases.first { $0.shape == shape.name && $0.tokens == n && $0.tier == "fp16" && $0.threads == threadCounts.max()! }?.ms.median ?? .nan
                 }
