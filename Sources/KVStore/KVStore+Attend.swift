@@ -1,6 +1,7 @@
 import Dispatch
 import Foundation
 import KVQuantization
+import Synchronization
 import KVSelection
 
 /// What `attend` returns.
@@ -53,8 +54,9 @@ extension KVStore {
     ///     `queryCount` positions appended to this layer (a decode step or a prefill chunk just
     ///     appended).
     ///   - returnWeights: also return each stored token's attention weight per query.
-    ///   - threadCount: threads to spread KV heads over (`nil`: all cores). Results are identical
-    ///     for every thread count: each stream is computed by one thread in a fixed order.
+    ///   - threadCount: threads to spread KV heads over (`nil`: all cores), each taking the next
+    ///     stream when done with one. Results are identical for every thread count and assignment:
+    ///     each stream is computed by one thread in a fixed order.
     /// - Returns: outputs `[queryHead][query][headDim]`; a query that sees no token gets zeros.
     /// - Error: relative to exact attention over the *decoded* rows, the output differs only by
     ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, for
@@ -128,9 +130,16 @@ extension KVStore {
         if threads == 1 {
             for u in 0..<units { work(u) }
         } else {
-            DispatchQueue.concurrentPerform(iterations: threads) { t in
-                var u = t
-                while u < units { work(u); u += threads }
+            // Threads take the next stream as they finish one (a core slowed by other work takes
+            // fewer); each stream is still computed by one thread in its fixed order, so the result
+            // does not depend on the assignment.
+            let next = Atomic<Int>(0)
+            DispatchQueue.concurrentPerform(iterations: threads) { _ in
+                while true {
+                    let u = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                    guard u < units else { break }
+                    work(u)
+                }
             }
         }
         for b in batch.indices {

@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Synchronization
 import KVCrush
 
 /// `kvcrush bench`: decode read-path speed against the machine's memory bandwidth and a plain FP32
@@ -131,11 +132,13 @@ enum BenchCommand {
         let qs = Shared(p: UnsafeMutablePointer(mutating: q)), ks = Shared(p: UnsafeMutablePointer(mutating: k))
         let vs = Shared(p: UnsafeMutablePointer(mutating: v)), os = Shared(p: out)
         let scale = 1 / Float(d).squareRoot()
-        DispatchQueue.concurrentPerform(iterations: threads) { t in
+        let next = Atomic<Int>(0)  // heads handed out as threads finish, as `attend` does
+        DispatchQueue.concurrentPerform(iterations: threads) { _ in
             let scores = UnsafeMutablePointer<Float>.allocate(capacity: n)
             defer { scores.deallocate() }
-            var h = t
-            while h < queryHeads {
+            while true {
+                let h = next.wrappingAdd(1, ordering: .relaxed).oldValue
+                guard h < queryHeads else { break }
                 let qh = UnsafeRawPointer(qs.p + h * d), kh = ks.p + (h / group) * n * d, vh = vs.p + (h / group) * n * d
                 var m = -Float.infinity
                 for j in 0..<n {
@@ -158,7 +161,6 @@ enum BenchCommand {
                         o.storeBytes(of: a + w * vr.loadUnaligned(fromByteOffset: 4 * i, as: SIMD16<Float>.self), toByteOffset: 4 * i, as: SIMD16<Float>.self)
                     }
                 }
-                h += threads
             }
         }
     }
