@@ -884,31 +884,23 @@ KVK_VNNI_T KVK_INLINE void vnni_scores_width(int bits, const int8_t *a, const fl
     }
 }
 
-KVK_VNNI_T void kvk_scores_vnni(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes,
-                                long rowBytes, long n, float scale, float *scores, long stride) {
-    if (d % 64 != 0 || d > KVK_VNNI_MAX_HEAD_DIM) __builtin_trap();
-    // The common head dims get their own copies (constant blocks, unrolled).
-    if (d == 64) {
-        switch (bits) {
-        case 8: vnni_scores_width(8, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride); break;
-        case 4: vnni_scores_width(4, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride); break;
-        default: vnni_scores_width(2, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride); break;
-        }
-        return;
-    }
-    if (d == 128) {
-        switch (bits) {
-        case 8: vnni_scores_width(8, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
-        case 4: vnni_scores_width(4, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
-        default: vnni_scores_width(2, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride); break;
-        }
-        return;
-    }
+// One copy per width; inlined into each head-dim case below so `d` is a constant there.
+KVK_VNNI_T KVK_INLINE void vnni_scores_bits(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes,
+                                            long rowBytes, long n, float scale, float *scores, long stride) {
     switch (bits) {
     case 8: vnni_scores_width(8, a, coef, R, d, codes, rowBytes, n, scale, scores, stride); break;
     case 4: vnni_scores_width(4, a, coef, R, d, codes, rowBytes, n, scale, scores, stride); break;
     default: vnni_scores_width(2, a, coef, R, d, codes, rowBytes, n, scale, scores, stride); break;
     }
+}
+
+KVK_VNNI_T void kvk_scores_vnni(int bits, const int8_t *a, const float *coef, long R, long d, const uint8_t *codes,
+                                long rowBytes, long n, float scale, float *scores, long stride) {
+    if (d % 64 != 0 || d > KVK_VNNI_MAX_HEAD_DIM) __builtin_trap();
+    // The common head dims get their own copies (constant blocks, unrolled).
+    if (d == 64) vnni_scores_bits(bits, a, coef, R, 64, codes, rowBytes, n, scale, scores, stride);
+    else if (d == 128) vnni_scores_bits(bits, a, coef, R, 128, codes, rowBytes, n, scale, scores, stride);
+    else vnni_scores_bits(bits, a, coef, R, d, codes, rowBytes, n, scale, scores, stride);
 }
 
 // Stores 16 FP32 values of a 64-channel chunk at c (k-th vector of 16) into the π order of `bits`.
