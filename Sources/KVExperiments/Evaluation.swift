@@ -2,15 +2,13 @@ import Dispatch
 import Foundation
 import KVQuantization
 import KVSelection
+import KVCompression
 import KVStore
 import Synchronization
 
-/// The protocol's fixed parts: regions, windows, pages and formats.
+/// The protocol's fixed parts: windows, pages and formats (the sinks and recent window belong to
+/// each configuration's policy: `EvaluationConfiguration.regions`).
 public struct EvaluationSettings: Sendable, Hashable {
-    /// Sink tokens kept at FP16 (default 4).
-    public var sinkCount: Int
-    /// Recent-window tokens kept at FP16 (default 32).
-    public var recentCount: Int
     /// Observation window W: the last W prompt queries score the prompt (default 32).
     public var observationWindow: Int
     /// Evaluation queries E: the prompt is the first T − E tokens (default 32, as in evaluation.md).
@@ -22,10 +20,8 @@ public struct EvaluationSettings: Sendable, Hashable {
     /// Threads for independent configurations and reference rows (`nil`: all cores).
     public var threadCount: Int?
 
-    public init(sinkCount: Int = 4, recentCount: Int = 32, observationWindow: Int = 32, evaluationQueryCount: Int = 32,
+    public init(observationWindow: Int = 32, evaluationQueryCount: Int = 32,
                 pageCapacity: Int = 32, tierFormats: TierFormats = .standard, threadCount: Int? = nil) {
-        self.sinkCount = sinkCount
-        self.recentCount = recentCount
         self.observationWindow = observationWindow
         self.evaluationQueryCount = evaluationQueryCount
         self.pageCapacity = pageCapacity
@@ -74,13 +70,9 @@ public struct Evaluation: Sendable {
         let s = dump.shape
         guard settings.evaluationQueryCount > 0 else { throw .invalidSetting("evaluation queries", "must be positive") }
         guard settings.observationWindow > 0 else { throw .invalidSetting("--window", "must be positive") }
-        guard settings.sinkCount >= 0, settings.recentCount >= 0 else { throw .invalidSetting("--sinks/--recent", "must not be negative") }
         let p = s.tokenCount - settings.evaluationQueryCount
         guard p - settings.observationWindow >= s.queryStart else {
             throw .notEnoughQueries(neededFrom: p - settings.observationWindow, queryStart: s.queryStart)
-        }
-        guard settings.sinkCount + settings.recentCount <= p else {
-            throw .invalidSetting("--sinks/--recent", "sinks + recent window (\(settings.sinkCount + settings.recentCount)) exceed the prompt (\(p) tokens)")
         }
         let probe = KVStoreConfiguration(layerCount: 1, queryHeadCount: s.headCount, kvHeadCount: s.kvHeadCount, headDim: s.headDim,
                                          pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats)
@@ -147,29 +139,20 @@ public struct Evaluation: Sendable {
     }
 
     /// The store configuration a run uses: one store layer per loaded dump layer.
-    ///
-    /// StreamingLLM's cache is the sinks plus the most recent tokens, so for `streaming` the recent
-    /// window is widened to fill the budget: `⌊budget·P⌋ − sinks` tokens (never below
-    /// `recentCount`), or, with `+kvcrush`, the host's share of the bytes after sinks and the
-    /// configured window (the representatives' share stays theirs).
-    public func storeConfiguration(for configuration: EvaluationConfiguration? = nil) -> KVStoreConfiguration {
+    public var storeConfiguration: KVStoreConfiguration {
         let s = dump.shape
-        var recent = settings.recentCount
-        if let c = configuration, case .host(.streamingLLM) = c.policy.base, let b = c.budget {
-            let budgetTokens = Int(b * Double(promptTokenCount))  // FP16 tokens the budget buys (⌊·⌋)
-            let available = max(0, budgetTokens - settings.sinkCount - settings.recentCount)
-            let hostShare = 1 - (c.kvCrush?.share ?? 0)
-            recent = min(promptTokenCount - settings.sinkCount, settings.recentCount + Int(Double(available) * hostShare))
-        }
         return KVStoreConfiguration(layerCount: dump.layers.count, queryHeadCount: s.headCount, kvHeadCount: s.kvHeadCount,
-                                    headDim: s.headDim, pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats,
-                                    sinkCount: settings.sinkCount, recentCount: recent)
+                                    headDim: s.headDim, pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats)
     }
 
-    /// The compressor settings of a budgeted configuration (`nil` for `full` and `uniform-*`).
-    public func compressionSettings(_ configuration: EvaluationConfiguration) -> CompressionSettings? {
-        // StreamingLLM's host share went into the widened window (`storeConfiguration(for:)`).
-        configuration.compressionSettings(tierFormats: settings.tierFormats, streamingWindowFillsBudget: true)
+    /// Checks a configuration against the prompt: its sinks and recent window must fit in it.
+    ///
+    /// - Throws: `EvaluationError.invalidSetting`.
+    public func validate(_ configuration: EvaluationConfiguration) throws(EvaluationError) {
+        let r = configuration.regions, protected = r.sinkTokenCount + r.recentTokenCount
+        guard protected <= promptTokenCount else {
+            throw .invalidSetting("--sinks/--recent", "sinks + recent window (\(protected)) exceed the prompt (\(promptTokenCount) tokens)")
+        }
     }
 
     /// Runs one configuration: its overall result, then one per layer.
@@ -178,8 +161,9 @@ public struct Evaluation: Sendable {
     public func run(_ configuration: EvaluationConfiguration) throws(EvaluationError) -> [EvaluationResult] {
         let s = dump.shape, d = s.headDim, p = promptTokenCount, e = settings.evaluationQueryCount
         let w = settings.observationWindow, layerCount = dump.layers.count
+        try validate(configuration)
         let store: KVStore
-        do { store = try KVStore(storeConfiguration(for: configuration)) } catch { throw .invalidSetting("store", error.description) }
+        do { store = try KVStore(storeConfiguration) } catch { throw .invalidSetting("store", error.description) }
         let id = store.addSequence()
         do {
             for (l, layer) in dump.layers.enumerated() {
@@ -190,24 +174,11 @@ public struct Evaluation: Sendable {
         func failed(_ message: String) -> EvaluationError {
             .compression(configuration: configuration.label, budget: configuration.budget, message: message)
         }
-        switch configuration.policy.base {
-        case .full:
-            break
-        case .uniform(let tier):
-            let moves = (0..<p).map { StreamPlan.Move(position: Int32($0), tier: tier) }
-            let plan = RetentionPlan(streams: (0..<layerCount).flatMap { l in
-                (0..<s.kvHeadCount).map { StreamPlan(layer: l, kvHead: $0, moves: moves) }
-            })
-            do { try store.apply(plan, to: id) } catch { throw failed(error.description) }
-        case .host, .tiered:
-            guard let cs = compressionSettings(configuration) else { throw failed("a budgeted policy needs a budget") }
-            let window = (p - w)..<p
-            let queries = dump.layers.map { layer in (0..<s.headCount).flatMap { h in window.flatMap { layer.query(head: h, position: $0) } } }
-            let positions = [[Int32]](repeating: window.map { Int32($0) }, count: layerCount)
-            do { try KVCompressor(store: store, settings: cs).compressPrefill(id, observationQueries: queries, queryPositions: positions) } catch {
-                throw failed(error.description)
-            }
-        }
+        let window = (p - w)..<p
+        let observation = ObservationWindow(
+            positions: window.map { Int32($0) },
+            queries: dump.layers.map { layer in (0..<s.headCount).flatMap { h in window.flatMap { layer.query(head: h, position: $0) } } })
+        do { _ = try configuration.cachePolicy.apply(to: id, in: store, observation: observation) } catch { throw failed(error.description) }
 
         // The compressed prompt cache: bytes, tiers, which tokens are still stored.
         let fp16PerStream = (p + settings.pageCapacity - 1) / settings.pageCapacity

@@ -1,10 +1,9 @@
+import KVQuantization
 import KVSelection
 
 /// An evaluation that cannot run: a bad policy name or setting, a dump too short for the protocol,
 /// or a compression that failed.
 public enum EvaluationError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// A policy name that does not parse: the name and why.
-    case invalidPolicy(String, String)
     /// A setting outside its range: which, and the rule.
     case invalidSetting(String, String)
     /// The dump has too few queries for the protocol: needed from this position, has from that one.
@@ -16,7 +15,6 @@ public enum EvaluationError: Error, Equatable, Sendable, CustomStringConvertible
 
     public var description: String {
         switch self {
-        case .invalidPolicy(let n, let why): "invalid policy '\(n)': \(why)"
         case .invalidSetting(let n, let rule): "invalid setting \(n): \(rule)"
         case .notEnoughQueries(let needed, let start):
             "the protocol needs queries from position \(needed), but the dump has them from \(start) (fewer --window or evaluation queries)"

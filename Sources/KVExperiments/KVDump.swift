@@ -1,3 +1,4 @@
+import KVQuantization
 import Foundation
 
 /// A `kv-dump/1` file: real keys, values and queries of some layers of a model over one text.

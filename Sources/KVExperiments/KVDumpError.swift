@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Why a safetensors file is not a usable `kv-dump/1` KV dump.
 ///
 /// The convention is described in `../shared/docs/evaluation.md` ("KV dump files") and in `KVDump`.

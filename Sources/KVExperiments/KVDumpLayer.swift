@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// One layer of a KV dump: keys, values and queries as flat row-major `Float` arrays.
 ///
 /// Layout (shape `s`, `d = s.headDim`):

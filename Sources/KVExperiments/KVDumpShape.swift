@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// The dimensions shared by every layer of a KV dump, and the grouped-query-attention mapping.
 ///
 /// Tokens are positions `0 ..< tokenCount`; queries exist for the last `queryCount` positions,

@@ -1,3 +1,4 @@
+import KVQuantization
 import Foundation
 
 /// A line chart as a standalone SVG document: linear x axis, logarithmic y axis, one polyline with

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// The element type of one tensor in a safetensors file, spelled as in the file's header.
 ///
 /// Every byte-sized dtype of the reference implementation is known, so a file that holds, say, an

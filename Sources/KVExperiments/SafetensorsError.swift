@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Why a safetensors file cannot be read or written.
 ///
 /// Every case carries enough context (tensor name, what was expected and what was found) for its

@@ -1,3 +1,5 @@
+import KVQuantization
+
 extension SafetensorsFile {
     /// The elements of a floating-point tensor as `Float`, flattened row-major.
     ///

@@ -1,3 +1,4 @@
+import KVQuantization
 import Foundation
 
 /// A validated safetensors file, mapped rather than read, whose tensors convert on demand.

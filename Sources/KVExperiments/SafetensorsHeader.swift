@@ -1,3 +1,4 @@
+import KVQuantization
 import Foundation
 
 /// The parsed and validated header of a safetensors file (internal; see `SafetensorsFile`).

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// One tensor ready to be written: dtype, shape and its little-endian bytes.
 ///
 /// Build it with `float32(_:shape:)`, `float16(_:shape:)`, `bfloat16(_:shape:)` or

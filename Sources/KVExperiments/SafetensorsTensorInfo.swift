@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// What a safetensors header says about one tensor: its dtype, shape and where its bytes lie.
 ///
 /// Instances come only from a validated header, so `byteCount == elementCount × dtype.byteSize`

@@ -1,3 +1,4 @@
+import KVQuantization
 import Foundation
 #if canImport(Darwin)
 import Darwin

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// A byte-level BPE tokenizer (GPT-2 style) built from a GGUF file's `tokenizer.ggml.*` data.
 ///
 /// Encoding: the text is split into pieces by the pre-tokenizer (`PreTokenizer`, chosen by

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// The element types of GGUF tensors that this reader can dequantise (ggml's `ggml_type` ids).
 ///
 /// Block layouts (little-endian, from ggml's `ggml-common.h`), `d` and `m` FP16:

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Why a GGUF file cannot be read.
 ///
 /// Every case says where in the file (byte offset, key or tensor name) and what was expected, so

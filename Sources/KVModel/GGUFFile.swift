@@ -1,3 +1,4 @@
+import KVQuantization
 import Foundation
 
 /// A validated GGUF (version 3) file, mapped rather than read, whose tensors dequantise on demand.

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Where one tensor of a GGUF file lives and what it holds.
 public struct GGUFTensorInfo: Sendable, Hashable {
     /// The tensor's name, e.g. `blk.0.attn_q.weight`.

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// One GGUF metadata value: a scalar, a string, or an array of values of one type.
 public enum GGUFValue: Sendable, Hashable, CustomStringConvertible {
     /// Integers of each width GGUF defines (type ids 0–5, 10, 11).

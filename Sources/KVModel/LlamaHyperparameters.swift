@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// The shape of a Llama-architecture model, read from GGUF metadata (`llama.*`).
 public struct LlamaHyperparameters: Sendable, Hashable {
     /// Transformer blocks (`llama.block_count`).

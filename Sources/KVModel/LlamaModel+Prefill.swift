@@ -1,13 +1,6 @@
+import KVQuantization
+import KVCompression
 import KVStore
-
-/// The queries of a prompt's last tokens, per layer: what attention-score policies (SnapKV, H2O,
-/// KVCrush signatures) observe when compressing the prompt's cache.
-public struct ObservationWindow: Sendable {
-    /// Positions of the observed queries (the prompt's last `positions.count` tokens).
-    public var positions: [Int32]
-    /// Per layer, `[head][query][headDim]` after RoPE.
-    public var queries: [[Float]]
-}
 
 extension LlamaModel {
     /// Runs a prompt through the model in chunks of at most `chunkTokenCount` tokens, keeping the
@@ -51,7 +44,7 @@ extension LlamaModel {
     ///   - onToken: called with each generated token as it is chosen.
     /// - Returns: the generated tokens (a stop token included).
     public func generate(prompt: [Int32], maxTokenCount: Int, sequence id: SequenceID, in store: KVStore,
-                         stopTokens: Set<Int32> = [], afterPrefill: ((ObservationWindow) throws -> CacheTreatment.DecodeHook?)? = nil,
+                         stopTokens: Set<Int32> = [], afterPrefill: ((ObservationWindow) throws -> DecodeHook?)? = nil,
                          onToken: ((Int32) -> Void)? = nil) throws -> [Int32] {
         guard maxTokenCount > 0 else { return [] }
         let (first, observation) = try prefill(prompt, sequence: id, in: store)
@@ -59,7 +52,7 @@ extension LlamaModel {
         var logits = first
         var out = [Int32]()
         while true {
-            let next = NextTokenStatistics.argmax(logits[...])
+            let next = Self.mostLikelyToken(logits[...])
             out.append(next)
             onToken?(next)
             if out.count == maxTokenCount || stopTokens.contains(next) { break }

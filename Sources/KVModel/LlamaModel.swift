@@ -1,5 +1,5 @@
 import Foundation
-import KVSelection
+import KVQuantization
 import KVStore
 
 /// A Llama-architecture language model on the CPU whose KV cache is a `KVStore`.
@@ -43,12 +43,12 @@ public final class LlamaModel: Sendable {
     }
 
     /// A store configuration with this model's shape (layers, heads, head size).
-    public func storeConfiguration(pageCapacity: Int = 32, tierFormats: TierFormats = .standard, sinkCount: Int = 4,
-                                   recentCount: Int = 32, byteLimit: Int? = nil) -> KVStoreConfiguration {
+    public func storeConfiguration(pageCapacity: Int = 32, tierFormats: TierFormats = .standard,
+                                   byteLimit: Int? = nil) -> KVStoreConfiguration {
         let h = hyperparameters
         return KVStoreConfiguration(layerCount: h.layerCount, queryHeadCount: h.headCount, kvHeadCount: h.kvHeadCount,
                                     headDim: h.headDim, pageCapacity: pageCapacity, tierFormats: tierFormats,
-                                    sinkCount: sinkCount, recentCount: recentCount, byteLimit: byteLimit)
+                                    byteLimit: byteLimit)
     }
 
     /// Which logits `forward` returns.
@@ -145,6 +145,13 @@ public final class LlamaModel: Sendable {
             let normed = MatrixKernels.rmsNorm(x, count: n, weight: weights.outputNorm, epsilon: h.rmsEpsilon)
             return weights.outputHead.apply(normed, count: n, threadCount: threadCount)
         }
+    }
+
+    /// The index of the largest logit (the first if tied): the greedy choice.
+    public static func mostLikelyToken(_ logits: ArraySlice<Float>) -> Int32 {
+        var best = logits.startIndex
+        for i in logits.indices where logits[i] > logits[best] { best = i }
+        return Int32(best - logits.startIndex)
     }
 
     /// cos and sin of (first + t)·θ^(−2j/D), `[t][j]`, computed in Double.

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Why a GGUF file cannot be loaded as a Llama model, or a tokenizer built from it.
 public enum LlamaModelError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The file itself is malformed.

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// The weights of one transformer block, dequantised to FP32, Q and K rows in Hugging Face
 /// (rotate-half) order.
 struct LlamaBlockWeights: Sendable {

@@ -1,3 +1,4 @@
+import KVQuantization
 import Dispatch
 import Foundation
 

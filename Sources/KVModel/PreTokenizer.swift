@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// How text is split into pieces before BPE (llama.cpp's `tokenizer.ggml.pre`).
 ///
 /// Both kinds apply GPT-2's pattern

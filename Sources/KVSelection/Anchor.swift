@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// The reference signature KVCrush measures every candidate's distance to.
 ///
 /// For a signature of `N` bits (`N = H` per token, `P·H` per page):

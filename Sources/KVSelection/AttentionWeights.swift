@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Softmax attention weights of some queries over a prefix of keys, for every query head.
 ///
 /// Layout: `values[(head · queryCount + query) · keyCount + key]`, i.e. `[heads][queries][keys]`

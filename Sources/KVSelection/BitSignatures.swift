@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// A fixed-length bit vector stored in 64-bit words (bit `i` is bit `i mod 64` of word `i / 64`);
 /// bits past `bitCount` are always zero. Used for anchors.
 public struct BitVector: Sendable, Hashable {

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Turns a byte budget into the drop-style plan of algorithm.md §4: sinks and recent window at
 /// FP16, the host's top middle units at FP16, KVCrush representatives of the rest at the
 /// representative tier, everything else at the rest tier (dropped, or INT2 for MiKV).

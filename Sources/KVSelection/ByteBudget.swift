@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// How much memory one stream may use, and how it is shared between the host policy's FP16 tokens
 /// and KVCrush representatives.
 ///

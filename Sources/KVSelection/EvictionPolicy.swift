@@ -1,9 +1,11 @@
+import KVQuantization
+
 /// The host policy: which middle tokens a stream keeps at FP16, from which scores.
 ///
 /// | policy | scores | middle kept |
 /// |---|---|---|
 /// | `full` | none | all |
-/// | `streamingLLM` | none | none (only sinks + recent window) |
+/// | `streamingLLM` | recency (position) | the latest B: the recent window widened to the budget |
 /// | `h2o` | accumulated attention from all queries | top-B |
 /// | `snapKV` | observation window, pooled | top-B |
 /// | `tova` | last query | top-B |
@@ -15,7 +17,9 @@
 public enum EvictionPolicy: Sendable, Hashable {
     /// Keep everything.
     case full
-    /// Keep S sinks and R recent tokens; drop (or demote) the middle.
+    /// StreamingLLM: keep S sinks and the most recent tokens the budget holds (the recent window
+    /// widened to the budget); drop (or demote) the rest. It ranks by position only: no attention
+    /// scores (KVCrush representatives, if asked for, still use H2O scores for their signatures).
     case streamingLLM
     /// Heavy hitters: accumulated attention.
     case h2o(H2ONormalization = .none)
@@ -28,7 +32,8 @@ public enum EvictionPolicy: Sendable, Hashable {
     /// SnapKV scores with a per-layer budget that falls linearly with depth (β, default 20).
     case pyramidKV(SnapKVOptions = SnapKVOptions(), beta: Double = PyramidBudget.defaultBeta)
 
-    /// Whether the policy ranks tokens by score (everything but `full` and `streamingLLM`).
+    /// Whether the policy ranks tokens by attention scores (everything but `full` and
+    /// `streamingLLM`, which ranks by position).
     public var usesScores: Bool {
         switch self {
         case .full, .streamingLLM: false
@@ -50,6 +55,28 @@ public enum EvictionPolicy: Sendable, Hashable {
         }
     }
 
+    /// The scores the host ranks one stream's tokens by: StreamingLLM ranks by position (later is
+    /// higher), the score-based policies by their KV head's row of `kvHeadScores` (the query-head
+    /// scores reduced over the group), `full` ranks nothing (`nil`).
+    ///
+    /// - Parameters:
+    ///   - positions: the stream's token positions (ascending).
+    ///   - kvHeadScores: the policy's scores reduced to KV heads, columns = the stream's tokens
+    ///     (`nil` for the policies that do not use scores).
+    ///   - kvHead: the stream's KV head.
+    /// - Complexity: O(tokens).
+    public func hostScores(positions: [Int32], kvHeadScores: ImportanceScores?, kvHead: Int) -> [Float]? {
+        switch self {
+        case .full: return nil
+        // Positions are below 2^31; as Float they keep their order (ties only above 2^24, broken
+        // to the later position by TokenRanking anyway).
+        case .streamingLLM: return positions.map { Float($0) + 1 }
+        default:
+            guard let kvHeadScores else { preconditionFailure("EvictionPolicy.hostScores: \(self) needs scores") }
+            return kvHeadScores.scores(head: kvHead)
+        }
+    }
+
     /// The token indices (ascending) a stream of `tokenCount` tokens keeps when the host may keep
     /// `middleTokenBudget` middle tokens: the protected regions plus the policy's middle choice.
     ///
@@ -66,7 +93,7 @@ public enum EvictionPolicy: Sendable, Hashable {
         case .full:
             return Array(0..<tokenCount)
         case .streamingLLM:
-            return Array(r.sinks) + Array(r.recent)
+            return Array(r.sinks) + Array(r.middle.suffix(middleTokenBudget)) + Array(r.recent)
         default:
             guard let scores else { preconditionFailure("EvictionPolicy: \(self) needs scores") }
             precondition(scores.count == tokenCount, "EvictionPolicy: \(scores.count) scores for \(tokenCount) tokens")

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Running H2O scores during decode: the attention each position has received so far, per query
 /// head, added one query at a time.
 ///

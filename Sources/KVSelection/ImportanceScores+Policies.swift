@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// How H2O's accumulated attention is normalised.
 public enum H2ONormalization: Sendable, Hashable {
     /// The plain sum of the attention a token received (the H2O paper).

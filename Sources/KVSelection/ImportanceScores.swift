@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Importance of each token for each head: a `headCount × tokenCount` matrix of finite,
 /// non-negative scores, higher meaning more important.
 ///

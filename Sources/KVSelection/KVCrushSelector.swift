@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// How KVCrush builds a token's signature.
 public enum SignatureMode: Sendable, Hashable {
     /// One bit per query head (the paper; default).

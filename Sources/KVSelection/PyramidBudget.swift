@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// PyramidKV's per-layer budgets: a linear ramp from the first layer down to the last, with the
 /// same total as a uniform split.
 ///

@@ -1,10 +1,14 @@
-/// From attention weights to a `RetentionPlan` for one sequence after prefill (SnapKV style: score
-/// once, compress once).
+import KVQuantization
+
+/// From attention scores to a `RetentionPlan` for one sequence: once after prefill (SnapKV style:
+/// score once, compress once, `planPrefill`) and again during decode (H2O style: accumulated
+/// scores, one layer at a time, `planDecode`).
 ///
 /// For each layer `l` with weights `W_l` (`[queryHeads][queries][keys]`):
 /// 1. `scores = policy.queryHeadScores(W_l)` (for `streamingLLM`, H2O scores are still computed, but
 ///    only as KVCrush signature input);
-/// 2. KV-head scores by `groupReduction` over each query group (`groupedByKVHead`);
+/// 2. KV-head scores by `groupReduction` over each query group (`groupedByKVHead`), and from them
+///    each stream's host scores (`EvictionPolicy.hostScores`: recency for StreamingLLM);
 /// 3. each stream (layer, KV head) of `keyCount` FP16 tokens is planned by `planner` within
 ///    `budget` (for `pyramidKV`, within that layer's share, below);
 /// 4. the assignment becomes a `StreamPlan` (moves for tokens that change tier).
@@ -38,9 +42,11 @@ public struct SequencePlanner: Sendable {
         let n = weights.keyCount
         let queryScores = policy.queryHeadScores(weights) ?? .h2o(weights)
         let kvScores = policy.usesScores ? queryScores.groupedByKVHead(kvHeadCount: kvHeadCount, reduction: groupReduction) : nil
+        let positions = (0..<n).map { Int32($0) }
         // Signatures use every query head of the layer (shared by its KV heads).
         return (0..<kvHeadCount).map { kv in
-            StreamInput.prefill(tokenCount: n, hostScores: kvScores?.scores(head: kv), queryHeadScores: queryScores)
+            StreamInput(positions: positions, hostScores: policy.hostScores(positions: positions, kvHeadScores: kvScores, kvHead: kv),
+                        queryHeadScores: queryScores)
         }
     }
 
@@ -87,5 +93,55 @@ public struct SequencePlanner: Sendable {
             }
         }
         return RetentionPlan(streams: streams)
+    }
+
+    /// What one stream of a layer holds during decode: its positions (ascending) and their tiers.
+    public struct DecodeStream: Sendable, Hashable {
+        public var positions: [Int32]
+        public var tiers: [Tier]
+        public init(positions: [Int32], tiers: [Tier]) {
+            self.positions = positions
+            self.tiers = tiers
+        }
+    }
+
+    /// Re-plans the streams of one layer during decode (H2O style), from the attention accumulated
+    /// since prefill.
+    ///
+    /// Per stream (KV head `h`): the query-head scores of its tokens are `scores` at their
+    /// positions (normalised by `normalization`); the host ranks by `EvictionPolicy.hostScores` of
+    /// those reduced over the group, except `random`, which draws fresh scores seeded by
+    /// `seed + tokenCount` (so its choice moves with the step, reproducibly); the stream is then
+    /// planned by `planner` within `budget`, where a fraction is of the FP16 bytes of all
+    /// `tokenCount` tokens appended so far (dropped ones included). `full` plans nothing.
+    ///
+    /// - Parameters:
+    ///   - streams: one per KV head, in KV-head order.
+    ///   - scores: the layer's accumulated attention per query head and position.
+    ///   - tokenCount: tokens appended to the layer so far (its next position).
+    /// - Throws: budget errors (`ByteBudget.validate`, `.budgetBelowProtectedTokens`).
+    /// - Complexity: O(kvHeadCount · (H · n + planner)) for n tokens per stream and H query heads.
+    public func planDecode(layer: Int, streams: [DecodeStream], scores: H2OAccumulator, normalization: H2ONormalization,
+                           tokenCount: Int, planner: some StreamPlanner, budget: ByteBudget) throws(SelectionError) -> RetentionPlan {
+        precondition(streams.count == kvHeadCount, "SequencePlanner.planDecode: \(streams.count) streams for \(kvHeadCount) KV heads")
+        guard policy != .full else { return RetentionPlan(streams: streams.indices.map { StreamPlan(layer: layer, kvHead: $0, moves: []) }) }
+        var budget = budget
+        if case .fractionOfFP16 = budget.amount {
+            budget.amount = .byteCount(try budget.byteCount(fp16ByteCount: tokenCount * planner.configuration.costs.byteCount(.fp16)))
+        }
+        var plan = RetentionPlan()
+        for (h, stream) in streams.enumerated() {
+            let queryScores = scores.scores(at: stream.positions, normalization: normalization)
+            let hostScores: [Float]?
+            if case .random(let seed) = policy {
+                hostScores = ImportanceScores.random(headCount: 1, tokenCount: stream.positions.count, seed: seed &+ UInt64(tokenCount)).scores(head: 0)
+            } else {
+                let kvScores = policy.usesScores ? queryScores.groupedByKVHead(kvHeadCount: kvHeadCount, reduction: groupReduction) : nil
+                hostScores = policy.hostScores(positions: stream.positions, kvHeadScores: kvScores, kvHead: h)
+            }
+            let input = StreamInput(positions: stream.positions, tiers: stream.tiers, hostScores: hostScores, queryHeadScores: queryScores)
+            plan.streams.append(try planner.plan(input, budget: budget).streamPlan(layer: layer, kvHead: h))
+        }
+        return plan
     }
 }

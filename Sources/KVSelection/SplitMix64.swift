@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// A tiny seeded random generator (SplitMix64) that gives the same sequence on every platform.
 ///
 /// Used for the `Random` policy's scores and the `random` KVCrush anchor, so that a seed names one

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Sizes of the two protected regions of a stream: the first `sinkTokenCount` tokens (attention
 /// sinks) and the last `recentTokenCount` tokens (recent window). Everything between is the middle,
 /// the only region a policy may quantise or drop.

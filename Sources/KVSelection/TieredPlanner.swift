@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Spends a byte budget where it buys the most: every middle unit gets the tier that minimises the
 /// total expected error `Σ score_j · e_{tier_j}` within the bytes, by greedy marginal analysis.
 ///

@@ -1,3 +1,5 @@
+import KVQuantization
+
 /// Deterministic ranking of tokens by score, shared by every host policy and by KVCrush signatures.
 ///
 /// Order: higher score first; among equal scores the later token (higher index, which is the later

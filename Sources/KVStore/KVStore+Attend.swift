@@ -2,7 +2,6 @@ import Dispatch
 import Foundation
 import KVQuantization
 import Synchronization
-import KVSelection
 
 /// What `attend` returns.
 public struct AttentionResult: Sendable {

@@ -1,5 +1,4 @@
 import KVQuantization
-import KVSelection
 
 /// One stream's stored tokens, decoded: the uniform view for runtimes that bring their own kernel.
 public struct StreamRows: Sendable {

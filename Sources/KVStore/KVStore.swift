@@ -1,5 +1,4 @@
 import KVQuantization
-import KVSelection
 
 /// A paged, mixed-precision KV cache for many sequences, read back through one dequantising
 /// attention path.
@@ -255,6 +254,24 @@ public final class KVStore: Sendable {
             precondition(0 <= layer && layer < configuration.layerCount, "KVStore.nextPosition: layer \(layer) out of range")
             return Int(s.layers[layer].nextPosition)
         }
+    }
+
+    /// One stream's stored positions (ascending) and tiers, without decoding anything.
+    public func tokenTiers(of id: SequenceID, layer: Int, kvHead: Int) -> (positions: [Int32], tiers: [Tier]) {
+        let entries = withStream(id, layer, kvHead, "tokenTiers") { $0.entriesByPosition() }
+        return (entries.map(\.position), entries.map { Tier(rawValue: $0.tier)! })
+    }
+
+    /// The most a stream's pages can exceed the per-token byte count a planner budgets
+    /// (`TierCosts`): one partly filled page per stored tier, where a tier with per-channel keys
+    /// counts its staging page (FP16 keys), the larger of its two layouts.
+    public var slackByteBoundPerStream: Int {
+        codecs.reduce(0) { $0 + max($1.layout.byteCount, $1.stagingLayout?.byteCount ?? 0) }
+    }
+
+    /// Bytes of one stream's pages.
+    public func byteCount(of id: SequenceID, layer: Int, kvHead: Int) -> Int {
+        withStream(id, layer, kvHead, "byteCount") { $0.byteCount }
     }
 
     func withSequence<R>(_ id: SequenceID, _ caller: String, _ body: (SequenceState) -> R) -> R {

@@ -1,5 +1,4 @@
 import KVQuantization
-import KVSelection
 
 /// The shape of a model's cache and how the store keeps it.
 ///
@@ -21,26 +20,19 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     /// other tier may be `.channelwise` (values may not: they are never scored in code space
     /// across tokens).
     public var tierFormats: TierFormats
-    /// Sink tokens (the first `sinkCount` positions) the policies always keep at FP16.
-    public var sinkCount: Int
-    /// Recent-window tokens (the last `recentCount`) the policies always keep at FP16.
-    public var recentCount: Int
     /// Upper bound on the bytes of all pages in use, or `nil` for no limit.
     public var byteLimit: Int?
     /// Scale applied to query·key scores; `nil` means 1/√headDim.
     public var attentionScale: Float?
 
     public init(layerCount: Int, queryHeadCount: Int, kvHeadCount: Int, headDim: Int, pageCapacity: Int = 32,
-                tierFormats: TierFormats = .standard, sinkCount: Int = 4, recentCount: Int = 32,
-                byteLimit: Int? = nil, attentionScale: Float? = nil) {
+                tierFormats: TierFormats = .standard, byteLimit: Int? = nil, attentionScale: Float? = nil) {
         self.layerCount = layerCount
         self.queryHeadCount = queryHeadCount
         self.kvHeadCount = kvHeadCount
         self.headDim = headDim
         self.pageCapacity = pageCapacity
         self.tierFormats = tierFormats
-        self.sinkCount = sinkCount
-        self.recentCount = recentCount
         self.byteLimit = byteLimit
         self.attentionScale = attentionScale
     }
@@ -67,10 +59,6 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         }
         guard headDim > 0, headDim <= 4096 else { throw bad("headDim", "must be in 1...4096, got \(headDim)") }
         guard pageCapacity > 0, pageCapacity <= 65536 else { throw bad("pageCapacity", "must be in 1...65536, got \(pageCapacity)") }
-        guard sinkCount >= 0, sinkCount <= Int(Int32.max) else { throw bad("sinkCount", "must be in 0...Int32.max, got \(sinkCount)") }
-        guard recentCount >= 0, recentCount <= Int(Int32.max) else {
-            throw bad("recentCount", "must be in 0...Int32.max, got \(recentCount)")
-        }
         if let limit = byteLimit, limit < 0 { throw bad("byteLimit", "must not be negative, got \(limit)") }
         if let s = attentionScale, !(s.isFinite && s > 0) { throw bad("attentionScale", "must be finite and positive, got \(s)") }
         for tier in Tier.stored {
@@ -86,40 +74,3 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     }
 }
 
-/// An invalid configuration: which field, and the rule it breaks.
-public enum KVStoreConfigurationError: Error, Equatable, Sendable, CustomStringConvertible {
-    case invalidField(String, String)
-
-    /// The name of the offending field.
-    public var field: String { switch self { case .invalidField(let f, _): f } }
-
-    public var description: String {
-        switch self { case .invalidField(let f, let rule): "invalid configuration: \(f) \(rule)" }
-    }
-}
-
-/// A store operation that could not be carried out; the store is unchanged.
-public enum KVStoreError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// The operation needs `requestedBytes` more than are in use, and that would exceed the byte
-    /// limit (`availableBytes` remain). Free memory (remove or compress a sequence) and retry.
-    case byteLimitExceeded(requestedBytes: Int, availableBytes: Int)
-    /// An appended value cannot be stored.
-    case invalidValue(layer: Int, kvHead: Int, token: Int, element: Int, QuantizationError)
-
-    public var description: String {
-        switch self {
-        case .byteLimitExceeded(let r, let a):
-            "the store's byte limit would be exceeded: the operation needs \(r) more bytes, \(a) are available"
-        case .invalidValue(let l, let h, let t, let e, let q):
-            "layer \(l), KV head \(h), token \(t), element \(e): \(q)"
-        }
-    }
-}
-
-/// Identifies a sequence in a store.
-public struct SequenceID: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public let rawValue: UInt64
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
-    public static func < (a: SequenceID, b: SequenceID) -> Bool { a.rawValue < b.rawValue }
-    public var description: String { "seq\(rawValue)" }
-}

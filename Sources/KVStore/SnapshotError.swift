@@ -7,7 +7,7 @@ public enum SnapshotError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The data does not start with the snapshot magic: not a snapshot at all.
     case notASnapshot
     /// A snapshot of a format version this code does not read.
-    case unsupportedVersion(found: UInt32, supported: UInt32)
+    case unsupportedVersion(found: UInt32, supported: ClosedRange<UInt32>)
     /// The data ends inside `section` (`"header"`, `"CONF"`, `"PAGE"`, `"SEQS"`): `expectedBytes`
     /// were needed from the section's start, `availableBytes` were there.
     case truncated(section: String, expectedBytes: Int, availableBytes: Int)
@@ -28,7 +28,7 @@ public enum SnapshotError: Error, Equatable, Sendable, CustomStringConvertible {
         switch self {
         case .io(let op, let path, let e): "snapshot: \(op) failed on \(path): errno \(e)"
         case .notASnapshot: "not a KVCrush snapshot (bad magic)"
-        case .unsupportedVersion(let f, let s): "snapshot format version \(f) is not supported (this code reads version \(s))"
+        case .unsupportedVersion(let f, let s): "snapshot format version \(f) is not supported (this code reads versions \(s.lowerBound)...\(s.upperBound))"
         case .truncated(let s, let e, let a): "snapshot truncated in section \(s): needs \(e) bytes, \(a) present"
         case .checksumMismatch(let s, let st, let c):
             "snapshot section \(s) is corrupted: stored CRC-32C \(hex(st)), computed \(hex(c))"

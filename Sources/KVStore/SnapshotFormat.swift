@@ -1,15 +1,14 @@
 import KVQuantization
-import KVSelection
 
-/// The snapshot file format, version 1. All integers little-endian.
+/// The snapshot file format, version 2 (version 1 files are read too). All integers little-endian.
 ///
 ///     file    = header · section("CONF") · section("PAGE") · section("SEQS")      (nothing after)
 ///     header  = magic "KVCSNAP\n" (8) · version u32 · sectionCount u32 (= 3) · reserved u32 (= 0)
 ///               · CRC-32C of the preceding 20 bytes u32
 ///     section = tag (4 ASCII) · payloadByteCount u64 · payload · CRC-32C of tag, count and payload u32
 ///
-///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity, sinkCount,
-///               recentCount (u64 each) · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
+///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity (u64 each)
+///               · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
 ///               · for each stored tier (fp16, int8, int4, int2): key format, value format
 ///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise) · code bits u8 (0, 2, 4, 8) · groupSize u32
 ///     PAGE    = pageCount u32 · page*
@@ -20,12 +19,19 @@ import KVSelection
 ///               · per layer, per KV head, per stored tier: pageCount u32 · page indices u32*
 ///               · staging page index u32 (0xFFFFFFFF: none)
 ///
+/// Version 1 had two more u64 fields in CONF after pageCapacity, sinkCount and recentCount (policy
+/// settings the store never read; they now belong to `CompressionSettings`): a version 1 file is
+/// read by skipping them (they must still be at most Int32.max), and saved again as version 2.
+///
 /// Pages are stored once however many sequences share them (forks), so a restored store shares
 /// them the same way and `byteCount` is unchanged. Only filled slots are written: the bytes beyond
 /// `count` in a page are not part of its state.
 enum SnapshotFormat {
     static let magic: [UInt8] = Array("KVCSNAP\n".utf8)
-    static let version: UInt32 = 1
+    /// The version written.
+    static let version: UInt32 = 2
+    /// The versions read.
+    static let readableVersions: ClosedRange<UInt32> = 1...2
     static let headerByteCount = 24
     static let sectionTags = ["CONF", "PAGE", "SEQS"]
     static let noPage: UInt32 = 0xFFFF_FFFF
@@ -63,7 +69,7 @@ struct SnapshotWriter {
     }
 
     mutating func configuration(_ c: KVStoreConfiguration) {
-        for x in [c.layerCount, c.queryHeadCount, c.kvHeadCount, c.headDim, c.pageCapacity, c.sinkCount, c.recentCount] {
+        for x in [c.layerCount, c.queryHeadCount, c.kvHeadCount, c.headDim, c.pageCapacity] {
             u64(UInt64(x))
         }
         u8(c.byteLimit == nil ? 0 : 1)
@@ -156,11 +162,17 @@ struct SnapshotReader {
         }
     }
 
-    mutating func configuration() throws(SnapshotError) -> KVStoreConfiguration {
+    /// The CONF payload of a file of `version`.
+    mutating func configuration(version: UInt32) throws(SnapshotError) -> KVStoreConfiguration {
         let layerCount = try int("layerCount"), queryHeadCount = try int("queryHeadCount")
         let kvHeadCount = try int("kvHeadCount"), headDim = try int("headDim")
-        let pageCapacity = try int("pageCapacity"), sinkCount = try int("sinkCount")
-        let recentCount = try int("recentCount")
+        let pageCapacity = try int("pageCapacity")
+        if version == 1 {
+            for field in ["sinkCount", "recentCount"] {
+                let x = try int(field)
+                guard x <= Int(Int32.max) else { throw fail("\(field) \(x) (version 1) must be in 0...Int32.max") }
+            }
+        }
         let hasLimit = try flag("hasByteLimit")
         let limit = Int64(bitPattern: try u64("byteLimit"))
         let hasScale = try flag("hasAttentionScale")
@@ -172,7 +184,7 @@ struct SnapshotReader {
         }
         return KVStoreConfiguration(
             layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
-            pageCapacity: pageCapacity, tierFormats: TierFormats(keys: keys, values: values), sinkCount: sinkCount,
-            recentCount: recentCount, byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil)
+            pageCapacity: pageCapacity, tierFormats: TierFormats(keys: keys, values: values),
+            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil)
     }
 }

@@ -1,5 +1,4 @@
 import KVQuantization
-import KVSelection
 
 /// The validated work of one stream's moves, computed before anything changes.
 struct PreparedMoves {

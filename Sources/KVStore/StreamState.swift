@@ -1,5 +1,4 @@
 import KVQuantization
-import KVSelection
 
 /// Where a token of a stream is stored.
 struct TokenLocation: Hashable {

@@ -1,5 +1,4 @@
 import KVQuantization
-import KVSelection
 
 /// Everything needed to read and write one tier's pages: their layouts and codecs.
 ///

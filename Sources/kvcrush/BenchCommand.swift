@@ -2,6 +2,8 @@ import Dispatch
 import Foundation
 import Synchronization
 import KVCrush
+import KVExperiments
+import KVModel
 
 /// `kvcrush bench`: decode read-path speed against the machine's memory bandwidth and a plain FP32
 /// attention loop, KVCrush planning cost, and append/quantise throughput.

@@ -1,5 +1,7 @@
 import Foundation
 import KVCrush
+import KVExperiments
+import KVModel
 
 /// `kvcrush eval`: the attention-level protocol of evaluation.md on a KV dump.
 enum EvalCommand {
@@ -23,7 +25,8 @@ enum EvalCommand {
             (the same prompt at FP16 in whole pages), ratio, and prompt tokens per tier.
 
             --policies   comma list (default \(defaultPolicies)) of
-                         full, streaming, h2o, snapkv, tova, random, pyramid, tiered (SnapKV scores,
+                         full, streaming (sinks + the most recent tokens the budget holds), h2o, snapkv,
+                         tova, random, pyramid, tiered (SnapKV scores,
                          tiered FP16/INT8/INT4 planner), uniform-int8, uniform-int4, uniform-int2;
                          modifiers: +tiered (tiered planner on a scored host's scores, e.g. h2o+tiered),
                          +kvcrush (representatives), +mikv (rest at INT2 instead of dropped),
@@ -44,20 +47,13 @@ enum EvalCommand {
     struct Options {
         var dumpURL: URL
         var layers: [Int]?
-        var policies: [EvaluationPolicy]
-        var budgets: [Double]
-        var crushShares: [Double]
-        var representativeTiers: [Tier]
-        var anchors: [Anchor]
+        var selection: SelectionOptions
         var settings: EvaluationSettings
         var format: String
         var plot: String?
         var output: String?
 
-        var configurations: [EvaluationConfiguration] {
-            evaluationConfigurations(policies: policies, budgets: budgets, crushShares: crushShares,
-                                     representativeTiers: representativeTiers, anchors: anchors)
-        }
+        var configurations: [EvaluationConfiguration] { selection.configurations }
     }
 
     /// Parses the command line (every bad flag or value is a `UsageError`).
@@ -66,8 +62,6 @@ enum EvalCommand {
         let layers: [Int]? = try args.string("layers") == nil ? nil
             : args.list("layers", default: [], expected: "layer indices") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
         let selection = try SelectionOptions.parse(&args, defaultPolicies: defaultPolicies, defaultBudgets: [0.1, 0.25, 0.5])
-        let sinks = try args.value("sinks", default: 4, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
-        let recent = try args.value("recent", default: 32, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
         let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let formats = try args.value("key-format", default: TierFormats.standard, expected: "channel or group") {
             $0 == "channel" ? TierFormats.standard : $0 == "group" ? TierFormats.grouped : nil
@@ -75,10 +69,8 @@ enum EvalCommand {
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
         let plot = args.string("plot"), output = args.string("output")
         try args.finish()
-        return Options(dumpURL: dumpURL, layers: layers, policies: selection.policies, budgets: selection.budgets,
-                       crushShares: selection.crushShares, representativeTiers: selection.representativeTiers, anchors: selection.anchors,
-                       settings: EvaluationSettings(sinkCount: sinks, recentCount: recent, observationWindow: selection.observationWindow, pageCapacity: page,
-                                                    tierFormats: formats),
+        return Options(dumpURL: dumpURL, layers: layers, selection: selection,
+                       settings: EvaluationSettings(observationWindow: selection.observationWindow, pageCapacity: page, tierFormats: formats),
                        format: format, plot: plot, output: output)
     }
 
@@ -92,6 +84,9 @@ enum EvalCommand {
             throw error
         }
         let configurations = options.configurations
+        for c in configurations {
+            do { try evaluation.validate(c) } catch { throw UsageError(message: error.description, command: args.command) }
+        }
         let stderr = FileHandle.standardError
         stderr.write(Data("kvcrush eval: \(options.dumpURL.lastPathComponent), layers \(dump.layerIndices.map(String.init).joined(separator: ",")), \(configurations.count) configurations\n".utf8))
         let report = try evaluation.run(configurations, dumpName: options.dumpURL.lastPathComponent) { done, total, c in

@@ -1,5 +1,7 @@
 import Foundation
 import KVCrush
+import KVExperiments
+import KVModel
 
 /// `kvcrush formats`: reconstruction error of every storage format on a dump's real keys and values.
 enum FormatsCommand {

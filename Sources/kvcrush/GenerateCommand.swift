@@ -1,5 +1,6 @@
 import Foundation
 import KVCrush
+import KVModel
 
 /// `kvcrush generate`: greedy generation from a GGUF model whose cache is a KVStore.
 enum GenerateCommand {
@@ -15,7 +16,7 @@ enum GenerateCommand {
             prints the most likely next token until --max-tokens or the end-of-sequence token, and
             the speed and cache bytes on standard error. --model defaults to $KVCRUSH_MODEL.
 
-            \(TreatmentOptions.help)
+            \(RunPolicyOptions.help)
             (generate takes one policy and the first budget and share.)
             """,
         run: run)
@@ -30,7 +31,8 @@ enum GenerateCommand {
         let threads = try args.value("threads", default: ProcessInfo.processInfo.activeProcessorCount, expected: "a positive integer") {
             Int($0).flatMap { $0 > 0 ? $0 : nil }
         }
-        let treatment = try TreatmentOptions.treatments([policy], &args)[0]
+        let options = try RunPolicyOptions.parse([policy], &args)
+        let configuration = options.configurations[0]
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "generate") }
         guard let prompt else { throw UsageError(message: "--prompt is required", command: "generate") }
@@ -58,7 +60,8 @@ enum GenerateCommand {
         var generated = [Int32]()
         var printedBytes = 0
         _ = try model.generate(prompt: ids, maxTokenCount: maxTokens, sequence: sequence, in: store, stopTokens: stops, afterPrefill: { obs in
-            try treatment.afterPrefill(.init(store: store, sequence: sequence, promptTokenCount: ids.count, observation: obs))
+            try configuration.cachePolicy.apply(to: sequence, in: store, observation: obs,
+                                                keepingBudgetDuringDecode: options.keepsBudgetDuringDecode).map { DecodeHook(session: $0) }
         }, onToken: { token in
             if firstTokenTime == nil { firstTokenTime = Date() }
             if stops.contains(token) { return }
@@ -79,6 +82,6 @@ enum GenerateCommand {
         FileHandle.standardError.write(Data(String(
             format: "kvcrush generate: prompt %d tokens (%.1f tokens/s), %d generated (%.1f tokens/s), policy %@, cache %d bytes\n",
             ids.count, Double(ids.count) / prefillSeconds, generated.count, Double(max(0, generated.count - 1)) / max(decodeSeconds, 1e-9),
-            treatment.policy, store.byteCount(of: sequence)).utf8))
+            configuration.label, store.byteCount(of: sequence)).utf8))
     }
 }

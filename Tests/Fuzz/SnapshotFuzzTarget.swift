@@ -39,7 +39,7 @@ public func snapshotFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
 }
 
 func check(_ bytes: [UInt8]) {
-    let parsed: KVStore.ParsedSnapshot
+    let parsed: ParsedSnapshot
     do {
         parsed = try KVStore.parse(bytes, into: nil)
     } catch {

@@ -2,6 +2,7 @@ import Foundation
 import Testing
 import TestSupport
 import KVSelection
+import KVCompression
 @testable import KVExperiments
 
 /// A small synthetic dump whose keys, values and queries are FP16-exact, so the store's FP16 tier
@@ -21,10 +22,11 @@ func syntheticDump(seed: UInt64, layers: [Int] = [0, 3], tokenCount: Int = 160) 
     })
 }
 
-let testSettings = EvaluationSettings(sinkCount: 4, recentCount: 16, observationWindow: 32, evaluationQueryCount: 32, pageCapacity: 16)
+let testSettings = EvaluationSettings(observationWindow: 32, evaluationQueryCount: 32, pageCapacity: 16)
+let testRegions = StreamRegions(sinkTokenCount: 4, recentTokenCount: 16)
 
 func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings? = nil) throws -> EvaluationConfiguration {
-    EvaluationConfiguration(policy: try EvaluationPolicy(parsing: name), budget: budget, kvCrush: crush)
+    EvaluationConfiguration(policy: try PolicyName(parsing: name), budget: budget, kvCrush: crush, regions: testRegions)
 }
 
 @Suite struct EvaluationTests {
@@ -103,10 +105,14 @@ func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings
         let evaluation = try Evaluation(dump: dump, settings: testSettings)
         #expect(throws: EvaluationError.self) { try evaluation.run(configuration("snapkv", budget: 0.01)) }
         for bad in ["nope", "snapkv+bar", "full+kvcrush", "uniform-int4+mikv", "h2o+kvcrush+kvcrush", "h2o+int2", "tiered+int2+mikv", "", "streaming+tiered", "tiered+tiered"] {
-            #expect(throws: EvaluationError.self, "\(bad)") { try EvaluationPolicy(parsing: bad) }
+            #expect(throws: PolicyError.self, "\(bad)") { try PolicyName(parsing: bad) }
         }
-        #expect(try EvaluationPolicy(parsing: "tiered+mikv+kvcrush").description == "tiered+kvcrush+mikv")
-        #expect(try EvaluationPolicy(parsing: "h2o+kvcrush+tiered+int2").description == "h2o+tiered+kvcrush+int2")
+        #expect(try PolicyName(parsing: "tiered+mikv+kvcrush").description == "tiered+kvcrush+mikv")
+        #expect(try PolicyName(parsing: "h2o+kvcrush+tiered+int2").description == "h2o+tiered+kvcrush+int2")
+        // Sinks and window that do not fit the prompt (128 tokens) are a setting error.
+        var wide = try configuration("snapkv", budget: 0.5)
+        wide.regions = StreamRegions(sinkTokenCount: 100, recentTokenCount: 29)
+        #expect(throws: EvaluationError.self) { try evaluation.run(wide) }
     }
 
     /// The table, CSV and JSON carry the same figures, and the JSON has exactly the documented schema.
@@ -114,8 +120,8 @@ func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings
         let dump = syntheticDump(seed: 4)
         let evaluation = try Evaluation(dump: dump, settings: testSettings)
         let configs = evaluationConfigurations(
-            policies: try ["full", "snapkv", "snapkv+kvcrush", "uniform-int4"].map { try EvaluationPolicy(parsing: $0) },
-            budgets: [0.25, 0.5], crushShares: [0.3], representativeTiers: [.fp16, .int4], anchors: [.alternate])
+            policies: try ["full", "snapkv", "snapkv+kvcrush", "uniform-int4"].map { try PolicyName(parsing: $0) },
+            budgets: [0.25, 0.5], crushShares: [0.3], representativeTiers: [.fp16, .int4], anchors: [.alternate], regions: testRegions)
         #expect(configs.count == 2 + 2 * 3)
         let report = try evaluation.run(configs, dumpName: "synthetic.safetensors")
         #expect(report.results.count == configs.count * 3)

@@ -1,6 +1,7 @@
 import Foundation
 @testable import KVModel
 import Testing
+import KVQuantization
 import TestSupport
 
 /// Malformed files throw `GGUFError`, never crash.

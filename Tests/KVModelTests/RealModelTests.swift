@@ -3,6 +3,7 @@ import KVExperiments
 import KVModel
 import KVStore
 import Testing
+import KVQuantization
 
 /// Checks against the real SmolLM2-135M file and the shared dump, when they are present.
 ///

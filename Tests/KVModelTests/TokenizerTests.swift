@@ -1,6 +1,7 @@
 import Foundation
 @testable import KVModel
 import Testing
+import KVQuantization
 
 @Suite struct TokenizerTests {
     @Test func gpt2PatternSplitsLikeTheRegex() {

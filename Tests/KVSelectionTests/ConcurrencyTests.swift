@@ -1,4 +1,5 @@
 import Testing
+import KVQuantization
 import TestSupport
 @testable import KVSelection
 

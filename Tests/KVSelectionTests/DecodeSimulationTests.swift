@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import KVQuantization
 import TestSupport
 @testable import KVSelection
 

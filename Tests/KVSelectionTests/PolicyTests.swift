@@ -1,4 +1,5 @@
 import Testing
+import KVQuantization
 import TestSupport
 @testable import KVSelection
 
@@ -21,11 +22,18 @@ import TestSupport
     /// Middle = tokens 2...7.
     let scores: [Float] = [9, 9, 0.1, 0.5, 0.5, 0.9, 0.2, 0.5, 9, 9]
 
+    /// Neither needs scores: `full` keeps everything, StreamingLLM the sinks and the latest tokens
+    /// (its window widened by the middle budget), and its host scores rank by position.
     @Test func fullAndStreamingLLMIgnoreScores() {
         #expect(EvictionPolicy.full.keptTokenIndices(tokenCount: 10, regions: regions, scores: nil, middleTokenBudget: 0)
                 == Array(0..<10))
         #expect(EvictionPolicy.streamingLLM.keptTokenIndices(tokenCount: 10, regions: regions, scores: nil, middleTokenBudget: 3)
+                == [0, 1, 5, 6, 7, 8, 9])
+        #expect(EvictionPolicy.streamingLLM.keptTokenIndices(tokenCount: 10, regions: regions, scores: nil, middleTokenBudget: 0)
                 == [0, 1, 8, 9])
+        let positions: [Int32] = [0, 3, 4, 9]
+        #expect(EvictionPolicy.streamingLLM.hostScores(positions: positions, kvHeadScores: nil, kvHead: 0) == [1, 4, 5, 10])
+        #expect(EvictionPolicy.full.hostScores(positions: positions, kvHeadScores: nil, kvHead: 0) == nil)
     }
 
     @Test func scoredPoliciesKeepTopBWithLaterTies() {

@@ -1,4 +1,5 @@
 import Testing
+import KVQuantization
 import KVCrush
 
 /// The README's API example, verbatim, so that it keeps compiling and working.

@@ -122,11 +122,6 @@ func randomConfiguration<G: RandomNumberGenerator>(using g: inout G, channelwise
         tierFormats: TierFormats(keys: keys, values: values))
 }
 
-func randomRows(_ count: Int, using g: inout SeededGenerator) -> [Float] {
-    let sigma = Float.random(in: 0.1...4, using: &g)
-    return (0..<count).map { _ in Float(g.nextGaussian()) * sigma }
-}
-
 /// A random valid plan over the sequence's streams (moves down only, any subset).
 func randomPlan<G: RandomNumberGenerator>(_ model: ReferenceStore, _ id: SequenceID, using g: inout G) -> RetentionPlan {
     var plan = RetentionPlan()

@@ -197,12 +197,33 @@ struct SnapshotSections {
         }
     }
 
+    /// A version 1 file (written before the sinks and recent window left the store's configuration;
+    /// `Fixtures/snapshot-v1` holds one the version 1 code saved) loads, and saves again as version
+    /// 2 with the same pages and sequences: PAGE and SEQS byte for byte, CONF 16 bytes shorter
+    /// (the two dropped fields), and the re-saved file restores to the same bytes again.
+    @Test func versionOneFilesLoadAndSaveAsVersionTwo() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/snapshot-v1/mixed-tiers-forks.kvsnap")
+        let v1 = try [UInt8](Data(contentsOf: url))
+        #expect(v1[8] == 1)
+        let restored = try KVStore.restoring(bytes: v1)
+        let v2 = restored.snapshotBytes()
+        #expect(v2[8] == 2)
+        let old = SnapshotSections(v1), new = SnapshotSections(v2)
+        #expect(new.payloads[1] == old.payloads[1], "PAGE")
+        #expect(new.payloads[2] == old.payloads[2], "SEQS")
+        #expect(new.payloads[0].count == old.payloads[0].count - 16)
+        #expect(Array(new.payloads[0][0..<40]) == Array(old.payloads[0][0..<40]), "the shape fields")
+        #expect(Array(new.payloads[0][40...]) == Array(old.payloads[0][56...]), "limit, scale and formats")
+        #expect(try KVStore.restoring(bytes: v2).snapshotBytes() == v2)
+    }
+
     @Test func wrongVersionAndWrongShapeAreNamed() throws {
         let (source, _) = try Self.sample()
         var sections = SnapshotSections(source.snapshotBytes())
-        sections.header[8] = 2
+        sections.header[8] = 3
         sections.header.replaceSubrange(20..<24, with: withUnsafeBytes(of: CRC32C.checksum(sections.header[0..<20]).littleEndian, Array.init))
-        #expect(throws: SnapshotError.unsupportedVersion(found: 2, supported: 1)) { try KVStore.restoring(bytes: sections.bytes) }
+        #expect(throws: SnapshotError.unsupportedVersion(found: 3, supported: 1...2)) { try KVStore.restoring(bytes: sections.bytes) }
 
         var c = Self.fixedConfig
         c.headDim = 32
@@ -215,9 +236,9 @@ struct SnapshotSections {
         #expect(throws: SnapshotError.configurationMismatch(field: "tierFormats.values[int4]", store: "int4/g32", snapshot: "int4/g8")) {
             try KVStore(c).loadSnapshot(bytes: source.snapshotBytes())
         }
-        // Policy fields (sinks, recent window, limit, scale) may differ.
+        // The limit and the scale may differ.
         c = Self.fixedConfig
-        c.sinkCount = 0
+        c.byteLimit = 1 << 30
         c.attentionScale = 0.5
         #expect(try KVStore(c).loadSnapshot(bytes: source.snapshotBytes()).count == source.sequences.count)
     }

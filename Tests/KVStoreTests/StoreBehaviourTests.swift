@@ -20,8 +20,6 @@ import KVExperiments
         #expect(field { $0.kvHeadCount = 3 } == "kvHeadCount")
         #expect(field { $0.headDim = 0 } == "headDim")
         #expect(field { $0.pageCapacity = 0 } == "pageCapacity")
-        #expect(field { $0.sinkCount = -1 } == "sinkCount")
-        #expect(field { $0.recentCount = -1 } == "recentCount")
         #expect(field { $0.byteLimit = -5 } == "byteLimit")
         #expect(field { $0.attentionScale = .nan } == "attentionScale")
         #expect(field { $0.tierFormats.keys[.int4] = .grouped(.int4, groupSize: 12) } == "tierFormats.keys[int4]")

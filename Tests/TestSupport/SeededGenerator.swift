@@ -42,3 +42,9 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
     }
 }
 
+/// `count` Gaussian values with a random spread (σ uniform in 0.1…4), e.g. keys or values
+/// `[kvHead][token][headDim]` for store tests.
+public func randomRows(_ count: Int, using g: inout SeededGenerator) -> [Float] {
+    let sigma = Float.random(in: 0.1...4, using: &g)
+    return (0..<count).map { _ in Float(g.nextGaussian()) * sigma }
+}

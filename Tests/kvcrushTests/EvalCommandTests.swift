@@ -1,6 +1,7 @@
 import Foundation
 import Testing
 import TestSupport
+import KVCrush
 import KVExperiments
 @testable import kvcrush
 
@@ -26,13 +27,17 @@ import KVExperiments
 
     @Test func defaultsAndLists() throws {
         let o = try parse([])
-        #expect(o.dumpURL == KVDump.bundledFixtureURL && o.budgets == [0.1, 0.25, 0.5] && o.crushShares == [0.3])
-        #expect(o.representativeTiers == [.int4] && o.anchors == [.alternate] && o.format == "table")
-        #expect(o.policies.map(\.description) == EvalCommand.defaultPolicies.split(separator: ",").map(String.init))
+        let sel = o.selection
+        #expect(o.dumpURL == KVDump.bundledFixtureURL && sel.budgets == [0.1, 0.25, 0.5] && sel.crushShares == [0.3])
+        #expect(sel.representativeTiers == [.int4] && sel.anchors == [.alternate] && o.format == "table")
+        #expect(sel.regions == StreamRegions(sinkTokenCount: 4, recentTokenCount: 32))
+        #expect(sel.policies.map(\.description) == EvalCommand.defaultPolicies.split(separator: ",").map(String.init))
         let sweep = try parse(["--policies", "snapkv+kvcrush,uniform-int4", "--budgets", "0.1,0.5", "--crush-share", "0.2,0.4",
                                "--rep-format", "fp16,int4", "--anchor", "random,mean", "--seed", "7"])
         #expect(sweep.configurations.count == 1 + 2 * 2 * 2 * 2)
-        #expect(sweep.anchors == [.random(seed: 7), .mean])
+        #expect(sweep.selection.anchors == [.random(seed: 7), .mean])
+        let regions = try parse(["--sinks", "2", "--recent", "8"]).configurations.map(\.regions)
+        #expect(regions.allSatisfy { $0 == StreamRegions(sinkTokenCount: 2, recentTokenCount: 8) })
     }
 
     /// The whole command on a small dump file: JSON to `--output`, an SVG to `--plot`, exit 0; a

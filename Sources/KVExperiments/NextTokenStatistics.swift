@@ -1,4 +1,6 @@
+import KVQuantization
 import Foundation
+import KVModel
 
 /// Log-probabilities and divergences of next-token distributions given as logits.
 ///
@@ -33,10 +35,6 @@ public enum NextTokenStatistics {
         return max(0, s)
     }
 
-    /// The index of the largest logit (the first if tied).
-    public static func argmax(_ logits: ArraySlice<Float>) -> Int32 {
-        var best = logits.startIndex
-        for i in logits.indices where logits[i] > logits[best] { best = i }
-        return Int32(best - logits.startIndex)
-    }
+    /// The index of the largest logit (the first if tied): `LlamaModel.mostLikelyToken`.
+    public static func argmax(_ logits: ArraySlice<Float>) -> Int32 { LlamaModel.mostLikelyToken(logits) }
 }

@@ -4,7 +4,8 @@ import TestSupport
 import KVQuantization
 import KVSelection
 import KVExperiments
-@testable import KVStore
+import KVStore
+@testable import KVCompression
 
 @Suite struct KVCompressorTests {
     /// 2,000 decode steps with a fixed budget fraction: after every step every stream's bytes stay
@@ -12,12 +13,12 @@ import KVExperiments
     /// at FP16. H2O scores come from the store's own attention weights.
     @Test(arguments: [
         CompressionSettings(policy: .h2o(), budget: .fraction(0.3, representativeShare: 0.3, representativeTier: .int4)),
-        CompressionSettings(policy: .h2o(), budget: .fraction(0.25), planner: .tiered(TierErrorModel.derived(from: .standard), candidateTiers: [.fp16, .int8, .int4])),
+        CompressionSettings(policy: .h2o(), budget: .fraction(0.25), planner: .tiered(nil, candidateTiers: [.fp16, .int8, .int4])),
+        CompressionSettings(policy: .streamingLLM, budget: .fraction(0.3)),
     ])
     func decodeSimulationKeepsTheBudget(settings: CompressionSettings) throws {
         var g = SeededGenerator(seed: 42)
-        let config = KVStoreConfiguration(layerCount: 1, queryHeadCount: 2, kvHeadCount: 1, headDim: 8, pageCapacity: 16,
-                                          sinkCount: 4, recentCount: 32)
+        let config = KVStoreConfiguration(layerCount: 1, queryHeadCount: 2, kvHeadCount: 1, headDim: 8, pageCapacity: 16)
         let store = try KVStore(config)
         let compressor = KVCompressor(store: store, settings: settings)
         let id = store.addSequence()

@@ -1,4 +1,7 @@
+import KVQuantization
 import Foundation
+import KVCompression
+import KVModel
 import KVStore
 
 /// The end-to-end protocol: prefill a prompt, treat (compress) its cache, then teacher-force a
@@ -6,22 +9,26 @@ import KVStore
 /// with the uncompressed run's.
 ///
 /// With tokens `x₀ … x_{P+C−1}` (prompt P, continuation C): the prompt `x₀ ..< x_P` is prefilled
-/// once into an FP16 sequence; each treatment works on a fork of it (copy-on-write, so the prompt
+/// once into an FP16 sequence; each configuration works on a fork of it (copy-on-write, so the prompt
 /// is computed once); then `x_P … x_{P+C−1}` are decoded one token at a time, and the logits of the
 /// step at `x_t` are scored against `x_{t+1}` — `C − 1` scored predictions, each made after the
-/// treatment (the prediction of `x_P` comes from the prefill and is the same for all treatments).
+/// policy is applied (the prediction of `x_P` comes from the prefill and is the same for all policies).
 ///
-/// Figures per treatment: mean KL(uncompressed ‖ treated) of the scored predictions, perplexity
+/// Figures per configuration: mean KL(uncompressed ‖ treated) of the scored predictions, perplexity
 /// exp(mean −log p(x_{t+1})) and its change relative to the uncompressed run, top-1 agreement (the
 /// share of steps whose argmax equals the uncompressed run's), the sequence's cache bytes right
-/// after the treatment and their ratio to the uncompressed prompt cache, the bytes after the last
-/// and the largest after any decode step, and decode tokens/s (including the treatment's work
-/// during decode: score accumulation and re-planning).
+/// after the policy is applied and their ratio to the uncompressed prompt cache, the bytes after the last
+/// and the largest after any decode step, and decode tokens/s (including the policy's work during
+/// decode: score accumulation and re-planning).
+///
+/// Each configuration's `CachePolicy` is applied to its fork right after the prompt (`apply`), and,
+/// when `keepsBudgetDuringDecode`, the decode session of a compressing policy keeps the budget at
+/// every step (re-planning a layer whenever a page of new tokens has arrived).
 public struct ContinuationEvaluation {
-    /// One treatment's figures.
+    /// One configuration's figures.
     public struct Result: Sendable {
-        /// The treatment measured.
-        public var treatment: CacheTreatment
+        /// The configuration measured.
+        public var configuration: EvaluationConfiguration
         /// exp(mean −log p) of the scored predictions.
         public var perplexity: Double
         /// (perplexity − reference) / reference; 0 for the reference.
@@ -30,7 +37,7 @@ public struct ContinuationEvaluation {
         public var meanKLDivergence: Double
         /// Share of scored predictions whose argmax equals the uncompressed run's.
         public var top1Agreement: Double
-        /// Bytes of the sequence's pages right after the treatment (prompt tokens only).
+        /// Bytes of the sequence's pages right after the policy is applied (prompt tokens only).
         public var byteCount: Int
         /// `byteCount` / the uncompressed prompt cache's bytes.
         public var ratio: Double
@@ -38,18 +45,23 @@ public struct ContinuationEvaluation {
         public var finalByteCount: Int
         /// The most bytes the sequence held after any decode step.
         public var peakByteCount: Int
-        /// Continuation tokens decoded per second (including the decode-step treatment).
+        /// Continuation tokens decoded per second (including the policy's decode-step work).
         public var tokensPerSecond: Double
     }
 
     /// The model run.
     public let model: LlamaModel
-    /// The store every treatment's sequence lives in (one store, forks of one prompt).
+    /// The store every configuration's sequence lives in (one store, forks of one prompt).
     public let storeConfiguration: KVStoreConfiguration
     /// Prefill chunk size.
     public var chunkTokenCount = 512
     /// Prompt queries kept per layer for policies (the observation window).
     public var observationTokenCount = 32
+    /// Whether compressing policies keep their budget while decoding (default true).
+    public var keepsBudgetDuringDecode = true
+
+    /// The uncompressed reference every run starts with.
+    public static let reference = EvaluationConfiguration(policy: try! PolicyName(parsing: "uncompressed"), budget: nil, kvCrush: nil)
 
     public init(model: LlamaModel, storeConfiguration: KVStoreConfiguration) {
         self.model = model
@@ -66,12 +78,12 @@ public struct ContinuationEvaluation {
         public var byteCount: Int
     }
 
-    /// Runs the protocol for `treatments` (the uncompressed reference is always run first and
+    /// Runs the protocol for `configurations` (the uncompressed reference is always run first and
     /// reported first, whether or not it is in the list).
     ///
-    /// - Parameter progress: called with a line of progress text per treatment.
+    /// - Parameter progress: called with a line of progress text per configuration.
     /// - Precondition: `promptTokenCount ≥ 1`, `continuationTokenCount ≥ 2` and the two fit in `tokens`.
-    public func run(tokens: [Int32], promptTokenCount: Int, continuationTokenCount: Int, treatments: [CacheTreatment],
+    public func run(tokens: [Int32], promptTokenCount: Int, continuationTokenCount: Int, configurations: [EvaluationConfiguration],
                     progress: ((String) -> Void)? = nil) throws -> (prefill: Prefill, results: [Result]) {
         precondition(promptTokenCount >= 1 && continuationTokenCount >= 2 && promptTokenCount + continuationTokenCount <= tokens.count,
                      "ContinuationEvaluation.run: \(promptTokenCount) + \(continuationTokenCount) tokens do not fit in \(tokens.count)")
@@ -91,13 +103,14 @@ public struct ContinuationEvaluation {
         var referenceTop1 = [Int32]()
         var referencePerplexity = 0.0
         var results = [Result]()
-        let ordered = [CacheTreatment.uncompressed] + treatments.filter { $0.policy != "uncompressed" }
-        for (index, treatment) in ordered.enumerated() {
+        let ordered = [Self.reference] + configurations.filter { $0.cachePolicy.action != .keep }
+        for (index, configuration) in ordered.enumerated() {
             let isReference = index == 0
             let sequence = store.fork(prompt)
             defer { store.removeSequence(sequence) }
-            let context = CacheTreatment.Context(store: store, sequence: sequence, promptTokenCount: promptTokenCount, observation: observation)
-            let hook = try treatment.afterPrefill(context)
+            let session = try configuration.cachePolicy.apply(to: sequence, in: store, observation: observation,
+                                                              keepingBudgetDuringDecode: keepsBudgetDuringDecode)
+            let hook = session.map { DecodeHook(session: $0) }
             let bytes = store.byteCount(of: sequence)
             var peakBytes = bytes
             var nll = 0.0, kl = 0.0, agree = 0
@@ -123,14 +136,14 @@ public struct ContinuationEvaluation {
             let seconds = Date().timeIntervalSince(t0)
             let perplexity = exp(nll / Double(steps))
             if isReference { referencePerplexity = perplexity }
-            let r = Result(treatment: treatment, perplexity: perplexity,
+            let r = Result(configuration: configuration, perplexity: perplexity,
                            perplexityDelta: isReference ? 0 : (perplexity - referencePerplexity) / referencePerplexity,
                            meanKLDivergence: isReference ? 0 : kl / Double(steps), top1Agreement: isReference ? 1 : Double(agree) / Double(steps),
                            byteCount: bytes, ratio: Double(bytes) / Double(prefill.byteCount),
                            finalByteCount: store.byteCount(of: sequence), peakByteCount: peakBytes,
                            tokensPerSecond: Double(continuationTokenCount) / seconds)
             results.append(r)
-            progress?(String(format: "%@: perplexity %.4f, KLD %.5f, top-1 %.3f, %d bytes (%.3f), %.1f tokens/s", treatment.policy,
+            progress?(String(format: "%@: perplexity %.4f, KLD %.5f, top-1 %.3f, %d bytes (%.3f), %.1f tokens/s", configuration.label,
                              r.perplexity, r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond))
         }
         return (prefill, results)

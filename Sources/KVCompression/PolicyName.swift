@@ -1,13 +1,14 @@
 import KVQuantization
 import KVSelection
-import KVStore
 
-/// One policy of an evaluation, as named on the command line: a base name plus `+` modifiers.
+/// A cache policy as named on the command line (`kvcrush eval`, `kvcrush run`) and in the library:
+/// a base name plus `+` modifiers. With a budget and KVCrush settings it becomes a `CachePolicy`
+/// (`cachePolicy(budget:kvCrush:regions:)`); the name means the same everywhere.
 ///
 /// | base | what happens to the prompt's middle tokens |
 /// |---|---|
-/// | `full` | nothing: every token stays at FP16 (no budget) |
-/// | `streaming` | StreamingLLM: dropped, with the recent window widened to fill the budget (`Evaluation.storeConfiguration(for:)`) |
+/// | `full` (or `uncompressed`) | nothing: every token stays at FP16 (no budget) |
+/// | `streaming` | StreamingLLM: the most recent that fit the budget are kept (the recent window widened to the budget), the rest dropped |
 /// | `h2o`, `snapkv`, `tova`, `random`, `pyramid` | the host keeps its top tokens at FP16 (`BudgetPlanner`) |
 /// | `tiered` | SnapKV scores spent by `TieredPlanner` over FP16 / INT8 / INT4 (= `snapkv+tiered`) |
 /// | `uniform-int8`, `uniform-int4`, `uniform-int2` | every prompt token (sinks and window too) moved to that tier (no budget) |
@@ -21,7 +22,7 @@ import KVStore
 ///
 /// Every score-based policy scores only from the observation-window queries (H2O accumulates over
 /// them, TOVA takes the last one); `random` draws its scores from the evaluation's seed.
-public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
+public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
     /// The base behaviour.
     public enum Base: Sendable, Hashable {
         case full
@@ -42,7 +43,7 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
     public let candidateTiers: [Tier]
 
     /// The names `parse` accepts as a base.
-    public static let baseNames = ["full", "streaming", "h2o", "snapkv", "tova", "random", "pyramid", "tiered",
+    public static let baseNames = ["full", "uncompressed", "streaming", "h2o", "snapkv", "tova", "random", "pyramid", "tiered",
                                    "uniform-int8", "uniform-int4", "uniform-int2"]
 
     /// The canonical name: base, then the modifiers in the order `tiered`, `kvcrush`, `mikv`, `int2`.
@@ -65,15 +66,15 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
 
     /// Parses `name` (`BASE[+tiered][+kvcrush][+mikv][+int2]`, modifiers in any order); `seed` seeds `random`.
     ///
-    /// - Throws: `EvaluationError.invalidPolicy` naming what is wrong.
-    public init(parsing name: String, seed: UInt64 = 0, observationWindow: Int = 32) throws(EvaluationError) {
+    /// - Throws: `PolicyError` naming what is wrong.
+    public init(parsing name: String, seed: UInt64 = 0, observationWindow: Int = 32) throws(PolicyError) {
         let parts = name.split(separator: "+", omittingEmptySubsequences: false).map(String.init)
         let baseName = parts[0]
-        func bad(_ why: String) -> EvaluationError { .invalidPolicy(name, why) }
+        func bad(_ why: String) -> PolicyError { PolicyError(name: name, reason: why) }
         let snap = SnapKVOptions(observationQueryCount: observationWindow)
         var b: Base
         switch baseName {
-        case "full": b = .full
+        case "full", "uncompressed": b = .full
         case "streaming": b = .host(.streamingLLM)
         case "h2o": b = .host(.h2o())
         case "snapkv": b = .host(.snapKV(snap))
@@ -109,7 +110,7 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// The host policy whose scores rank tokens (`tiered` uses SnapKV's).
-    func hostPolicy(observationWindow: Int) -> EvictionPolicy? {
+    public var hostPolicy: EvictionPolicy? {
         switch base {
         case .full, .uniform: nil
         case .host(let p): p
@@ -118,7 +119,7 @@ public struct EvaluationPolicy: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// KVCrush's settings for one evaluated configuration.
+/// KVCrush's settings for a `+kvcrush` policy.
 public struct KVCrushSettings: Sendable, Hashable {
     /// Share of the available bytes (after sinks and window) given to representatives.
     public var share: Double
@@ -157,76 +158,39 @@ public struct KVCrushSettings: Sendable, Hashable {
     }
 }
 
-/// One configuration the evaluation runs: a policy, its budget and its KVCrush settings.
-public struct EvaluationConfiguration: Sendable, Hashable {
-    public var policy: EvaluationPolicy
-    /// Budget as a fraction of the prompt's FP16 bytes; `nil` for `full` and `uniform-*`.
-    public var budget: Double?
-    /// KVCrush settings; `nil` unless the policy has `+kvcrush`.
-    public var kvCrush: KVCrushSettings?
-
-    public init(policy: EvaluationPolicy, budget: Double?, kvCrush: KVCrushSettings?) {
-        self.policy = policy
-        self.budget = budget
-        self.kvCrush = kvCrush
+/// A policy name that does not parse: the name and why.
+public struct PolicyError: Error, Equatable, Sendable, CustomStringConvertible {
+    public var name: String
+    public var reason: String
+    public init(name: String, reason: String) {
+        self.name = name
+        self.reason = reason
     }
-
-    /// A short human label: the policy, plus representative format and share with KVCrush.
-    public var label: String {
-        guard let k = kvCrush else { return policy.description }
-        return "\(policy) (\(k.representativeTier) reps, share \(formatShare(k.share)))"
-    }
+    public var description: String { "invalid policy '\(name)': \(reason)" }
 }
 
-func formatShare(_ x: Double) -> String {
-    var s = String(x)
-    if s.hasSuffix(".0") { s.removeLast(2) }
-    return s
-}
-
-/// Every configuration of a sweep: budget-free policies once; budgeted ones once per budget, and
-/// `+kvcrush` ones once per (crush share, representative tier, anchor).
-public func evaluationConfigurations(policies: [EvaluationPolicy], budgets: [Double], crushShares: [Double],
-                                     representativeTiers: [Tier], anchors: [Anchor]) -> [EvaluationConfiguration] {
-    var out: [EvaluationConfiguration] = []
-    for p in policies where !p.usesBudget { out.append(EvaluationConfiguration(policy: p, budget: nil, kvCrush: nil)) }
-    for b in budgets {
-        for p in policies where p.usesBudget {
-            if p.usesKVCrush {
-                for s in crushShares {
-                    for t in representativeTiers {
-                        for a in anchors {
-                            out.append(EvaluationConfiguration(policy: p, budget: b, kvCrush: KVCrushSettings(share: s, representativeTier: t, anchor: a)))
-                        }
-                    }
-                }
-            } else {
-                out.append(EvaluationConfiguration(policy: p, budget: b, kvCrush: nil))
-            }
-        }
-    }
-    return out
-}
-
-extension EvaluationConfiguration {
-    /// The `KVCompressor` settings this configuration runs with (`nil` for `full` and the uniform
-    /// baselines, which need no planning): the host policy, a budget of `budget` of the FP16 bytes
-    /// with the KVCrush share, representative tier and rest tier, and the tiered planner (error
-    /// model derived from `tierFormats`) for `+tiered`. Shared by `kvcrush eval` and `kvcrush run`.
+extension PolicyName {
+    /// The cache policy this name means with `budget` (a fraction of the FP16 cache; required by
+    /// budgeted names, ignored by `full` and `uniform-*`) and `kvCrush` (required by `+kvcrush`):
+    /// the host policy, a byte budget of that fraction with the KVCrush share, representative
+    /// tier and rest tier, the tiered planner (error model derived from the store's formats) for
+    /// `tiered`/`+tiered`, and the protected `regions`.
     ///
-    /// - Parameter streamingWindowFillsBudget: StreamingLLM's recent window was widened to fill the
-    ///   budget (as `Evaluation` does), so any KVCrush representatives get what is left: share 1.
-    public func compressionSettings(tierFormats: TierFormats, streamingWindowFillsBudget: Bool = false) -> CompressionSettings? {
-        guard let host = policy.hostPolicy(observationWindow: 0), let b = budget else { return nil }
-        var share = kvCrush?.share ?? 0
-        if streamingWindowFillsBudget, case .host(.streamingLLM) = policy.base, kvCrush != nil { share = 1 }
-        let byteBudget = ByteBudget.fraction(b, representativeShare: share, representativeTier: kvCrush?.representativeTier ?? .int4,
-                                             restTier: policy.restTier)
-        var planner = CompressionSettings.PlannerKind.budget
-        if case .tiered = policy.base {
-            planner = .tiered(TierErrorModel.derived(from: tierFormats), candidateTiers: policy.candidateTiers)
+    /// - Precondition: a budget for budgeted names, KVCrush settings for `+kvcrush` (caller bugs).
+    public func cachePolicy(budget: Double?, kvCrush: KVCrushSettings? = nil, regions: StreamRegions = StreamRegions()) -> CachePolicy {
+        switch base {
+        case .full: return CachePolicy(name: description, action: .keep)
+        case .uniform(let tier): return CachePolicy(name: description, action: .uniform(tier))
+        case .host(let host), .tiered(let host):
+            guard let b = budget else { preconditionFailure("PolicyName.cachePolicy: \(self) needs a budget") }
+            precondition(usesKVCrush == (kvCrush != nil), "PolicyName.cachePolicy: KVCrush settings go with +kvcrush policies")
+            let byteBudget = ByteBudget.fraction(b, representativeShare: kvCrush?.share ?? 0,
+                                                 representativeTier: kvCrush?.representativeTier ?? .int4, restTier: restTier)
+            var planner = CompressionSettings.PlannerKind.budget
+            if case .tiered = base { planner = .tiered(nil, candidateTiers: candidateTiers) }
+            return CachePolicy(name: description, action: .compress(CompressionSettings(
+                policy: host, regions: regions, budget: byteBudget, planner: planner,
+                kvCrush: KVCrushSelector(anchor: kvCrush?.anchor ?? .random(seed: 0)))))
         }
-        return CompressionSettings(policy: host, budget: byteBudget, planner: planner,
-                                   kvCrush: KVCrushSelector(anchor: kvCrush?.anchor ?? .random(seed: 0)))
     }
 }

@@ -31,3 +31,17 @@ public struct RetentionPlan: Sendable, Hashable {
     public var streams: [StreamPlan]
     public init(streams: [StreamPlan] = []) { self.streams = streams }
 }
+
+extension RetentionPlan {
+    /// The plan moving the tokens at `positions` of every stream (`layerCount` layers ×
+    /// `kvHeadCount` KV heads) to `tier`: e.g. a whole prompt to INT4.
+    ///
+    /// - Complexity: O(layerCount · kvHeadCount · positions.count).
+    public static func uniform(_ tier: Tier, positions: Range<Int32>, layerCount: Int, kvHeadCount: Int) -> RetentionPlan {
+        precondition(layerCount >= 0 && kvHeadCount >= 0, "RetentionPlan.uniform: counts must be non-negative")
+        let moves = positions.map { StreamPlan.Move(position: $0, tier: tier) }
+        return RetentionPlan(streams: (0..<layerCount).flatMap { l in
+            (0..<kvHeadCount).map { StreamPlan(layer: l, kvHead: $0, moves: moves) }
+        })
+    }
+}

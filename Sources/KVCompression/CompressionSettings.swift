@@ -1,0 +1,47 @@
+import KVQuantization
+import KVSelection
+
+/// How a sequence is compressed: the host policy, the protected regions (sinks and recent window),
+/// the planner, the byte budget and the KVCrush settings.
+public struct CompressionSettings: Sendable, Hashable {
+    /// Which planner spends the budget.
+    public enum PlannerKind: Sendable, Hashable {
+        /// Host keeps top-B at FP16, KVCrush representatives of the rest at `budget.representativeTier`
+        /// with `budget.representativeShare` of the bytes, the rest at `budget.restTier`.
+        case budget
+        /// The tiered planner: FP16 / INT8 / INT4 split chosen from the scores and tier costs, then
+        /// KVCrush representatives of the tail (`TieredPlanner`). A `nil` error model is derived
+        /// from the store's tier formats (`TierErrorModel.derived(from:)`).
+        case tiered(TierErrorModel?, candidateTiers: [Tier])
+    }
+
+    /// The host policy: which scores rank the middle tokens.
+    public var policy: EvictionPolicy
+    /// The sinks and the recent window every stream keeps at FP16 (default 4 and 32).
+    public var regions: StreamRegions
+    /// How many bytes each stream may keep, and how they are shared with KVCrush representatives.
+    public var budget: ByteBudget
+    /// Which planner spends the budget (default `.budget`).
+    public var planner: PlannerKind
+    /// How KVCrush representatives are chosen.
+    public var kvCrush: KVCrushSelector
+    /// Token or page granularity.
+    public var granularity: Granularity
+    /// How a query group's scores combine into its KV head's (default mean).
+    public var groupReduction: GroupReduction
+    /// During decode: normalise H2O scores by the number of queries that could see each token.
+    public var decodeNormalization: H2ONormalization
+
+    public init(policy: EvictionPolicy, regions: StreamRegions = StreamRegions(), budget: ByteBudget, planner: PlannerKind = .budget,
+                kvCrush: KVCrushSelector = KVCrushSelector(), granularity: Granularity = .token,
+                groupReduction: GroupReduction = .mean, decodeNormalization: H2ONormalization = .none) {
+        self.policy = policy
+        self.regions = regions
+        self.budget = budget
+        self.planner = planner
+        self.kvCrush = kvCrush
+        self.granularity = granularity
+        self.groupReduction = groupReduction
+        self.decodeNormalization = decodeNormalization
+    }
+}

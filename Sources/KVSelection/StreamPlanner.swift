@@ -1,0 +1,42 @@
+import KVQuantization
+
+/// A planner that turns one stream's state and a byte budget into tiers.
+public protocol StreamPlanner: Sendable {
+    /// The shared settings.
+    var configuration: PlannerConfiguration { get }
+    /// Plans one stream within `budget`.
+    func plan(_ input: StreamInput, budget: ByteBudget) throws(SelectionError) -> StreamAssignment
+}
+
+extension StreamPlanner {
+    /// Bytes a stream must spend before any middle token is kept: sinks and recent window at their
+    /// current tiers, the headroom at FP16, and (when the rest tier is stored) every middle token at
+    /// the rest tier.
+    public func requiredByteCount(_ input: StreamInput, restTier: Tier) -> Int {
+        let c = configuration.costs
+        let r = configuration.regions.split(tokenCount: input.tokenCount)
+        var required = configuration.headroomTokenCount * c.byteCount(.fp16)
+        for i in r.sinks { required += c.byteCount(input.tiers[i]) }
+        for i in r.recent { required += c.byteCount(input.tiers[i]) }
+        for i in r.middle { required += c.byteCount(max(restTier, input.tiers[i])) }
+        return required
+    }
+}
+
+/// The bookkeeping both planners share: regions, units, budget arithmetic, tier assignment that
+/// never moves a token up, and the final byte check.
+extension StreamPlanner {
+    /// What every planner does first: validate the budget, cost the stream, and settle the two
+    /// cases that need no ranking (everything fits; even the rest-tier floor does not fit, so the
+    /// best-scored tokens that fit are demoted, MiKV as far as the bytes allow). Returns the
+    /// assignment when settled, otherwise the context to plan within.
+    func beginPlan(_ input: StreamInput, _ budget: ByteBudget) throws(SelectionError) -> (context: PlanningContext, settled: StreamAssignment?) {
+        try budget.validate()
+        var ctx = try PlanningContext(input, configuration, budget,
+                                      required: requiredByteCount(input, restTier: budget.restTier),
+                                      minimumRequired: requiredByteCount(input, restTier: .dropped))
+        if ctx.everythingFits { return (ctx, ctx.finish(representativeAllowance: 0)) }
+        if !ctx.floorFits { return (ctx, ctx.demoteWhatFits(scores: input.hostScores)) }
+        return (ctx, nil)
+    }
+}
