@@ -6,7 +6,7 @@ import Foundation
 ///
 /// Points with y ≤ 0 cannot sit on a log axis and are left out (the caller says so in the title or
 /// caption if it matters).
-public struct SVGPlot: Sendable {
+package struct SVGPlot: Sendable {
     /// One named line.
     public struct Series: Sendable {
         public var name: String
@@ -123,7 +123,7 @@ public struct SVGPlot: Sendable {
 extension EvaluationReport {
     /// Mean relErr (all layers) against bytes ratio, one line per configuration label across
     /// budgets; the uniform baselines form one line (INT8, INT4, INT2) and `full` is a point.
-    public func plot() -> SVGPlot {
+    package func plot() -> SVGPlot {
         var order: [String] = []
         var points: [String: [(x: Double, y: Double)]] = [:]
         for r in overall {

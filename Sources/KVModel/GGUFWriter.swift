@@ -5,7 +5,7 @@ import KVQuantization
 ///
 /// Used by the tests to build small synthetic models, and by tools that want to save one. The
 /// block formats are quantised with ggml's reference rounding (`quantize_row_*_ref`).
-public struct GGUFWriter: Sendable {
+package struct GGUFWriter: Sendable {
     private var metadata: [(String, GGUFValue)] = []
     private var tensors: [(name: String, shape: [Int], type: GGMLType, bytes: [UInt8])] = []
     /// The alignment of tensor data; written as `general.alignment` when not 32.

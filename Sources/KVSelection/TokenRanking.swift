@@ -5,7 +5,7 @@ import KVQuantization
 /// Order: higher score first; among equal scores the later token (higher index, which is the later
 /// position because streams are ordered by position) comes first. No platform-dependent sort
 /// stability is relied on: the order is total.
-public enum TokenRanking {
+package enum TokenRanking {
     /// The indices of `scores`, best first: by score descending, ties to the later index.
     ///
     /// - Precondition: no NaN scores.

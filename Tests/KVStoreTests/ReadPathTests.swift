@@ -33,24 +33,8 @@ import KVSelection
                 let other = store.attend(id, layer: 0, queries: q, queryCount: queryCount, queryPositions: positions, threadCount: threads)
                 #expect(other.output.map(\.bitPattern) == one.output.map(\.bitPattern), "\(shape) queries \(queryCount) threads \(threads)")
             }
-            for h in 0..<c.queryHeadCount {
-                let kv = h / c.groupSize
-                let rows = store.rows(id, layer: 0, kvHead: kv)
-                let pageCount = store.pageCounts(of: id, layer: 0, kvHead: kv).values.reduce(0, +)
-                for i in 0..<queryCount {
-                    let start = (h * queryCount + i) * shape.d
-                    let qrow = Array(q[start..<(start + shape.d)])
-                    let ref = ReferenceAttention(q: qrow, keys: rows.keys, values: rows.values,
-                                                 visible: rows.positions.map { $0 <= positions[i] }, scale: c.effectiveAttentionScale,
-                                                 pageCount: pageCount,
-                                                 scoreErrors: store.vnniScoreErrors(id, layer: 0, kvHead: kv, query: qrow),
-                                                 valueFormats: rows.tiers.map { c.tierFormats.valueFormat($0) })
-                    for e in 0..<shape.d {
-                        #expect(abs(Double(one.output[start + e]) - ref.output[e]) <= ref.bound[e] + 1e-30,
-                                "\(shape) head \(h) query \(i) element \(e)")
-                    }
-                }
-            }
+            store.expectAttentionWithinBound(id, layer: 0, queries: q, queryCount: queryCount, positions: positions,
+                                             output: one.output, "\(shape) queries \(queryCount)")
         }
     }
 }

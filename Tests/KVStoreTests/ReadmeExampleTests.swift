@@ -1,13 +1,20 @@
 import Testing
+import TestSupport
 import KVQuantization
 import KVCrush
+@testable import KVStore
 
-/// The README's API example, verbatim, so that it keeps compiling and working.
+/// The README's API example, verbatim, so that it keeps compiling and working, on seeded input;
+/// then what its comments promise: the budget holds (within the page slack), sinks and the recent
+/// window stay at FP16, KVCrush representatives sit at INT4, tokens were dropped, and the output
+/// is attention over the stored rows within the derived FP32 bound.
 @Test func readmeExample() throws {
     let (kvHeads, tokens, headDim) = (3, 300, 64)
-    let prefillKeys = (0..<kvHeads * tokens * headDim).map { _ in Float.random(in: -1...1) }
-    let prefillValues = prefillKeys.map { $0 * 0.5 }
-    let observationQueries = (0..<9 * 32 * headDim).map { _ in Float.random(in: -1...1) }
+    var g = SeededGenerator(seed: 2026)
+    let prefillKeys = randomRows(kvHeads * tokens * headDim, using: &g)
+    let prefillValues = randomRows(kvHeads * tokens * headDim, using: &g)
+    let observationQueries = randomRows(9 * 32 * headDim, using: &g)
+    let query = randomRows(9 * headDim, using: &g)
     // --- README example starts ---
     // A SmolLM2-shaped cache: 9 query heads share 3 KV heads (GQA), head vectors of 64.
     let store = try KVStore(KVStoreConfiguration(layerCount: 1, queryHeadCount: 9, kvHeadCount: 3, headDim: 64))
@@ -23,12 +30,20 @@ import KVCrush
                                    queryPositions: [(268..<300).map { Int32($0) }])
 
     // Decode attention over every tier through one read path ([queryHead][query][headDim]).
-    let query = [Float](repeating: 0.1, count: 9 * headDim)
     let out = store.attend(seq, layer: 0, queries: query).output
 
     // Exact memory, per tier.
     print(store.byteCount, store.tokenCounts(of: seq, layer: 0, kvHead: 0))
     // --- README example ends ---
-    #expect(out.count == 9 * headDim)
-    #expect(store.byteCount(of: seq, layer: 0, kvHead: 0) <= tokens * (4 * headDim + 4) / 4 + store.slackByteBoundPerStream)
+    let fp16Token = 2 * 2 * headDim + 4
+    for h in 0..<kvHeads {
+        #expect(store.byteCount(of: seq, layer: 0, kvHead: h) <= tokens * fp16Token / 4 + store.slackByteBoundPerStream, "head \(h)")
+        let t = store.tokenTiers(of: seq, layer: 0, kvHead: h)
+        #expect(Array(t.positions.prefix(4)) == [0, 1, 2, 3] && t.positions.suffix(32) == ArraySlice((268..<300).map { Int32($0) }))
+        #expect(t.tiers.prefix(4).allSatisfy { $0 == .fp16 } && t.tiers.suffix(32).allSatisfy { $0 == .fp16 })
+        let counts = store.tokenCounts(of: seq, layer: 0, kvHead: h)
+        #expect(counts[.int4]! > 0 && counts[.int8] == 0 && counts[.int2] == 0, "head \(h): \(counts)")
+        #expect(t.positions.count < tokens, "head \(h) dropped tokens")
+    }
+    store.expectAttentionWithinBound(seq, layer: 0, queries: query, queryCount: 1, positions: [Int32(tokens - 1)], output: out, "README")
 }

@@ -192,19 +192,8 @@ import KVExperiments
                 let layer = Int.random(in: 0..<config.layerCount, using: &g), d = config.headDim
                 let q = randomRows(config.queryHeadCount * d, using: &g)
                 let out = store.attend(id, layer: layer, queries: q)
-                let next = store.nextPosition(of: id, layer: layer)
-                for h in 0..<config.queryHeadCount {
-                    let rows = store.rows(id, layer: layer, kvHead: h / config.groupSize)
-                    let qrow = Array(q[(h * d)..<((h + 1) * d)])
-                    let ref = ReferenceAttention(q: qrow, keys: rows.keys, values: rows.values,
-                                                 visible: rows.positions.map { $0 <= Int32(next - 1) }, scale: config.effectiveAttentionScale,
-                                                 pageCount: store.pageCounts(of: id, layer: layer, kvHead: h / config.groupSize).values.reduce(0, +),
-                                                 scoreErrors: store.vnniScoreErrors(id, layer: layer, kvHead: h / config.groupSize, query: qrow),
-                                                 valueFormats: rows.tiers.map { config.tierFormats.valueFormat($0) })
-                    for e in 0..<d {
-                        #expect(abs(Double(out.output[h * d + e]) - ref.output[e]) <= ref.bound[e] + 1e-30, "\(context): attend element \(e)")
-                    }
-                }
+                let next = Int32(store.nextPosition(of: id, layer: layer) - 1)
+                store.expectAttentionWithinBound(id, layer: layer, queries: q, queryCount: 1, positions: [next], output: out.output, "\(context): attend")
             }
             #expect(livePages(store).bytes == store.byteCount)
         }
