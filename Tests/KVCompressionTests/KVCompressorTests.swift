@@ -30,7 +30,7 @@ import KVStore
         var session = compressor.decodeSession(id)
         let fp16Token = 2 * (2 * d) + 4
         var worstOverBudget = Int.min
-        guard case .fractionOfFP16(let fraction) = settings.budget.amount else { return }
+        guard case .fractionOfFP16(let fraction) = settings.budget.amount else { Issue.record("a fraction budget is expected"); return }
         for step in 0..<2_000 {
             try store.append(id, layer: 0, keys: randomRows(d, using: &g), values: randomRows(d, using: &g))
             let result = store.attend(id, layer: 0, queries: randomRows(2 * d, using: &g), returnWeights: true)
