@@ -216,8 +216,7 @@ import KVExperiments
             let id = store.addSequence()
             try store.append(id, layer: 0, keys: rows(layer.keys), values: rows(layer.values))
             if tier != .fp16 {
-                let moves = (0..<n).map { StreamPlan.Move(position: Int32($0), tier: tier) }
-                try store.apply(RetentionPlan(streams: (0..<s.kvHeadCount).map { StreamPlan(layer: 0, kvHead: $0, moves: moves) }), to: id)
+                try store.apply(.uniform(tier, positions: 0..<Int32(n), layerCount: 1, kvHeadCount: s.kvHeadCount), to: id)
             }
             let out = store.attend(id, layer: 0, queries: q, queryCount: queries, queryPositions: positions)
             var total = 0.0
