@@ -47,3 +47,28 @@ import KVCrush
     }
     store.expectAttentionWithinBound(seq, layer: 0, queries: query, queryCount: 1, positions: [Int32(tokens - 1)], output: out, "README")
 }
+
+/// The README's `CachePolicy` lines, verbatim: a named policy compresses a prefilled sequence to
+/// its budget and hands back the decode session that keeps it there.
+@Test func readmePolicyExample() throws {
+    var g = SeededGenerator(seed: 2027)
+    let store = try KVStore(KVStoreConfiguration(layerCount: 1, queryHeadCount: 9, kvHeadCount: 3, headDim: 64))
+    let seq = store.addSequence()
+    try store.append(seq, layer: 0, keys: randomRows(3 * 300 * 64, using: &g), values: randomRows(3 * 300 * 64, using: &g))
+    let window = ObservationWindow(positions: (268..<300).map { Int32($0) }, queries: [randomRows(9 * 32 * 64, using: &g)])
+    // --- README policy example starts ---
+    let policy = try PolicyName(parsing: "snapkv+kvcrush").cachePolicy(
+        budget: 0.25, kvCrush: KVCrushSettings(share: 0.3, representativeTier: .int4, anchor: .random(seed: 0)))
+    var session = try policy.apply(to: seq, in: store, observation: window, keepingBudgetDuringDecode: true)
+    // --- README policy example ends ---
+    let fp16Token = 2 * 2 * 64 + 4
+    #expect(store.byteCount(of: seq, layer: 0, kvHead: 0) <= 300 * fp16Token / 4 + store.slackByteBoundPerStream)
+    // Forty decode steps later the session has re-planned and the budget still holds.
+    for _ in 0..<40 {
+        try store.append(seq, layer: 0, keys: randomRows(3 * 64, using: &g), values: randomRows(3 * 64, using: &g))
+        session!.record(layer: 0, store.attend(seq, layer: 0, queries: randomRows(9 * 64, using: &g), returnWeights: true))
+        try session!.appended(layer: 0, count: 1)
+    }
+    #expect(session!.replanCount == 1)
+    #expect(store.byteCount(of: seq, layer: 0, kvHead: 0) <= 340 * fp16Token / 4 + store.slackByteBoundPerStream)
+}
