@@ -28,7 +28,7 @@ extension PageKernels {
         return supportsInteger(format, headDim: d)
     }
 
-    static let hasIntegerKernels: Bool = kvk_integer_values_available() != 0
+    static let hasIntegerKernels: Bool = { let all = KVK_CPU_AVX512 | KVK_CPU_AVX512_VNNI | KVK_CPU_AVX512_VBMI; return kvk_cpu_features() & all == all }()
 
     /// The weighted sum of a page's grouped value rows with integer dot products (`vpdpbusd`):
     /// per output row and per block of up to 64 tokens, each weight-times-scale a_j = w_j·s_jk is
@@ -48,8 +48,8 @@ extension PageKernels {
     public static func accumulateInteger(_ codec: RowCodec, weights w: UnsafePointer<Float>, rowCount: Int, stride: Int,
                                          rows: UnsafeRawPointer, tokenCount: Int, into out: UnsafeMutablePointer<Float>) {
         guard case .grouped(let width, let g) = codec.format else { preconditionFailure("PageKernels.accumulateInteger: grouped rows only") }
-        kvk_accumulate_grouped_integer(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
-                                       codec.rowByteCount, codec.codeByteCount, codec.headDim, out)
+        kvk_accumulate_integer(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
+                               codec.rowByteCount, codec.codeByteCount, codec.headDim, out)
     }
 
     /// Scalar reference of `accumulateInteger` (its definition; see the C header for the formula).

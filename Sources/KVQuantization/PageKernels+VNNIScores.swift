@@ -4,7 +4,7 @@ extension PageKernels {
     // MARK: Integer-domain (VNNI) scores of per-channel keys
 
     /// True when this CPU runs `scoresChannelwiseVNNI` (the AVX-512 kernels plus AVX512-VNNI).
-    public static let isVNNIAccelerated: Bool = kvk_vnni_available() != 0
+    public static let isVNNIAccelerated: Bool = kvk_cpu_features() & (KVK_CPU_AVX512 | KVK_CPU_AVX512_VNNI) == KVK_CPU_AVX512 | KVK_CPU_AVX512_VNNI
 
     /// Largest head dim of the VNNI kernels (512): the dots stay exact in int32 up to 66311 and
     /// convert to FP32 exactly (|D| ≤ d·255·127 < 2²⁴) up to 518.
@@ -152,9 +152,9 @@ extension PageKernels {
         // Pieces: rowCount·2d bytes at the start of `work`; then (σ0, σ1, zt, 0) per row.
         let a = UnsafeMutableRawPointer(work).assumingMemoryBound(to: Int8.self) // written and read by C only
         let coef = work + rowCount * d / 2
-        kvk_prepare_vnni(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), a, coef)
-        kvk_scores_vnni(bits, a, coef, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
-                        tokenCount, scale, scores, stride)
+        kvk_prepare_channelwise_vnni(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), a, coef)
+        kvk_scores_channelwise_vnni(bits, a, coef, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
+                                    tokenCount, scale, scores, stride)
     }
 
     /// The bound of `scoresChannelwiseVNNI` on |score − S| for one query row and one code row,

@@ -20,7 +20,7 @@ import CKVKernels
 /// the references). Row layouts are those of `StorageFormat`.
 public enum PageKernels {
     /// True when this CPU runs the AVX-512 kernels (x86-64 with AVX-512 F/BW/VL/DQ, F16C, FMA).
-    public static let isAccelerated: Bool = kvk_avx512_available() != 0
+    public static let isAccelerated: Bool = kvk_cpu_features() & KVK_CPU_AVX512 != 0
 
     /// True when the accelerated kernels handle rows of `format` with `headDim` elements (as keys
     /// when `asKeys`, else as values): headDim a multiple of 64 and, for grouped rows, a group size
@@ -97,8 +97,8 @@ public enum PageKernels {
         let d = codec.headDim, bits = Int32(codec.width.bits)
         let qs = work, zt = work + rowCount * d
         kvk_prepare_channelwise(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), qs, zt)
-        kvk_scores_codes(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
-                         tokenCount, scale, scores, stride)
+        kvk_scores_channelwise(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
+                               tokenCount, scale, scores, stride)
     }
 
     /// Scalar reference of `scoresChannelwise`: `scale · ChannelwiseKeyCodec.dotReference` per pair.

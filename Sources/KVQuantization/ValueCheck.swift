@@ -14,7 +14,7 @@ enum ValueCheck {
     @inlinable
     static func firstInvalid(_ x: UnsafePointer<Float>, count: Int, indexOffset: Int = 0) -> QuantizationError? {
         if PageKernels.isAccelerated {
-            let i = kvk_first_unstorable(x, count)
+            let i = kvk_first_invalid(x, count)
             return i < 0 ? nil : firstInvalidReference(x + i, count: count - i, indexOffset: indexOffset + i)
         }
         var i = 0
