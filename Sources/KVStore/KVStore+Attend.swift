@@ -59,9 +59,10 @@ extension KVStore {
     ///     each stream is computed by one thread in a fixed order.
     /// - Returns: outputs `[queryHead][query][headDim]`; a query that sees no token gets zeros.
     /// - Error: relative to exact attention over the *decoded* rows, the output differs only by
-    ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, for
-    ///   per-channel key pages on AVX512-VNNI CPUs, the integer query split of
-    ///   `PageKernels.scoresChannelwiseVNNI` (scores within `channelwiseVNNIErrorBound`).
+    ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, where
+    ///   the kernel set runs them (`KeyScoring.channelwiseVNNI`, `ValueAccumulation.integer`), the
+    ///   integer splits of `PageKernels.scoresChannelwiseVNNI` (scores within
+    ///   `channelwiseVNNIErrorBound`) and `PageKernels.accumulateInteger` (its split bound).
     /// - Complexity: O(queryHeads · queries · tokens · headDim) arithmetic, O(tokens · rowBytes)
     ///   memory traffic per KV head.
     public func attend(_ id: SequenceID, layer: Int, queries: [Float], queryCount: Int = 1,

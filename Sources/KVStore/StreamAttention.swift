@@ -18,8 +18,9 @@ struct StreamAttention {
     ///
     /// Per page: the scores of all the group's query rows (`g·queryCount` rows, contiguous in
     /// `queries`) against all the page's keys, one online-softmax step, then the weighted sum of the
-    /// page's values, with `PageKernels` (each K/V row converted once per tile of up to four query
-    /// rows) where the CPU and shape allow, else the per-row `RowCodec` kernels.
+    /// page's values, by the kernels the tier's codecs chose (`TierCodecs.scoreKeys`,
+    /// `accumulateValues`: `PageKernels`, each K/V row converted once per tile of up to four query
+    /// rows, where the kernel set and shape allow, else the per-row `RowCodec` kernels).
     func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
         let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
         let scale = c.effectiveAttentionScale
@@ -37,51 +38,20 @@ struct StreamAttention {
         l.initialize(repeating: 0, count: rows)
         // For weights: every visited token's position, tier and raw scores.
         var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
-        let fastFP16Keys = PageKernels.supports(.fp16, headDim: d, asKeys: true)
-
         // Every page with its tier, in visiting order (a tier's pages in address order, mostly).
         var visit = [(page: Page, tier: Int)]()
         for (t, tier) in stream.tiers.enumerated() {
             for page in tier.pages where page.count > 0 { visit.append((page, t)) }
             if let st = tier.staging, st.count > 0 { visit.append((st, t)) }
         }
-        let fast = (0..<codecs.count).map { t in
-            (keys: PageKernels.supports(codecs[t].layout.keyFormat, headDim: d, asKeys: true),
-             values: PageKernels.supports(codecs[t].values.format, headDim: d, asKeys: false),
-             integerValues: PageKernels.prefersInteger(codecs[t].values.format, headDim: d))
-        }
         // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
         for (page, t) in visit {
-            let tc = codecs[t], fastKeys = fast[t].keys, fastValues = fast[t].values
+            let tc = codecs[t]
             do {
                 let n = page.count
-                let isStaging = page.layout != tc.layout
-                // Scores.
-                if isStaging || tc.keyRows?.format == .fp16 {
-                    if fastFP16Keys {
-                        PageKernels.scoresFP16(q0, rowCount: rows, headDim: d, keys: page.keyRow(0), tokenCount: n,
-                                               scale: scale, into: S, stride: cap)
-                    } else {
-                        for j in 0..<n { for r in 0..<rows { S[r * cap + j] = tc.fp16.dot(q0 + r * d, page.keyRow(j)) * scale } }
-                    }
-                } else if let channels = tc.keyChannels {
-                    if fastKeys && PageKernels.supportsVNNI(channels) {
-                        PageKernels.scoresChannelwiseVNNI(channels, q0, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
-                                                          tokenCount: n, scale: scale, into: S, stride: cap, work: work)
-                    } else if fastKeys {
-                        PageKernels.scoresChannelwise(channels, q0, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
-                                                      tokenCount: n, scale: scale, into: S, stride: cap, work: work)
-                    } else {
-                        for r in 0..<rows {
-                            let prepared = channels.prepare(q0 + r * d, params: page.keyParameters)
-                            for j in 0..<n { S[r * cap + j] = channels.dot(prepared, page.keyRow(j)) * scale }
-                        }
-                    }
-                } else {
-                    let keys = tc.keyRows!
-                    for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q0 + r * d, page.keyRow(j)) * scale } }
-                }
+                // Scores, by the tier's chosen kernel.
+                tc.scoreKeys(of: page, queries: q0, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
                 // Causal mask, only where some token is after some query.
                 var maxPosition = Int32.min
                 for j in 0..<n { maxPosition = max(maxPosition, page.position(j)) }
@@ -97,19 +67,7 @@ struct StreamAttention {
                 }
                 // Online softmax, one page at a time: S becomes the page's weights.
                 PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
-                if fast[t].integerValues {
-                    PageKernels.accumulateInteger(tc.values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0),
-                                                  tokenCount: n, into: o0)
-                } else if fastValues {
-                    PageKernels.accumulate(tc.values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0),
-                                           tokenCount: n, into: o0)
-                } else {
-                    for j in 0..<n {
-                        for r in 0..<rows where S[r * cap + j] != 0 {
-                            tc.values.accumulate(S[r * cap + j], page.valueRow(j), into: o0 + r * d)
-                        }
-                    }
-                }
+                tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0)
             }
         }
         for r in 0..<rows where l[r] > 0 {

@@ -367,7 +367,7 @@ enum BenchCommand {
             if json { print(text, terminator: ""); return }
         }
         var s = "kvcrush bench — \(Date()), \(ProcessInfo.processInfo.activeProcessorCount) cores, last-level cache \(llc >> 20) MiB"
-        s += PageKernels.isAccelerated ? ", AVX-512 kernels\n" : ", portable Swift kernels\n"
+        s += ", kernel path \(KernelSet.current)\n"
         s += "read bandwidth (multi-stream read of \((probeCount * 4) >> 20) MiB): " + threadCounts.map { "\($0) thread(s) \(String(format: "%.1f", bw[$0]!)) GB/s" }.joined(separator: ", ") + "\n"
         s += "mem: dram = cache larger than the LLC (memory figure); llc = fits in the LLC (cache figure)\n\n"
         s += "×bound: dram rows, median over repetitions of (step time ÷ time to read the cache at the bandwidth of a probe\n"
