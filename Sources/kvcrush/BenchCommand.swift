@@ -362,7 +362,7 @@ enum BenchCommand {
                 "{\"shape\": \"\(c.shape)\", \"tokens\": \(c.tokens), \"threads\": \(c.threads), \"tier\": \"\(c.tier)\", \"msMedian\": \(num(c.ms.median)), \"msMin\": \(num(c.ms.min)), \"msMax\": \(num(c.ms.max)), \"cacheBytes\": \(c.cacheBytes), \"effectiveGBs\": \(num(c.effectiveGBs)), \"boundRatio\": \(num(c.boundRatio)), \"speedupVsFP32\": \(num(c.speedupVsFP32)), \"bandwidthGBs\": \(num(c.bandwidthGBs)), \"memory\": \"\(c.inLLC ? "llc" : "dram")\"}"
             }.joined(separator: ",\n    ")
             let rateText = rates.keys.sorted().map { "\"\($0)\": \(num(rates[$0]!))" }.joined(separator: ", ")
-            let text = "{\"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llc), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(planMs)), \"prefillAttentionMs\": \(num(prefillMs)), \"appendTokensPerSecond\": {\(rateText)}}\n"
+            let text = "{\"kernels\": \"\(KernelPath.current)\", \"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llc), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(planMs)), \"prefillAttentionMs\": \(num(prefillMs)), \"appendTokensPerSecond\": {\(rateText)}}\n"
             if let jsonFile { try Data(text.utf8).write(to: URL(fileURLWithPath: jsonFile), options: .atomic) }
             if json { print(text, terminator: ""); return }
         }
