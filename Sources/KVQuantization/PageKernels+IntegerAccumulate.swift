@@ -3,33 +3,6 @@ import CKVKernels
 extension PageKernels {
     // MARK: Integer-domain accumulate
 
-    /// True when `accumulateInteger` runs on this CPU for grouped value rows of `format`: AVX-512
-    /// VNNI and VBMI present, INT4 rows with a group size that is a multiple of 32 and a head dim
-    /// that is a multiple of 128, or INT8 rows with a group size that is a multiple of 16 and a head
-    /// dim that is a multiple of 64; at most 32 groups and 256 code bytes per row.
-    public static func supportsInteger(_ format: StorageFormat, headDim d: Int) -> Bool {
-        guard hasIntegerKernels, case .grouped(let w, let g) = format, d % g == 0, d / g <= 32,
-              w.packedByteCount(codes: d) <= 256 else { return false }
-        switch w {
-        case .int4: return g % 32 == 0 && d % 128 == 0
-        case .int8: return g % 16 == 0 && d % 64 == 0
-        case .int2: return false
-        }
-    }
-
-    /// Whether the read path should accumulate value rows of `format` with `accumulateInteger`
-    /// (what `KVStore.attend` does): INT4 only, where supported. Measured here (Zen 4): at INT4 it
-    /// cut a cached decode step by about a third (mha-32x128, 1,024 tokens, one thread: 0.61 →
-    /// 0.42 ms); at INT8 it was no faster cached and slower from memory (16k tokens: 8.3 ms with
-    /// `accumulate` against 9.7–15 ms: its 4-token transposition reads 136-byte rows with split
-    /// loads), so INT8 keeps the FP32 kernel.
-    public static func prefersInteger(_ format: StorageFormat, headDim d: Int) -> Bool {
-        guard case .grouped(.int4, _) = format else { return false }
-        return supportsInteger(format, headDim: d)
-    }
-
-    static let hasIntegerKernels: Bool = kvk_integer_values_available() != 0
-
     /// The weighted sum of a page's grouped value rows with integer dot products (`vpdpbusd`):
     /// per output row and per block of up to 64 tokens, each weight-times-scale a_j = w_j·s_jk is
     /// split into two int8 pieces, a_j ≈ σ0·a0_j + σ1·a1_j (σ0 = max_j|a_j|/127, σ1 = σ0/254, per
@@ -44,12 +17,23 @@ extension PageKernels {
     /// no clamping beyond rounding and leaves |a − σ0·a0 − σ1·a1| ≤ σ1·(1/2 + 2⁻¹²)),
     /// the others the rounded products and sums. σ1/2 ≈ 1.55·10⁻⁵·max|a_j|: FP32-level accuracy
     /// for a page of weights (`IntegerAccumulateTests` checks this bound).
-    /// Accelerated only: check `supportsInteger`.
+    ///
+    /// The C kernel where `KernelSet.current` has integer values and the shape is one of
+    /// `runsIntegerAccumulateKernel` (INT4 or INT8 groups of whole code blocks); else the reference
+    /// twin itself, so the result is the same on every CPU. (The read path uses it for INT4 values
+    /// only: see `ValueAccumulation`.)
+    ///
+    /// - Precondition: grouped rows whose head dim is a multiple of the group size.
     public static func accumulateInteger(_ codec: RowCodec, weights w: UnsafePointer<Float>, rowCount: Int, stride: Int,
                                          rows: UnsafeRawPointer, tokenCount: Int, into out: UnsafeMutablePointer<Float>) {
         guard case .grouped(let width, let g) = codec.format else { preconditionFailure("PageKernels.accumulateInteger: grouped rows only") }
-        kvk_accumulate_grouped_integer(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
-                                       codec.rowByteCount, codec.codeByteCount, codec.headDim, out)
+        #if arch(x86_64)
+        if runsIntegerAccumulateKernel(codec.format, headDim: codec.headDim) {
+            return kvk_accumulate_integer(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
+                                          codec.rowByteCount, codec.codeByteCount, codec.headDim, out)
+        }
+        #endif
+        accumulateIntegerReference(codec, weights: w, rowCount: rowCount, stride: stride, rows: rows, tokenCount: tokenCount, into: out)
     }
 
     /// Scalar reference of `accumulateInteger` (its definition; see the C header for the formula).
@@ -57,6 +41,7 @@ extension PageKernels {
                                                   rows: UnsafeRawPointer, tokenCount n: Int, into out: UnsafeMutablePointer<Float>) {
         guard case .grouped(_, let g) = codec.format else { preconditionFailure("PageKernels.accumulateIntegerReference: grouped rows only") }
         let d = codec.headDim, G = d / g
+        precondition(d % g == 0, "PageKernels.accumulateIntegerReference: head dim \(d) is not a multiple of the group size \(g)")
         func code(_ j: Int, _ i: Int) -> Int32 { Int32(codec.code(at: i, in: rows + j * codec.rowByteCount)) }
         for r in 0..<rowCount {
             let wr = w + r * stride, o = out + r * d

@@ -3,18 +3,10 @@ import CKVKernels
 extension PageKernels {
     // MARK: Integer-domain (VNNI) scores of per-channel keys
 
-    /// True when this CPU runs `scoresChannelwiseVNNI` (the AVX-512 kernels plus AVX512-VNNI).
-    public static let isVNNIAccelerated: Bool = kvk_vnni_available() != 0
-
     /// Largest head dim of the VNNI kernels (512): the dots stay exact in int32 up to 66311 and
-    /// convert to FP32 exactly (|D| ≤ d·255·127 < 2²⁴) up to 518.
+    /// convert to FP32 exactly (|D| ≤ d·255·127 < 2²⁴) up to 518. The error bound of
+    /// `scoresChannelwiseVNNI` assumes a head dim at most this.
     public static let vnniMaxHeadDim = Int(KVK_VNNI_MAX_HEAD_DIM)
-
-    /// True when `scoresChannelwiseVNNI` handles pages of `codec`: a VNNI CPU, headDim a multiple
-    /// of 64 and at most `vnniMaxHeadDim` (callers fall back to `scoresChannelwise` otherwise).
-    public static func supportsVNNI(_ codec: ChannelwiseKeyCodec) -> Bool {
-        isVNNIAccelerated && codec.headDim % 64 == 0 && codec.headDim <= vnniMaxHeadDim
-    }
 
     /// A query row folded into one page's channel parameters and split into two int8 pieces, as
     /// `prepareChannelwiseVNNIReference` computes it (channels in natural order).
@@ -129,7 +121,9 @@ extension PageKernels {
     /// Integer-domain scores of per-channel key pages (AVX512-VNNI `vpdpbusd`, u8 codes × s8 query
     /// pieces → s32): the same contract as `scoresChannelwise`, computed as its reference twin
     /// `scoresChannelwiseVNNIReference` defines, bit for bit. `work` holds at least
-    /// `rowCount·(headDim/2 + 4)` floats (`rowCount·(headDim + 1)` suffices). Check `supportsVNNI`.
+    /// `rowCount·(headDim/2 + 4)` floats (`rowCount·(headDim + 1)` suffices; scratch). The C kernels
+    /// where `KernelSet.current` has VNNI scores and the head dim is a multiple of 64 and at most
+    /// `vnniMaxHeadDim`; else the reference twin itself, so the result is the same on every CPU.
     ///
     /// **Error bound** against the exact score S = scale·Σ_c q_c·(scale_c·code_c + zero_c) (the
     /// FP16 parameters as stored), with u = 2⁻²⁴, γₙ = n·u/(1 − n·u), K = Σ_c code_c, and σ0, σ1,
@@ -148,13 +142,20 @@ extension PageKernels {
     public static func scoresChannelwiseVNNI(_ codec: ChannelwiseKeyCodec, _ q: UnsafePointer<Float>, rowCount: Int,
                                              codes: UnsafeRawPointer, params: UnsafeRawPointer, tokenCount: Int, scale: Float,
                                              into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
-        let d = codec.headDim, bits = Int32(codec.width.bits)
-        // Pieces: rowCount·2d bytes at the start of `work`; then (σ0, σ1, zt, 0) per row.
-        let a = UnsafeMutableRawPointer(work).assumingMemoryBound(to: Int8.self) // written and read by C only
-        let coef = work + rowCount * d / 2
-        kvk_prepare_vnni(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), a, coef)
-        kvk_scores_vnni(bits, a, coef, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
-                        tokenCount, scale, scores, stride)
+        let d = codec.headDim
+        #if arch(x86_64)
+        if runsVNNIScoreKernel(headDim: d) {
+            let bits = Int32(codec.width.bits)
+            // Pieces: rowCount·2d bytes at the start of `work`; then (σ0, σ1, zt, 0) per row.
+            let a = UnsafeMutableRawPointer(work).assumingMemoryBound(to: Int8.self) // written and read by C only
+            let coef = work + rowCount * d / 2
+            kvk_prepare_channelwise_vnni(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), a, coef)
+            return kvk_scores_channelwise_vnni(bits, a, coef, rowCount, d, codes.assumingMemoryBound(to: UInt8.self),
+                                               codec.rowByteCount, tokenCount, scale, scores, stride)
+        }
+        #endif
+        scoresChannelwiseVNNIReference(codec, q, rowCount: rowCount, codes: codes, params: params, tokenCount: tokenCount,
+                                       scale: scale, into: scores, stride: stride)
     }
 
     /// The bound of `scoresChannelwiseVNNI` on |score − S| for one query row and one code row,

@@ -4,50 +4,50 @@ import CKVKernels
 /// key rows of a page, one page of online softmax, and the weighted sum of all the value rows of a
 /// page, each row converted to FP32 once for the whole query tile (a GQA group, a prefill chunk).
 ///
-/// The fast versions are AVX-512 C (`CKVKernels`, chosen at run time by `isAccelerated`); each
-/// has a scalar Swift reference twin here (`…Reference`) that defines it and that tests hold it to:
-/// - `exp`, `accumulate`: bit-identical to the reference (the same operations: fused
-///   multiply-adds in the same order per element; for grouped rows x̂ = fma(scale, code, zero),
-///   which equals `zero + scale·code` exactly because scale·code is exact in `Float`);
-/// - `scores`: differ from the reference only by summation order, each within the row codec's
-///   `dotErrorBound` (FP16 and grouped keys) or `ChannelwiseKeyCodec`'s dot bound, times `scale`;
-/// - `scoresChannelwiseVNNI` (per-channel keys on AVX512-VNNI CPUs, integer dots): bit-identical
-///   to its reference, which is within `channelwiseVNNIErrorBound` of the exact score;
-/// - `softmaxPage`: the weights are bit-identical (same `exp` of the same difference); the running
-///   sum `l` differs by summation order only (γₙ relative).
+/// Every entry is safe on any CPU: it runs the C kernel (`CKVKernels`, x86-64 only) when
+/// `KernelSet.current` and the shape allow it (the rules are in `PageKernels+Dispatch.swift`), and
+/// a Swift path otherwise (column "portable"), held to the same contract. Each has a scalar Swift
+/// reference twin (`…Reference`) that defines it and that tests hold both paths to:
+///
+/// | C function | Swift entry | portable path | reference twin | contract |
+/// |---|---|---|---|---|
+/// | `kvk_cpu_features` | `CPUFeatures.detected` → `KernelPath.current` | (0 off x86-64) | — | — |
+/// | `kvk_read_sum` | `readSum` | portable C | — | a bandwidth probe |
+/// | `kvk_exp` | `exp` | the reference | `expReference` | bit-exact |
+/// | `kvk_softmax_page` | `softmaxPage` | the reference | `softmaxPageReference` | weights, m, out bit-exact; l by summation order, ≤ γₙ₊₂·l |
+/// | `kvk_scores_fp16` | `scoresFP16` | `RowCodec.dot` | `scoresReference` | each within `RowCodec.dotErrorBound`·scale of the exact dot (+1 rounding) |
+/// | `kvk_prepare_channelwise`, `kvk_scores_channelwise` | `scoresChannelwise` | `ChannelwiseKeyCodec.prepare` + `dot` | `scoresChannelwiseReference` | each within γ_{d+4}·Σ_c\|q_c\|(scale_c·code_c + \|zero_c\|)·scale of the exact dot (+1 rounding) |
+/// | `kvk_prepare_channelwise_vnni`, `kvk_scores_channelwise_vnni` | `scoresChannelwiseVNNI` | the reference | `scoresChannelwiseVNNIReference` | bit-exact; the twin within `channelwiseVNNIErrorBound` of the exact score |
+/// | `kvk_accumulate_fp16`, `kvk_accumulate_grouped` | `accumulate` | the reference | `accumulateReference` | bit-exact |
+/// | `kvk_accumulate_integer` | `accumulateInteger` | the reference | `accumulateIntegerReference` | bit-exact; the twin within the split bound documented on `accumulateInteger` |
+/// | `kvk_first_invalid` | `ValueCheck.firstInvalid` (`RowCodec.encode`, `ChannelwiseKeyCodec.encodePage`) | Swift SIMD | `ValueCheck.firstInvalidReference` | exact: the same first element |
+/// | `kvk_float_to_half` | `RowCodec.encode` of `.fp16` rows | `Float16Bits.floatToHalf` | `Float16Bits.floatToHalfReference` | bit-exact |
+///
+/// Why the contracts hold: `exp`, `accumulate` use the same operations as their references (fused
+/// multiply-adds in the same order per element; for grouped rows x̂ = fma(scale, code, zero), which
+/// equals `zero + scale·code` exactly because scale·code is exact in `Float`); the scores differ
+/// from their references only by summation order; the integer kernels are defined by their twins.
+///
+/// The read path itself does not call the entries blindly: `KeyScoring` and `ValueAccumulation`
+/// choose once per tier which of them (or the per-row `RowCodec` kernels) it uses.
 ///
 /// All take raw pointers; shapes are the callers' responsibility (checked by `precondition` only in
 /// the references). Row layouts are those of `StorageFormat`.
 public enum PageKernels {
-    /// True when this CPU runs the AVX-512 kernels (x86-64 with AVX-512 F/BW/VL/DQ, F16C, FMA).
-    public static let isAccelerated: Bool = kvk_avx512_available() != 0
-
-    /// True when the accelerated kernels handle rows of `format` with `headDim` elements (as keys
-    /// when `asKeys`, else as values): headDim a multiple of 64 and, for grouped rows, a group size
-    /// that is a multiple of the code block (16 elements at INT8, 32 at INT4, 64 at INT2) dividing
-    /// headDim. Grouped keys are not accelerated (the defaults use per-channel keys).
-    public static func supports(_ format: StorageFormat, headDim d: Int, asKeys: Bool) -> Bool {
-        guard isAccelerated, d % 64 == 0 else { return false }
-        switch format {
-        case .fp16: return true
-        case .channelwise: return asKeys
-        case .grouped(let w, let g):
-            let block = w == .int8 ? 16 : w == .int4 ? 32 : 64
-            return !asKeys && g % block == 0 && d % g == 0 && d / g <= 32
-        }
-    }
-
     /// The sum of `count` floats read as four concurrent streams: a memory-bandwidth probe for
-    /// benchmarks (AVX-512 when available, else portable C).
+    /// benchmarks (AVX-512 loads when the CPU has them, whatever the kernel path, else portable C).
     public static func readSum(_ p: UnsafePointer<Float>, count: Int) -> Double { kvk_read_sum(p, count) }
 
     // MARK: exp
 
     /// exp(x) for x ≤ 0 in FP32, |error| ≤ 2 ulp for x ≥ −87 (Cephes `expf`: Cody–Waite reduction
     /// by n = round(x·log₂e), a degree-5 polynomial, scaling by 2ⁿ with one rounding); 0 for
-    /// x < −103 and for −∞. Accelerated: 16 lanes at a time.
+    /// x < −103 and for −∞. Bit-identical to `expReference` (AVX-512: 16 lanes at a time).
     public static func exp(_ x: UnsafePointer<Float>, into out: UnsafeMutablePointer<Float>, count: Int) {
-        if isAccelerated { kvk_exp(x, out, count) } else { for i in 0..<count { out[i] = expReference(x[i]) } }
+        #if arch(x86_64)
+        if KernelSet.current.avx512 { return kvk_exp(x, out, count) }
+        #endif
+        for i in 0..<count { out[i] = expReference(x[i]) }
     }
 
     /// The scalar definition of `exp` (the same operations, one lane).
@@ -71,10 +71,19 @@ public enum PageKernels {
     // MARK: Scores
 
     /// `scores[r·stride + j] = scale · (q_r · key_j)` for `rowCount` query rows (`q`, `headDim`
-    /// each) against `tokenCount` FP16 key rows. Accelerated only: check `supports`.
+    /// each) against `tokenCount` FP16 key rows, each dot within `RowCodec.dotErrorBound` of the
+    /// exact one. AVX-512 for head dims that are multiples of 64, else `RowCodec.dot` per pair.
     public static func scoresFP16(_ q: UnsafePointer<Float>, rowCount: Int, headDim: Int, keys: UnsafeRawPointer,
                                   tokenCount: Int, scale: Float, into scores: UnsafeMutablePointer<Float>, stride: Int) {
-        kvk_scores_fp16(q, rowCount, headDim, keys.assumingMemoryBound(to: UInt16.self), tokenCount, scale, scores, stride)
+        #if arch(x86_64)
+        if runsFP32Kernels(headDim: headDim) {
+            return kvk_scores_fp16(q, rowCount, headDim, keys.assumingMemoryBound(to: UInt16.self), tokenCount, scale, scores, stride)
+        }
+        #endif
+        guard let codec = try? RowCodec(.fp16, headDim: headDim) else { preconditionFailure("PageKernels.scoresFP16: headDim \(headDim) must be positive") }
+        for j in 0..<tokenCount {
+            for r in 0..<rowCount { scores[r * stride + j] = codec.dot(q + r * headDim, keys + j * codec.rowByteCount) * scale }
+        }
     }
 
     /// Scalar reference of `scoresFP16`: `scale · RowCodec.dotReference` per pair.
@@ -90,15 +99,24 @@ public enum PageKernels {
     /// Per-channel key pages: folds `rowCount` query rows into the page's parameters
     /// (`PreparedChannelwise`, block-permuted for the accelerated kernel), then scores all
     /// `tokenCount` code rows: `scores[r·stride + j] = scale · (Σ_c (q_c·scale_c)·code_jc + Σ_c q_c·zero_c)`.
-    /// `work` holds at least `rowCount·(headDim + 1)` floats. Accelerated only: check `supports`.
+    /// `work` holds at least `rowCount·(headDim + 1)` floats (scratch). AVX-512 for head dims that
+    /// are multiples of 64, else `ChannelwiseKeyCodec.prepare` per row and `dot` per pair.
     public static func scoresChannelwise(_ codec: ChannelwiseKeyCodec, _ q: UnsafePointer<Float>, rowCount: Int,
                                          codes: UnsafeRawPointer, params: UnsafeRawPointer, tokenCount: Int, scale: Float,
                                          into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
-        let d = codec.headDim, bits = Int32(codec.width.bits)
-        let qs = work, zt = work + rowCount * d
-        kvk_prepare_channelwise(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), qs, zt)
-        kvk_scores_codes(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
-                         tokenCount, scale, scores, stride)
+        let d = codec.headDim
+        #if arch(x86_64)
+        if runsFP32Kernels(headDim: d) {
+            let bits = Int32(codec.width.bits), qs = work, zt = work + rowCount * d
+            kvk_prepare_channelwise(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), qs, zt)
+            return kvk_scores_channelwise(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
+                                          tokenCount, scale, scores, stride)
+        }
+        #endif
+        for r in 0..<rowCount {
+            let prepared = codec.prepare(q + r * d, params: params)
+            for j in 0..<tokenCount { scores[r * stride + j] = codec.dot(prepared, codes + j * codec.rowByteCount) * scale }
+        }
     }
 
     /// Scalar reference of `scoresChannelwise`: `scale · ChannelwiseKeyCodec.dotReference` per pair.
@@ -120,11 +138,10 @@ public enum PageKernels {
     public static func softmaxPage(_ s: UnsafeMutablePointer<Float>, rowCount: Int, tokenCount: Int, stride: Int,
                                    m: UnsafeMutablePointer<Float>, l: UnsafeMutablePointer<Float>,
                                    out: UnsafeMutablePointer<Float>, headDim: Int) {
-        if isAccelerated {
-            kvk_softmax_page(s, rowCount, tokenCount, stride, m, l, out, headDim)
-        } else {
-            softmaxPageReference(s, rowCount: rowCount, tokenCount: tokenCount, stride: stride, m: m, l: l, out: out, headDim: headDim)
-        }
+        #if arch(x86_64)
+        if KernelSet.current.avx512 { return kvk_softmax_page(s, rowCount, tokenCount, stride, m, l, out, headDim) }
+        #endif
+        softmaxPageReference(s, rowCount: rowCount, tokenCount: tokenCount, stride: stride, m: m, l: l, out: out, headDim: headDim)
     }
 
     /// Scalar reference of `softmaxPage`, per row: pm = maxⱼ sⱼ; if pm = −∞ the weights are 0 and
@@ -158,20 +175,26 @@ public enum PageKernels {
 
     /// `out[r·headDim + i] ← fma(w[r·stride + j], x̂_ji, out[r·headDim + i])` for j = 0..<tokenCount in
     /// order: the weighted sum of a page's value rows (`rows`, `codec.rowByteCount` apart) for
-    /// `rowCount` output rows. Bit-identical to `accumulateReference`. Accelerated only: check
-    /// `supports(codec.format, headDim:asKeys: false)`.
+    /// `rowCount` output rows. Bit-identical to `accumulateReference`: AVX-512 for the shapes of
+    /// `runsAccumulateKernel` (head dim a multiple of 64; groups whole code blocks), else the
+    /// reference itself.
     public static func accumulate(_ codec: RowCodec, weights w: UnsafePointer<Float>, rowCount: Int, stride: Int,
                                   rows: UnsafeRawPointer, tokenCount: Int, into out: UnsafeMutablePointer<Float>) {
         let d = codec.headDim
-        switch codec.format {
-        case .fp16:
-            kvk_accumulate_fp16(w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt16.self), d, out)
-        case .grouped(let width, let g):
-            kvk_accumulate_grouped(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
-                                   codec.rowByteCount, width.packedByteCount(codes: d), d, out)
-        case .channelwise:
-            preconditionFailure("PageKernels.accumulate: channelwise rows are keys, not values")
+        #if arch(x86_64)
+        if runsAccumulateKernel(codec.format, headDim: d) {
+            switch codec.format {
+            case .fp16:
+                return kvk_accumulate_fp16(w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt16.self), d, out)
+            case .grouped(let width, let g):
+                return kvk_accumulate_grouped(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
+                                              codec.rowByteCount, width.packedByteCount(codes: d), d, out)
+            case .channelwise:
+                break
+            }
         }
+        #endif
+        accumulateReference(codec, weights: w, rowCount: rowCount, stride: stride, rows: rows, tokenCount: tokenCount, into: out)
     }
 
     /// Scalar reference of `accumulate`: element by element, tokens in order, one fused

@@ -14,7 +14,9 @@ extension RowCodec {
 
     @inlinable
     func encodeFP16(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer) {
-        if PageKernels.isAccelerated { return kvk_float_to_half(x, row.assumingMemoryBound(to: UInt16.self), headDim) }
+        #if arch(x86_64)
+        if KernelSet.current.avx512 { return kvk_float_to_half(x, row.assumingMemoryBound(to: UInt16.self), headDim) }
+        #endif
         let raw = UnsafeRawPointer(x)
         var i = 0
         while i + 8 <= headDim {

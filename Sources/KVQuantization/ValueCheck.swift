@@ -10,13 +10,15 @@ enum ValueCheck {
     /// The error for the first invalid element of `x[0..<count]`, reported at `indexOffset + i`, or
     /// `nil` if all are storable.
     ///
-    /// - Complexity: O(count), vectorised (AVX-512 C where available, else Swift SIMD).
+    /// - Complexity: O(count), vectorised (AVX-512 C on the `avx512` kernel path, else Swift SIMD).
     @inlinable
     static func firstInvalid(_ x: UnsafePointer<Float>, count: Int, indexOffset: Int = 0) -> QuantizationError? {
-        if PageKernels.isAccelerated {
-            let i = kvk_first_unstorable(x, count)
+        #if arch(x86_64)
+        if KernelSet.current.avx512 {
+            let i = kvk_first_invalid(x, count)
             return i < 0 ? nil : firstInvalidReference(x + i, count: count - i, indexOffset: indexOffset + i)
         }
+        #endif
         var i = 0
         var bad = false
         let raw = UnsafeRawPointer(x)

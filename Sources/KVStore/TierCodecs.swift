@@ -1,10 +1,14 @@
 import KVQuantization
 
-/// Everything needed to read and write one tier's pages: their layouts and codecs.
+/// Everything needed to read and write one tier's pages: their layouts, codecs and read kernels.
 ///
 /// A tier whose key format is page-wise (`.channelwise`) keeps full pages sealed (quantised per
 /// channel once all `capacity` tokens are known) and the rest in one *staging* page whose keys are
 /// FP16 (KIVI's residual): the staging page is that tier's page slack.
+///
+/// The kernels the read path uses for the tier are chosen here, once, when the store is created
+/// (`keyScoring`, `stagingKeyScoring`, `valueAccumulation`, from `KernelSet.current`, the formats
+/// and the head dim); `StreamAttention` calls `scoreKeys` and `accumulateValues` and decides nothing.
 struct TierCodecs: Sendable {
     let tier: Tier
     /// Layout of the tier's (sealed) pages.
@@ -17,10 +21,19 @@ struct TierCodecs: Sendable {
     let keyChannels: ChannelwiseKeyCodec?
     let values: RowCodec
     let fp16: RowCodec
+    /// How keys of the tier's (sealed) pages are scored.
+    let keyScoring: KeyScoring
+    /// How keys of FP16 rows are scored: a staging page's (page-wise key formats).
+    let stagingKeyScoring: KeyScoring
+    /// How the tier's value rows are accumulated.
+    let valueAccumulation: ValueAccumulation
 
     init(tier: Tier, configuration c: KVStoreConfiguration) {
         let kf = c.tierFormats.keyFormat(tier), vf = c.tierFormats.valueFormat(tier)
         self.tier = tier
+        keyScoring = KeyScoring(keyFormat: kf, headDim: c.headDim)
+        stagingKeyScoring = KeyScoring(keyFormat: .fp16, headDim: c.headDim)
+        valueAccumulation = ValueAccumulation(valueFormat: vf, headDim: c.headDim)
         layout = PageLayout(keyFormat: kf, valueFormat: vf, headDim: c.headDim, capacity: c.pageCapacity)
         // The configuration was validated: these cannot fail.
         values = try! RowCodec(vf, headDim: c.headDim)
@@ -51,5 +64,56 @@ struct TierCodecs: Sendable {
     /// Decodes the value of `slot` in `page`.
     func decodeValue(_ page: Page, _ slot: Int, into out: UnsafeMutablePointer<Float>) {
         values.decode(page.valueRow(slot), into: out)
+    }
+}
+
+extension TierCodecs {
+    /// `scores[r·stride + j] = scale · (q_r · key_j)` for the `rowCount` query rows `q` (`headDim`
+    /// each) and every token j of `page` (a sealed page of this tier or its staging page), by the
+    /// tier's `keyScoring` (`stagingKeyScoring` on a staging page). `work` holds at least
+    /// `rowCount·(headDim + 1)` floats.
+    func scoreKeys(of page: Page, queries q: UnsafePointer<Float>, rowCount rows: Int, scale: Float,
+                   into S: UnsafeMutablePointer<Float>, stride cap: Int, work: UnsafeMutablePointer<Float>) {
+        let n = page.count, d = fp16.headDim
+        let isStaging = page.layout != layout
+        switch isStaging ? stagingKeyScoring : keyScoring {
+        case .fp16Accelerated:
+            PageKernels.scoresFP16(q, rowCount: rows, headDim: d, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S, stride: cap)
+        case .channelwiseVNNI:
+            PageKernels.scoresChannelwiseVNNI(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
+                                              tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+        case .channelwiseAccelerated:
+            PageKernels.scoresChannelwise(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
+                                          tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+        case .portable:
+            if isStaging || keyRows?.format == .fp16 {
+                for j in 0..<n { for r in 0..<rows { S[r * cap + j] = fp16.dot(q + r * d, page.keyRow(j)) * scale } }
+            } else if let channels = keyChannels {
+                for r in 0..<rows {
+                    let prepared = channels.prepare(q + r * d, params: page.keyParameters)
+                    for j in 0..<n { S[r * cap + j] = channels.dot(prepared, page.keyRow(j)) * scale }
+                }
+            } else {
+                let keys = keyRows!
+                for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q + r * d, page.keyRow(j)) * scale } }
+            }
+        }
+    }
+
+    /// `out[r·headDim + i] += w[r·stride + j] · x̂_ji` for every token j of `page` and the
+    /// `rowCount` output rows, by the tier's `valueAccumulation`.
+    func accumulateValues(of page: Page, weights S: UnsafePointer<Float>, rowCount rows: Int, stride cap: Int,
+                          into out: UnsafeMutablePointer<Float>) {
+        let n = page.count, d = values.headDim
+        switch valueAccumulation {
+        case .integer:
+            PageKernels.accumulateInteger(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
+        case .accelerated:
+            PageKernels.accumulate(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
+        case .portable:
+            for j in 0..<n {
+                for r in 0..<rows where S[r * cap + j] != 0 { values.accumulate(S[r * cap + j], page.valueRow(j), into: out + r * d) }
+            }
+        }
     }
 }

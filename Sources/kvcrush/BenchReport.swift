@@ -40,12 +40,12 @@ struct BenchReport {
             "{\"shape\": \"\(c.shape)\", \"tokens\": \(c.tokens), \"threads\": \(c.threads), \"tier\": \"\(c.tier)\", \"msMedian\": \(num(c.ms.median)), \"msMin\": \(num(c.ms.min)), \"msMax\": \(num(c.ms.max)), \"cacheBytes\": \(c.cacheBytes), \"effectiveGBs\": \(num(c.effectiveGBs)), \"boundRatio\": \(num(c.boundRatio)), \"speedupVsFP32\": \(num(c.speedupVsFP32)), \"bandwidthGBs\": \(num(c.bandwidthGBs)), \"memory\": \"\(c.inLLC ? "llc" : "dram")\"}"
         }.joined(separator: ",\n    ")
         let rateText = side.rates.keys.sorted().map { "\"\($0)\": \(num(side.rates[$0]!))" }.joined(separator: ", ")
-        return "{\"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llcBytes), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(side.planMs)), \"prefillAttentionMs\": \(num(side.prefillAttentionMs)), \"appendTokensPerSecond\": {\(rateText)}}\n"
+        return "{\"kernels\": \"\(KernelPath.current)\", \"bandwidthGBs\": {\(bwText)}, \"llcBytes\": \(llcBytes), \"cases\": [\n    \(caseText)\n  ],\n  \"kvcrushPlanMs\": \(num(side.planMs)), \"prefillAttentionMs\": \(num(side.prefillAttentionMs)), \"appendTokensPerSecond\": {\(rateText)}}\n"
     }
 
     func table() -> String {
         var s = "kvcrush bench — \(Date()), \(ProcessInfo.processInfo.activeProcessorCount) cores, last-level cache \(llcBytes >> 20) MiB"
-        s += PageKernels.isAccelerated ? ", AVX-512 kernels\n" : ", portable Swift kernels\n"
+        s += ", kernel path \(KernelSet.current)\n"
         s += "read bandwidth (multi-stream read of \(probeBytes >> 20) MiB): " + threadCounts.map { "\($0) thread(s) \(String(format: "%.1f", bandwidthGBs[$0]!)) GB/s" }.joined(separator: ", ") + "\n"
         s += "mem: dram = cache larger than the LLC (memory figure); llc = fits in the LLC (cache figure)\n\n"
         s += "×bound: dram rows, median over repetitions of (step time ÷ time to read the cache at the bandwidth of a probe\n"

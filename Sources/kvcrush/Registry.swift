@@ -34,6 +34,7 @@ enum Registry {
 /// Runs `kvcrush` with `arguments` (without the program name) and returns the exit status:
 /// 0 success, 1 a failure while running, 2 a bad command line (reported as one line with a hint).
 func runCommandLine(_ arguments: [String]) -> Int32 {
+    do { _ = try KernelPath.resolveForThisProcess() } catch { FileHandle.standardError.write(Data("kvcrush: \(error)\n".utf8)); return 2 }
     var argv = arguments
     if argv.isEmpty { argv = Registry.defaultArguments }
     if argv == ["--help"] || argv == ["-h"] || argv == ["help"] { print(Registry.topHelp); return 0 }

@@ -3,10 +3,10 @@ import Testing
 import TestSupport
 @testable import KVQuantization
 
-/// The integer-domain value accumulation (`PageKernels.accumulateInteger`, AVX-512 VNNI): the C
-/// kernel against its Swift twin bit for bit, and the twin against the exact weighted sum within
-/// the bound derived in its documentation. The twin runs on every CPU; the C kernel only where
-/// `supportsInteger` holds.
+/// The integer-domain value accumulation (`PageKernels.accumulateInteger`, AVX-512 VNNI + VBMI) on
+/// the current kernel path (the C kernel where integer values run and the shape allows, else the
+/// twin) against its Swift twin bit for bit, and the twin against the exact weighted sum within the
+/// bound derived in its documentation.
 @Suite struct IntegerAccumulateTests {
     static let u = 0x1p-24
     static let formats: [StorageFormat] = [.int4, .grouped(.int4, groupSize: 64), .grouped(.int4, groupSize: 128),
@@ -68,10 +68,11 @@ import TestSupport
     }
 
     @Test func kernelEqualsReferenceBitForBit() throws {
-        guard PageKernels.supportsInteger(.int4, headDim: 128) else { return }
         try forEachSeededCase(60, base: 7100) { g in
             let format = Self.formats.randomElement(using: &g)!
-            let d = [64, 128, 256].filter { PageKernels.supportsInteger(format, headDim: $0) }.randomElement(using: &g)!
+            guard case .grouped(_, let gs) = format else { return }
+            // Every head dim the format allows: the kernel's shapes (where it runs) and others.
+            let d = [64, 128, 256].filter { $0 % gs == 0 }.randomElement(using: &g)!
             let rows = Int.random(in: 1...5, using: &g), n = [1, 3, 4, 31, 32, 63, 64, 65, 140].randomElement(using: &g)!
             let stride = n + Int.random(in: 0...3, using: &g)
             let codec = try RowCodec(format, headDim: d)
@@ -134,13 +135,18 @@ import TestSupport
         }
     }
 
+    /// The shapes the C kernel takes (pure logic: any CPU).
     @Test func supportedShapes() {
-        guard PageKernels.supportsInteger(.int4, headDim: 128) else { return }
-        #expect(PageKernels.supportsInteger(.int4, headDim: 256))
-        #expect(!PageKernels.supportsInteger(.int4, headDim: 64))   // 32 code bytes: half a kernel chunk
-        #expect(PageKernels.supportsInteger(.int8, headDim: 64))
-        #expect(!PageKernels.supportsInteger(.int2, headDim: 128))
-        #expect(!PageKernels.supportsInteger(.fp16, headDim: 128))
-        #expect(!PageKernels.supportsInteger(.grouped(.int4, groupSize: 16), headDim: 128))
+        let all = KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx512VBMI])
+        #expect(PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 128, on: all))
+        #expect(PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 256, on: all))
+        #expect(!PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 64, on: all))   // 32 code bytes: half a kernel chunk
+        #expect(PageKernels.runsIntegerAccumulateKernel(.int8, headDim: 64, on: all))
+        #expect(!PageKernels.runsIntegerAccumulateKernel(.int2, headDim: 128, on: all))
+        #expect(!PageKernels.runsIntegerAccumulateKernel(.fp16, headDim: 128, on: all))
+        #expect(!PageKernels.runsIntegerAccumulateKernel(.grouped(.int4, groupSize: 16), headDim: 128, on: all))
+        // VBMI is needed as well as VNNI; the portable path runs none.
+        #expect(!PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 128, on: KernelSet(path: .avx512, features: [.avx512, .avx512VNNI])))
+        #expect(!PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 128, on: .portable))
     }
 }

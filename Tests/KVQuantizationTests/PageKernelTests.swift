@@ -3,9 +3,10 @@ import Testing
 import TestSupport
 @testable import KVQuantization
 
-/// The accelerated page kernels (`PageKernels`, AVX-512 C) against their Swift reference twins.
-/// On CPUs without AVX-512 the accelerated kernels are never called, and these tests check only
-/// the references.
+/// The page kernels (`PageKernels`) against their Swift reference twins, on the current kernel
+/// path: the AVX-512 C kernels (where the shape allows; head dims that are not multiples of 64 take
+/// the Swift path there too), or with `KVCRUSH_KERNELS=portable` (and on CPUs without AVX-512) the
+/// Swift paths of the same entries.
 @Suite struct PageKernelTests {
     static let u = 0x1p-24
     static func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
@@ -36,9 +37,8 @@ import TestSupport
     }
 
     @Test func fp16ScoresWithinReorderingBound() throws {
-        guard PageKernels.isAccelerated else { return }
         try forEachSeededCase(40, base: 6100) { g in
-            let d = [64, 128, 192].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
+            let d = [64, 128, 192, 96, 40].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
             let n = Int.random(in: 1...40, using: &g), stride = n + Int.random(in: 0...3, using: &g)
             let codec = try RowCodec(.fp16, headDim: d)
             let q = Self.gaussians(rows * d, using: &g)
@@ -71,10 +71,9 @@ import TestSupport
     }
 
     @Test func channelwiseScoresWithinReorderingBound() throws {
-        guard PageKernels.isAccelerated else { return }
         try forEachSeededCase(60, base: 6200) { g in
             let width = CodeWidth.allCases.randomElement(using: &g)!
-            let d = [64, 128, 256].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
+            let d = [64, 128, 256, 96].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
             let n = Int.random(in: 1...40, using: &g), stride = n + Int.random(in: 0...3, using: &g)
             let codec = try ChannelwiseKeyCodec(width, headDim: d)
             let x = Self.gaussians(n * d, sigma: 2, using: &g).enumerated().map { i, v in i % d == 5 ? v * 20 : v }
@@ -123,7 +122,6 @@ import TestSupport
     }
 
     @Test func softmaxPageMatchesReference() {
-        guard PageKernels.isAccelerated else { return }
         forEachSeededCase(60, base: 6300) { g in
             let rows = Int.random(in: 1...6, using: &g), n = Int.random(in: 1...40, using: &g), d = [16, 64, 128].randomElement(using: &g)!
             let stride = n + Int.random(in: 0...3, using: &g)
@@ -147,13 +145,13 @@ import TestSupport
     }
 
     @Test func accumulateEqualsReferenceBitForBit() throws {
-        guard PageKernels.isAccelerated else { return }
         let formats: [StorageFormat] = [.fp16, .grouped(.int8, groupSize: 16), .grouped(.int8, groupSize: 32), .int8,
                                         .grouped(.int8, groupSize: 128), .int4, .grouped(.int4, groupSize: 64),
                                         .grouped(.int4, groupSize: 128), .grouped(.int2, groupSize: 64), .grouped(.int2, groupSize: 128)]
         try forEachSeededCase(80, base: 6400) { g in
             let format = formats.randomElement(using: &g)!
-            let d = [64, 128, 256].filter { PageKernels.supports(format, headDim: $0, asKeys: false) }.randomElement(using: &g)!
+            // Every shape: the kernel's (where it runs) and others (the reference then).
+            let d = [64, 128, 256, 96].randomElement(using: &g)!
             let rows = Int.random(in: 1...9, using: &g), n = Int.random(in: 1...40, using: &g)
             let stride = n + Int.random(in: 0...3, using: &g)
             let codec = try RowCodec(format, headDim: d)
@@ -210,14 +208,39 @@ import TestSupport
         }
     }
 
-    @Test func supportedShapes() {
-        guard PageKernels.isAccelerated else { return }
-        #expect(PageKernels.supports(.fp16, headDim: 128, asKeys: true))
-        #expect(PageKernels.supports(.channelwise(.int4), headDim: 64, asKeys: true))
-        #expect(!PageKernels.supports(.channelwise(.int4), headDim: 64, asKeys: false))
-        #expect(!PageKernels.supports(.int4, headDim: 128, asKeys: true))
-        #expect(PageKernels.supports(.int4, headDim: 128, asKeys: false))
-        #expect(!PageKernels.supports(.int2, headDim: 128, asKeys: false)) // g32 at INT2 spans half a code block
-        #expect(!PageKernels.supports(.fp16, headDim: 96, asKeys: true))
+    /// The shape rules of the AVX-512 kernels and the read path's choices, for a CPU with every
+    /// feature and for the portable path (pure logic: any CPU).
+    @Test func kernelChoices() {
+        let all = KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx512VBMI])
+        let plain = KernelSet(path: .avx512, features: .avx512)
+        #expect(PageKernels.runsFP32Kernels(headDim: 128, on: all))
+        #expect(!PageKernels.runsFP32Kernels(headDim: 96, on: all))
+        #expect(PageKernels.runsAccumulateKernel(.int4, headDim: 128, on: all))
+        #expect(!PageKernels.runsAccumulateKernel(.int2, headDim: 128, on: all)) // g32 at INT2 spans half a code block
+        #expect(!PageKernels.runsAccumulateKernel(.channelwise(.int4), headDim: 64, on: all))
+        #expect(KeyScoring(keyFormat: .fp16, headDim: 128, kernels: all) == .fp16Accelerated)
+        #expect(KeyScoring(keyFormat: .fp16, headDim: 96, kernels: all) == .portable)
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: all) == .channelwiseVNNI)
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: plain) == .channelwiseAccelerated)
+        #expect(KeyScoring(keyFormat: .channelwise(.int2), headDim: 576, kernels: all) == .channelwiseAccelerated) // > vnniMaxHeadDim
+        #expect(KeyScoring(keyFormat: .int4, headDim: 128, kernels: all) == .portable) // grouped keys: per-row kernel
+        #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: all) == .integer)
+        #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: plain) == .accelerated)
+        #expect(ValueAccumulation(valueFormat: .int8, headDim: 128, kernels: all) == .accelerated) // measured: INT8 keeps FP32
+        #expect(ValueAccumulation(valueFormat: .fp16, headDim: 64, kernels: all) == .accelerated)
+        #expect(ValueAccumulation(valueFormat: .int2, headDim: 128, kernels: all) == .portable)
+        // The portable path runs nothing accelerated, whatever the CPU has.
+        let portable = KernelSet(path: .portable, features: [.avx512, .avx512VNNI, .avx512VBMI])
+        #expect(portable == .portable && !portable.avx512 && !portable.vnniScores && !portable.integerValues)
+        for format in [StorageFormat.fp16, .int8, .int4, .int2, .channelwise(.int8), .channelwise(.int4), .channelwise(.int2)] {
+            #expect(KeyScoring(keyFormat: format, headDim: 128, kernels: portable) == .portable, "\(format)")
+            #expect(ValueAccumulation(valueFormat: format, headDim: 128, kernels: portable) == .portable, "\(format)")
+        }
+        // The store's choice and every entry follow the process's kernel set.
+        #expect(KeyScoring(keyFormat: .fp16, headDim: 128) == KeyScoring(keyFormat: .fp16, headDim: 128, kernels: .current))
+        if KernelSet.current.path == .portable {
+            #expect(!PageKernels.runsFP32Kernels(headDim: 128) && !PageKernels.runsVNNIScoreKernel(headDim: 128)
+                    && !PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 128))
+        }
     }
 }

@@ -3,9 +3,10 @@ import Testing
 import TestSupport
 @testable import KVQuantization
 
-/// The integer-domain (AVX512-VNNI) scores of per-channel key pages: the C kernel against its
-/// Swift twin bit for bit (VNNI CPUs only), and the twin against the exact FP64 score within the
-/// derived bound of `PageKernels.scoresChannelwiseVNNI` (every CPU).
+/// The integer-domain (AVX512-VNNI) scores of per-channel key pages: `scoresChannelwiseVNNI` on
+/// the current kernel path (the C kernel where VNNI scores run, else the twin) against its Swift
+/// twin bit for bit, and the twin against the exact FP64 score within the derived bound of
+/// `PageKernels.scoresChannelwiseVNNI`.
 @Suite struct VNNIScoreTests {
     /// One random per-channel page and query tile, nasty cases included.
     struct Case {
@@ -101,7 +102,6 @@ import TestSupport
     }
 
     @Test func kernelEqualsTwinBitForBit() throws {
-        guard PageKernels.isVNNIAccelerated else { return }
         try forEachSeededCase(400, base: 6600) { g in
             // 64, 128, 256 as asked; 192, 320, 448 and 512 mix the INT4/INT2 block sizes.
             let t = try Case(headDims: [64, 128, 256, 192, 320, 448, 512], using: &g)
@@ -122,7 +122,7 @@ import TestSupport
             let t = try Case(headDims: [64, 128, 256], using: &g)
             let d = t.codec.headDim
             let ref = t.scores(accelerated: false)
-            let fast = PageKernels.isVNNIAccelerated ? t.scores(accelerated: true) : ref
+            let fast = t.scores(accelerated: true)
             t.q.withUnsafeBufferPointer { qp in
                 t.codes.withUnsafeBytes { cp in
                     t.params.withUnsafeBytes { pp in
@@ -185,7 +185,7 @@ import TestSupport
             var q = t0.q
             q[Int.random(in: 0..<t0.codec.headDim, using: &g)] = Bool.random(using: &g) ? .nan : -.infinity
             let t = Case(t0, query: q)
-            for accelerated in PageKernels.isVNNIAccelerated ? [false, true] : [false] {
+            for accelerated in [false, true] {
                 let s = t.scores(accelerated: accelerated)
                 for j in 0..<t.n { #expect(s[j].isNaN, "\(t.description) accelerated \(accelerated) j \(j)") }
                 if t.rows > 1, accelerated {
@@ -196,9 +196,12 @@ import TestSupport
         }
     }
 
-    @Test func supportedHeadDims() throws {
-        guard PageKernels.isVNNIAccelerated else { return }
-        for d in [64, 128, 192, 256, 512] { #expect(PageKernels.supportsVNNI(try ChannelwiseKeyCodec(.int4, headDim: d))) }
-        for d in [32, 96, 576, 1024] { #expect(!PageKernels.supportsVNNI(try ChannelwiseKeyCodec(.int8, headDim: d))) }
+    /// The head dims the VNNI kernel takes (pure logic: any CPU).
+    @Test func supportedHeadDims() {
+        let vnni = KernelSet(path: .avx512, features: [.avx512, .avx512VNNI])
+        for d in [64, 128, 192, 256, 512] { #expect(PageKernels.runsVNNIScoreKernel(headDim: d, on: vnni), "d \(d)") }
+        for d in [32, 96, 576, 1024] { #expect(!PageKernels.runsVNNIScoreKernel(headDim: d, on: vnni), "d \(d)") }
+        #expect(!PageKernels.runsVNNIScoreKernel(headDim: 128, on: KernelSet(path: .avx512, features: .avx512)))
+        #expect(!PageKernels.runsVNNIScoreKernel(headDim: 128, on: .portable))
     }
 }

@@ -4,8 +4,8 @@ import KVQuantization
 extension KVStore {
     /// Per stored token of one stream (position order, as `rows`), the bound on the score error that
     /// the integer-domain VNNI kernel adds for query row `q` (`PageKernels.channelwiseVNNIErrorBound`)
-    /// where `StreamAttention.run` uses it (sealed per-channel key pages on a VNNI CPU), else 0: the
-    /// `scoreErrors` of `ReferenceAttention`.
+    /// where the read path uses it (sealed pages of a tier whose codecs chose
+    /// `KeyScoring.channelwiseVNNI`), else 0: the `scoreErrors` of `ReferenceAttention`.
     func vnniScoreErrors(_ id: SequenceID, layer: Int, kvHead: Int, query q: [Float]) -> [Double] {
         let d = configuration.headDim, scale = configuration.effectiveAttentionScale
         precondition(q.count == d)
@@ -13,9 +13,7 @@ extension KVStore {
         return q.withUnsafeBufferPointer { qp in
             entries.map { e in
                 let tc = codecs[e.tier]
-                guard let channels = tc.keyChannels, e.page.layout == tc.layout,
-                      PageKernels.supports(tc.layout.keyFormat, headDim: d, asKeys: true), PageKernels.supportsVNNI(channels)
-                else { return 0 }
+                guard let channels = tc.keyChannels, e.page.layout == tc.layout, tc.keyScoring == .channelwiseVNNI else { return 0 }
                 return PageKernels.channelwiseVNNIErrorBound(channels, qp.baseAddress!, row: e.page.keyRow(e.slot),
                                                              params: e.page.keyParameters, scale: scale)
             }

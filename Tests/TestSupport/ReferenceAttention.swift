@@ -32,7 +32,7 @@ public struct ReferenceAttention {
     ///     |ô − o| ≤ (2(e^{2Δ} − 1 + 4u) + 3γ_{n+p+d+8}) · Σⱼ wⱼ|vⱼ|
     ///
     /// Rows whose value format (`valueFormats`) the store accumulates in the integer domain
-    /// (`PageKernels.prefersInteger`) add, per element i of group g, the split residual of
+    /// (`ValueAccumulation(valueFormat:headDim:) == .integer`, the store's own choice) add, per element i of group g, the split residual of
     /// `PageKernels.accumulateInteger` in output units, (1/2 + 2⁻¹²)/(127·254)·maxⱼ(wⱼ·sⱼg)·Σⱼ cⱼᵢ
     /// over those rows (each block's σ1 is at most that maximum once the block's weights are
     /// rescaled to the final ones; × (1 + ε) for the weights' own error), and
@@ -76,7 +76,7 @@ public struct ReferenceAttention {
         guard let formats = valueFormats else { return }
         precondition(formats.count == n, "ReferenceAttention: one value format per row")
         var maxWS = [Double](repeating: 0, count: d), codeSum = maxWS, terms = maxWS
-        for j in 0..<n where visible[j] && PageKernels.prefersInteger(formats[j], headDim: d) {
+        for j in 0..<n where visible[j] && ValueAccumulation(valueFormat: formats[j], headDim: d) == .integer {
             let codec = try! RowCodec(formats[j], headDim: d), groupSize = d / codec.groupCount
             let row = try! codec.encode(Array(values[(j * d)..<((j + 1) * d)]))
             row.withUnsafeBytes { r in

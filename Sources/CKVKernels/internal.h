@@ -1,0 +1,81 @@
+// Shared by the kernel files, not part of the public interface: the target attributes (one per
+// feature set the kernels are compiled for; runtime dispatch, no compiler flags) and the inline
+// helpers used by more than one file. x86-64 only, like the kernels.
+#ifndef CKVKERNELS_INTERNAL_H
+#define CKVKERNELS_INTERNAL_H
+
+#include "CKVKernels.h"
+#include <float.h>
+#include <math.h>
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+
+/// AVX-512 F/BW/VL/DQ with F16C and FMA (`KVK_CPU_AVX512`): every kernel but the two below.
+#define KVK_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
+/// … plus AVX512-VNNI (`KVK_CPU_AVX512_VNNI`): the integer-domain scores (scores_vnni.c).
+#define KVK_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
+/// … plus AVX512-VNNI and VBMI: the integer-domain value accumulation (accumulate_integer.c).
+#define KVK_TARGET_AVX512_VNNI_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,f16c,fma")))
+
+#define KVK_INLINE static inline __attribute__((always_inline))
+
+// MARK: row chunks (scores.c, accumulate.c)
+
+// Codes as FP32 by table lookup: `vpermps` reads only the low 4 bits of each index lane, so an
+// INT4 byte needs no mask for its low nibble, and an INT2 index (code t plus the next code above it)
+// maps through a table of i mod 4. The values are the codes exactly, as `vcvtdq2ps` would give.
+KVK_TARGET_AVX512 KVK_INLINE __m512 code_table(int bits) {
+    return bits == 4 ? _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+                     : _mm512_setr_ps(0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3);
+}
+
+// Table indices of a 64-element chunk of 4- or 2-bit codes, in block order.
+KVK_TARGET_AVX512 KVK_INLINE void load_indices(int bits, const void *row, long c0, __m512i idx[4]) {
+    if (bits == 4) {
+        const uint8_t *b = (const uint8_t *)row + c0 / 2;
+        for (int k = 0; k < 2; k++) {
+            __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k)));
+            idx[2 * k] = x;
+            idx[2 * k + 1] = _mm512_srli_epi32(x, 4);
+        }
+    } else {
+        const uint8_t *b = (const uint8_t *)row + c0 / 4;
+        __m512i x = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)b));
+        idx[0] = x;
+        idx[1] = _mm512_srli_epi32(x, 2);
+        idx[2] = _mm512_srli_epi32(x, 4);
+        idx[3] = _mm512_srli_epi32(x, 6);
+    }
+}
+
+// Four FP32 vectors of one 64-element chunk starting at element c0 of a row, in the block order of
+// `bits` (0 = FP16, natural order; 8 natural; 4 and 2 permuted within blocks, see the header).
+KVK_TARGET_AVX512 KVK_INLINE void load_chunk(int bits, const void *row, long c0, __m512 v[4]) {
+    if (bits == 0) {
+        const uint16_t *h = (const uint16_t *)row + c0;
+        for (int k = 0; k < 4; k++) v[k] = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + 16 * k)));
+    } else if (bits == 8) {
+        const uint8_t *b = (const uint8_t *)row + c0;
+        for (int k = 0; k < 4; k++)
+            v[k] = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(b + 16 * k))));
+    } else {
+        __m512i idx[4];
+        load_indices(bits, row, c0, idx);
+        const __m512 table = code_table(bits);
+        for (int k = 0; k < 4; k++) v[k] = _mm512_permutexvar_ps(idx[k], table);
+    }
+}
+
+// 16 channels' (scale, zero) FP16 pairs at p → scales and zeros (scores.c, scores_vnni.c).
+KVK_TARGET_AVX512 KVK_INLINE void load_params16(const uint16_t *p, __m512 *scale, __m512 *zero) {
+    const __m512i ev = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    const __m512i od = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+    __m512 a = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)p));
+    __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
+    *scale = _mm512_permutex2var_ps(a, ev, b);
+    *zero = _mm512_permutex2var_ps(a, od, b);
+}
+
+#endif // __x86_64__
+#endif

@@ -1,0 +1,90 @@
+import Foundation
+import KVQuantization
+import KVSelection
+
+/// The attention of one KV head's query group over one stream.
+struct StreamAttention {
+    let configuration: KVStoreConfiguration
+    let codecs: [TierCodecs]
+    let stream: StreamState
+    let kvHead: Int
+    let queries: UnsafePointer<Float>
+    let queryCount: Int
+    let queryPositions: [Int32]
+    let returnWeights: Bool
+
+    /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
+    /// rows written) and returns the weights if asked.
+    ///
+    /// Per page: the scores of all the group's query rows (`g·queryCount` rows, contiguous in
+    /// `queries`) against all the page's keys, one online-softmax step, then the weighted sum of the
+    /// page's values, by the kernels the tier's codecs chose (`TierCodecs.scoreKeys`,
+    /// `accumulateValues`: `PageKernels`, each K/V row converted once per tile of up to four query
+    /// rows, where the kernel set and shape allow, else the per-row `RowCodec` kernels).
+    func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
+        let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
+        let scale = c.effectiveAttentionScale
+        // Row r = (group head r / queryCount, query r % queryCount): rows are consecutive.
+        let q0 = queries + kvHead * rows * d, o0 = output + kvHead * rows * d
+        let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
+        let minQueryPosition = qpos.min() ?? .max
+        let cap = c.pageCapacity
+        o0.initialize(repeating: 0, count: rows * d)
+        let m = UnsafeMutablePointer<Float>.allocate(capacity: rows), l = UnsafeMutablePointer<Float>.allocate(capacity: rows)
+        let S = UnsafeMutablePointer<Float>.allocate(capacity: rows * cap)
+        let work = UnsafeMutablePointer<Float>.allocate(capacity: rows * (d + 1))
+        defer { m.deallocate(); l.deallocate(); S.deallocate(); work.deallocate() }
+        m.initialize(repeating: -.infinity, count: rows)
+        l.initialize(repeating: 0, count: rows)
+        // For weights: every visited token's position, tier and raw scores.
+        var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
+        // Every page with its tier, in visiting order (a tier's pages in address order, mostly).
+        var visit = [(page: Page, tier: Int)]()
+        for (t, tier) in stream.tiers.enumerated() {
+            for page in tier.pages where page.count > 0 { visit.append((page, t)) }
+            if let st = tier.staging, st.count > 0 { visit.append((st, t)) }
+        }
+        // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
+        // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
+        for (page, t) in visit {
+            let tc = codecs[t]
+            do {
+                let n = page.count
+                // Scores, by the tier's chosen kernel.
+                tc.scoreKeys(of: page, queries: q0, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
+                // Causal mask, only where some token is after some query.
+                var maxPosition = Int32.min
+                for j in 0..<n { maxPosition = max(maxPosition, page.position(j)) }
+                if maxPosition > minQueryPosition {
+                    for j in 0..<n {
+                        let p = page.position(j)
+                        for r in 0..<rows where p > qpos[r] { S[r * cap + j] = -.infinity }
+                    }
+                }
+                if returnWeights {
+                    for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
+                    for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
+                }
+                // Online softmax, one page at a time: S becomes the page's weights.
+                PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
+                tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0)
+            }
+        }
+        for r in 0..<rows where l[r] > 0 {
+            let o = o0 + r * d, inv = 1 / l[r]
+            for i in 0..<d { o[i] *= inv }
+        }
+        guard returnWeights else { return nil }
+        let n = visitedPositions.count
+        let order = (0..<n).sorted { visitedPositions[$0] < visitedPositions[$1] }
+        var w = [Float](repeating: 0, count: rows * n)
+        for (k, j) in order.enumerated() {
+            for r in 0..<rows {
+                let s = visitedScores[j * rows + r]
+                if s > -.infinity, l[r] > 0 { w[r * n + k] = exp(s - m[r]) / l[r] }
+            }
+        }
+        return KVHeadWeights(kvHead: kvHead, positions: order.map { visitedPositions[$0] },
+                                tiers: order.map { visitedTiers[$0] }, weights: w, queryCount: queryCount)
+    }
+}
