@@ -49,7 +49,7 @@ extension PageKernels {
 /// How the read path scores a page's keys against a tile of query rows: chosen once per tier and
 /// key format (`KVStore` holds it in the tier's codecs) from the kernel set, the format and the
 /// head dim.
-public enum KeyScoring: Sendable, Hashable {
+package enum KeyScoring: Sendable, Hashable {
     /// FP16 keys, `PageKernels.scoresFP16` on the AVX-512 kernel.
     case fp16Accelerated
     /// Per-channel keys, `PageKernels.scoresChannelwiseVNNI` (integer dots, AVX512-VNNI): its
@@ -79,7 +79,7 @@ public enum KeyScoring: Sendable, Hashable {
 
 /// How the read path adds a page's weighted value rows into the outputs: chosen once per tier
 /// (`KVStore` holds it in the tier's codecs) from the kernel set, the value format and the head dim.
-public enum ValueAccumulation: Sendable, Hashable {
+package enum ValueAccumulation: Sendable, Hashable {
     /// `PageKernels.accumulateInteger` (integer dots, AVX-512 VNNI + VBMI): adds the split residual
     /// bounded there.
     case integer

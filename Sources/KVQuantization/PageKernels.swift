@@ -33,7 +33,7 @@ import CKVKernels
 ///
 /// All take raw pointers; shapes are the callers' responsibility (checked by `precondition` only in
 /// the references). Row layouts are those of `StorageFormat`.
-public enum PageKernels {
+package enum PageKernels {
     /// The sum of `count` floats read as four concurrent streams: a memory-bandwidth probe for
     /// benchmarks (AVX-512 loads when the CPU has them, whatever the kernel path, else portable C).
     public static func readSum(_ p: UnsafePointer<Float>, count: Int) -> Double { kvk_read_sum(p, count) }

@@ -43,7 +43,7 @@ extension KVStore {
     ///
     /// Keys are scored in code space (FP16 rows converted on the fly, grouped rows as
     /// scale·Σq·c + zero·Σq, per-channel pages with the query folded into the channel scales once
-    /// per page) and values accumulated with `RowCodec.accumulate`: nothing of the cache is
+    /// per page) and values accumulated in place (`TierCodecs.accumulateValues`): nothing of the cache is
     /// materialised. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
     /// for all query rows of its group.
     ///

@@ -1,6 +1,5 @@
 import Foundation
 import KVQuantization
-import KVSelection
 
 /// The attention of one KV head's query group over one stream.
 struct StreamAttention {
@@ -48,27 +47,25 @@ struct StreamAttention {
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
         for (page, t) in visit {
             let tc = codecs[t]
-            do {
-                let n = page.count
-                // Scores, by the tier's chosen kernel.
-                tc.scoreKeys(of: page, queries: q0, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
-                // Causal mask, only where some token is after some query.
-                var maxPosition = Int32.min
-                for j in 0..<n { maxPosition = max(maxPosition, page.position(j)) }
-                if maxPosition > minQueryPosition {
-                    for j in 0..<n {
-                        let p = page.position(j)
-                        for r in 0..<rows where p > qpos[r] { S[r * cap + j] = -.infinity }
-                    }
+            let n = page.count
+            // Scores, by the tier's chosen kernel.
+            tc.scoreKeys(of: page, queries: q0, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
+            // Causal mask, only where some token is after some query.
+            var maxPosition = Int32.min
+            for j in 0..<n { maxPosition = max(maxPosition, page.position(j)) }
+            if maxPosition > minQueryPosition {
+                for j in 0..<n {
+                    let p = page.position(j)
+                    for r in 0..<rows where p > qpos[r] { S[r * cap + j] = -.infinity }
                 }
-                if returnWeights {
-                    for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
-                    for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
-                }
-                // Online softmax, one page at a time: S becomes the page's weights.
-                PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
-                tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0)
             }
+            if returnWeights {
+                for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
+                for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
+            }
+            // Online softmax, one page at a time: S becomes the page's weights.
+            PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
+            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0)
         }
         for r in 0..<rows where l[r] > 0 {
             let o = o0 + r * d, inv = 1 / l[r]

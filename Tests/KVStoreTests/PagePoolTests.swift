@@ -37,7 +37,7 @@ import KVQuantization
     @Test func churnKeepsPagesDisjointAndMemoryBounded() throws {
         let layouts = [Self.layout, PageLayout(keyFormat: .channelwise(.int4), valueFormat: .int4, headDim: 64, capacity: 16),
                        PageLayout(keyFormat: .int8, valueFormat: .int8, headDim: 8, capacity: 4)]
-        try forEachSeededCase(6, base: 9100) { g in
+        forEachSeededCase(6, base: 9100) { g in
             let pool = PagePool()
             var live = [(page: Page, stream: Int, tag: UInt8)]()
             var last = [Int: Page]()
