@@ -13,6 +13,9 @@ public struct CompressionSettings: Sendable, Hashable {
         /// KVCrush representatives of the tail (`TieredPlanner`). A `nil` error model is derived
         /// from the store's tier formats (`TierErrorModel.derived(from:)`).
         case tiered(TierErrorModel?, candidateTiers: [Tier])
+        /// The plain plan: the top `topShare` of the middle by score at FP16, the next at `tier`
+        /// until the budget is spent (`PlainPlanner`).
+        case plain(topShare: Double, tier: Tier)
     }
 
     /// The host policy: which scores rank the middle tokens.

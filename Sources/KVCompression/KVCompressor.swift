@@ -44,6 +44,7 @@ public struct KVCompressor: Sendable {
         switch settings.planner {
         case .budget: return BudgetPlanner(configuration: configuration)
         case .tiered(let model, let tiers): return TieredPlanner(configuration: configuration, errorModel: model, candidateTiers: tiers)
+        case .plain(let share, let tier): return PlainPlanner(configuration: configuration, topShare: share, tier: tier)
         }
     }
 

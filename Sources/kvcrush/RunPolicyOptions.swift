@@ -8,8 +8,9 @@ enum RunPolicyOptions {
         Policies use the grammar of 'kvcrush eval': uncompressed (alias full: the reference),
         uniform-int8, uniform-int4, uniform-int2 (every prompt token moved to that tier), and the
         budgeted host policies streaming (sinks + the most recent tokens the budget holds), h2o, snapkv,
-        tova, random, pyramid, tiered (= snapkv+tiered) with the modifiers +tiered (the tiered planner
-        splits the budget over FP16/INT8/INT4 by error reduction per byte), +kvcrush (KVCrush
+        tova, random, pyramid, tiered (= snapkv+tiered), plain (= snapkv+plain: the top 2% at FP16, the
+        next at INT4 until the budget is spent) with the modifiers +tiered (the tiered planner
+        splits the budget over FP16/INT8/INT4 by error reduction per byte), +plain, +kvcrush (KVCrush
         representatives), +mikv (the rest kept at INT2 instead of dropped) and +int2 (tiered may use
         INT2). They run through the store's KVCompressor: the prompt is compressed once from the last
         32 prompt queries (SnapKV protocol), then, unless --decode-budget off, a decode session
