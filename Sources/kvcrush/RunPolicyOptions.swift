@@ -18,7 +18,8 @@ enum RunPolicyOptions {
         once per --budgets fraction (of the FP16 cache, sinks and recent window included; default
         0.5,0.25); +kvcrush policies once per --crush-share (default 0.3), --rep-format (int4) and
         --anchor (alternate); --seed seeds random and the random anchor; --sinks (4) and --recent (32)
-        set the tokens every stream keeps at FP16.
+        set the tokens every stream keeps at FP16; --decode-replan N re-plans a layer after every N new
+        tokens (default: the page capacity), each plan leaving N FP16 slots free inside the budget.
         """
 
     /// Reads the selection knobs and `--decode-budget`, and expands `names` into configurations.
