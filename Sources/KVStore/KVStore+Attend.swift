@@ -43,8 +43,11 @@ extension KVStore {
     ///
     /// Keys are scored in code space (FP16 rows converted on the fly, grouped rows as
     /// scale·Σq·c + zero·Σq, per-channel pages with the query folded into the channel scales once
-    /// per page) and values accumulated in place (`TierCodecs.accumulateValues`): nothing of the cache is
-    /// materialised. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
+    /// per page, Lloyd–Max rows as norm·Σq·L[c]) and values accumulated in place
+    /// (`TierCodecs.accumulateValues`): nothing of the cache is materialised. Tiers kept rotated
+    /// (`configuration.rotation`) are scored against R·q and their values accumulated apart and
+    /// un-rotated once per query row (`StreamAttention`), so the result is that of the un-rotated
+    /// rows the row reader returns. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
     /// for all query rows of its group.
     ///
     /// - Parameters:
@@ -61,7 +64,11 @@ extension KVStore {
     ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, where
     ///   the kernel set runs them (`KeyScoring.channelwiseVNNI`, `ValueAccumulation.integer`), the
     ///   integer splits of `PageKernels.scoresChannelwiseVNNI` (scores within
-    ///   `channelwiseVNNIErrorBound`) and `PageKernels.accumulateInteger` (its split bound).
+    ///   `channelwiseVNNIErrorBound`) and `PageKernels.accumulateInteger` (its split bound). Tiers
+    ///   the configuration rotates add the FP32 rotation of each query row and un-rotation of each
+    ///   output row (`HadamardRotation`: ≤ γ_{L+3}·‖x‖₁/√d per element, L = log₂ headDim), and their
+    ///   dots and sums are bounded in rotated coordinates (‖·‖₂ in place of Σ|·|, see
+    ///   `ReferenceAttention` in the tests for the whole bound).
     /// - Complexity: O(queryHeads · queries · tokens · headDim) arithmetic, O(tokens · rowBytes)
     ///   memory traffic per KV head.
     public func attend(_ id: SequenceID, layer: Int, queries: [Float], queryCount: Int = 1,
