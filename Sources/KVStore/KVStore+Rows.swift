@@ -29,7 +29,7 @@ extension KVStore {
     public func forEachToken<E: Error>(_ id: SequenceID, layer: Int, kvHead: Int,
                                        _ body: (StoredToken, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws(E) -> Void) throws(E) {
         let stream = withStream(id, layer, kvHead, "forEachToken") { $0 }
-        let d = configuration.headDim, rotations = rotations[layer]
+        let d = configuration.headDim, rotations = LayerRotations(layer: layer, configuration: configuration)
         let entries = stream.entriesByPosition()
         let key = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)
         let value = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)

@@ -32,8 +32,6 @@ public final class KVStore: Sendable {
     /// The pool every page comes from (its `bytesInUse` is `byteCount`).
     public let pool: PagePool
     let codecs: [TierCodecs]
-    /// Per layer, the rotations of its quantised tiers (`configuration.rotation`).
-    let rotations: [LayerRotations]
     let state: StateLock<StoreState>
 
     struct StoreState: Sendable {
@@ -59,7 +57,6 @@ public final class KVStore: Sendable {
         self.configuration = configuration
         pool = PagePool()
         codecs = Tier.stored.map { TierCodecs(tier: $0, configuration: configuration) }
-        rotations = (0..<configuration.layerCount).map { LayerRotations(layer: $0, configuration: configuration) }
         state = StateLock(StoreState())
     }
 
@@ -188,7 +185,7 @@ public final class KVStore: Sendable {
     ///   up a tier (caller bugs: trap with a message).
     /// - Complexity: O(tokens of the touched streams · headDim).
     public func apply(_ plan: RetentionPlan, to id: SequenceID) throws(KVStoreError) {
-        let c = configuration, codecs = codecs, rotations = rotations, pool = pool
+        let c = configuration, codecs = codecs, pool = pool
         for sp in plan.streams {
             precondition(0 <= sp.layer && sp.layer < c.layerCount, "KVStore.apply: layer \(sp.layer) outside 0..<\(c.layerCount)")
             precondition(0 <= sp.kvHead && sp.kvHead < c.kvHeadCount, "KVStore.apply: kvHead \(sp.kvHead) outside 0..<\(c.kvHeadCount)")
@@ -213,7 +210,7 @@ public final class KVStore: Sendable {
                 return .byteLimitExceeded(requestedBytes: allocated - freed, availableBytes: max(0, limit - pool.bytesInUse))
             }
             for (layer, head, p) in prepared {
-                sequence.layers[layer].streams[head].execute(p, codecs: codecs, rotations: rotations[layer], pool: pool)
+                sequence.layers[layer].streams[head].execute(p, codecs: codecs, rotations: LayerRotations(layer: layer, configuration: c), pool: pool)
             }
             return nil
         }

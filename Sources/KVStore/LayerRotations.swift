@@ -3,6 +3,10 @@ import KVQuantization
 /// The rotations of one layer's quantised tiers (`KVStoreConfiguration.rotation`): `nil` where
 /// unrotated. Tier 0 (FP16) is never rotated; every quantised tier of a layer shares its rotation,
 /// so only a move out of FP16 changes space.
+///
+/// Made when needed (once per `attend`, `apply` of a stream or row read: O(headDim) to draw the
+/// signs), not kept per layer: a configuration read from a file may name 65,536 layers of 4,096
+/// elements.
 struct LayerRotations: Sendable {
     /// R for keys, if the layer's quantised tiers keep rotated keys.
     let keys: HadamardRotation?

@@ -11,7 +11,7 @@ extension KVStore {
         let d = configuration.headDim, scale = configuration.effectiveAttentionScale
         precondition(q.count == d)
         let entries = withStream(id, layer, kvHead, "vnniScoreErrors") { $0.entriesByPosition() }
-        let rq = rotations[layer].keys.map { $0.rotated(q) } ?? q
+        let rq = LayerRotations(layer: layer, configuration: configuration).keys.map { $0.rotated(q) } ?? q
         return entries.map { e in
             let tc = codecs[e.tier]
             guard let channels = tc.keyChannels, e.page.layout == tc.layout, tc.keyScoring == .channelwiseVNNI else { return 0 }
