@@ -6,7 +6,8 @@
 // Only the CPU probe and the bandwidth probe exist on every architecture; the kernels are declared
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
-// accumulate_integer.c, conversion.c, int3_avx2.c and lloydmax_avx2.c.
+// accumulate_integer.c, conversion.c, int3_avx2.c and lloydmax_avx2.c, then matvec_avx2.c (the model
+// runner's weight kernels, called from KVModel's `WeightKernels` on its own `WeightKernelPath`).
 //
 // Layouts (d = headDim, all row-major):
 //   queries / prepared queries:  R rows × d floats
