@@ -1,59 +1,66 @@
 import KVQuantization
 
-/// The weights of one transformer block, dequantised to FP32, Q and K rows in Hugging Face
-/// (rotate-half) order.
+/// The weights of one transformer block: matrices read in place from the file, norms in FP32.
 struct LlamaBlockWeights: Sendable {
     let attentionNorm: [Float]
-    let query: DenseMatrix
-    let key: DenseMatrix
-    let value: DenseMatrix
-    let output: DenseMatrix
+    /// Rows in the file's order (llama.cpp's interleaved RoPE pairs): see `LlamaWeights.huggingFaceOrder`.
+    let query: WeightMatrix
+    /// Rows in the file's order, as `query`.
+    let key: WeightMatrix
+    let value: WeightMatrix
+    let output: WeightMatrix
     let feedForwardNorm: [Float]
-    let gate: DenseMatrix
-    let up: DenseMatrix
-    let down: DenseMatrix
+    let gate: WeightMatrix
+    let up: WeightMatrix
+    let down: WeightMatrix
 }
 
-/// Every weight of a Llama model, dequantised to FP32 at load.
+/// Every weight of a Llama model: matrices as the file stores them (memory-mapped, in their block
+/// types: nothing is dequantised at load), norm vectors in FP32.
 ///
-/// Why FP32 rather than the file's Q4_1/Q8_0: batched prefill is compute-bound, and an FP32 tile
-/// kernel beats dequantising blocks inside the inner loop; decode is memory-bound and reads 4 B
-/// per weight instead of 0.625 B, which for SmolLM2-135M (≈ 540 MB) still runs tens of tokens per
-/// second on two cores. The values equal the file's dequantised weights exactly.
+/// Decode reads each weight once per token, so its cost is the file's bytes (≈ 97 MB for
+/// SmolLM2-135M's Q4_1/Q8_0) rather than FP32 copies (540 MB). Loading checks every weight is
+/// finite (dequantising each matrix once, without keeping it).
 struct LlamaWeights: Sendable {
-    let tokenEmbedding: DenseMatrix
+    /// The file the matrices lie in.
+    let file: GGUFFile
+    let tokenEmbedding: WeightMatrix
     /// The output head (`output.weight`, or the token embedding when tied).
-    let outputHead: DenseMatrix
+    let outputHead: WeightMatrix
     let outputNorm: [Float]
     let blocks: [LlamaBlockWeights]
 
     init(file: GGUFFile, hyperparameters h: LlamaHyperparameters) throws(LlamaModelError) {
-        func tensor(_ name: String, _ shape: [Int]) throws(LlamaModelError) -> [Float] {
+        self.file = file
+        func info(_ name: String, _ shape: [Int]) throws(LlamaModelError) -> GGUFTensorInfo {
             guard let info = file.tensor(name) else { throw .missingTensor(name) }
             guard info.shape == shape else { throw .shapeMismatch(tensor: name, expected: shape, found: info.shape) }
-            let v = file.floats(info)
+            return info
+        }
+        func vector(_ name: String, _ length: Int) throws(LlamaModelError) -> [Float] {
+            let v = file.floats(try info(name, [length]))
             if let bad = v.firstIndex(where: { !$0.isFinite }) { throw .nonFiniteWeight(tensor: name, index: bad) }
             return v
         }
-        func matrix(_ name: String, rows: Int, columns: Int) throws(LlamaModelError) -> DenseMatrix {
-            DenseMatrix(rows: rows, columns: columns, values: try tensor(name, [columns, rows]))
+        func matrix(_ name: String, rows: Int, columns: Int) throws(LlamaModelError) -> WeightMatrix {
+            let m = WeightMatrix(try info(name, [columns, rows]), in: file)
+            if let bad = Self.firstNonFiniteWeight(m, in: file) { throw .nonFiniteWeight(tensor: name, index: bad) }
+            return m
         }
         let e = h.embeddingLength, d = h.headDim
         tokenEmbedding = try matrix("token_embd.weight", rows: h.vocabularySize, columns: e)
         outputHead = file.tensor("output.weight") == nil ? tokenEmbedding : try matrix("output.weight", rows: h.vocabularySize, columns: e)
-        outputNorm = try tensor("output_norm.weight", [e])
+        outputNorm = try vector("output_norm.weight", e)
         var blocks = [LlamaBlockWeights]()
         for l in 0..<h.layerCount {
             let p = "blk.\(l)."
-            let q = try matrix(p + "attn_q.weight", rows: h.headCount * d, columns: e)
-            let k = try matrix(p + "attn_k.weight", rows: h.kvHeadCount * d, columns: e)
             blocks.append(LlamaBlockWeights(
-                attentionNorm: try tensor(p + "attn_norm.weight", [e]),
-                query: Self.unpermuteRoPERows(q, headCount: h.headCount, headDim: d),
-                key: Self.unpermuteRoPERows(k, headCount: h.kvHeadCount, headDim: d),
+                attentionNorm: try vector(p + "attn_norm.weight", e),
+                query: try matrix(p + "attn_q.weight", rows: h.headCount * d, columns: e),
+                key: try matrix(p + "attn_k.weight", rows: h.kvHeadCount * d, columns: e),
                 value: try matrix(p + "attn_v.weight", rows: h.kvHeadCount * d, columns: e),
                 output: try matrix(p + "attn_output.weight", rows: e, columns: h.headCount * d),
-                feedForwardNorm: try tensor(p + "ffn_norm.weight", [e]),
+                feedForwardNorm: try vector(p + "ffn_norm.weight", e),
                 gate: try matrix(p + "ffn_gate.weight", rows: h.feedForwardLength, columns: e),
                 up: try matrix(p + "ffn_up.weight", rows: h.feedForwardLength, columns: e),
                 down: try matrix(p + "ffn_down.weight", rows: e, columns: h.feedForwardLength)))
@@ -61,24 +68,43 @@ struct LlamaWeights: Sendable {
         self.blocks = blocks
     }
 
-    /// Undoes the row permutation llama.cpp's converter applies to Q and K weights.
+    /// The index (in file order) of the first weight of `m` that is NaN or infinite, if any.
+    static func firstNonFiniteWeight(_ m: WeightMatrix, in file: GGUFFile) -> Int? {
+        let chunk = 256
+        var scratch = [Float](repeating: 0, count: chunk * m.columns)
+        return file.storage.withUnsafeBytes { bytes -> Int? in
+            let rows = m.rows(in: bytes)
+            for first in stride(from: 0, to: m.rows, by: chunk) {
+                let n = min(chunk, m.rows - first)
+                let bad = scratch.withUnsafeMutableBufferPointer { out -> Int? in
+                    WeightKernels.dequantize(rows, first: first, count: n, into: out.baseAddress!, stride: m.columns)
+                    return out[0..<(n * m.columns)].firstIndex { !$0.isFinite }
+                }
+                if let bad { return first * m.columns + bad }
+            }
+            return nil
+        }
+    }
+
+    /// Reorders Q or K outputs (`[token][head][headDim]`, `count` tokens) from the file's row order
+    /// to Hugging Face's.
     ///
-    /// The converter reorders each head's rows so that llama.cpp's RoPE, which rotates adjacent
+    /// llama.cpp's converter reorders each head's rows so that its RoPE, which rotates adjacent
     /// pairs (2j, 2j+1), computes what Hugging Face's rotate-half RoPE computes on pairs
     /// (j, j + D/2): GGUF row `2j + s` of a head is Hugging Face row `s·D/2 + j`. Restoring Hugging
     /// Face order lets the forward pass use rotate-half and produce keys and queries in the order
-    /// Hugging Face (and the KV dumps) use.
-    static func unpermuteRoPERows(_ m: DenseMatrix, headCount: Int, headDim d: Int) -> DenseMatrix {
-        var out = [Float](repeating: 0, count: m.values.count)
-        let c = m.columns, half = d / 2
-        for h in 0..<headCount {
+    /// Hugging Face (and the KV dumps) use. (Permuting the outputs, not the weights, keeps the
+    /// weights in place.)
+    static func huggingFaceOrder(_ y: [Float], count: Int, headCount: Int, headDim d: Int) -> [Float] {
+        precondition(y.count == count * headCount * d, "LlamaWeights.huggingFaceOrder: \(y.count) values for \(count)×\(headCount)×\(d)")
+        var out = [Float](repeating: 0, count: y.count)
+        let half = d / 2
+        for base in stride(from: 0, to: y.count, by: d) {
             for j in 0..<half {
-                for s in 0..<2 {
-                    let src = (h * d + 2 * j + s) * c, dst = (h * d + s * half + j) * c
-                    for i in 0..<c { out[dst + i] = m.values[src + i] }
-                }
+                out[base + j] = y[base + 2 * j]
+                out[base + half + j] = y[base + 2 * j + 1]
             }
         }
-        return DenseMatrix(rows: m.rows, columns: c, values: out)
+        return out
     }
 }

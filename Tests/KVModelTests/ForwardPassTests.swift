@@ -40,10 +40,11 @@ import TestSupport
         #expect(store.nextPosition(of: seq, layer: 1) == n)
     }
 
-    /// Chunked prefill and one-token decode give the logits of one batched prefill.
+    /// Chunked prefill and one-token decode in FP32 give the logits of one batched prefill (the
+    /// products are the same sums; the store's FP16 keys and values are the same bits).
     @Test func chunkedPrefillAndDecodeAgreeWithOneBatch() throws {
         let tiny = try TinyLlama()
-        let model = try LlamaModel(file: tiny.file, threadCount: 1)
+        let model = try LlamaModel(file: tiny.file, threadCount: 1, quantizesDecodeActivations: false)
         let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
         let whole = store.addSequence(), pieces = store.addSequence()
         let all = try model.forward(Self.tokens, sequence: whole, in: store, logits: .all)
@@ -52,14 +53,15 @@ import TestSupport
         for t in Self.tokens[8...] { stepwise += try model.forward([t], sequence: pieces, in: store, logits: .last) }
         #expect(relativeError(stepwise, all.map(Double.init)) < 1e-5)
         // Thread count does not change the result.
-        let threaded = try LlamaModel(file: tiny.file, threadCount: 3)
+        let threaded = try LlamaModel(file: tiny.file, threadCount: 3, quantizesDecodeActivations: false)
         let s3 = store.addSequence()
         #expect(try threaded.forward(Self.tokens, sequence: s3, in: store, logits: .all) == all)
     }
 
+    /// (FP32 decode, so that the last one-token chunk computes what the batch does.)
     @Test func prefillKeepsTheObservationWindowAndGenerationIsGreedy() throws {
         let tiny = try TinyLlama()
-        let model = try LlamaModel(file: tiny.file)
+        let model = try LlamaModel(file: tiny.file, quantizesDecodeActivations: false)
         let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
         let a = store.addSequence()
         let (last, window) = try model.prefill(Self.tokens, sequence: a, in: store, chunkTokenCount: 4, observationTokenCount: 6)
@@ -141,15 +143,33 @@ import TestSupport
         #expect(throws: LlamaModelError.missingTensor("blk.1.ffn_up.weight")) { try LlamaModel(file: TinyLlama(skip: "blk.1.ffn_up.weight").file) }
     }
 
-    @Test func tiledMatrixProductMatchesTheScalarReference() {
-        var g = SeededGenerator(seed: 3)
-        for (rows, columns, count) in [(1, 1, 1), (7, 13, 5), (16, 64, 4), (33, 40, 3), (4, 8, 2)] {
-            let w = (0..<(rows * columns)).map { _ in Float(g.nextGaussian()) }
-            let x = (0..<(count * columns)).map { _ in Float(g.nextGaussian()) }
-            let y = DenseMatrix(rows: rows, columns: columns, values: w).apply(x, count: count, threadCount: 2)
-            let r = MatrixKernels.multiplyReference(w, rows: rows, columns: columns, x: x, count: count)
-            for i in y.indices { #expect(abs(y[i] - r[i]) <= 1e-5 * Float(columns), "\(rows)×\(columns)×\(count) at \(i)") }
+    /// Products of several matrices in one call equal one call each, whatever the thread count; a
+    /// batch's rows equal one-vector FP32 products of each row.
+    @Test func matrixProductsDoNotDependOnGroupingThreadsOrBatch() throws {
+        let tiny = try TinyLlama()
+        let file = tiny.file
+        let q = WeightMatrix(file.tensor("blk.0.attn_q.weight")!, in: file), k = WeightMatrix(file.tensor("blk.0.attn_k.weight")!, in: file)
+        let embd = WeightMatrix(file.tensor("token_embd.weight")!, in: file)
+        var g = SeededGenerator(seed: 11)
+        let count = 5, x = RowFamily.gaussian.row(count * TinyLlama.embedding, using: &g)
+        for quantized in [false, true] {
+            let one = MatrixProducts(file: file, threadCount: 1, quantizesDecodeActivations: quantized, path: .current)
+            let three = MatrixProducts(file: file, threadCount: 3, quantizesDecodeActivations: quantized, path: .current)
+            let together = three.apply([q, k, embd], to: x, count: count)
+            #expect(together == [one.apply([q], to: x, count: count)[0], one.apply([k], to: x, count: count)[0], one.apply([embd], to: x, count: count)[0]])
+            let first = Array(x[0..<TinyLlama.embedding])
+            #expect(one.apply([q, k], to: first, count: 1) == three.apply([q, k], to: first, count: 1))
+            if !quantized {
+                for t in 0..<count {
+                    let row = Array(x[(t * TinyLlama.embedding)..<((t + 1) * TinyLlama.embedding)])
+                    #expect(one.apply([embd], to: row, count: 1)[0] == Array(together[2][(t * embd.rows)..<((t + 1) * embd.rows)]))
+                }
+            }
         }
+        // The embedding lookup is the dequantised rows.
+        let all = try file.floats("token_embd.weight")
+        let rows = MatrixProducts(file: file, threadCount: 1, quantizesDecodeActivations: true, path: .current).rows(of: embd, [3, 0, 49])
+        #expect(rows == Array(all[(3 * 64)..<(4 * 64)] + all[0..<64] + all[(49 * 64)..<(50 * 64)]))
     }
 
     @Test func statisticsOfDistributions() {

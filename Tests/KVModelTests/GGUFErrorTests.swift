@@ -76,7 +76,8 @@ import TestSupport
 
     @Test func badTensorInfos() {
         #expect(parse(tensorFile(shape: [32, 2], type: 3, offset: 0, dataBytes: 40)) == nil)
-        #expect(parse(tensorFile(shape: [32, 2], type: 6, offset: 0, dataBytes: 40)) == .unsupportedTensorType(tensor: "w", type: 6))
+        #expect(parse(tensorFile(shape: [32, 2], type: 10, offset: 0, dataBytes: 40)) == .unsupportedTensorType(tensor: "w", type: 10))
+        #expect(parse(tensorFile(shape: [128, 2], type: 12, offset: 0, dataBytes: 400)) == .misalignedBlocks(tensor: "w", rowLength: 128, blockSize: 256))
         #expect(parse(tensorFile(shape: [16, 2], type: 3, offset: 0, dataBytes: 40)) == .misalignedBlocks(tensor: "w", rowLength: 16, blockSize: 32))
         #expect(parse(tensorFile(shape: [32, 0], type: 0, offset: 0, dataBytes: 40)) == .invalidShape(tensor: "w", shape: [32, 0]))
         #expect(parse(tensorFile(shape: [1 << 31, 1 << 31, 1 << 31], type: 0, offset: 0, dataBytes: 40)) != nil)

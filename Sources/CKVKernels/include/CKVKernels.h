@@ -6,7 +6,8 @@
 // Only the CPU probe and the bandwidth probe exist on every architecture; the kernels are declared
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
-// accumulate_integer.c, conversion.c, int3_avx2.c and lloydmax_avx2.c.
+// accumulate_integer.c, conversion.c, int3_avx2.c and lloydmax_avx2.c, then matvec_avx2.c (the model
+// runner's weight kernels, called from KVModel's `WeightKernels` on its own `WeightKernelPath`).
 //
 // Layouts (d = headDim, all row-major):
 //   queries / prepared queries:  R rows × d floats
@@ -156,6 +157,51 @@ void kvk_scores_lloydmax_avx2(int bits, const float *levels, const float *q, lon
 /// v_ji = fl(norm_j · L[code_ji]).
 void kvk_accumulate_lloydmax_avx2(int bits, const float *levels, const float *w, long R, long stride, long n,
                                   const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
+
+#endif // __x86_64__
+
+// MARK: matvec_avx2.c: weight kernels of the model runner (KVK_CPU_AVX2)
+//
+// Weight matrices as a GGUF file stores them: `rows` rows of `columns` values, row r at
+// w + r·rowBytes, in the ggml type `type` (the `KVK_GGML_…` ids, ggml's `ggml_type`; block layouts
+// in KVModel's `GGMLType`). `columns` is a multiple of the type's block size (32, or 256 for the
+// K-quants); any width for F32 and F16. Each kernel uses the dequantised weights of ggml's
+// `dequantize_row_*` and one summation order (the file's header comment), so the decode kernel, the
+// prefill kernel and any split of rows give the same bits; `WeightKernels` in KVModel is the twin.
+
+#define KVK_GGML_F32 0
+#define KVK_GGML_F16 1
+#define KVK_GGML_Q4_0 2
+#define KVK_GGML_Q4_1 3
+#define KVK_GGML_Q5_0 6
+#define KVK_GGML_Q5_1 7
+#define KVK_GGML_Q8_0 8
+#define KVK_GGML_Q4_K 12
+#define KVK_GGML_Q5_K 13
+#define KVK_GGML_Q6_K 14
+
+#if defined(__x86_64__)
+
+/// out[r·outStride + k] = the dequantised weight k of row r, for r < rows, k < columns.
+void kvk_weights_dequantize_avx2(int type, const void *w, long rowBytes, long rows, long columns, float *out, long outStride);
+
+/// y[r] = w_r · x (8-lane order) for r < rows: the decode product on the stored blocks.
+void kvk_weights_matvec_avx2(int type, const void *w, long rowBytes, long rows, long columns, const float *x, float *y);
+
+/// The decode product with 16-bit activations. Per block b of 32 values (columns/32 blocks):
+/// m = max_j |x_j|, dx[b] = m/32767, xq[32b + j] = rne(x_j·(32767/m)) (0 when m = 0), sx[b] = Σ_j x_j.
+/// y[r] = sum8(acc) + off with, per piece b in order and int32 lane l < 8 (exact sums of codes q —
+/// minus the offset of the symmetric types — times xq): I_hl = q_{16h+2l}·xq_{16h+2l} +
+/// q_{16h+2l+1}·xq_{16h+2l+1} for the halves h = 0, 1; acc_l = fma(fl(a·dx[b]), I_0l + I_1l, acc_l)
+/// (Q6_K, whose halves have scales a_0, a_1: one fma per half, h = 0 first); off = fma(c_b, sx[b], off)
+/// for the affine types (c their offset). Block types only (not F32 / F16).
+void kvk_weights_matvec_q16_avx2(int type, const void *w, long rowBytes, long rows, long columns,
+                                 const int16_t *xq, const float *dx, const float *sx, float *y);
+
+/// y[t·yStride + r] = w_r · x_t (8-lane order) for r < rows, t < count, FP32 rows w_r at w + r·wStride
+/// and x_t at x + t·xStride: the prefill product on a dequantised panel, tiles of 3 rows × 4 vectors.
+void kvk_matmul_f32_avx2(const float *w, long wStride, long rows, long columns, const float *x, long xStride,
+                         long count, float *y, long yStride);
 
 #endif // __x86_64__
 #endif
