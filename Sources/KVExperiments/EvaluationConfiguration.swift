@@ -15,6 +15,8 @@ public struct EvaluationConfiguration: Sendable, Hashable {
     /// During decode, tokens between two plans of a layer (`nil`: the store's page capacity;
     /// `CompressionSettings.decodeReplanInterval`).
     public var decodeReplanInterval: Int?
+    /// The preset this configuration runs (`policy` is then `plain` at the preset's budget), or `nil`.
+    public var preset: CompressionPreset?
 
     public init(policy: PolicyName, budget: Double?, kvCrush: KVCrushSettings?, regions: StreamRegions = StreamRegions(),
                 decodeReplanInterval: Int? = nil) {
@@ -25,8 +27,20 @@ public struct EvaluationConfiguration: Sendable, Hashable {
         self.decodeReplanInterval = decodeReplanInterval
     }
 
+    /// The configuration running `preset` (its store must be made from `preset.configure(_:)`).
+    public init(preset: CompressionPreset, regions: StreamRegions = StreamRegions()) {
+        let plain: PolicyName
+        do { plain = try PolicyName(parsing: "plain") } catch { preconditionFailure("EvaluationConfiguration: \(error)") }
+        self.init(policy: plain, budget: preset.budget, kvCrush: nil, regions: regions, decodeReplanInterval: preset.decodeReplanInterval)
+        self.preset = preset
+    }
+
+    /// The name reports print: `preset:NAME` for presets, else the policy's canonical name.
+    public var name: String { preset.map { "preset:\($0)" } ?? policy.description }
+
     /// What the configuration does to a cache.
     public var cachePolicy: CachePolicy {
+        if let preset { return preset.policy(regions: regions) }
         var p = policy.cachePolicy(budget: budget, kvCrush: kvCrush, regions: regions)
         if case .compress(var s) = p.action {
             s.decodeReplanInterval = decodeReplanInterval
@@ -42,7 +56,7 @@ public struct EvaluationConfiguration: Sendable, Hashable {
 
     /// A short human label: the policy, plus representative format and share with KVCrush.
     public var label: String {
-        guard let k = kvCrush else { return policy.description }
+        guard let k = kvCrush else { return name }
         return "\(policy) (\(k.representativeTier) reps, share \(formatShare(k.share)))"
     }
 }

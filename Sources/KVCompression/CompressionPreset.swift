@@ -1,0 +1,80 @@
+import KVQuantization
+import KVSelection
+import KVStore
+
+/// A named operating point: how the store keeps its INT4 tier (page capacity, key and value
+/// formats, rotation) together with the policy that compresses to a fraction of the FP16 cache.
+///
+/// A preset has two halves because formats are fixed when a store is made and the policy is
+/// chosen per sequence: make the store from `configure(_:)`, then apply `policy` to each prompt
+/// (with a decode session to keep the budget while generating).
+///
+/// Every preset uses the plain plan (`PlainPlanner`: SnapKV scores from the prompt's last 32
+/// queries, the top 2% of the middle at FP16, the next at INT4 until the budget is spent, the rest
+/// dropped; sinks 4 and recent window 32 at FP16), re-planned during decode every 16 new tokens.
+/// The INT4 tier keeps keys per channel (KIVI style) and values as rotated Lloyd–Max codes with one
+/// FP16 norm per vector (the store rotates them by a randomised Walsh–Hadamard transform; head
+/// dims that are not powers of two are left unrotated, where the codes fit worse).
+///
+/// | name | budget | page | INT4 tier (key : value) | bytes per INT4 token at head dim 64 |
+/// |------|--------|------|-------------------------|------------------------------------|
+/// | `2x` | 0.5    | 32   | int4/channel : lm4      | 32 + 8 + 34 + 4 = 78 |
+/// | `4x` | 0.25   | 64   | int4/channel : lm3      | 32 + 4 + 26 + 4 = 66 |
+/// | `8x` | 0.125  | 64   | int4/channel : lm3      | 66 |
+///
+/// The formats and page sizes were chosen on one text (`heapq-2048.txt`, SmolLM2-135M, prompt
+/// 1536 + 512) from `kvcrush formats` and `kvcrush run --formats`; the README reports them on
+/// another (`pydoc-topics-12k.txt`).
+public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
+    /// The preset's name (`2x`, `4x`, `8x`).
+    public let name: String
+    /// Bytes each stream may keep, as a fraction of its FP16 bytes.
+    public let budget: Double
+    /// Token slots per page of the store.
+    public let pageCapacity: Int
+    /// The INT4 tier's key and value formats (the other tiers keep `TierFormats.standard`).
+    public let int4Key: StorageFormat, int4Value: StorageFormat
+    /// During decode, new tokens between two plans of a layer.
+    public let decodeReplanInterval: Int
+
+    public var description: String { name }
+
+    /// The presets, least compression first.
+    public static let all: [CompressionPreset] = [
+        CompressionPreset(name: "2x", budget: 0.5, pageCapacity: 32, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int4),
+                          decodeReplanInterval: 16),
+        CompressionPreset(name: "4x", budget: 0.25, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
+                          decodeReplanInterval: 16),
+        CompressionPreset(name: "8x", budget: 0.125, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
+                          decodeReplanInterval: 16),
+    ]
+
+    /// The preset called `name` (with or without a `preset:` prefix), or `nil`.
+    public static func named(_ name: String) -> CompressionPreset? {
+        let bare = name.hasPrefix("preset:") ? String(name.dropFirst("preset:".count)) : name
+        return all.first { $0.name == bare }
+    }
+
+    /// `configuration` with the preset's page capacity, INT4 tier formats and value rotation (its
+    /// other settings, shape and byte limit included, unchanged).
+    public func configure(_ configuration: KVStoreConfiguration) -> KVStoreConfiguration {
+        var c = configuration
+        c.pageCapacity = pageCapacity
+        c.tierFormats.keys[.int4] = int4Key
+        c.tierFormats.values[.int4] = int4Value
+        c.rotation = RotationSettings(keys: .none, values: .all, seed: c.rotation.seed)
+        return c
+    }
+
+    /// The policy: the plain plan at `budget`, named `preset:NAME`.
+    public func policy(regions: StreamRegions = StreamRegions()) -> CachePolicy {
+        let plain: PolicyName
+        do { plain = try PolicyName(parsing: "plain") } catch { preconditionFailure("CompressionPreset: \(error)") }
+        var p = plain.cachePolicy(budget: budget, regions: regions)
+        guard case .compress(var s) = p.action else { preconditionFailure("CompressionPreset: plain compresses") }
+        s.decodeReplanInterval = decodeReplanInterval
+        p.action = .compress(s)
+        p.name = "preset:\(name)"
+        return p
+    }
+}
