@@ -31,7 +31,7 @@ struct StreamAttention {
         o0.initialize(repeating: 0, count: rows * d)
         let m = UnsafeMutablePointer<Float>.allocate(capacity: rows), l = UnsafeMutablePointer<Float>.allocate(capacity: rows)
         let S = UnsafeMutablePointer<Float>.allocate(capacity: rows * cap)
-        let work = UnsafeMutablePointer<Float>.allocate(capacity: rows * (d + 1))
+        let work = UnsafeMutablePointer<Float>.allocate(capacity: codecs.map { $0.workCount(rowCount: rows, pageCapacity: cap) }.max()!)
         defer { m.deallocate(); l.deallocate(); S.deallocate(); work.deallocate() }
         m.initialize(repeating: -.infinity, count: rows)
         l.initialize(repeating: 0, count: rows)
@@ -65,7 +65,7 @@ struct StreamAttention {
             }
             // Online softmax, one page at a time: S becomes the page's weights.
             PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
-            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0)
+            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0, work: work)
         }
         for r in 0..<rows where l[r] > 0 {
             let o = o0 + r * d, inv = 1 / l[r]
