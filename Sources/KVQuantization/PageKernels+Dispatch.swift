@@ -19,7 +19,7 @@ extension PageKernels {
         guard runsFP32Kernels(headDim: d, on: kernels) else { return false }
         switch format {
         case .fp16: return true
-        case .channelwise: return false
+        case .channelwise, .lloydMax, .grouped(.int3, _): return false
         case .grouped(let w, let g):
             let block = w == .int8 ? 16 : w == .int4 ? 32 : 64
             return g % block == 0 && d % g == 0 && d / g <= 32
@@ -45,7 +45,7 @@ extension PageKernels {
         switch w {
         case .int4: return g % 32 == 0 && d % 128 == 0
         case .int8: return g % 16 == 0 && d % 64 == 0
-        case .int2: return false
+        case .int3, .int2: return false
         }
     }
 }
@@ -61,6 +61,14 @@ extension PageKernels {
         kernels.avx2 && d > 0 && d % 16 == 0
     }
 
+    /// Whether the AVX2 kernels of the INT3 and Lloyd–Max formats (`int3_avx2.c`,
+    /// `lloydmax_avx2.c`; `PageKernels+Formats.swift`) run for rows of `headDim` elements: AVX2
+    /// kernels in the kernel set (the `avx2` path, or `avx512`: the AVX-512 kernels do not take these
+    /// formats) and headDim a multiple of 8.
+    static func runsFormatAVX2Kernels(headDim d: Int, on kernels: KernelSet = .current) -> Bool {
+        kernels.avx2 && d > 0 && d % 8 == 0
+    }
+
     /// Whether `kvk_accumulate_fp16_avx2` / `kvk_accumulate_grouped_avx2` run for value rows of
     /// `format` (where the AVX-512 kernel does not): `runsAVX2Kernels` and, for grouped rows, a
     /// group size that is a multiple of 16 dividing headDim (a unit lies in one group).
@@ -68,7 +76,7 @@ extension PageKernels {
         guard runsAVX2Kernels(headDim: d, on: kernels) else { return false }
         switch format {
         case .fp16: return true
-        case .channelwise: return false
+        case .channelwise, .lloydMax, .grouped(.int3, _): return false
         case .grouped(_, let g): return g % 16 == 0 && d % g == 0
         }
     }
@@ -86,6 +94,12 @@ package enum KeyScoring: Sendable, Hashable {
     case channelwiseVNNI
     /// Per-channel keys, `PageKernels.scoresChannelwise` (FP32).
     case channelwise
+    /// Per-channel INT3 keys, `PageKernels.scoresChannelwiseInt3` (AVX2 where it runs, else Swift
+    /// tiled over query rows) on every path.
+    case channelwiseInt3
+    /// Lloyd–Max keys, `PageKernels.scoresLloydMax` (AVX2 where it runs, else Swift tiled over query
+    /// rows) on every path.
+    case lloydMax
     /// Grouped keys: `RowCodec.dot` per query row and key row, on every path.
     case grouped
 
@@ -94,6 +108,8 @@ package enum KeyScoring: Sendable, Hashable {
     public init(keyFormat format: StorageFormat, headDim d: Int, kernels: KernelSet = .current) {
         switch format {
         case .fp16: self = .fp16
+        case .channelwise(.int3): self = .channelwiseInt3
+        case .lloydMax: self = .lloydMax
         case .channelwise:
             if PageKernels.runsVNNIScoreKernel(headDim: d, on: kernels) { self = .channelwiseVNNI }
             else { self = .channelwise }
@@ -111,6 +127,9 @@ package enum ValueAccumulation: Sendable, Hashable {
     /// `PageKernels.accumulate` in FP32: bit-identical to `accumulateReference` on the AVX-512 and
     /// AVX2 kernels, to its unfused form on the tiled Swift code.
     case floatingPoint
+    /// Lloyd–Max and grouped INT3 rows on every path: `PageKernels.accumulateTiled` (AVX2 where it
+    /// runs, else Swift tiled over output rows).
+    case tiled
 
     /// The accumulation of value rows stored as `format` with `headDim` elements. The integer
     /// kernel is used for INT4 only, where it runs. Measured here (Zen 4): at INT4 it cut a cached
@@ -119,6 +138,10 @@ package enum ValueAccumulation: Sendable, Hashable {
     /// 9.7–15 ms: its 4-token transposition reads 136-byte rows with split loads), so INT8 keeps the
     /// FP32 kernel.
     public init(valueFormat format: StorageFormat, headDim d: Int, kernels: KernelSet = .current) {
+        switch format {
+        case .lloydMax, .grouped(.int3, _): self = .tiled; return
+        default: break
+        }
         if case .grouped(.int4, _) = format, PageKernels.runsIntegerAccumulateKernel(format, headDim: d, on: kernels) {
             self = .integer
         } else {

@@ -208,6 +208,8 @@ extension PageKernels {
         case .int8: channelwisePortable(PortableInt8.self, codec, q, rowCount: rowCount, codes: codes, params: params, n: n, scale: scale, scores: scores, stride: stride, work: work)
         case .int4: channelwisePortable(PortableInt4.self, codec, q, rowCount: rowCount, codes: codes, params: params, n: n, scale: scale, scores: scores, stride: stride, work: work)
         case .int2: channelwisePortable(PortableInt2.self, codec, q, rowCount: rowCount, codes: codes, params: params, n: n, scale: scale, scores: scores, stride: stride, work: work)
+        case .int3: scoresChannelwiseInt3Portable(codec, q, rowCount: rowCount, codes: codes, params: params, tokenCount: n, scale: scale,
+                                                  into: scores, stride: stride, work: work)
         }
         #else
         scoresChannelwiseReference(codec, q, rowCount: rowCount, codes: codes, params: params, tokenCount: n, scale: scale, into: scores, stride: stride)

@@ -13,18 +13,20 @@ import CKVKernels
 /// |---|---|---|---|---|
 /// | `kvk_cpu_features` | `CPUFeatures.detected` → `KernelPath.current` | (0 off x86-64) | — | — |
 /// | `kvk_read_sum` | `readSum` | portable C | — | a bandwidth probe |
-/// | `kvk_exp` | `exp` | the reference | `expReference` | bit-exact |
-/// | `kvk_softmax_page` | `softmaxPage` | the reference | `softmaxPageReference` | weights, m, out bit-exact; l by summation order, ≤ γₙ₊₂·l |
-/// | `kvk_scores_fp16` | `scoresFP16` | `RowCodec.dot` | `scoresReference` | each within `RowCodec.dotErrorBound`·scale of the exact dot (+1 rounding) |
-/// | `kvk_prepare_channelwise`, `kvk_scores_channelwise` | `scoresChannelwise` | `ChannelwiseKeyCodec.prepare` + `dot` | `scoresChannelwiseReference` | each within γ_{d+4}·Σ_c\|q_c\|(scale_c·code_c + \|zero_c\|)·scale of the exact dot (+1 rounding) |
+/// | `kvk_exp`, `kvk_exp_avx2` | `exp` | the reference | `expReference` | bit-exact |
+/// | `kvk_softmax_page`, `kvk_softmax_page_avx2` | `softmaxPage` | `softmaxPagePortable` (exp unfused) | `softmaxPageReference` (`fusedExp:` per `softmaxUsesFusedExp`) | weights, m, out bit-exact; l by summation order, ≤ γₙ₊₂·l |
+/// | `kvk_scores_fp16`, `kvk_scores_fp16_avx2` | `scoresFP16` | `scoresFP16Portable` (tiled) | `scoresReference` | each within `RowCodec.dotErrorBound`·scale of the exact dot (+1 rounding) |
+/// | `kvk_prepare_channelwise`, `kvk_scores_channelwise` (and `_avx2`) | `scoresChannelwise` | `scoresChannelwisePortable` (tiled; INT3: `scoresChannelwiseInt3`) | `scoresChannelwiseReference` | each within γ_{d+4}·Σ_c\|q_c\|(scale_c·code_c + \|zero_c\|)·scale of the exact dot (+1 rounding) |
 /// | `kvk_prepare_channelwise_vnni`, `kvk_scores_channelwise_vnni` | `scoresChannelwiseVNNI` | the reference | `scoresChannelwiseVNNIReference` | bit-exact; the twin within `channelwiseVNNIErrorBound` of the exact score |
-/// | `kvk_accumulate_fp16`, `kvk_accumulate_grouped` | `accumulate` | the reference | `accumulateReference` | bit-exact |
+/// | `kvk_accumulate_fp16`, `kvk_accumulate_grouped` (and `_avx2`) | `accumulate` | `accumulatePortable` (tiled, unfused) | `accumulateReference` (`fused:` per `accumulateUsesFMA`) | bit-exact |
 /// | `kvk_accumulate_integer` | `accumulateInteger` | the reference | `accumulateIntegerReference` | bit-exact; the twin within the split bound documented on `accumulateInteger` |
-/// | `kvk_first_invalid` | `ValueCheck.firstInvalid` (`RowCodec.encode`, `ChannelwiseKeyCodec.encodePage`) | Swift SIMD | `ValueCheck.firstInvalidReference` | exact: the same first element |
-/// | `kvk_float_to_half` | `RowCodec.encode` of `.fp16` rows | `Float16Bits.floatToHalf` | `Float16Bits.floatToHalfReference` | bit-exact |
+/// | `kvk_first_invalid`, `kvk_first_invalid_avx2` | `ValueCheck.firstInvalid` (`RowCodec.encode`, `ChannelwiseKeyCodec.encodePage`) | Swift SIMD | `ValueCheck.firstInvalidReference` | exact: the same first element |
+/// | `kvk_float_to_half`, `kvk_float_to_half_avx2` | `RowCodec.encode` of `.fp16` rows | `Float16Bits.floatToHalf` | `Float16Bits.floatToHalfReference` | bit-exact |
+///
+/// The INT3 and Lloyd–Max kernels are in `PageKernels+Formats.swift` (their own table).
 ///
 /// Why the contracts hold: `exp`, `accumulate` use the same operations as their references (fused
-/// multiply-adds in the same order per element; for grouped rows x̂ = fma(scale, code, zero), which
+/// multiply-adds in the same order per element, or on the Swift path a product and a sum each; for grouped rows x̂ = fma(scale, code, zero), which
 /// equals `zero + scale·code` exactly because scale·code is exact in `Float`); the scores differ
 /// from their references only by summation order; the integer kernels are defined by their twins.
 ///
@@ -133,6 +135,10 @@ package enum PageKernels {
                                          codes: UnsafeRawPointer, params: UnsafeRawPointer, tokenCount: Int, scale: Float,
                                          into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
         let d = codec.headDim
+        if codec.width == .int3 {
+            return scoresChannelwiseInt3(codec, q, rowCount: rowCount, codes: codes, params: params, tokenCount: tokenCount, scale: scale,
+                                         into: scores, stride: stride, work: work)
+        }
         #if arch(x86_64)
         if runsFP32Kernels(headDim: d) {
             let bits = Int32(codec.width.bits), qs = work, zt = work + rowCount * d
@@ -189,6 +195,12 @@ package enum PageKernels {
         #endif
     }
 
+    /// The exp `softmaxPage` uses on this kernel set (`expReference` or `expUnfusedReference`): for
+    /// rescaling other outputs by the factor it applies, bit for bit.
+    public static func softmaxExp(_ x: Float) -> Float {
+        softmaxUsesFusedExp() ? expReference(x) : expUnfusedReference(x)
+    }
+
     /// Scalar reference of `softmaxPage`, per row: pm = maxⱼ sⱼ; if pm = −∞ the weights are 0 and
     /// nothing else changes; else M = max(m, pm), c = exp(m − M), and when c ≠ 1, l ← l·c and
     /// out ← out·c; sⱼ ← exp(sⱼ − M); l ← l + Σⱼ sⱼ (left to right here); m ← M. exp is
@@ -241,7 +253,7 @@ package enum PageKernels {
             case .grouped(let width, let g):
                 return kvk_accumulate_grouped(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
                                               codec.rowByteCount, width.packedByteCount(codes: d), d, out)
-            case .channelwise:
+            case .channelwise, .lloydMax:
                 break
             }
         }
@@ -252,7 +264,7 @@ package enum PageKernels {
             case .grouped(let width, let g):
                 return kvk_accumulate_grouped_avx2(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
                                                    codec.rowByteCount, codec.codeByteCount, d, out)
-            case .channelwise:
+            case .channelwise, .lloydMax:
                 break
             }
         }

@@ -116,8 +116,8 @@ extension KVStore {
     ///
     /// - Throws: `SnapshotError` if the file cannot be read, is not a valid snapshot, was written
     ///   with a different shape (`layerCount`, `kvHeadCount`, `headDim`, `pageCapacity`,
-    ///   `tierFormats`: `.configurationMismatch`), or does not fit the byte limit. The store is
-    ///   then unchanged.
+    ///   `tierFormats`, the layers rotated and the rotation seed: `.configurationMismatch`), or does
+    ///   not fit the byte limit. The store is then unchanged.
     @discardableResult
     public func loadSnapshot(from url: URL) throws(SnapshotError) -> [SequenceID] {
         try loadSnapshot(bytes: SnapshotFile.readAll(url.path))

@@ -24,9 +24,14 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     public var byteLimit: Int?
     /// Scale applied to query·key scores; `nil` means 1/√headDim.
     public var attentionScale: Float?
+    /// Which layers keep their quantised tiers' keys or values rotated (default: none). Only
+    /// power-of-two head dims rotate (`isRotationSupported`); `rotatesKeys(layer:)` and
+    /// `rotatesValues(layer:)` say what the store does.
+    public var rotation: RotationSettings
 
     public init(layerCount: Int, queryHeadCount: Int, kvHeadCount: Int, headDim: Int, pageCapacity: Int = 32,
-                tierFormats: TierFormats = .standard, byteLimit: Int? = nil, attentionScale: Float? = nil) {
+                tierFormats: TierFormats = .standard, byteLimit: Int? = nil, attentionScale: Float? = nil,
+                rotation: RotationSettings = .none) {
         self.layerCount = layerCount
         self.queryHeadCount = queryHeadCount
         self.kvHeadCount = kvHeadCount
@@ -35,7 +40,18 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         self.tierFormats = tierFormats
         self.byteLimit = byteLimit
         self.attentionScale = attentionScale
+        self.rotation = rotation
     }
+
+    /// Whether this head dim has a rotation (a power of two): if not, `rotation` is ignored and every
+    /// tier stays unrotated.
+    public var isRotationSupported: Bool { HadamardRotation.isSupported(dimension: headDim) }
+
+    /// Whether the quantised tiers of `layer` keep rotated keys: asked for in `rotation` and supported.
+    public func rotatesKeys(layer: Int) -> Bool { isRotationSupported && rotation.keys.contains(layer) }
+
+    /// Whether the quantised tiers of `layer` keep rotated values: asked for in `rotation` and supported.
+    public func rotatesValues(layer: Int) -> Bool { isRotationSupported && rotation.values.contains(layer) }
 
     /// Query heads sharing one KV head.
     public var groupSize: Int { queryHeadCount / kvHeadCount }
@@ -70,6 +86,11 @@ public struct KVStoreConfiguration: Sendable, Hashable {
                 throw bad("tierFormats[fp16]", "the FP16 tier must store keys and values as .fp16")
             }
             if v.isPageWise { throw bad("tierFormats.values[\(tier)]", "values cannot be channelwise") }
+        }
+        for (name, layers) in [("rotation.keys", rotation.keys), ("rotation.values", rotation.values)] {
+            if case .only(let set) = layers, let bad = set.first(where: { !(0..<layerCount).contains($0) }) {
+                throw KVStoreConfigurationError.invalidField(name, "names layer \(bad), outside 0..<\(layerCount)")
+            }
         }
     }
 }

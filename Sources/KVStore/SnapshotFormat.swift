@@ -1,6 +1,6 @@
 import KVQuantization
 
-/// The snapshot file format, version 2 (version 1 files are read too). All integers little-endian.
+/// The snapshot file format, version 3 (versions 1 and 2 are read too). All integers little-endian.
 ///
 ///     file    = header · section("CONF") · section("PAGE") · section("SEQS")      (nothing after)
 ///     header  = magic "KVCSNAP\n" (8) · version u32 · sectionCount u32 (= 3) · reserved u32 (= 0)
@@ -10,7 +10,11 @@ import KVQuantization
 ///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity (u64 each)
 ///               · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
 ///               · for each stored tier (fp16, int8, int4, int2): key format, value format
-///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise) · code bits u8 (0, 2, 4, 8) · groupSize u32
+///               · rotation (version 3)
+///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max) · code bits u8 (0, 2, 3, 4, 8)
+///               · groupSize u32 (grouped only, else 0)
+///     rotation = seed u64 · key layers · value layers
+///     layers  = kind u8 (0 none, 1 all, 2 only) · count u32 · layer u32* (only: ascending, distinct)
 ///     PAGE    = pageCount u32 · page*
 ///     page    = tier u8 · isStaging u8 · count u32 · count key rows · count value rows
 ///               · page key parameters (channelwise sealed pages) · count positions i32
@@ -21,7 +25,8 @@ import KVQuantization
 ///
 /// Version 1 had two more u64 fields in CONF after pageCapacity, sinkCount and recentCount (policy
 /// settings the store never read; they now belong to `CompressionSettings`): a version 1 file is
-/// read by skipping them (they must still be at most Int32.max), and saved again as version 2.
+/// read by skipping them (they must still be at most Int32.max), and saved again as the current
+/// version. Version 2 had no rotation (read as `RotationSettings.none`).
 ///
 /// Pages are stored once however many sequences share them (forks), so a restored store shares
 /// them the same way and `byteCount` is unchanged. Only filled slots are written: the bytes beyond
@@ -29,9 +34,9 @@ import KVQuantization
 enum SnapshotFormat {
     static let magic: [UInt8] = Array("KVCSNAP\n".utf8)
     /// The version written.
-    static let version: UInt32 = 2
+    static let version: UInt32 = 3
     /// The versions read.
-    static let readableVersions: ClosedRange<UInt32> = 1...2
+    static let readableVersions: ClosedRange<UInt32> = 1...3
     static let headerByteCount = 24
     static let sectionTags = ["CONF", "PAGE", "SEQS"]
     static let noPage: UInt32 = 0xFFFF_FFFF
@@ -65,6 +70,7 @@ struct SnapshotWriter {
         case .fp16: u8(0); u8(0); u32(0)
         case .grouped(let w, let g): u8(1); u8(UInt8(w.bits)); u32(UInt32(g))
         case .channelwise(let w): u8(2); u8(UInt8(w.bits)); u32(0)
+        case .lloydMax(let w): u8(3); u8(UInt8(w.bits)); u32(0)
         }
     }
 
@@ -79,6 +85,21 @@ struct SnapshotWriter {
         for t in Tier.stored {
             format(c.tierFormats.keyFormat(t))
             format(c.tierFormats.valueFormat(t))
+        }
+        rotation(c.rotation)
+    }
+
+    mutating func rotation(_ r: RotationSettings) {
+        u64(r.seed)
+        for layers in [r.keys, r.values] {
+            switch layers {
+            case .none: u8(0); u32(0)
+            case .all: u8(1); u32(0)
+            case .only(let set):
+                u8(2)
+                u32(UInt32(set.count))
+                for l in set.sorted() { u32(UInt32(l)) }
+            }
         }
     }
 }
@@ -144,7 +165,7 @@ struct SnapshotReader {
     mutating func format(_ what: String) throws(SnapshotError) -> StorageFormat {
         let kind = try u8("\(what) kind"), bits = try u8("\(what) code bits"), group = try u32("\(what) group size")
         func width() throws(SnapshotError) -> CodeWidth {
-            guard let w = CodeWidth(rawValue: Int(bits)) else { throw fail("\(what) has \(bits)-bit codes (2, 4 or 8 exist)") }
+            guard let w = CodeWidth(rawValue: Int(bits)) else { throw fail("\(what) has \(bits)-bit codes (2, 3, 4 or 8 exist)") }
             return w
         }
         switch kind {
@@ -157,8 +178,11 @@ struct SnapshotReader {
         case 2:
             guard group == 0 else { throw fail("\(what) is channelwise with a group size") }
             return .channelwise(try width())
+        case 3:
+            guard group == 0 else { throw fail("\(what) is Lloyd–Max with a group size") }
+            return .lloydMax(try width())
         default:
-            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise)")
+            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max)")
         }
     }
 
@@ -182,9 +206,38 @@ struct SnapshotReader {
             keys[t] = try format("keys[\(t)]")
             values[t] = try format("values[\(t)]")
         }
+        let rotation = version >= 3 ? try self.rotation(layerCount: layerCount) : .none
         return KVStoreConfiguration(
             layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
             pageCapacity: pageCapacity, tierFormats: TierFormats(keys: keys, values: values),
-            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil)
+            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil, rotation: rotation)
+    }
+
+    /// The rotation of a version 3 CONF: layers listed ascending, distinct, below `layerCount`.
+    mutating func rotation(layerCount: Int) throws(SnapshotError) -> RotationSettings {
+        let seed = try u64("rotation seed")
+        var sets = [RotationSettings.Layers]()
+        for what in ["rotation keys", "rotation values"] {
+            let kind = try u8("\(what) kind")
+            let count = try count("\(what) layer count", max: min(layerCount, remaining / 4))
+            switch kind {
+            case 0, 1:
+                guard count == 0 else { throw fail("\(what) is \(kind == 0 ? "none" : "all") with \(count) layers listed") }
+                sets.append(kind == 0 ? .none : .all)
+            case 2:
+                var layers = [Int]()
+                for _ in 0..<count {
+                    let l = Int(try u32("\(what) layer"))
+                    guard l < layerCount && l > (layers.last ?? -1) else {
+                        throw fail("\(what) lists layer \(l) out of order or outside 0..<\(layerCount)")
+                    }
+                    layers.append(l)
+                }
+                sets.append(.only(Set(layers)))
+            default:
+                throw fail("\(what) kind \(kind) is unknown (0 none, 1 all, 2 only)")
+            }
+        }
+        return RotationSettings(keys: sets[0], values: sets[1], seed: seed)
     }
 }

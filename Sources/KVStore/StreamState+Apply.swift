@@ -87,8 +87,10 @@ extension StreamState {
 
     /// Carries out prepared moves. Cannot fail: values were validated when appended and decoded
     /// values are clamped to ±65504 before re-encoding (a grouped top code can decode up to scale/2
-    /// above the FP16 range).
-    mutating func execute(_ p: PreparedMoves, codecs: [TierCodecs], pool: PagePool) {
+    /// above the FP16 range; a rotated vector's elements reach ‖x‖₁/√d, beyond 65504 only for
+    /// vectors of extreme norm). Tokens moving between tiers of different rotations (out of FP16
+    /// into a rotated tier) are rotated (`rotations`) before they are encoded.
+    mutating func execute(_ p: PreparedMoves, codecs: [TierCodecs], rotations: LayerRotations, pool: PagePool) {
         guard !p.isEmpty else { return }
         let d = codecs[0].layout.headDim
         // 1. Decode every arriving token from where it is now.
@@ -102,6 +104,8 @@ extension StreamState {
                         let src = codecs[a.from.tier], page = tiers[a.from.tier].page(a.from.page)
                         src.decodeKey(page, a.from.slot, into: kp.baseAddress! + i * d)
                         src.decodeValue(page, a.from.slot, into: vp.baseAddress! + i * d)
+                        rotations.convert(kp.baseAddress! + i * d, values: false, from: a.from.tier, to: t)
+                        rotations.convert(vp.baseAddress! + i * d, values: true, from: a.from.tier, to: t)
                     }
                 }
             }

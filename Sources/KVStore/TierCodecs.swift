@@ -93,6 +93,12 @@ extension TierCodecs {
         case .channelwise:
             PageKernels.scoresChannelwise(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
                                           tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+        case .channelwiseInt3:
+            PageKernels.scoresChannelwiseInt3(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
+                                              tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+        case .lloydMax:
+            PageKernels.scoresLloydMax(keyRows!, q, rowCount: rows, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S,
+                                       stride: cap, work: work)
         case .grouped:
             let keys = keyRows!
             for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q + r * d, page.keyRow(j)) * scale } }
@@ -109,6 +115,8 @@ extension TierCodecs {
             PageKernels.accumulateInteger(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
         case .floatingPoint:
             PageKernels.accumulate(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out, work: work)
+        case .tiled:
+            PageKernels.accumulateTiled(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
         }
     }
 }

@@ -17,7 +17,8 @@ import KVQuantization
         #expect(k.byteCount(.int4) == 32 + 40 + 4 + 16)
     }
 
-    /// n = 12, 1 sink, 1 recent; middle = tokens 1...10 (m0...m9).
+    /// n = 12, 1 sink, 1 recent; middle = tokens 1...10 (m0...m9). Grouped formats in pages of one
+    /// token, so whole pages cost exactly the per-token bytes and the arithmetic below is by hand.
     /// Query head 0 ranks m0 > … > m9 (bit 0 for m0...m4), head 1 the reverse (bit 1 for m5...m9).
     func stream() -> StreamInput {
         let head0: [Float] = [0] + (1...10).map { Float(11 - $0) } + [0]
@@ -30,7 +31,7 @@ import KVQuantization
     func planner(_ granularity: Granularity = .token, anchor: Anchor = .alternate) -> BudgetPlanner {
         BudgetPlanner(configuration: PlannerConfiguration(
             headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1),
-            formats: .grouped, granularity: granularity, kvCrush: KVCrushSelector(anchor: anchor)))
+            formats: .grouped, pageCapacity: 1, granularity: granularity, kvCrush: KVCrushSelector(anchor: anchor)))
     }
 
     @Test func hostPlusRepresentativesByHand() throws {
@@ -57,11 +58,13 @@ import KVQuantization
         #expect(a.byteCount == 1560)
     }
 
-    @Test func streamingLLMKeepsOnlyTheProtectedTokens() throws {
+    /// Without host scores nothing is ranked by score, and the bytes go to the latest tokens (as
+    /// StreamingLLM keeps them): 1560 − 520 = 1040 buys 4 FP16 tokens, m6…m9.
+    @Test func withoutScoresTheLatestTokensFillTheBudget() throws {
         var s = stream()
         s.hostScores = nil
         let a = try planner().plan(s, budget: .fraction(0.5))
-        #expect(a.tiers == [.fp16] + [Tier](repeating: .dropped, count: 10) + [.fp16])
+        #expect(a.tiers == [.fp16] + [Tier](repeating: .dropped, count: 6) + [Tier](repeating: .fp16, count: 5))
     }
 
     @Test func demotingInsteadOfDroppingByHand() throws {
@@ -116,11 +119,12 @@ import KVQuantization
     }
 
     @Test func openVINOPlacementAddsRepresentativesOnTop() throws {
-        // available 832: host gets all of it (3 fp16 tokens = 780), reps ⌊832·0.375⌋ = 312 on top (3 at int4).
+        // available 832: host gets all of it (3 fp16 tokens = 780), reps ⌊832·0.375⌋ = 312 on top (3 at
+        // int4); the 112 bytes left of 1352 + 312 buy one more token at int4, placed by its score (kept).
         let b = ByteBudget(.byteCount(1352), representativeShare: 0.375, representativePlacement: .openVINOAddedOnTop)
         let a = try planner().plan(stream(), budget: b)
-        #expect(a.tokenCount(role: .kept) == 3 && a.tokenCount(role: .representative) == 3)
-        #expect(a.byteCount == 5 * 260 + 3 * 84 && a.byteCount > 1352)
+        #expect(a.tokenCount(role: .kept) == 4 && a.tokenCount(role: .representative) == 3)
+        #expect(a.byteCount == 5 * 260 + 4 * 84 && a.byteCount > 1352 && a.byteCount <= 1352 + 312)
     }
 
     @Test func propertiesOverSeededProblems() {
@@ -134,11 +138,13 @@ import KVQuantization
             planned += 1
             if a.tokenCount(role: .representative) > 0 { withRepresentatives += 1 }
             if a.tokenCount(.dropped) > 0 && a.tokenCount(role: .kept) > 0 { withDropsAndKeeps += 1 }
-            // Host picks are the best-scored middle tokens, ties to the later position.
+            // Kept tokens (host picks, and those the page fit placed by score) are better scored than
+            // every token left at the rest tier, ties to the later position. (KVCrush representatives
+            // are chosen by signature, not score.)
             guard p.fresh, p.configuration.granularity == .token, let host = p.input.hostScores else { continue }
             let r = p.configuration.regions.split(tokenCount: p.input.tokenCount)
             let kept = r.middle.filter { a.roles[$0] == .kept }
-            let other = r.middle.filter { a.roles[$0] != .kept }
+            let other = r.middle.filter { a.roles[$0] == .rest }
             for k in kept {
                 for o in other {
                     #expect(host[k] > host[o] || (host[k] == host[o] && k > o), "host order: \(context)")

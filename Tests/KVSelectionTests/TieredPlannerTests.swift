@@ -12,7 +12,8 @@ import KVQuantization
     }
 
     func planner(_ errors: [Tier: Double]) throws -> TieredPlanner {
-        TieredPlanner(configuration: PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1), formats: .grouped),
+        TieredPlanner(configuration: PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1),
+                                                          formats: .grouped, pageCapacity: 1),
                       errorModel: try TierErrorModel(relativeErrors: errors))
     }
 
@@ -56,7 +57,8 @@ import KVQuantization
     }
 
     @Test func defaultModelPrefersINT4ByAboutThirtySixTimes() throws {
-        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped))
+        // Pages of one token: the bytes below are per token, by hand.
+        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped, pageCapacity: 1))
         let steps = p.hullSteps(rest: .dropped, ceiling: .fp16)
         #expect(steps.map(\.to) == [.int4, .int8, .fp16])
         let perByte = steps.map { $0.errorReduction / Double($0.byteCount) }
@@ -73,6 +75,14 @@ import KVQuantization
         let b = try p.plan(.prefill(tokenCount: n, hostScores: heavy, queryHeadScores: nil), budget: .fraction(0.25))
         #expect(b.tokenCount(.int8) > 0 && b.tokenCount(.int4) > 0 && b.tokenCount(.dropped) > 0, "seed \(g.seed)")
         #expect(b.byteCount <= b.budgetByteCount)
+        // In pages of 16 the protected tokens take three whole FP16 pages (48 slots for 36 tokens,
+        // 12,480 B); the 12 free slots go to the best-scored tokens, and 13,520 B buy 10 INT4 pages.
+        let paged = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped, pageCapacity: 16))
+        let c = try paged.plan(.prefill(tokenCount: n, hostScores: uniform, queryHeadScores: nil), budget: .fraction(0.25))
+        #expect(c.tokenCount(.fp16) == 48 && c.tokenCount(.int4) == 160 && c.tokenCount(.int8) == 0, "seed \(g.seed)")
+        #expect(c.byteCount == 3 * 16 * 260 + 10 * 16 * 84 && c.byteCount <= c.budgetByteCount)
+        let best = Set(TokenRanking.topIndices(Array(uniform[4..<368]), count: 12).map { $0 + 4 })
+        #expect((4..<368).filter { c.tiers[$0] == .fp16 } == best.sorted(), "the free FP16 slots hold the best scores")
     }
 
     @Test func representativesOfTheTail() throws {
@@ -116,7 +126,9 @@ import KVQuantization
             let m = Int.random(in: 1...5, using: &g)
             let scores = (0..<m).map { _ in Float(Int.random(in: 0...20, using: &g)) / 4 }
             let s = StreamInput.prefill(tokenCount: m, hostScores: scores, queryHeadScores: nil)
-            let config = PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 0, recentTokenCount: 0))
+            // Pages of one token: the brute force below can cost per token.
+            let config = PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 0, recentTokenCount: 0),
+                                              formats: .grouped, pageCapacity: 1)
             let budget = Int.random(in: 0...(m * 260), using: &g)
             let a = try TieredPlanner(configuration: config).plan(s, budget: .bytes(budget))
             func error(_ tiers: [Tier]) -> Double {

@@ -198,32 +198,34 @@ struct SnapshotSections {
     }
 
     /// A version 1 file (written before the sinks and recent window left the store's configuration;
-    /// `Fixtures/snapshot-v1` holds one the version 1 code saved) loads, and saves again as version
-    /// 2 with the same pages and sequences: PAGE and SEQS byte for byte, CONF 16 bytes shorter
-    /// (the two dropped fields), and the re-saved file restores to the same bytes again.
-    @Test func versionOneFilesLoadAndSaveAsVersionTwo() throws {
+    /// `Fixtures/snapshot-v1` holds one the version 1 code saved) loads, and saves again as the
+    /// current version with the same pages and sequences: PAGE and SEQS byte for byte, CONF without
+    /// the two dropped fields (16 bytes) and with version 3's rotation (none: 18 bytes), and the
+    /// re-saved file restores to the same bytes again.
+    @Test func versionOneFilesLoadAndSaveAsCurrentVersion() throws {
         let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
             .appendingPathComponent("Fixtures/snapshot-v1/mixed-tiers-forks.kvsnap")
         let v1 = try [UInt8](Data(contentsOf: url))
         #expect(v1[8] == 1)
         let restored = try KVStore.restoring(bytes: v1)
         let v2 = restored.snapshotBytes()
-        #expect(v2[8] == 2)
+        #expect(v2[8] == 3)
         let old = SnapshotSections(v1), new = SnapshotSections(v2)
         #expect(new.payloads[1] == old.payloads[1], "PAGE")
         #expect(new.payloads[2] == old.payloads[2], "SEQS")
-        #expect(new.payloads[0].count == old.payloads[0].count - 16)
+        #expect(new.payloads[0].count == old.payloads[0].count - 16 + 18)
         #expect(Array(new.payloads[0][0..<40]) == Array(old.payloads[0][0..<40]), "the shape fields")
-        #expect(Array(new.payloads[0][40...]) == Array(old.payloads[0][56...]), "limit, scale and formats")
+        #expect(Array(new.payloads[0][40..<(new.payloads[0].count - 18)]) == Array(old.payloads[0][56...]), "limit, scale and formats")
+        #expect(Array(new.payloads[0].suffix(18)) == [UInt8](repeating: 0, count: 18), "no rotation")
         #expect(try KVStore.restoring(bytes: v2).snapshotBytes() == v2)
     }
 
     @Test func wrongVersionAndWrongShapeAreNamed() throws {
         let (source, _) = try Self.sample()
         var sections = SnapshotSections(source.snapshotBytes())
-        sections.header[8] = 3
+        sections.header[8] = 4
         sections.header.replaceSubrange(20..<24, with: withUnsafeBytes(of: CRC32C.checksum(sections.header[0..<20]).littleEndian, Array.init))
-        #expect(throws: SnapshotError.unsupportedVersion(found: 3, supported: 1...2)) { try KVStore.restoring(bytes: sections.bytes) }
+        #expect(throws: SnapshotError.unsupportedVersion(found: 4, supported: 1...3)) { try KVStore.restoring(bytes: sections.bytes) }
 
         var c = Self.fixedConfig
         c.headDim = 32
