@@ -11,12 +11,15 @@
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-/// AVX-512 F/BW/VL/DQ with F16C and FMA (`KVK_CPU_AVX512`): every kernel but the two below.
+/// AVX-512 F/BW/VL/DQ with F16C and FMA (`KVK_CPU_AVX512`): every kernel of the files without a
+/// suffix but the two below.
 #define KVK_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,f16c,fma")))
 /// … plus AVX512-VNNI (`KVK_CPU_AVX512_VNNI`): the integer-domain scores (scores_vnni.c).
 #define KVK_TARGET_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,f16c,fma")))
 /// … plus AVX512-VNNI and VBMI: the integer-domain value accumulation (accumulate_integer.c).
 #define KVK_TARGET_AVX512_VNNI_VBMI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx512vbmi,f16c,fma")))
+/// AVX2 with F16C and FMA (`KVK_CPU_AVX2`): the `…_avx2` kernels (the `_avx2.c` files).
+#define KVK_TARGET_AVX2 __attribute__((target("avx2,f16c,fma")))
 
 #define KVK_INLINE static inline __attribute__((always_inline))
 
@@ -75,6 +78,49 @@ KVK_TARGET_AVX512 KVK_INLINE void load_params16(const uint16_t *p, __m512 *scale
     __m512 b = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 16)));
     *scale = _mm512_permutex2var_ps(a, ev, b);
     *zero = _mm512_permutex2var_ps(a, od, b);
+}
+
+// MARK: AVX2 row units (scores_avx2.c, accumulate_avx2.c)
+
+// Two FP32 vectors of the 16-element unit starting at element c0 (a multiple of 16) of a row, in
+// the unit order of `bits`: natural for FP16 (0), 8 and 2 bits; for 4 bits, v[0] holds elements
+// c0 + 2k and v[1] elements c0 + 2k + 1 (k = 0..<8): within a unit, element 2k + h sits at 8h + k.
+// The values are the codes exactly (or the halves, exactly).
+KVK_TARGET_AVX2 KVK_INLINE void load_unit_avx2(int bits, const void *row, long c0, __m256 v[2]) {
+    if (bits == 0) {
+        const uint16_t *h = (const uint16_t *)row + c0;
+        v[0] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+        v[1] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + 8)));
+    } else if (bits == 8) {
+        const uint8_t *b = (const uint8_t *)row + c0;
+        v[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)b)));
+        v[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)(b + 8))));
+    } else if (bits == 4) {
+        __m256i x = _mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)row + c0 / 2)));
+        v[0] = _mm256_cvtepi32_ps(_mm256_and_si256(x, _mm256_set1_epi32(0x0F)));
+        v[1] = _mm256_cvtepi32_ps(_mm256_srli_epi32(x, 4));
+    } else {
+        int32_t w;
+        __builtin_memcpy(&w, (const uint8_t *)row + c0 / 4, 4);
+        const __m256i x = _mm256_set1_epi32(w), three = _mm256_set1_epi32(3);
+        v[0] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), three));
+        v[1] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(16, 18, 20, 22, 24, 26, 28, 30)), three));
+    }
+}
+
+// 8 (scale, zero) FP16 pairs at p → 8 scales and 8 zeros.
+KVK_TARGET_AVX2 KVK_INLINE void load_params8_avx2(const uint16_t *p, __m256 *scale, __m256 *zero) {
+    const __m256i split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    __m256 a = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p)), split);       // s0–3 z0–3
+    __m256 b = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 8))), split); // s4–7 z4–7
+    *scale = _mm256_permute2f128_ps(a, b, 0x20);
+    *zero = _mm256_permute2f128_ps(a, b, 0x31);
+}
+
+// Lane sums of four vectors, as four floats (two hadds, then the halves).
+KVK_TARGET_AVX2 KVK_INLINE __m128 reduce4_avx2(__m256 a, __m256 b, __m256 c, __m256 d) {
+    __m256 abcd = _mm256_hadd_ps(_mm256_hadd_ps(a, b), _mm256_hadd_ps(c, d));
+    return _mm_add_ps(_mm256_castps256_ps128(abcd), _mm256_extractf128_ps(abcd, 1));
 }
 
 #endif // __x86_64__

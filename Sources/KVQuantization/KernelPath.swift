@@ -9,25 +9,28 @@ import Darwin
 import ucrt
 #endif
 
-/// Which implementation of the hot kernels runs: the x86-64 C kernels of `CKVKernels` or the Swift
-/// code every CPU runs.
+/// Which implementation of the hot kernels runs: the x86-64 C kernels of `CKVKernels` (AVX-512 or
+/// AVX2) or the Swift code every CPU runs.
 ///
-/// Chosen once per process, as `current`: the first path in `allCases` (fastest first) whose
-/// `requiredFeatures` this CPU has, unless the environment variable `KVCRUSH_KERNELS` names one
-/// (`avx512` or `portable`: raw values, exactly). The choice decides every kernel call: the append
-/// path's value check and FP16 conversion, exp and softmax, key scores and value accumulation. With
-/// `portable` nothing runs outside Swift, on any CPU; this is how the fallbacks run end to end
-/// (`KVCRUSH_KERNELS=portable swift test`).
+/// Chosen once per process, as `current`: the first path in `allCases` (fastest first: avx512,
+/// avx2, portable) whose `requiredFeatures` this CPU has, unless the environment variable
+/// `KVCRUSH_KERNELS` names one (`avx512`, `avx2` or `portable`: raw values, exactly). The choice
+/// decides every kernel call: the append path's value check and FP16 conversion, exp and softmax,
+/// key scores and value accumulation. With `portable` nothing runs outside Swift, on any CPU; this
+/// is how the fallbacks run end to end (`KVCRUSH_KERNELS=portable swift test`).
 ///
-/// Which optional kernels of a path run (VNNI scores, integer values) follows from the path and the
-/// CPU's features: see `KernelSet`.
+/// Which optional kernels of a path run (VNNI scores, integer values, the AVX2 kernels for shapes
+/// the AVX-512 ones do not take) follows from the path and the CPU's features: see `KernelSet`.
 ///
-/// To add a path (`avx2`), add a case in its place in the order of preference, its
-/// `requiredFeatures`, and the kernels it runs in `KernelSet` and `PageKernels+Dispatch.swift`.
+/// To add a path, add a case in its place in the order of preference, its `requiredFeatures`, and
+/// the kernels it runs in `KernelSet` and `PageKernels+Dispatch.swift`.
 public enum KernelPath: String, Sendable, CaseIterable, CustomStringConvertible {
     /// The AVX-512 C kernels (x86-64 with AVX-512 F/BW/VL/DQ, F16C and FMA), with the VNNI and
-    /// VBMI ones where the CPU has those too.
+    /// VBMI ones where the CPU has those too, and the AVX2 kernels for the shapes the AVX-512 ones
+    /// do not take.
     case avx512
+    /// The AVX2 C kernels (x86-64 with AVX2, F16C and FMA): every x86-64 CPU since about 2013–2015.
+    case avx2
     /// Swift only: SIMD code and the scalar reference twins, on any CPU.
     case portable
 
@@ -38,6 +41,7 @@ public enum KernelPath: String, Sendable, CaseIterable, CustomStringConvertible 
     public var requiredFeatures: CPUFeatures {
         switch self {
         case .avx512: .avx512
+        case .avx2: .avx2
         case .portable: []
         }
     }
@@ -111,7 +115,7 @@ public struct CPUFeatures: OptionSet, Sendable, Hashable, CustomStringConvertibl
     public static let avx512VNNI = CPUFeatures(rawValue: KVK_CPU_AVX512_VNNI)
     /// AVX512-VBMI (byte permutes).
     public static let avx512VBMI = CPUFeatures(rawValue: KVK_CPU_AVX512_VBMI)
-    /// AVX2 with F16C and FMA (no path uses it yet).
+    /// AVX2 with F16C and FMA: the AVX2 kernels.
     public static let avx2 = CPUFeatures(rawValue: KVK_CPU_AVX2)
 
     /// This CPU's features (`kvk_cpu_features`), probed once.
@@ -128,10 +132,11 @@ public struct CPUFeatures: OptionSet, Sendable, Hashable, CustomStringConvertibl
 /// The kernels that run: a path, and which of its optional kernels the CPU allows.
 ///
 /// Derived, never chosen on its own: the VNNI scores of per-channel keys need the `avx512` path and
-/// AVX512-VNNI; the integer-domain value accumulation needs `avx512`, AVX512-VNNI and VBMI. With
-/// `portable` none of them runs. Every kernel entry (`PageKernels`, the append path) asks
-/// `KernelSet.current`; the store's per-tier choice (`KeyScoring`, `ValueAccumulation`) is made from
-/// it too.
+/// AVX512-VNNI; the integer-domain value accumulation needs `avx512`, AVX512-VNNI and VBMI; the
+/// AVX2 kernels run on the `avx2` path, and on the `avx512` path (a CPU with AVX-512 has AVX2) for
+/// the shapes the AVX-512 kernels do not take. With `portable` none of them runs. Every kernel
+/// entry (`PageKernels`, the append path) asks `KernelSet.current`; the store's per-tier choice
+/// (`KeyScoring`, `ValueAccumulation`) is made from it too.
 public struct KernelSet: Sendable, Hashable, CustomStringConvertible {
     /// The path.
     public let path: KernelPath
@@ -139,6 +144,8 @@ public struct KernelSet: Sendable, Hashable, CustomStringConvertible {
     public let vnniScores: Bool
     /// Whether the integer-domain value accumulation runs (`accumulateInteger`).
     public let integerValues: Bool
+    /// Whether the AVX2 C kernels run (where the AVX-512 ones do not).
+    public let avx2: Bool
 
     /// The kernels of `path` on a CPU with `features`. (A path the CPU cannot run describes what it
     /// would run; only `current` decides what runs.)
@@ -147,6 +154,7 @@ public struct KernelSet: Sendable, Hashable, CustomStringConvertible {
         let avx512 = path == .avx512 && features.contains(.avx512)
         vnniScores = avx512 && features.contains(.avx512VNNI)
         integerValues = avx512 && features.isSuperset(of: [.avx512VNNI, .avx512VBMI])
+        avx2 = (path == .avx2 || path == .avx512) && features.contains(.avx2)
     }
 
     /// Whether the AVX-512 C kernels run.

@@ -3,6 +3,8 @@
 // kernel is picked; add a path's kernels here.
 
 extension PageKernels {
+    // MARK: AVX-512
+
     /// Whether the AVX-512 FP32 kernels (`kvk_scores_fp16`, `kvk_prepare_channelwise` +
     /// `kvk_scores_channelwise`, `kvk_accumulate_fp16`) run for rows of `headDim` elements: the
     /// `avx512` path and headDim a multiple of 64 (whole 64-element chunks).
@@ -23,6 +25,8 @@ extension PageKernels {
             return g % block == 0 && d % g == 0 && d / g <= 32
         }
     }
+
+    // MARK: AVX-512 integer kernels
 
     /// Whether `kvk_prepare_channelwise_vnni` + `kvk_scores_channelwise_vnni` run for per-channel
     /// key pages of `headDim`: VNNI scores in the kernel set, headDim a multiple of 64 and at most
@@ -46,43 +50,70 @@ extension PageKernels {
     }
 }
 
+extension PageKernels {
+    // MARK: AVX2
+
+    /// Whether the AVX2 FP32 kernels (`kvk_scores_fp16_avx2`, `kvk_prepare_channelwise_avx2` +
+    /// `kvk_scores_channelwise_avx2`, `kvk_accumulate_fp16_avx2`) run for rows of `headDim`
+    /// elements where the AVX-512 ones do not: AVX2 kernels in the kernel set and headDim a
+    /// multiple of 16 (whole 16-element units).
+    static func runsAVX2Kernels(headDim d: Int, on kernels: KernelSet = .current) -> Bool {
+        kernels.avx2 && d > 0 && d % 16 == 0
+    }
+
+    /// Whether the AVX2 kernels of the INT3 and Lloyd–Max formats (`int3_avx2.c`,
+    /// `lloydmax_avx2.c`; `PageKernels+Formats.swift`) run for rows of `headDim` elements: AVX2
+    /// kernels in the kernel set (the `avx2` path, or `avx512`: the AVX-512 kernels do not take these
+    /// formats) and headDim a multiple of 8.
+    static func runsFormatAVX2Kernels(headDim d: Int, on kernels: KernelSet = .current) -> Bool {
+        kernels.avx2 && d > 0 && d % 8 == 0
+    }
+
+    /// Whether `kvk_accumulate_fp16_avx2` / `kvk_accumulate_grouped_avx2` run for value rows of
+    /// `format` (where the AVX-512 kernel does not): `runsAVX2Kernels` and, for grouped rows, a
+    /// group size that is a multiple of 16 dividing headDim (a unit lies in one group).
+    static func runsAVX2AccumulateKernel(_ format: StorageFormat, headDim d: Int, on kernels: KernelSet = .current) -> Bool {
+        guard runsAVX2Kernels(headDim: d, on: kernels) else { return false }
+        switch format {
+        case .fp16: return true
+        case .channelwise, .lloydMax, .grouped(.int3, _): return false
+        case .grouped(_, let g): return g % 16 == 0 && d % g == 0
+        }
+    }
+}
+
 /// How the read path scores a page's keys against a tile of query rows: chosen once per tier and
 /// key format (`KVStore` holds it in the tier's codecs) from the kernel set, the format and the
-/// head dim.
+/// head dim. Each case names the entry and so the contract (its error bound); the entry itself
+/// runs the fastest kernel of the path for the shape (AVX-512, AVX2 or the tiled Swift code).
 package enum KeyScoring: Sendable, Hashable {
-    /// FP16 keys, `PageKernels.scoresFP16` on the AVX-512 kernel.
-    case fp16Accelerated
+    /// FP16 keys: `PageKernels.scoresFP16`.
+    case fp16
     /// Per-channel keys, `PageKernels.scoresChannelwiseVNNI` (integer dots, AVX512-VNNI): its
     /// scores carry `PageKernels.channelwiseVNNIErrorBound`.
     case channelwiseVNNI
-    /// Per-channel keys, `PageKernels.scoresChannelwise` on the AVX-512 FP32 kernel.
-    case channelwiseAccelerated
+    /// Per-channel keys, `PageKernels.scoresChannelwise` (FP32).
+    case channelwise
     /// Per-channel INT3 keys, `PageKernels.scoresChannelwiseInt3` (AVX2 where it runs, else Swift
     /// tiled over query rows) on every path.
     case channelwiseInt3
     /// Lloyd–Max keys, `PageKernels.scoresLloydMax` (AVX2 where it runs, else Swift tiled over query
     /// rows) on every path.
     case lloydMax
-    /// The per-row Swift kernels: `RowCodec.dot` (FP16 and grouped keys; grouped keys use it on
-    /// every path) or `ChannelwiseKeyCodec.prepare` + `dot`.
-    case portable
+    /// Grouped keys: `RowCodec.dot` per query row and key row, on every path.
+    case grouped
 
     /// The scoring of keys stored as `format` with `headDim` elements: per-channel keys by VNNI
-    /// wherever it runs, else by the FP32 kernel where that runs.
+    /// wherever it runs, else in FP32.
     public init(keyFormat format: StorageFormat, headDim d: Int, kernels: KernelSet = .current) {
         switch format {
-        case .fp16:
-            self = PageKernels.runsFP32Kernels(headDim: d, on: kernels) ? .fp16Accelerated : .portable
-        case .channelwise(.int3):
-            self = .channelwiseInt3
-        case .lloydMax:
-            self = .lloydMax
+        case .fp16: self = .fp16
+        case .channelwise(.int3): self = .channelwiseInt3
+        case .lloydMax: self = .lloydMax
         case .channelwise:
             if PageKernels.runsVNNIScoreKernel(headDim: d, on: kernels) { self = .channelwiseVNNI }
-            else if PageKernels.runsFP32Kernels(headDim: d, on: kernels) { self = .channelwiseAccelerated }
-            else { self = .portable }
-        case .grouped:
-            self = .portable
+            else { self = .channelwise }
+        case .grouped: self = .grouped
         }
     }
 }
@@ -93,13 +124,12 @@ package enum ValueAccumulation: Sendable, Hashable {
     /// `PageKernels.accumulateInteger` (integer dots, AVX-512 VNNI + VBMI): adds the split residual
     /// bounded there.
     case integer
-    /// `PageKernels.accumulate` on the AVX-512 kernel (bit-identical to `accumulateReference`).
-    case accelerated
+    /// `PageKernels.accumulate` in FP32: bit-identical to `accumulateReference` on the AVX-512 and
+    /// AVX2 kernels, to its unfused form on the tiled Swift code.
+    case floatingPoint
     /// Lloyd–Max and grouped INT3 rows on every path: `PageKernels.accumulateTiled` (AVX2 where it
     /// runs, else Swift tiled over output rows).
     case tiled
-    /// The per-row Swift kernel `RowCodec.accumulate`, tokens of weight 0 skipped.
-    case portable
 
     /// The accumulation of value rows stored as `format` with `headDim` elements. The integer
     /// kernel is used for INT4 only, where it runs. Measured here (Zen 4): at INT4 it cut a cached
@@ -114,10 +144,8 @@ package enum ValueAccumulation: Sendable, Hashable {
         }
         if case .grouped(.int4, _) = format, PageKernels.runsIntegerAccumulateKernel(format, headDim: d, on: kernels) {
             self = .integer
-        } else if PageKernels.runsAccumulateKernel(format, headDim: d, on: kernels) {
-            self = .accelerated
         } else {
-            self = .portable
+            self = .floatingPoint
         }
     }
 }

@@ -1,13 +1,4 @@
 import CKVKernels
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#elseif canImport(Darwin)
-import Darwin
-#elseif canImport(ucrt)
-import ucrt
-#endif
 
 // The page kernels of the INT3 and Lloyd–Max formats: Lloyd–Max key scores, INT3 per-channel key
 // scores, and the weighted sum of Lloyd–Max or grouped INT3 value rows. Each entry runs the AVX2 C
@@ -24,25 +15,9 @@ import ucrt
 // The portable accumulation rounds twice per element (out + w·x̂, like `RowCodec.accumulate`)
 // instead of fusing: Swift's fused multiply-add is a library call per lane on the baseline x86-64
 // target. AVX-512 CPUs run the AVX2 kernels for these formats (the AVX-512 kernels take FP16, INT8,
-// INT4 and INT2 only).
+// INT4 and INT2 only): the AVX2 kernels run on the `avx2` and `avx512` kernel paths, Swift on `portable`.
 
 extension PageKernels {
-    /// Whether the AVX2 kernels of the INT3 and Lloyd–Max formats run: an x86-64 CPU with AVX2, F16C
-    /// and FMA, unless `KVCRUSH_KERNELS=portable` forces Swift everywhere. (Until the kernel paths
-    /// have an `avx2` member, this is the formats' own check; then it becomes that path's.)
-    package static let runsFormatAVX2Kernels: Bool = {
-        #if arch(x86_64)
-        guard CPUFeatures.detected.contains(.avx2) else { return false }
-        if let v = getenv(KernelPath.environmentVariable), String(cString: v) == KernelPath.portable.rawValue { return false }
-        return true
-        #else
-        return false
-        #endif
-    }()
-
-    /// Whether the AVX2 format kernels run for rows of `headDim` elements (a multiple of 8).
-    static func runsFormatAVX2Kernels(headDim d: Int) -> Bool { runsFormatAVX2Kernels && d > 0 && d % 8 == 0 }
-
     // MARK: Lloyd–Max scores
 
     /// `scores[r·stride + j] = scale · (q_r · key_j)` for `rowCount` query rows against `tokenCount`

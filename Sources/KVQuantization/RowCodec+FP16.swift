@@ -16,6 +16,7 @@ extension RowCodec {
     func encodeFP16(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer) {
         #if arch(x86_64)
         if KernelSet.current.avx512 { return kvk_float_to_half(x, row.assumingMemoryBound(to: UInt16.self), headDim) }
+        if KernelSet.current.avx2 { return kvk_float_to_half_avx2(x, row.assumingMemoryBound(to: UInt16.self), headDim) }
         #endif
         let raw = UnsafeRawPointer(x)
         var i = 0

@@ -10,12 +10,12 @@ enum ValueCheck {
     /// The error for the first invalid element of `x[0..<count]`, reported at `indexOffset + i`, or
     /// `nil` if all are storable.
     ///
-    /// - Complexity: O(count), vectorised (AVX-512 C on the `avx512` kernel path, else Swift SIMD).
+    /// - Complexity: O(count), vectorised (AVX-512 C on the `avx512` kernel path, AVX2 C on `avx2`, else Swift SIMD).
     @inlinable
     static func firstInvalid(_ x: UnsafePointer<Float>, count: Int, indexOffset: Int = 0) -> QuantizationError? {
         #if arch(x86_64)
-        if KernelSet.current.avx512 {
-            let i = kvk_first_invalid(x, count)
+        if KernelSet.current.avx512 || KernelSet.current.avx2 {
+            let i = KernelSet.current.avx512 ? kvk_first_invalid(x, count) : kvk_first_invalid_avx2(x, count)
             return i < 0 ? nil : firstInvalidReference(x + i, count: count - i, indexOffset: indexOffset + i)
         }
         #endif

@@ -39,7 +39,7 @@ struct StreamAttention {
         o0.initialize(repeating: 0, count: rows * d)
         let m = UnsafeMutablePointer<Float>.allocate(capacity: rows), l = UnsafeMutablePointer<Float>.allocate(capacity: rows)
         let S = UnsafeMutablePointer<Float>.allocate(capacity: rows * cap)
-        let work = UnsafeMutablePointer<Float>.allocate(capacity: rows * (d + 1))
+        let work = UnsafeMutablePointer<Float>.allocate(capacity: codecs.map { $0.workCount(rowCount: rows, pageCapacity: cap) }.max()!)
         defer { m.deallocate(); l.deallocate(); S.deallocate(); work.deallocate() }
         m.initialize(repeating: -.infinity, count: rows)
         l.initialize(repeating: 0, count: rows)
@@ -92,12 +92,12 @@ struct StreamAttention {
             if let rotatedOutput, let previousMaxima {
                 // The rescaling softmaxPage applied to o0, applied to the rotated outputs too.
                 for r in 0..<rows where m[r] != previousMaxima[r] {
-                    let c = PageKernels.expReference(previousMaxima[r] - m[r])
+                    let c = PageKernels.softmaxExp(previousMaxima[r] - m[r])
                     if c != 1 { for i in 0..<d { rotatedOutput[r * d + i] *= c } }
                 }
             }
             let outputOfTier = t > 0 ? rotatedOutput ?? o0 : o0
-            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: outputOfTier)
+            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: outputOfTier, work: work)
         }
         for r in 0..<rows where l[r] > 0 {
             let o = o0 + r * d, inv = 1 / l[r]

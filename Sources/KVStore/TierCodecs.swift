@@ -68,21 +68,29 @@ struct TierCodecs: Sendable {
 }
 
 extension TierCodecs {
+    /// Floats of scratch `scoreKeys` and `accumulateValues` need for `rowCount` query rows and
+    /// pages of up to `pageCapacity` tokens (the larger of the key kernels' and the value kernels').
+    func workCount(rowCount: Int, pageCapacity: Int) -> Int {
+        let d = values.headDim
+        return max((rowCount + 1) * (d + 1), PageKernels.accumulateWorkCount(values, tokenCount: pageCapacity))
+    }
+
     /// `scores[r·stride + j] = scale · (q_r · key_j)` for the `rowCount` query rows `q` (`headDim`
     /// each) and every token j of `page` (a sealed page of this tier or its staging page), by the
     /// tier's `keyScoring` (`stagingKeyScoring` on a staging page). `work` holds at least
-    /// `rowCount·(headDim + 1)` floats.
+    /// `workCount(rowCount:pageCapacity:)` floats.
     func scoreKeys(of page: Page, queries q: UnsafePointer<Float>, rowCount rows: Int, scale: Float,
                    into S: UnsafeMutablePointer<Float>, stride cap: Int, work: UnsafeMutablePointer<Float>) {
         let n = page.count, d = fp16.headDim
         let isStaging = page.layout != layout
         switch isStaging ? stagingKeyScoring : keyScoring {
-        case .fp16Accelerated:
-            PageKernels.scoresFP16(q, rowCount: rows, headDim: d, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S, stride: cap)
+        case .fp16:
+            PageKernels.scoresFP16(q, rowCount: rows, headDim: d, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S, stride: cap,
+                                   work: work)
         case .channelwiseVNNI:
             PageKernels.scoresChannelwiseVNNI(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
                                               tokenCount: n, scale: scale, into: S, stride: cap, work: work)
-        case .channelwiseAccelerated:
+        case .channelwise:
             PageKernels.scoresChannelwise(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
                                           tokenCount: n, scale: scale, into: S, stride: cap, work: work)
         case .channelwiseInt3:
@@ -91,37 +99,24 @@ extension TierCodecs {
         case .lloydMax:
             PageKernels.scoresLloydMax(keyRows!, q, rowCount: rows, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S,
                                        stride: cap, work: work)
-        case .portable:
-            if isStaging || keyRows?.format == .fp16 {
-                for j in 0..<n { for r in 0..<rows { S[r * cap + j] = fp16.dot(q + r * d, page.keyRow(j)) * scale } }
-            } else if let channels = keyChannels {
-                for r in 0..<rows {
-                    let prepared = channels.prepare(q + r * d, params: page.keyParameters)
-                    for j in 0..<n { S[r * cap + j] = channels.dot(prepared, page.keyRow(j)) * scale }
-                }
-            } else {
-                let keys = keyRows!
-                for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q + r * d, page.keyRow(j)) * scale } }
-            }
+        case .grouped:
+            let keys = keyRows!
+            for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q + r * d, page.keyRow(j)) * scale } }
         }
     }
 
     /// `out[r·headDim + i] += w[r·stride + j] · x̂_ji` for every token j of `page` and the
-    /// `rowCount` output rows, by the tier's `valueAccumulation`.
+    /// `rowCount` output rows, by the tier's `valueAccumulation`. `work` as for `scoreKeys`.
     func accumulateValues(of page: Page, weights S: UnsafePointer<Float>, rowCount rows: Int, stride cap: Int,
-                          into out: UnsafeMutablePointer<Float>) {
-        let n = page.count, d = values.headDim
+                          into out: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>) {
+        let n = page.count
         switch valueAccumulation {
         case .integer:
             PageKernels.accumulateInteger(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
-        case .accelerated:
-            PageKernels.accumulate(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
+        case .floatingPoint:
+            PageKernels.accumulate(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out, work: work)
         case .tiled:
             PageKernels.accumulateTiled(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
-        case .portable:
-            for j in 0..<n {
-                for r in 0..<rows where S[r * cap + j] != 0 { values.accumulate(S[r * cap + j], page.valueRow(j), into: out + r * d) }
-            }
         }
     }
 }

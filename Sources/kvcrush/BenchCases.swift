@@ -8,7 +8,10 @@ struct BenchLayer {
     struct Shape {
         let name: String, kvHeads: Int, group: Int, headDim: Int
     }
+    /// mha-8x128 has the KV heads of gqa-8x4x128 with one query head each: the same cache, so GQA
+    /// costs what its KV heads cost when the two take the same time.
     static let shapes = [Shape(name: "mha-32x128", kvHeads: 32, group: 1, headDim: 128),
+                         Shape(name: "mha-8x128", kvHeads: 8, group: 1, headDim: 128),
                          Shape(name: "gqa-8x4x128", kvHeads: 8, group: 4, headDim: 128),
                          Shape(name: "smollm2-3x3x64", kvHeads: 3, group: 3, headDim: 64)]
 

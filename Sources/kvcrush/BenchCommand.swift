@@ -14,7 +14,8 @@ enum BenchCommand {
                                  [--formats TIER=KEY:VALUE,…] [--rotate keys|values|keys+values]
 
             Builds a one-layer cache of random keys and values for each shape (mha-32x128: 32 KV heads
-            × 128; gqa-8x4x128: 8 KV heads × 4 query heads × 128; smollm2-3x3x64) and token count
+            × 128; mha-8x128: 8 KV heads × 128, the cache of gqa-8x4x128: 8 KV heads × 4 query heads
+            × 128; smollm2-3x3x64) and token count
             (default 4096,16384,65536), with every token at FP16, INT8, INT4, or a mix (a compressed
             cache: 10% of the tokens at FP16, 30% at INT4, the rest dropped, chosen at random), default tier formats (per-channel keys, grouped values,
             32-token pages), and times one decode `attend` (one query per query head, all tokens

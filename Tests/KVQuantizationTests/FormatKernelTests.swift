@@ -160,20 +160,25 @@ import TestSupport
 
     /// The read path's choice for the new formats, whatever the kernel set.
     @Test func kernelChoices() {
-        for kernels in [KernelSet.portable, .current, KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx512VBMI])] {
+        for kernels in [KernelSet.portable, .current, KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx512VBMI, .avx2]),
+                        KernelSet(path: .avx2, features: .avx2)] {
             for d in [64, 96, 128] {
                 #expect(KeyScoring(keyFormat: .channelwise(.int3), headDim: d, kernels: kernels) == .channelwiseInt3)
                 #expect(KeyScoring(keyFormat: .lloydMax(.int3), headDim: d, kernels: kernels) == .lloydMax)
-                #expect(KeyScoring(keyFormat: .grouped(.int3, groupSize: 32), headDim: d, kernels: kernels) == .portable)
+                #expect(KeyScoring(keyFormat: .grouped(.int3, groupSize: 32), headDim: d, kernels: kernels) == .grouped)
                 for f in [StorageFormat.lloydMax(.int2), .lloydMax(.int4), .grouped(.int3, groupSize: 32)] {
                     #expect(ValueAccumulation(valueFormat: f, headDim: d, kernels: kernels) == .tiled, "\(f)")
-                    #expect(!PageKernels.runsAccumulateKernel(f, headDim: d, on: kernels) && !PageKernels.runsIntegerAccumulateKernel(f, headDim: d, on: kernels))
+                    #expect(!PageKernels.runsAccumulateKernel(f, headDim: d, on: kernels) && !PageKernels.runsIntegerAccumulateKernel(f, headDim: d, on: kernels)
+                            && !PageKernels.runsAVX2AccumulateKernel(f, headDim: d, on: kernels))
                 }
             }
         }
-        #expect(PageKernels.runsFormatAVX2Kernels == (CPUFeatures.detected.contains(.avx2) && !Self.forcedPortable))
+        // The formats' AVX2 kernels run on the avx2 and avx512 paths (where the CPU has AVX2), never on portable.
+        #expect(PageKernels.runsFormatAVX2Kernels(headDim: 64) == (KernelPath.current != .portable && CPUFeatures.detected.contains(.avx2)))
+        #expect(PageKernels.runsFormatAVX2Kernels(headDim: 64, on: KernelSet(path: .avx2, features: .avx2)))
+        #expect(PageKernels.runsFormatAVX2Kernels(headDim: 64, on: KernelSet(path: .avx512, features: [.avx512, .avx2])))
+        #expect(!PageKernels.runsFormatAVX2Kernels(headDim: 64, on: KernelSet(path: .portable, features: [.avx512, .avx2])))
         #expect(!PageKernels.runsFormatAVX2Kernels(headDim: 63) && !PageKernels.runsFormatAVX2Kernels(headDim: 1))
     }
 
-    static var forcedPortable: Bool { ProcessInfo.processInfo.environment[KernelPath.environmentVariable] == "portable" }
 }

@@ -4,9 +4,11 @@ import TestSupport
 @testable import KVQuantization
 
 /// The page kernels (`PageKernels`) against their Swift reference twins, on the current kernel
-/// path: the AVX-512 C kernels (where the shape allows; head dims that are not multiples of 64 take
-/// the Swift path there too), or with `KVCRUSH_KERNELS=portable` (and on CPUs without AVX-512) the
-/// Swift paths of the same entries.
+/// path: the AVX-512 C kernels (where the shape allows; other head dims take the AVX2 kernels or
+/// the Swift path there), the AVX2 C kernels (head dims that are multiples of 16), or with
+/// `KVCRUSH_KERNELS=portable` (and on CPUs without either) the tiled Swift kernels of the same
+/// entries. Head dims that are not multiples of 16 exercise the tails; row counts up to 9 every
+/// tile size.
 @Suite struct PageKernelTests {
     static let u = 0x1p-24
     static func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
@@ -22,23 +24,30 @@ import TestSupport
         x += (0..<4000).map { _ in -Float.random(in: 0...110, using: &g) }
         x += (0..<1000).map { _ in -Float.random(in: 0...1e-3, using: &g) }
         var fast = [Float](repeating: .nan, count: x.count)
-        x.withUnsafeBufferPointer { xp in fast.withUnsafeMutableBufferPointer { PageKernels.exp(xp.baseAddress!, into: $0.baseAddress!, count: x.count) } }
+        x += [-.nan, .nan]
+        x.withUnsafeBufferPointer { xp in fast.withUnsafeMutableBufferPointer { PageKernels.exp(xp.baseAddress!, into: $0.baseAddress!, count: x.count - 2) } }
         for (i, v) in x.enumerated() {
-            let r = PageKernels.expReference(v)
+            let r = PageKernels.expReference(v), ru = PageKernels.expUnfusedReference(v)
+            // The Swift softmax's exp, eight lanes at a time, is its unfused twin bit for bit.
+            let lanes = PageKernels.exp4Unfused(SIMD4(repeating: v))
+            for k in 0..<4 { #expect(lanes[k].bitPattern == ru.bitPattern, "exp4Unfused(\(v)): \(lanes[k]) vs \(ru)") }
+            guard !v.isNaN else { #expect(r == 0 && ru == 0); continue }
             #expect(fast[i].bitPattern == r.bitPattern, "exp(\(v)): fast \(fast[i]) reference \(r)")
-            // Accuracy: within 2 ulp of exp in the normal range, tiny below.
+            // Accuracy of both twins: within 2 ulp of exp in the normal range, tiny below.
             let exact = Foundation.exp(Double(v))
-            if v >= -87 {
-                #expect(abs(Double(r) - exact) <= 2 * Double(Float(exact).ulp), "exp(\(v)) = \(r), exact \(exact)")
-            } else {
-                #expect(abs(Double(r) - exact) <= 0x1p-126, "exp(\(v)) = \(r), exact \(exact)")
+            for (name, y) in [("fused", r), ("unfused", ru)] {
+                if v >= -87 {
+                    #expect(abs(Double(y) - exact) <= 2 * Double(Float(exact).ulp), "\(name) exp(\(v)) = \(y), exact \(exact)")
+                } else {
+                    #expect(abs(Double(y) - exact) <= 0x1p-126, "\(name) exp(\(v)) = \(y), exact \(exact)")
+                }
             }
         }
     }
 
     @Test func fp16ScoresWithinReorderingBound() throws {
         try forEachSeededCase(40, base: 6100) { g in
-            let d = [64, 128, 192, 96, 40].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
+            let d = [64, 128, 192, 96, 40, 80, 8, 23].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
             let n = Int.random(in: 1...40, using: &g), stride = n + Int.random(in: 0...3, using: &g)
             let codec = try RowCodec(.fp16, headDim: d)
             let q = Self.gaussians(rows * d, using: &g)
@@ -46,11 +55,14 @@ import TestSupport
             for _ in 0..<n { keys += try codec.encode(Self.gaussians(d, sigma: 3, using: &g)) }
             let scale = Float.random(in: 0.05...1, using: &g)
             var fast = [Float](repeating: .nan, count: rows * stride), ref = fast
+            var work = [Float](repeating: .nan, count: rows * d)
             q.withUnsafeBufferPointer { qp in
                 keys.withUnsafeBytes { kp in
-                    fast.withUnsafeMutableBufferPointer {
-                        PageKernels.scoresFP16(qp.baseAddress!, rowCount: rows, headDim: d, keys: kp.baseAddress!, tokenCount: n,
-                                               scale: scale, into: $0.baseAddress!, stride: stride)
+                    fast.withUnsafeMutableBufferPointer { fp in
+                        work.withUnsafeMutableBufferPointer {
+                            PageKernels.scoresFP16(qp.baseAddress!, rowCount: rows, headDim: d, keys: kp.baseAddress!, tokenCount: n,
+                                                   scale: scale, into: fp.baseAddress!, stride: stride, work: $0.baseAddress!)
+                        }
                     }
                     ref.withUnsafeMutableBufferPointer {
                         PageKernels.scoresReference(codec, qp.baseAddress!, rowCount: rows, keys: kp.baseAddress!, tokenCount: n,
@@ -73,7 +85,7 @@ import TestSupport
     @Test func channelwiseScoresWithinReorderingBound() throws {
         try forEachSeededCase(60, base: 6200) { g in
             let width = CodeWidth.allCases.randomElement(using: &g)!
-            let d = [64, 128, 256, 96].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
+            let d = [64, 128, 256, 96, 80, 48, 40, 7].randomElement(using: &g)!, rows = Int.random(in: 1...9, using: &g)
             let n = Int.random(in: 1...40, using: &g), stride = n + Int.random(in: 0...3, using: &g)
             let codec = try ChannelwiseKeyCodec(width, headDim: d)
             let x = Self.gaussians(n * d, sigma: 2, using: &g).enumerated().map { i, v in i % d == 5 ? v * 20 : v }
@@ -88,7 +100,7 @@ import TestSupport
             let q = Self.gaussians(rows * d, using: &g)
             let scale = Float.random(in: 0.05...1, using: &g)
             var fast = [Float](repeating: .nan, count: rows * stride), ref = fast
-            var work = [Float](repeating: .nan, count: rows * (d + 1))
+            var work = [Float](repeating: .nan, count: (rows + 1) * (d + 1))
             q.withUnsafeBufferPointer { qp in
                 codes.withUnsafeBytes { cp in
                     params.withUnsafeBytes { pp in
@@ -123,7 +135,7 @@ import TestSupport
 
     @Test func softmaxPageMatchesReference() {
         forEachSeededCase(60, base: 6300) { g in
-            let rows = Int.random(in: 1...6, using: &g), n = Int.random(in: 1...40, using: &g), d = [16, 64, 128].randomElement(using: &g)!
+            let rows = Int.random(in: 1...6, using: &g), n = Int.random(in: 1...40, using: &g), d = [16, 64, 128, 7].randomElement(using: &g)!
             let stride = n + Int.random(in: 0...3, using: &g)
             var s = (0..<(rows * stride)).map { _ in Float(g.nextGaussian()) * 5 }
             for i in s.indices where Int.random(in: 0..<4, using: &g) == 0 { s[i] = -.infinity }
@@ -133,7 +145,8 @@ import TestSupport
             var out = (0..<(rows * d)).map { _ in Float(g.nextGaussian()) }
             var s2 = s, m2 = m, l2 = l, out2 = out
             PageKernels.softmaxPage(&s, rowCount: rows, tokenCount: n, stride: stride, m: &m, l: &l, out: &out, headDim: d)
-            PageKernels.softmaxPageReference(&s2, rowCount: rows, tokenCount: n, stride: stride, m: &m2, l: &l2, out: &out2, headDim: d)
+            PageKernels.softmaxPageReference(&s2, rowCount: rows, tokenCount: n, stride: stride, m: &m2, l: &l2, out: &out2, headDim: d,
+                                             fusedExp: PageKernels.softmaxUsesFusedExp())
             for r in 0..<rows {
                 #expect(m[r].bitPattern == m2[r].bitPattern, "seed \(g.seed) row \(r): max")
                 for j in 0..<n { #expect(s[r * stride + j].bitPattern == s2[r * stride + j].bitPattern, "seed \(g.seed) row \(r) weight \(j)") }
@@ -147,11 +160,13 @@ import TestSupport
     @Test func accumulateEqualsReferenceBitForBit() throws {
         let formats: [StorageFormat] = [.fp16, .grouped(.int8, groupSize: 16), .grouped(.int8, groupSize: 32), .int8,
                                         .grouped(.int8, groupSize: 128), .int4, .grouped(.int4, groupSize: 64),
-                                        .grouped(.int4, groupSize: 128), .grouped(.int2, groupSize: 64), .grouped(.int2, groupSize: 128)]
+                                        .grouped(.int4, groupSize: 128), .grouped(.int2, groupSize: 64), .grouped(.int2, groupSize: 128),
+                                        .int2, .grouped(.int4, groupSize: 16), .grouped(.int8, groupSize: 8), .grouped(.int4, groupSize: 24),
+                                        .grouped(.int4, groupSize: 256)]
         try forEachSeededCase(80, base: 6400) { g in
             let format = formats.randomElement(using: &g)!
             // Every shape: the kernel's (where it runs) and others (the reference then).
-            let d = [64, 128, 256, 96].randomElement(using: &g)!
+            let d = [64, 128, 256, 96, 80, 48, 40].randomElement(using: &g)!
             let rows = Int.random(in: 1...9, using: &g), n = Int.random(in: 1...40, using: &g)
             let stride = n + Int.random(in: 0...3, using: &g)
             let codec = try RowCodec(format, headDim: d)
@@ -159,15 +174,19 @@ import TestSupport
             for _ in 0..<n { values += try codec.encode(Self.gaussians(d, sigma: Float.random(in: 0.1...8, using: &g), using: &g)) }
             let w = (0..<(rows * stride)).map { _ in Bool.random(using: &g) ? Float(0) : Float.random(in: 0...1, using: &g) }
             var fast = Self.gaussians(rows * d, using: &g), ref = fast
+            var work = [Float](repeating: .nan, count: max(1, PageKernels.accumulateWorkCount(codec, tokenCount: n)))
             w.withUnsafeBufferPointer { wp in
                 values.withUnsafeBytes { vp in
-                    fast.withUnsafeMutableBufferPointer {
-                        PageKernels.accumulate(codec, weights: wp.baseAddress!, rowCount: rows, stride: stride, rows: vp.baseAddress!,
-                                               tokenCount: n, into: $0.baseAddress!)
+                    fast.withUnsafeMutableBufferPointer { fp in
+                        work.withUnsafeMutableBufferPointer {
+                            PageKernels.accumulate(codec, weights: wp.baseAddress!, rowCount: rows, stride: stride, rows: vp.baseAddress!,
+                                                   tokenCount: n, into: fp.baseAddress!, work: $0.baseAddress!)
+                        }
                     }
                     ref.withUnsafeMutableBufferPointer {
                         PageKernels.accumulateReference(codec, weights: wp.baseAddress!, rowCount: rows, stride: stride, rows: vp.baseAddress!,
-                                                        tokenCount: n, into: $0.baseAddress!)
+                                                        tokenCount: n, into: $0.baseAddress!,
+                                                        fused: PageKernels.accumulateUsesFMA(format, headDim: d))
                     }
                 }
             }
@@ -208,39 +227,52 @@ import TestSupport
         }
     }
 
-    /// The shape rules of the AVX-512 kernels and the read path's choices, for a CPU with every
-    /// feature and for the portable path (pure logic: any CPU).
+    /// The shape rules of the C kernels and the read path's choices, for a CPU with every feature,
+    /// for AVX2 only and for the portable path (pure logic: any CPU).
     @Test func kernelChoices() {
-        let all = KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx512VBMI])
-        let plain = KernelSet(path: .avx512, features: .avx512)
+        let all = KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx512VBMI, .avx2])
+        let plain = KernelSet(path: .avx512, features: [.avx512, .avx2])
+        let avx2 = KernelSet(path: .avx2, features: [.avx512, .avx512VNNI, .avx512VBMI, .avx2])
         #expect(PageKernels.runsFP32Kernels(headDim: 128, on: all))
         #expect(!PageKernels.runsFP32Kernels(headDim: 96, on: all))
+        #expect(PageKernels.runsAVX2Kernels(headDim: 96, on: all)) // AVX2 where AVX-512 does not take the shape
         #expect(PageKernels.runsAccumulateKernel(.int4, headDim: 128, on: all))
         #expect(!PageKernels.runsAccumulateKernel(.int2, headDim: 128, on: all)) // g32 at INT2 spans half a code block
+        #expect(PageKernels.runsAVX2AccumulateKernel(.int2, headDim: 128, on: all))
         #expect(!PageKernels.runsAccumulateKernel(.channelwise(.int4), headDim: 64, on: all))
-        #expect(KeyScoring(keyFormat: .fp16, headDim: 128, kernels: all) == .fp16Accelerated)
-        #expect(KeyScoring(keyFormat: .fp16, headDim: 96, kernels: all) == .portable)
+        // The avx2 path runs no AVX-512 kernel, whatever the CPU has.
+        #expect(!avx2.avx512 && !avx2.vnniScores && !avx2.integerValues && avx2.avx2)
+        #expect(!PageKernels.runsFP32Kernels(headDim: 128, on: avx2) && PageKernels.runsAVX2Kernels(headDim: 128, on: avx2))
+        #expect(PageKernels.runsAVX2Kernels(headDim: 80, on: avx2) && !PageKernels.runsAVX2Kernels(headDim: 72, on: avx2))
+        #expect(PageKernels.runsAVX2AccumulateKernel(.int4, headDim: 128, on: avx2))
+        #expect(!PageKernels.runsAVX2AccumulateKernel(.grouped(.int4, groupSize: 24), headDim: 96, on: avx2))
+        #expect(!PageKernels.runsAVX2AccumulateKernel(.grouped(.int4, groupSize: 256), headDim: 128, on: avx2))
+        #expect(KeyScoring(keyFormat: .fp16, headDim: 128, kernels: all) == .fp16)
         #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: all) == .channelwiseVNNI)
-        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: plain) == .channelwiseAccelerated)
-        #expect(KeyScoring(keyFormat: .channelwise(.int2), headDim: 576, kernels: all) == .channelwiseAccelerated) // > vnniMaxHeadDim
-        #expect(KeyScoring(keyFormat: .int4, headDim: 128, kernels: all) == .portable) // grouped keys: per-row kernel
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: plain) == .channelwise)
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: avx2) == .channelwise)
+        #expect(KeyScoring(keyFormat: .channelwise(.int2), headDim: 576, kernels: all) == .channelwise) // > vnniMaxHeadDim
+        #expect(KeyScoring(keyFormat: .int4, headDim: 128, kernels: all) == .grouped) // grouped keys: per-row kernel
         #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: all) == .integer)
-        #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: plain) == .accelerated)
-        #expect(ValueAccumulation(valueFormat: .int8, headDim: 128, kernels: all) == .accelerated) // measured: INT8 keeps FP32
-        #expect(ValueAccumulation(valueFormat: .fp16, headDim: 64, kernels: all) == .accelerated)
-        #expect(ValueAccumulation(valueFormat: .int2, headDim: 128, kernels: all) == .portable)
+        #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: plain) == .floatingPoint)
+        #expect(ValueAccumulation(valueFormat: .int8, headDim: 128, kernels: all) == .floatingPoint) // measured: INT8 keeps FP32
+        #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: avx2) == .floatingPoint)
+        #expect(PageKernels.accumulateUsesFMA(.int2, headDim: 128, on: avx2) && !PageKernels.accumulateUsesFMA(.int2, headDim: 72, on: avx2))
         // The portable path runs nothing accelerated, whatever the CPU has.
-        let portable = KernelSet(path: .portable, features: [.avx512, .avx512VNNI, .avx512VBMI])
-        #expect(portable == .portable && !portable.avx512 && !portable.vnniScores && !portable.integerValues)
-        for format in [StorageFormat.fp16, .int8, .int4, .int2, .channelwise(.int8), .channelwise(.int4), .channelwise(.int2)] {
-            #expect(KeyScoring(keyFormat: format, headDim: 128, kernels: portable) == .portable, "\(format)")
-            #expect(ValueAccumulation(valueFormat: format, headDim: 128, kernels: portable) == .portable, "\(format)")
+        let portable = KernelSet(path: .portable, features: [.avx512, .avx512VNNI, .avx512VBMI, .avx2])
+        #expect(portable == .portable && !portable.avx512 && !portable.vnniScores && !portable.integerValues && !portable.avx2)
+        #expect(!PageKernels.softmaxUsesFusedExp(on: portable) && !PageKernels.accumulateUsesFMA(.fp16, headDim: 128, on: portable))
+        for format in [StorageFormat.channelwise(.int8), .channelwise(.int4), .channelwise(.int2)] {
+            #expect(KeyScoring(keyFormat: format, headDim: 128, kernels: portable) == .channelwise, "\(format)")
+        }
+        for format in [StorageFormat.fp16, .int8, .int4, .int2] {
+            #expect(ValueAccumulation(valueFormat: format, headDim: 128, kernels: portable) == .floatingPoint, "\(format)")
         }
         // The store's choice and every entry follow the process's kernel set.
-        #expect(KeyScoring(keyFormat: .fp16, headDim: 128) == KeyScoring(keyFormat: .fp16, headDim: 128, kernels: .current))
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 128) == KeyScoring(keyFormat: .channelwise(.int4), headDim: 128, kernels: .current))
         if KernelSet.current.path == .portable {
             #expect(!PageKernels.runsFP32Kernels(headDim: 128) && !PageKernels.runsVNNIScoreKernel(headDim: 128)
-                    && !PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 128))
+                    && !PageKernels.runsIntegerAccumulateKernel(.int4, headDim: 128) && !PageKernels.runsAVX2Kernels(headDim: 128))
         }
     }
 }

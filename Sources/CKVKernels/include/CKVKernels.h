@@ -1,13 +1,15 @@
-// Hot loops of the KVStore decode read path and the append path, for x86-64 CPUs with AVX-512.
+// Hot loops of the KVStore decode read path and the append path, for x86-64 CPUs with AVX-512
+// (the files without a suffix) and with AVX2 + FMA + F16C (the `_avx2` files and functions).
 // Every kernel has a Swift twin in KVQuantization that defines it and that tests hold it to; the
-// Swift entries (`PageKernels`, `ValueCheck`, `RowCodec`) call these only on the `avx512`
-// `KernelPath`, with the shapes each kernel states, and run the Swift path otherwise.
+// Swift entries (`PageKernels`, `ValueCheck`, `RowCodec`) call these only on the `KernelPath`
+// whose features they need, with the shapes each kernel states, and run the Swift path otherwise.
 //
 // Only the CPU probe and the bandwidth probe exist on every architecture; the kernels are declared
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
-// accumulate_integer.c, conversion.c, int3_avx2.c and lloydmax_avx2.c, then matvec_avx2.c (the model
-// runner's weight kernels, called from KVModel's `WeightKernels` on its own `WeightKernelPath`).
+// accumulate_integer.c, conversion.c, then softmax_avx2.c, scores_avx2.c, accumulate_avx2.c,
+// conversion_avx2.c, int3_avx2.c and lloydmax_avx2.c, then matvec_avx2.c (the model runner's weight
+// kernels, called from KVModel's `WeightKernels` on its own `WeightKernelPath`).
 //
 // Layouts (d = headDim, all row-major):
 //   queries / prepared queries:  R rows × d floats
@@ -31,7 +33,7 @@
 #define KVK_CPU_AVX512_VNNI 0x2u
 /// AVX512-VBMI (`vpermb`, `vpermt2b`), with VNNI for kvk_accumulate_integer.
 #define KVK_CPU_AVX512_VBMI 0x4u
-/// AVX2 with F16C and FMA (no kernels yet).
+/// AVX2 with F16C and FMA: the `…_avx2` kernels.
 #define KVK_CPU_AVX2 0x8u
 
 /// The `KVK_CPU_…` features of this CPU (0 on other architectures). Each bit is reported on its
@@ -45,6 +47,10 @@ double kvk_read_sum(const float *p, size_t count);
 /// Largest headDim of the VNNI kernels: the int32 dots |Σ a_c·code_c| ≤ d·255·127 stay exact in
 /// int32 up to d = 66311, and convert to FP32 exactly (< 2²⁴) up to d = 518; 512 keeps both.
 #define KVK_VNNI_MAX_HEAD_DIM 512
+
+/// Largest headDim of the AVX2 integer scores: the int32 dots |Σ a_c·code_c| ≤ d·255·32767 stay
+/// exact in int32 up to d = 257.
+#define KVK_AVX2_INT_MAX_HEAD_DIM 256
 
 #if defined(__x86_64__)
 
@@ -130,10 +136,50 @@ long kvk_first_invalid(const float *x, long count);
 /// out[i] = the FP16 bit pattern of x[i], rounded to nearest even (x already checked storable).
 void kvk_float_to_half(const float *x, uint16_t *out, long count);
 
+// MARK: softmax_avx2.c (KVK_CPU_AVX2)
+
+/// As kvk_exp (bit-exact with `PageKernels.expReference`).
+void kvk_exp_avx2(const float *x, float *out, long count);
+
+/// As kvk_softmax_page, with 8-lane partial sums for l.
+void kvk_softmax_page_avx2(float *s, long R, long n, long stride, float *m, float *l, float *out, long d);
+
+// MARK: scores_avx2.c (KVK_CPU_AVX2; d a multiple of 16)
+
+/// As kvk_scores_fp16.
+void kvk_scores_fp16_avx2(const float *q, long R, long d, const uint16_t *keys, long n, float scale,
+                          float *scores, long stride);
+
+/// As kvk_prepare_channelwise, with the unit order of the AVX2 kernels: π is the identity for 8 and
+/// 2 bits; for 4 bits, within each 16-channel unit, channel 2k+h goes to 8h+k. zt by 8-lane partial sums.
+void kvk_prepare_channelwise_avx2(int bits, const float *q, long R, long d, const uint16_t *params,
+                                  float *qs, float *zt);
+
+/// As kvk_scores_channelwise, for the output of kvk_prepare_channelwise_avx2.
+void kvk_scores_channelwise_avx2(int bits, const float *qs, const float *zt, long R, long d, const uint8_t *codes,
+                                 long rowBytes, long n, float scale, float *scores, long stride);
+
+// MARK: accumulate_avx2.c (KVK_CPU_AVX2; d a multiple of 16)
+
+/// As kvk_accumulate_fp16 (bit-exact with `PageKernels.accumulateReference`).
+void kvk_accumulate_fp16_avx2(const float *w, long R, long stride, long n, const uint16_t *rows, long d, float *out);
+
+/// As kvk_accumulate_grouped (bit-exact), for groupSize a multiple of 16 dividing d.
+void kvk_accumulate_grouped_avx2(int bits, long groupSize, const float *w, long R, long stride, long n,
+                                 const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
+
+// MARK: conversion_avx2.c (KVK_CPU_AVX2)
+
+/// As kvk_first_invalid.
+long kvk_first_invalid_avx2(const float *x, long count);
+
+/// As kvk_float_to_half.
+void kvk_float_to_half_avx2(const float *x, uint16_t *out, long count);
+
 // MARK: int3_avx2.c, lloydmax_avx2.c (KVK_CPU_AVX2; d a multiple of 8)
 //
-// The kernels of the INT3 and Lloyd–Max formats. They run on any CPU with AVX2, F16C and FMA, AVX-512
-// ones included (the AVX-512 kernels above do not take these formats). Rows are tiled by four.
+// The kernels of the INT3 and Lloyd–Max formats. They run on the avx2 kernel path and on the avx512 one
+// (the AVX-512 kernels above do not take these formats). Rows are tiled by four.
 
 /// scores[r·stride + j] = fl(fl(Σ_c qs_r[c]·code_jc + zt[r])·scale) for per-channel INT3 code rows
 /// (`rowBytes` apart) and a query folded into the page's parameters in natural channel order:
