@@ -6,7 +6,7 @@
 // Only the CPU probe and the bandwidth probe exist on every architecture; the kernels are declared
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
-// accumulate_integer.c, conversion.c.
+// accumulate_integer.c, conversion.c, encode_avx2.c (the write path on AVX2: `EncodeKernels`).
 //
 // Layouts (d = headDim, all row-major):
 //   queries / prepared queries:  R rows × d floats
@@ -30,7 +30,7 @@
 #define KVK_CPU_AVX512_VNNI 0x2u
 /// AVX512-VBMI (`vpermb`, `vpermt2b`), with VNNI for kvk_accumulate_integer.
 #define KVK_CPU_AVX512_VBMI 0x4u
-/// AVX2 with F16C and FMA (no kernels yet).
+/// AVX2 with F16C and FMA: the encoders of encode_avx2.c.
 #define KVK_CPU_AVX2 0x8u
 
 /// The `KVK_CPU_…` features of this CPU (0 on other architectures). Each bit is reported on its
@@ -128,6 +128,30 @@ long kvk_first_invalid(const float *x, long count);
 
 /// out[i] = the FP16 bit pattern of x[i], rounded to nearest even (x already checked storable).
 void kvk_float_to_half(const float *x, uint16_t *out, long count);
+
+// MARK: encode_avx2.c (KVK_CPU_AVX2): the write path (append, quantise), any d
+
+/// As kvk_first_invalid (AVX2).
+long kvk_encode_first_invalid_avx2(const float *x, long count);
+
+/// As kvk_float_to_half (AVX2 + F16C).
+void kvk_encode_fp16_avx2(const float *x, uint16_t *out, long count);
+
+/// out[i] = the float of the FP16 bit pattern h[i] (exact; F16C).
+void kvk_decode_fp16_avx2(const uint16_t *h, float *out, long count);
+
+/// Quantises n grouped rows of x (n × d floats, each finite with |x| ≤ 65504) to `bits`-bit codes
+/// in groups of `groupSize` (a multiple of 8; the last group may be shorter): row r at
+/// rows + r·rowBytes, codes packed in its first codeBytes bytes, then (scale, zero) FP16 per group.
+/// Bit-identical to `RowCodec.encodeReference` (bits 2, 4 or 8).
+void kvk_encode_grouped_avx2(int bits, long groupSize, const float *x, long n, long d, uint8_t *rows,
+                             long rowBytes, long codeBytes);
+
+/// Quantises a page of n ≥ 1 keys (x: n × d floats, finite, |x| ≤ 65504) per channel: token t's
+/// codes at codes + t·rowBytes, the d (scale, zero) FP16 pairs at params. Bit-identical to
+/// `ChannelwiseKeyCodec.encodePageReference` (bits 2, 4 or 8).
+void kvk_encode_channelwise_avx2(int bits, const float *x, long n, long d, uint8_t *codes, long rowBytes,
+                                 uint16_t *params);
 
 #endif // __x86_64__
 #endif
