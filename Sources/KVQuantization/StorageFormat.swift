@@ -32,8 +32,8 @@ public enum CodeWidth: Int, Sendable, Hashable, CaseIterable, CustomStringConver
 ///     .channelwise(b)        one page: | P rows of codes, ⌈d·b/8⌉ bytes each | d × (scale, zero) Float16 |
 ///     (keys only, KIVI)                 channel c of every token shares scale[c] and zero[c]
 ///
-/// Every format stores, besides its rows, nothing per token; the store adds a 4-byte position per
-/// token slot (see `KVStore`).
+/// Every format stores, besides its rows, nothing per token; the store adds a 2-byte position offset
+/// per token slot and a 4-byte base per page (`PagePositions`, `KVStore`).
 public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
     /// IEEE half precision, round to nearest even; exact for FP16 inputs.
     case fp16

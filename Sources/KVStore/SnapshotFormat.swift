@@ -1,6 +1,7 @@
 import KVQuantization
 
-/// The snapshot file format, version 2 (version 1 files are read too). All integers little-endian.
+/// The snapshot file format, version 3 (versions 1 and 2 are read too, and converted). All integers
+/// little-endian.
 ///
 ///     file    = header · section("CONF") · section("PAGE") · section("SEQS")      (nothing after)
 ///     header  = magic "KVCSNAP\n" (8) · version u32 · sectionCount u32 (= 3) · reserved u32 (= 0)
@@ -9,19 +10,34 @@ import KVQuantization
 ///
 ///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity (u64 each)
 ///               · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
-///               · for each stored tier (fp16, int8, int4, int2): key format, value format
+///               · tiers · hasLayerFormats u8 · (layerCount × tiers, when hasLayerFormats = 1)
+///     tiers   = for each stored tier (fp16, int8, int4, int2): key format · value format
+///               · page capacity u32 (0: the configuration's pageCapacity)
 ///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise) · code bits u8 (0, 2, 4, 8) · groupSize u32
 ///     PAGE    = pageCount u32 · page*
-///     page    = tier u8 · isStaging u8 · count u32 · count key rows · count value rows
-///               · page key parameters (channelwise sealed pages) · count positions i32
+///     page    = layer u32 · tier u8 · isStaging u8 · count u32 · base position i32 · count offsets u16
+///               · count key rows · count value rows · page key parameters (channelwise sealed pages)
 ///     SEQS    = nextSequenceID u64 · sequenceCount u32 · sequence*
 ///     sequence = id u64 · per layer: nextPosition i32
 ///               · per layer, per KV head, per stored tier: pageCount u32 · page indices u32*
 ///               · staging page index u32 (0xFFFFFFFF: none)
 ///
-/// Version 1 had two more u64 fields in CONF after pageCapacity, sinkCount and recentCount (policy
-/// settings the store never read; they now belong to `CompressionSettings`): a version 1 file is
-/// read by skipping them (they must still be at most Int32.max), and saved again as version 2.
+/// A page's positions are `base + offset`, offsets strictly ascending from 0 (the layout of
+/// `PagePositions`); each tier follows the invariants of `TierState` (checked when loading).
+///
+/// Older versions, converted when read (and saved again as version 3):
+/// - version 2: CONF without page capacities and per-layer formats (`tiers` = key and value format
+///   only, no hasLayerFormats); a page = tier u8 · isStaging u8 · count u32 · count key rows · count
+///   value rows · page key parameters · count positions i32, in any order. Each page's slots are put
+///   in position order (rows permuted: the data is unchanged). A row-wise tier whose pages are then
+///   not in ascending order is repacked (rows copied, so bit-exact; a stream that shared such pages
+///   with a fork no longer shares them). A page spanning more than 65,535 positions is split into
+///   pages that do not; for a page with per-channel keys that re-quantises each part's keys from
+///   their decoded values (within the format's error bound of them), and a staging page's parts
+///   but the last are sealed. Pages are shared as before otherwise.
+/// - version 1: as version 2, with two more u64 fields in CONF after pageCapacity, sinkCount and
+///   recentCount (policy settings the store never read; they now belong to `CompressionSettings`),
+///   skipped (they must still be at most Int32.max).
 ///
 /// Pages are stored once however many sequences share them (forks), so a restored store shares
 /// them the same way and `byteCount` is unchanged. Only filled slots are written: the bytes beyond
@@ -29,9 +45,9 @@ import KVQuantization
 enum SnapshotFormat {
     static let magic: [UInt8] = Array("KVCSNAP\n".utf8)
     /// The version written.
-    static let version: UInt32 = 2
+    static let version: UInt32 = 3
     /// The versions read.
-    static let readableVersions: ClosedRange<UInt32> = 1...2
+    static let readableVersions: ClosedRange<UInt32> = 1...3
     static let headerByteCount = 24
     static let sectionTags = ["CONF", "PAGE", "SEQS"]
     static let noPage: UInt32 = 0xFFFF_FFFF
@@ -44,6 +60,7 @@ struct SnapshotWriter {
     var bytes: [UInt8] = []
 
     mutating func u8(_ x: UInt8) { bytes.append(x) }
+    mutating func u16(_ x: UInt16) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
     mutating func u32(_ x: UInt32) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
     mutating func i32(_ x: Int32) { u32(UInt32(bitPattern: x)) }
     mutating func u64(_ x: UInt64) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
@@ -76,9 +93,16 @@ struct SnapshotWriter {
         i64(Int64(c.byteLimit ?? 0))
         u8(c.attentionScale == nil ? 0 : 1)
         u32(c.attentionScale?.bitPattern ?? 0)
+        tiers(c.tierFormats)
+        u8(c.layerTierFormats == nil ? 0 : 1)
+        for f in c.layerTierFormats ?? [] { tiers(f) }
+    }
+
+    mutating func tiers(_ f: TierFormats) {
         for t in Tier.stored {
-            format(c.tierFormats.keyFormat(t))
-            format(c.tierFormats.valueFormat(t))
+            format(f.keyFormat(t))
+            format(f.valueFormat(t))
+            u32(UInt32(f.pageCapacities[t] ?? 0))
         }
     }
 }
@@ -108,6 +132,9 @@ struct SnapshotReader {
     }
 
     mutating func u8(_ what: String) throws(SnapshotError) -> UInt8 { try take(1, what)[0] }
+    mutating func u16(_ what: String) throws(SnapshotError) -> UInt16 {
+        UInt16(littleEndian: try take(2, what).loadUnaligned(as: UInt16.self))
+    }
     mutating func u32(_ what: String) throws(SnapshotError) -> UInt32 {
         UInt32(littleEndian: try take(4, what).loadUnaligned(as: UInt32.self))
     }
@@ -177,14 +204,31 @@ struct SnapshotReader {
         let limit = Int64(bitPattern: try u64("byteLimit"))
         let hasScale = try flag("hasAttentionScale")
         let scale = Float(bitPattern: try u32("attentionScale"))
-        var keys = [Tier: StorageFormat](), values = [Tier: StorageFormat]()
-        for t in Tier.stored {
-            keys[t] = try format("keys[\(t)]")
-            values[t] = try format("values[\(t)]")
+        let formats = try tiers("tierFormats", version: version)
+        var layerFormats: [TierFormats]?
+        if version >= 3, try flag("hasLayerFormats") {
+            // Bounded by the payload: each layer's entry is 4 × 16 bytes.
+            guard layerCount <= remaining / 64 else { throw fail("layerCount \(layerCount) layers of formats do not fit the payload") }
+            layerFormats = []
+            for l in 0..<layerCount { layerFormats!.append(try tiers("layerTierFormats[\(l)]", version: version)) }
         }
         return KVStoreConfiguration(
             layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
-            pageCapacity: pageCapacity, tierFormats: TierFormats(keys: keys, values: values),
+            pageCapacity: pageCapacity, tierFormats: formats, layerTierFormats: layerFormats,
             byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil)
+    }
+
+    /// One `tiers` entry of CONF (without page capacities before version 3).
+    mutating func tiers(_ what: String, version: UInt32) throws(SnapshotError) -> TierFormats {
+        var keys = [Tier: StorageFormat](), values = [Tier: StorageFormat](), capacities = [Tier: Int]()
+        for t in Tier.stored {
+            keys[t] = try format("\(what).keys[\(t)]")
+            values[t] = try format("\(what).values[\(t)]")
+            if version >= 3 {
+                let p = try u32("\(what).pageCapacities[\(t)]")
+                if p != 0 { capacities[t] = Int(p) }
+            }
+        }
+        return TierFormats(keys: keys, values: values, pageCapacities: capacities)
     }
 }

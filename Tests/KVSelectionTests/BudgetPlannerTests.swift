@@ -4,17 +4,30 @@ import KVQuantization
 @testable import KVSelection
 
 @Suite struct BudgetPlannerTests {
-    // Standard formats at headDim 64: fp16 260 B/token, int8 140, int4 84, int2 52.
+    // Grouped formats at headDim 64 in pages of 8 (the tests' planners): fp16 260 B/token, int8 140,
+    // int4 84, int2 52 (rows + a 2-byte position offset + the page's 16 bytes of position base and
+    // padding over 8 tokens).
     @Test func standardCosts() {
-        let c = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 16)
+        let c = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 8)
         #expect(Tier.allCases.map { c.byteCount($0) } == [260, 140, 84, 52, 0])
-        #expect(c.pageByteCount(.fp16) == 16 * 260)
-        #expect(c.pagedByteCount(.int4, tokenCount: 17) == 2 * 16 * 84)
+        #expect(c.pageByteCount(.fp16) == 8 * 260)
+        #expect(c.pagedByteCount(.int4, tokenCount: 17) == 3 * 8 * 84)
+        // Pages of 16: the page's 16 bytes cost 1 per token.
+        let c16 = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 16)
+        #expect(Tier.allCases.map { c16.byteCount($0) } == [259, 139, 83, 51, 0])
+        #expect(c16.pageByteCount(.fp16) == 16 * 258 + 4 + 12)
         // Channelwise keys amortise their per-page parameters (4·64 / 16 = 16 B per token).
         var formats = TierFormats.grouped
         formats.keys[.int4] = .channelwise(.int4)
         let k = TierCosts(formats: formats, headDim: 64, pageCapacity: 16)
-        #expect(k.byteCount(.int4) == 32 + 40 + 4 + 16)
+        #expect(k.byteCount(.int4) == 32 + 40 + 2 + 16 + 1)
+        // Per-tier page capacities: int4 pages of 128 spread the 272 bytes per page over 128 tokens.
+        let k128 = TierCosts(formats: formats.withPageCapacities([.int4: 128, .fp16: 16]), headDim: 64, pageCapacity: 8)
+        #expect(k128.pageCapacity(.int4) == 128 && k128.pageCapacity(.int8) == 8 && k128.pageCapacity(.fp16) == 16)
+        #expect(k128.byteCount(.int4) == 32 + 40 + 2 + 3 && k128.byteCount(.fp16) == 259 && k128.byteCount(.int8) == 140)
+        #expect(k128.pageByteCount(.int4) == 128 * 74 + 256 + 16)
+        #expect(k128.pagedByteCount(.int4, tokenCount: 129) == 2 * k128.pageByteCount(.int4))
+        #expect(k128.slackBound(tiers: [.fp16, .int4]) == k128.pageByteCount(.fp16) + k128.pageByteCount(.int4))
     }
 
     /// n = 12, 1 sink, 1 recent; middle = tokens 1...10 (m0...m9).
@@ -30,7 +43,7 @@ import KVQuantization
     func planner(_ granularity: Granularity = .token, anchor: Anchor = .alternate) -> BudgetPlanner {
         BudgetPlanner(configuration: PlannerConfiguration(
             headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1),
-            formats: .grouped, granularity: granularity, kvCrush: KVCrushSelector(anchor: anchor)))
+            formats: .grouped, pageCapacity: 8, granularity: granularity, kvCrush: KVCrushSelector(anchor: anchor)))
     }
 
     @Test func hostPlusRepresentativesByHand() throws {

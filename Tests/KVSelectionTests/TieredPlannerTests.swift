@@ -12,7 +12,7 @@ import KVQuantization
     }
 
     func planner(_ errors: [Tier: Double]) throws -> TieredPlanner {
-        TieredPlanner(configuration: PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1), formats: .grouped),
+        TieredPlanner(configuration: PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1), formats: .grouped, pageCapacity: 8),
                       errorModel: try TierErrorModel(relativeErrors: errors))
     }
 
@@ -46,7 +46,7 @@ import KVQuantization
     }
 
     @Test func hullStepsOfTheDefaultModel() throws {
-        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped), candidateTiers: [.fp16, .int8, .int4, .int2])
+        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped, pageCapacity: 8), candidateTiers: [.fp16, .int8, .int4, .int2])
         let steps = p.hullSteps(rest: .dropped, ceiling: .fp16)
         // int2 (52 B, 0.096), int4 (84 B, 0.019), int8 (140 B, 0.0011), fp16: slopes fall, all on the hull.
         #expect(steps.map(\.to) == [.int2, .int4, .int8, .fp16])
@@ -56,7 +56,7 @@ import KVQuantization
     }
 
     @Test func defaultModelPrefersINT4ByAboutThirtySixTimes() throws {
-        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped))
+        let p = TieredPlanner(configuration: PlannerConfiguration(headDim: 64, formats: .grouped, pageCapacity: 8))
         let steps = p.hullSteps(rest: .dropped, ceiling: .fp16)
         #expect(steps.map(\.to) == [.int4, .int8, .fp16])
         let perByte = steps.map { $0.errorReduction / Double($0.byteCount) }

@@ -12,7 +12,7 @@ extension KVStore {
         let entries = withStream(id, layer, kvHead, "vnniScoreErrors") { $0.entriesByPosition() }
         return q.withUnsafeBufferPointer { qp in
             entries.map { e in
-                let tc = codecs[e.tier]
+                let tc = codecs[layer][e.tier]
                 guard let channels = tc.keyChannels, e.page.layout == tc.layout, tc.keyScoring == .channelwiseVNNI else { return 0 }
                 return PageKernels.channelwiseVNNIErrorBound(channels, qp.baseAddress!, row: e.page.keyRow(e.slot),
                                                              params: e.page.keyParameters, scale: scale)
