@@ -85,7 +85,7 @@ public struct CachePolicy: Sendable, Hashable, CustomStringConvertible {
         case .compress(let settings):
             let compressor = KVCompressor(store: store, settings: settings)
             let window = observation ?? ObservationWindow(positions: [], queries: [])
-            try compressor.compressPrefill(id, observation: window)
+            try compressor.compressPrefill(id, observation: window, reservingDecodeHeadroom: keepingBudgetDuringDecode)
             return keepingBudgetDuringDecode ? compressor.decodeSession(id) : nil
         }
     }

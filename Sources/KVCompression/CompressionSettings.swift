@@ -13,6 +13,9 @@ public struct CompressionSettings: Sendable, Hashable {
         /// KVCrush representatives of the tail (`TieredPlanner`). A `nil` error model is derived
         /// from the store's tier formats (`TierErrorModel.derived(from:)`).
         case tiered(TierErrorModel?, candidateTiers: [Tier])
+        /// The plain plan: the top `topShare` of the middle by score at FP16, the next at `tier`
+        /// until the budget is spent (`PlainPlanner`).
+        case plain(topShare: Double, tier: Tier)
     }
 
     /// The host policy: which scores rank the middle tokens.
@@ -31,10 +34,17 @@ public struct CompressionSettings: Sendable, Hashable {
     public var groupReduction: GroupReduction
     /// During decode: normalise H2O scores by the number of queries that could see each token.
     public var decodeNormalization: H2ONormalization
+    /// During decode: re-plan a layer after this many new tokens (`nil`: the store's page
+    /// capacity). Each plan leaves that many FP16 slots free inside the budget for the tokens
+    /// appended before the next, so the budget holds at every step; a shorter interval costs fewer
+    /// reserved bytes and more planning.
+    public var decodeReplanInterval: Int?
 
     public init(policy: EvictionPolicy, regions: StreamRegions = StreamRegions(), budget: ByteBudget, planner: PlannerKind = .budget,
                 kvCrush: KVCrushSelector = KVCrushSelector(), granularity: Granularity = .token,
-                groupReduction: GroupReduction = .mean, decodeNormalization: H2ONormalization = .none) {
+                groupReduction: GroupReduction = .mean, decodeNormalization: H2ONormalization = .none,
+                decodeReplanInterval: Int? = nil) {
+        precondition(decodeReplanInterval.map { $0 > 0 } ?? true, "CompressionSettings: decodeReplanInterval must be positive")
         self.policy = policy
         self.regions = regions
         self.budget = budget
@@ -43,5 +53,6 @@ public struct CompressionSettings: Sendable, Hashable {
         self.granularity = granularity
         self.groupReduction = groupReduction
         self.decodeNormalization = decodeNormalization
+        self.decodeReplanInterval = decodeReplanInterval
     }
 }

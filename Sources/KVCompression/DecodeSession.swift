@@ -54,7 +54,7 @@ extension KVCompressor {
             }
         }
 
-        /// Notes `count` tokens appended to `layer` and re-plans the layer once a page of them has
+        /// Notes `count` tokens appended to `layer` and re-plans the layer once `decodeReplanInterval` of them have
         /// arrived since its last plan.
         ///
         /// - Throws: `CompressionError` (nothing changed then).
@@ -63,12 +63,12 @@ extension KVCompressor {
             let next = store.nextPosition(of: sequence, layer: layer)
             if next > accumulators[layer].tokenCount { accumulators[layer].appendPositions(count: next - accumulators[layer].tokenCount) }
             pendingTokenCounts[layer] += count
-            guard pendingTokenCounts[layer] >= store.configuration.pageCapacity else { return }
+            guard pendingTokenCounts[layer] >= compressor.decodeReplanInterval else { return }
             try replan(layer: layer)
             pendingTokenCounts[layer] = 0
         }
 
-        /// Re-plans every stream of `layer` within the budget, with a page of FP16 headroom
+        /// Re-plans every stream of `layer` within the budget, with `decodeReplanInterval` FP16 slots of headroom
         /// (`SequencePlanner.planDecode`), and applies the plan.
         ///
         /// - Throws: `CompressionError` (nothing changed then).
@@ -83,7 +83,7 @@ extension KVCompressor {
                 plan = try SequencePlanner(policy: s.policy, kvHeadCount: c.kvHeadCount, groupReduction: s.groupReduction)
                     .planDecode(layer: layer, streams: streams, scores: accumulators[layer], normalization: s.decodeNormalization,
                                 tokenCount: store.nextPosition(of: sequence, layer: layer),
-                                planner: compressor.planner(headroomTokenCount: c.pageCapacity), budget: s.budget)
+                                planner: compressor.planner(headroomTokenCount: compressor.decodeReplanInterval), budget: s.budget)
             } catch { throw .selection(error) }
             do { try store.apply(plan, to: sequence) } catch { throw .store(error) }
             replanCount += 1

@@ -12,15 +12,20 @@ import KVStore
 /// - `DecodeSession`: H2O style. Every decode step's attention weights are accumulated per query
 ///   head and position; whenever a layer has received a page of new tokens since its last plan,
 ///   that layer is re-planned within the budget (for a fraction, of the FP16 bytes of every token
-///   appended so far) with a page of FP16 headroom reserved, so between re-plans memory stays within
+///   appended so far) with `decodeReplanInterval` FP16 slots reserved, so between re-plans memory stays within
 ///   the budget plus the documented page slack (one page per tier per stream).
 ///
-/// Policies never see the store: this type is the only bridge.
+/// Policies never see the store: this type is the only bridge. Planners cost every layer with the
+/// store's `tierFormats` (per-tier page capacities included); a store with per-layer formats
+/// (`KVStoreConfiguration.layerTierFormats`) cannot be planned yet.
 public struct KVCompressor: Sendable {
     public let store: KVStore
     public let settings: CompressionSettings
 
+    /// - Precondition: the store has no per-layer tier formats (`layerTierFormats` is `nil`).
     public init(store: KVStore, settings: CompressionSettings) {
+        precondition(store.configuration.layerTierFormats == nil,
+                     "KVCompressor: stores with per-layer tier formats (layerTierFormats) cannot be planned yet; use tierFormats")
         self.store = store
         self.settings = settings
     }
@@ -34,12 +39,17 @@ public struct KVCompressor: Sendable {
             kvCrush: settings.kvCrush, headroomTokenCount: headroomTokenCount)
     }
 
+    /// Tokens a decode session lets arrive between two plans of a layer, and the FP16 slots each plan
+    /// (the prefill's too, when a decode session follows) leaves free for them.
+    public var decodeReplanInterval: Int { settings.decodeReplanInterval ?? store.configuration.pageCapacity }
+
     /// The planner the settings name, configured for the store.
     public func planner(headroomTokenCount: Int = 0) -> any StreamPlanner {
         let configuration = plannerConfiguration(headroomTokenCount: headroomTokenCount)
         switch settings.planner {
         case .budget: return BudgetPlanner(configuration: configuration)
         case .tiered(let model, let tiers): return TieredPlanner(configuration: configuration, errorModel: model, candidateTiers: tiers)
+        case .plain(let share, let tier): return PlainPlanner(configuration: configuration, topShare: share, tier: tier)
         }
     }
 
@@ -73,13 +83,16 @@ public struct KVCompressor: Sendable {
     ///   - observationQueries: per layer, `[queryHead][query][headDim]` (the last W prompt queries).
     ///   - queryPositions: per layer, the positions of those queries (ascending, inside the prompt).
     ///     Policies that need no attention (`needsObservation` false) may pass no queries.
+    ///   - reservingDecodeHeadroom: leave `decodeReplanInterval` FP16 slots free inside the budget,
+    ///     for the tokens a decode session lets arrive before its first plan (so the budget holds at
+    ///     every decode step from the first).
     /// - Returns: the plan that was applied.
     /// - Throws: `CompressionError`; the sequence is then unchanged.
     /// - Precondition: every stream of every layer holds exactly positions `0 ..< n` at FP16 (a
     ///   fresh prefill, same `n` in every layer).
     @discardableResult
-    public func compressPrefill(_ id: SequenceID, observationQueries: [[Float]],
-                                queryPositions: [[Int32]]) throws(CompressionError) -> RetentionPlan {
+    public func compressPrefill(_ id: SequenceID, observationQueries: [[Float]], queryPositions: [[Int32]],
+                                reservingDecodeHeadroom: Bool = false) throws(CompressionError) -> RetentionPlan {
         let c = store.configuration
         precondition(observationQueries.count == c.layerCount && queryPositions.count == c.layerCount,
                      "KVCompressor.compressPrefill: one query block per layer expected")
@@ -109,7 +122,8 @@ public struct KVCompressor: Sendable {
         let plan: RetentionPlan
         do {
             plan = try SequencePlanner(policy: settings.policy, kvHeadCount: c.kvHeadCount, groupReduction: settings.groupReduction)
-                .planPrefill(layerWeights: layerWeights, planner: planner(), budget: settings.budget)
+                .planPrefill(layerWeights: layerWeights, planner: planner(headroomTokenCount: reservingDecodeHeadroom ? decodeReplanInterval : 0),
+                             budget: settings.budget)
         } catch { throw .selection(error) }
         do { try store.apply(plan, to: id) } catch { throw .store(error) }
         return plan
@@ -118,10 +132,12 @@ public struct KVCompressor: Sendable {
     /// `compressPrefill` from an observation window (the same query positions in every layer; an
     /// empty window for policies that need none).
     @discardableResult
-    public func compressPrefill(_ id: SequenceID, observation: ObservationWindow) throws(CompressionError) -> RetentionPlan {
+    public func compressPrefill(_ id: SequenceID, observation: ObservationWindow,
+                                reservingDecodeHeadroom: Bool = false) throws(CompressionError) -> RetentionPlan {
         let layers = store.configuration.layerCount
         let queries = observation.queries.isEmpty ? [[Float]](repeating: [], count: layers) : observation.queries
-        return try compressPrefill(id, observationQueries: queries, queryPositions: Array(repeating: observation.positions, count: layers))
+        return try compressPrefill(id, observationQueries: queries, queryPositions: Array(repeating: observation.positions, count: layers),
+                                   reservingDecodeHeadroom: reservingDecodeHeadroom)
     }
 
     /// Starts keeping `id` within budget during decode.

@@ -11,11 +11,13 @@ import KVSelection
 /// | `streaming` | StreamingLLM: the most recent that fit the budget are kept (the recent window widened to the budget), the rest dropped |
 /// | `h2o`, `snapkv`, `tova`, `random`, `pyramid` | the host keeps its top tokens at FP16 (`BudgetPlanner`) |
 /// | `tiered` | SnapKV scores spent by `TieredPlanner` over FP16 / INT8 / INT4 (= `snapkv+tiered`) |
+/// | `plain` | the baseline plan: the top 2% of the middle by SnapKV score at FP16, the next at INT4 until the budget is spent (= `snapkv+plain`, `PlainPlanner`) |
 /// | `uniform-int8`, `uniform-int4`, `uniform-int2` | every prompt token (sinks and window too) moved to that tier (no budget) |
 ///
 /// | modifier | effect |
 /// |---|---|
 /// | `+tiered` | (scored hosts) `TieredPlanner` instead of keep-top-B at FP16, e.g. `h2o+tiered` |
+/// | `+plain` | (scored hosts) `PlainPlanner`, e.g. `h2o+plain` |
 /// | `+kvcrush` | KVCrush representatives of the tail, with the evaluation's crush share, representative format and anchor |
 /// | `+mikv` | tokens neither kept nor representatives go to INT2 instead of being dropped (MiKV) |
 /// | `+int2` | (tiered only) INT2 is one of the planner's candidate tiers |
@@ -29,6 +31,9 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
         case host(EvictionPolicy)
         /// `TieredPlanner` spending the budget by this host's scores.
         case tiered(EvictionPolicy)
+        /// `PlainPlanner` (the top 2% at FP16, the next at INT4 until the budget is spent) by this
+        /// host's scores.
+        case plain(EvictionPolicy)
         case uniform(Tier)
     }
 
@@ -43,13 +48,14 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
     public let candidateTiers: [Tier]
 
     /// The names `parse` accepts as a base.
-    public static let baseNames = ["full", "uncompressed", "streaming", "h2o", "snapkv", "tova", "random", "pyramid", "tiered",
+    public static let baseNames = ["full", "uncompressed", "streaming", "h2o", "snapkv", "tova", "random", "pyramid", "tiered", "plain",
                                    "uniform-int8", "uniform-int4", "uniform-int2"]
 
-    /// The canonical name: base, then the modifiers in the order `tiered`, `kvcrush`, `mikv`, `int2`.
+    /// The canonical name: base, then the modifiers in the order `tiered`/`plain`, `kvcrush`, `mikv`, `int2`.
     public var description: String {
         var s = baseName
         if case .tiered = base, baseName != "tiered" { s += "+tiered" }
+        if case .plain = base, baseName != "plain" { s += "+plain" }
         if usesKVCrush { s += "+kvcrush" }
         if restTier == .int2 { s += "+mikv" }
         if candidateTiers.contains(.int2) { s += "+int2" }
@@ -60,11 +66,11 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
     public var usesBudget: Bool {
         switch base {
         case .full, .uniform: false
-        case .host, .tiered: true
+        case .host, .tiered, .plain: true
         }
     }
 
-    /// Parses `name` (`BASE[+tiered][+kvcrush][+mikv][+int2]`, modifiers in any order); `seed` seeds `random`.
+    /// Parses `name` (`BASE[+tiered|+plain][+kvcrush][+mikv][+int2]`, modifiers in any order); `seed` seeds `random`.
     ///
     /// - Throws: `PolicyError` naming what is wrong.
     public init(parsing name: String, seed: UInt64 = 0, observationWindow: Int = 32) throws(PolicyError) {
@@ -82,6 +88,7 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
         case "random": b = .host(.random(seed: seed))
         case "pyramid": b = .host(.pyramidKV(snap))
         case "tiered": b = .tiered(.snapKV(snap))
+        case "plain": b = .plain(.snapKV(snap))
         case "uniform-int8": b = .uniform(.int8)
         case "uniform-int4": b = .uniform(.int4)
         case "uniform-int2": b = .uniform(.int2)
@@ -90,7 +97,9 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
         self.baseName = baseName
         var modifiers = Set<String>()
         for m in parts.dropFirst() {
-            guard ["tiered", "kvcrush", "mikv", "int2"].contains(m) else { throw bad("unknown modifier '+\(m)' (expected +tiered, +kvcrush, +mikv or +int2)") }
+            guard ["tiered", "plain", "kvcrush", "mikv", "int2"].contains(m) else {
+                throw bad("unknown modifier '+\(m)' (expected +tiered, +plain, +kvcrush, +mikv or +int2)")
+            }
             guard modifiers.insert(m).inserted else { throw bad("modifier '+\(m)' given twice") }
         }
         if !modifiers.isEmpty, case .full = b { throw bad("full takes no modifiers") }
@@ -99,6 +108,13 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
             guard case .host(let p) = b, p.usesScores else { throw bad("+tiered needs a scored host policy (h2o, snapkv, tova, random, pyramid)") }
             b = .tiered(p)
         }
+        if modifiers.contains("plain") {
+            guard case .host(let p) = b, p.usesScores, !modifiers.contains("tiered") else {
+                throw bad("+plain needs a scored host policy and no other planner")
+            }
+            b = .plain(p)
+        }
+        if case .plain = b, modifiers.contains("kvcrush") { throw bad("the plain plan keeps no representatives") }
         if modifiers.contains("int2") {
             guard case .tiered = b else { throw bad("+int2 applies to tiered planners only") }
         }
@@ -113,8 +129,7 @@ public struct PolicyName: Sendable, Hashable, CustomStringConvertible {
     public var hostPolicy: EvictionPolicy? {
         switch base {
         case .full, .uniform: nil
-        case .host(let p): p
-        case .tiered(let p): p
+        case .host(let p), .tiered(let p), .plain(let p): p
         }
     }
 }
@@ -181,13 +196,14 @@ extension PolicyName {
         switch base {
         case .full: return CachePolicy(name: description, action: .keep)
         case .uniform(let tier): return CachePolicy(name: description, action: .uniform(tier))
-        case .host(let host), .tiered(let host):
+        case .host(let host), .tiered(let host), .plain(let host):
             guard let b = budget else { preconditionFailure("PolicyName.cachePolicy: \(self) needs a budget") }
             precondition(usesKVCrush == (kvCrush != nil), "PolicyName.cachePolicy: KVCrush settings go with +kvcrush policies")
             let byteBudget = ByteBudget.fraction(b, representativeShare: kvCrush?.share ?? 0,
                                                  representativeTier: kvCrush?.representativeTier ?? .int4, restTier: restTier)
             var planner = CompressionSettings.PlannerKind.budget
             if case .tiered = base { planner = .tiered(nil, candidateTiers: candidateTiers) }
+            if case .plain = base { planner = .plain(topShare: 0.02, tier: .int4) }
             return CachePolicy(name: description, action: .compress(CompressionSettings(
                 policy: host, regions: regions, budget: byteBudget, planner: planner,
                 kvCrush: KVCrushSelector(anchor: kvCrush?.anchor ?? .random(seed: 0)))))

@@ -12,16 +12,28 @@ public struct EvaluationConfiguration: Sendable, Hashable {
     public var kvCrush: KVCrushSettings?
     /// Sinks and recent window kept at FP16 (default 4 and 32).
     public var regions: StreamRegions
+    /// During decode, tokens between two plans of a layer (`nil`: the store's page capacity;
+    /// `CompressionSettings.decodeReplanInterval`).
+    public var decodeReplanInterval: Int?
 
-    public init(policy: PolicyName, budget: Double?, kvCrush: KVCrushSettings?, regions: StreamRegions = StreamRegions()) {
+    public init(policy: PolicyName, budget: Double?, kvCrush: KVCrushSettings?, regions: StreamRegions = StreamRegions(),
+                decodeReplanInterval: Int? = nil) {
         self.policy = policy
         self.budget = budget
         self.kvCrush = kvCrush
         self.regions = regions
+        self.decodeReplanInterval = decodeReplanInterval
     }
 
     /// What the configuration does to a cache.
-    public var cachePolicy: CachePolicy { policy.cachePolicy(budget: budget, kvCrush: kvCrush, regions: regions) }
+    public var cachePolicy: CachePolicy {
+        var p = policy.cachePolicy(budget: budget, kvCrush: kvCrush, regions: regions)
+        if case .compress(var s) = p.action {
+            s.decodeReplanInterval = decodeReplanInterval
+            p.action = .compress(s)
+        }
+        return p
+    }
 
     /// The KVCrush share, representative format and anchor name, as reports print them.
     public var crushShare: Double? { kvCrush?.share }
@@ -45,21 +57,21 @@ func formatShare(_ x: Double) -> String {
 /// `+kvcrush` ones once per (crush share, representative tier, anchor).
 public func evaluationConfigurations(policies: [PolicyName], budgets: [Double], crushShares: [Double],
                                      representativeTiers: [Tier], anchors: [Anchor],
-                                     regions: StreamRegions = StreamRegions()) -> [EvaluationConfiguration] {
+                                     regions: StreamRegions = StreamRegions(), decodeReplanInterval: Int? = nil) -> [EvaluationConfiguration] {
     var out: [EvaluationConfiguration] = []
-    for p in policies where !p.usesBudget { out.append(EvaluationConfiguration(policy: p, budget: nil, kvCrush: nil, regions: regions)) }
+    for p in policies where !p.usesBudget { out.append(EvaluationConfiguration(policy: p, budget: nil, kvCrush: nil, regions: regions, decodeReplanInterval: decodeReplanInterval)) }
     for b in budgets {
         for p in policies where p.usesBudget {
             if p.usesKVCrush {
                 for s in crushShares {
                     for t in representativeTiers {
                         for a in anchors {
-                            out.append(EvaluationConfiguration(policy: p, budget: b, kvCrush: KVCrushSettings(share: s, representativeTier: t, anchor: a), regions: regions))
+                            out.append(EvaluationConfiguration(policy: p, budget: b, kvCrush: KVCrushSettings(share: s, representativeTier: t, anchor: a), regions: regions, decodeReplanInterval: decodeReplanInterval))
                         }
                     }
                 }
             } else {
-                out.append(EvaluationConfiguration(policy: p, budget: b, kvCrush: nil, regions: regions))
+                out.append(EvaluationConfiguration(policy: p, budget: b, kvCrush: nil, regions: regions, decodeReplanInterval: decodeReplanInterval))
             }
         }
     }

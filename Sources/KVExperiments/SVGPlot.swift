@@ -1,11 +1,11 @@
 import KVQuantization
 import Foundation
 
-/// A line chart as a standalone SVG document: linear x axis, logarithmic y axis, one polyline with
-/// markers per series, labelled axes, a title and a legend beside the plot.
+/// A line chart as a standalone SVG document: linear (or logarithmic) x axis, logarithmic y axis, one
+/// polyline with markers per series, labelled axes, a title and a legend beside the plot.
 ///
-/// Points with y ≤ 0 cannot sit on a log axis and are left out (the caller says so in the title or
-/// caption if it matters).
+/// Points with y ≤ 0 (or x ≤ 0 on a log x axis) cannot sit on a log axis and are left out (the
+/// caller says so in the title or caption if it matters).
 package struct SVGPlot: Sendable {
     /// One named line.
     public struct Series: Sendable {
@@ -24,12 +24,27 @@ package struct SVGPlot: Sendable {
     public var series: [Series]
     public var width = 960.0
     public var height = 560.0
+    /// A logarithmic x axis (decades, with 2 and 5 between them) instead of a linear one from 0.
+    public var logX = false
 
-    public init(title: String, xLabel: String, yLabel: String, series: [Series]) {
+    public init(title: String, xLabel: String, yLabel: String, series: [Series], logX: Bool = false) {
         self.title = title
         self.xLabel = xLabel
         self.yLabel = yLabel
         self.series = series
+        self.logX = logX
+    }
+
+    /// Several charts stacked top to bottom in one SVG document (each `width` wide).
+    public static func stacked(_ charts: [SVGPlot]) -> String {
+        let w = charts.map(\.width).max() ?? 0, h = charts.reduce(0) { $0 + $1.height }
+        var s = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(w))\" height=\"\(Int(h))\" viewBox=\"0 0 \(Int(w)) \(Int(h))\">\n"
+        var y = 0.0
+        for c in charts {
+            s += "<g transform=\"translate(0,\(Int(y)))\">\n" + c.svg() + "</g>\n"
+            y += c.height
+        }
+        return s + "</svg>\n"
     }
 
     static let colors = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
@@ -40,12 +55,14 @@ package struct SVGPlot: Sendable {
     public func svg() -> String {
         let left = 80.0, top = 44.0, bottom = 60.0, legendWidth = 330.0
         let plotW = width - left - legendWidth - 20, plotH = height - top - bottom
-        let visible = series.map { s in s.points.filter { $0.y > 0 && $0.y.isFinite && $0.x.isFinite }.sorted { $0.x < $1.x } }
+        let visible = series.map { s in
+            s.points.filter { $0.y > 0 && $0.y.isFinite && $0.x.isFinite && (!logX || $0.x > 0) }.sorted { $0.x < $1.x }
+        }
         let xs = visible.flatMap { $0.map(\.x) }, ys = visible.flatMap { $0.map(\.y) }
-        let xMax = max(1.0, (xs.max() ?? 1) * 1.02)
-        let xMin = 0.0
+        let xMax = logX ? Foundation.ceil(log10(xs.max() ?? 1) * 10) / 10 + 0.02 : max(1.0, (xs.max() ?? 1) * 1.02)
+        let xMin = logX ? Foundation.floor(log10(xs.min() ?? 0.1) * 10) / 10 - 0.02 : 0.0
         let yLo = Foundation.floor(log10(ys.min() ?? 1e-3)), yHi = max(yLo + 1, Foundation.ceil(log10(ys.max() ?? 1)))
-        func px(_ x: Double) -> Double { left + (x - xMin) / (xMax - xMin) * plotW }
+        func px(_ x: Double) -> Double { left + ((logX ? log10(x) : x) - xMin) / (xMax - xMin) * plotW }
         func py(_ y: Double) -> Double { top + (yHi - log10(y)) / (yHi - yLo) * plotH }
         func f(_ v: Double) -> String { String(format: "%.1f", v) }
 
@@ -67,12 +84,25 @@ package struct SVGPlot: Sendable {
                 }
             }
         }
-        var xt = 0.0
-        while xt <= xMax + 1e-9 {
-            let x = px(xt)
-            s += "<line x1=\"\(f(x))\" y1=\"\(f(top))\" x2=\"\(f(x))\" y2=\"\(f(top + plotH))\" stroke=\"#eeeeee\"/>\n"
-            s += "<text x=\"\(f(x))\" y=\"\(f(top + plotH + 18))\" text-anchor=\"middle\">\(String(format: "%.1f", xt))</text>\n"
-            xt += 0.1
+        if logX {
+            // Ticks at 1, 2, 5 × powers of ten, and at 0.15, 0.25, 0.3 … between 0.1 and 1 (the ratios of interest).
+            var ticks: [Double] = []
+            for e in Int(Foundation.floor(xMin))...Int(Foundation.ceil(xMax)) {
+                for m in [1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0] { ticks.append(m * Foundation.pow(10, Double(e))) }
+            }
+            for v in ticks where log10(v) >= xMin && log10(v) <= xMax {
+                let x = px(v)
+                s += "<line x1=\"\(f(x))\" y1=\"\(f(top))\" x2=\"\(f(x))\" y2=\"\(f(top + plotH))\" stroke=\"#eeeeee\"/>\n"
+                s += "<text x=\"\(f(x))\" y=\"\(f(top + plotH + 18))\" text-anchor=\"middle\">\(String(format: "%g", v))</text>\n"
+            }
+        } else {
+            var xt = 0.0
+            while xt <= xMax + 1e-9 {
+                let x = px(xt)
+                s += "<line x1=\"\(f(x))\" y1=\"\(f(top))\" x2=\"\(f(x))\" y2=\"\(f(top + plotH))\" stroke=\"#eeeeee\"/>\n"
+                s += "<text x=\"\(f(x))\" y=\"\(f(top + plotH + 18))\" text-anchor=\"middle\">\(String(format: "%.1f", xt))</text>\n"
+                xt += 0.1
+            }
         }
         s += "<rect x=\"\(f(left))\" y=\"\(f(top))\" width=\"\(f(plotW))\" height=\"\(f(plotH))\" fill=\"none\" stroke=\"#333333\"/>\n"
         s += "<text x=\"\(f(left + plotW / 2))\" y=\"\(f(height - 16))\" text-anchor=\"middle\" font-size=\"13\">\(escape(xLabel))</text>\n"

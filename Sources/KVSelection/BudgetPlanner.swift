@@ -12,11 +12,12 @@ import KVQuantization
 ///     B_i = min(units, ⌊hostBytes / (P·(c_fp16 − c_rest))⌋)     0 when the input has no host scores
 ///     B_c = min(|C|, ⌊repBytes / (P·(c_rep − c_rest))⌋)
 ///
-/// (if the rest tier's floor alone does not fit, see `plan(_:budget:)`), so the planned bytes never
-/// exceed the budget (the paged memory in a store may exceed it by
-/// less than one page per stored tier: `TierCosts`). When every token already fits, nothing moves.
-/// Tokens only move down: a host-kept or representative token that already sits lower stays there
-/// (and costs less). Bytes left over by rounding are not redistributed.
+/// (if the rest tier's floor alone does not fit, see `plan(_:budget:)`), with the required bytes and
+/// the budget in whole pages; then the plan is fitted to whole pages (`fitToPages`): trimmed where a
+/// partly filled page pushes it over, and what the rounding leaves spent on the best units that fit
+/// (free slots first). So the paged bytes a store takes for the plan never exceed the budget. When
+/// every token already fits, nothing moves. Tokens only move down: a host-kept or representative
+/// token that already sits lower stays there (and costs less).
 ///
 /// - Complexity: O(n log n + H · m log m) for n tokens, m middle tokens, H query heads.
 public struct BudgetPlanner: StreamPlanner {
@@ -63,6 +64,11 @@ public struct BudgetPlanner: StreamPlanner {
             else if isRepresentative[u] { ctx.assign(unit: u, tier: budget.representativeTier, role: .representative) }
             else { ctx.assign(unit: u, tier: rest, role: .rest) }
         }
+        // Whole pages: trim to the budget, then spend what the rounding left.
+        let rungs: [Tier] = budget.representativeShare > 0 ? [.fp16, budget.representativeTier] : [.fp16]
+        let ladder = (0..<unitCount).map { u in (ctx.ladder(unit: u, tiers: rungs, floor: rest) + [ctx.unitTier(u)]).sorted().uniqued() }
+        ctx.fitToPages(limit: ctx.limit(representativeAllowance: repBytes), ladder: ladder,
+                       scores: ctx.valueScores(input.hostScores), errorModel: .derived(from: c.formats))
         return ctx.finish(representativeAllowance: repBytes)
     }
 }

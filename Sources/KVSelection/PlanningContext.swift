@@ -11,7 +11,7 @@ struct PlanningContext {
     /// Token index ranges of the middle units, in position order.
     let units: [Range<Int>]
     let budgetByteCount: Int
-    /// Bytes left after the required ones (≥ 0).
+    /// Bytes left after the required ones (≥ 0), in whole pages.
     let availableByteCount: Int
     /// True when every token fits at its current tier: nothing needs to move.
     let everythingFits: Bool
@@ -40,7 +40,7 @@ struct PlanningContext {
         roles = [TokenRole](repeating: .kept, count: input.tokenCount)
         for i in ranges.sinks { roles[i] = .sink }
         for i in ranges.recent { roles[i] = .recent }
-        let current = c.byteCount(tiers: input.tiers) + configuration.headroomTokenCount * c.byteCount(.fp16)
+        let current = c.pagedByteCount(tiers: input.tiers, extraFP16TokenCount: configuration.headroomTokenCount)
         everythingFits = current <= budgetByteCount
         if !everythingFits && minimumRequired > budgetByteCount {
             throw .budgetBelowProtectedTokens(requiredByteCount: minimumRequired, budgetByteCount: budgetByteCount)
@@ -95,20 +95,56 @@ struct PlanningContext {
         let unitCost = configuration.granularity.unitTokenCount * configuration.costs.byteCount(rest)
         let available = budgetByteCount - minimumRequiredByteCount
         let k = unitCost == 0 ? units.count : min(units.count, available / unitCost)
-        let unitScores = scores.map { self.unitScores($0) } ?? [Float](repeating: 0, count: units.count)
-        let stay = Set(TokenRanking.topIndices(unitScores, count: k))
+        let unitScores = valueScores(scores)
+        let stay = Set(TokenRanking.topIndices(unitScores.map(Float.init), count: k))
         for u in units.indices { assign(unit: u, tier: stay.contains(u) ? rest : .dropped, role: .rest) }
+        // Whole pages: at the rest tier or dropped, nothing above.
+        let ladder = units.indices.map { u in [max(rest, currentWorstTier(unit: u)), .dropped].uniqued() }
+        fitToPages(limit: budgetByteCount, ladder: ladder, scores: unitScores, errorModel: .derived(from: configuration.costs.formats))
         return finish(representativeAllowance: 0)
     }
 
+    /// Per middle unit, the value the page fit ranks by: the host scores summed over the unit, or,
+    /// without scores, the unit's index (later units are worth more, as StreamingLLM keeps them).
+    func valueScores(_ scores: [Float]?) -> [Double] {
+        guard let scores else { return units.indices.map { Double($0 + 1) } }
+        return unitScores(scores).map(Double.init)
+    }
+
+    /// The ladder of unit `u` for the page fit: `tiers` (most precise first) from its current tier
+    /// down, ending at `floor`.
+    func ladder(unit u: Int, tiers candidates: [Tier], floor: Tier) -> [Tier] {
+        let ceiling = currentWorstTier(unit: u)
+        return (candidates.filter { $0 >= ceiling && $0 < floor } + [max(floor, ceiling)]).sorted().uniqued()
+    }
+
+    /// The plan's exact bytes: its tokens in whole pages (`TierCosts.pagedByteCount`), the
+    /// headroom's FP16 slots included.
+    var pagedByteCount: Int {
+        configuration.costs.pagedByteCount(tiers: tiers, extraFP16TokenCount: configuration.headroomTokenCount)
+    }
+
+    /// The bytes the plan may take: the budget, plus the representatives' allowance when they come
+    /// on top of it (`.openVINOAddedOnTop`).
+    func limit(representativeAllowance: Int) -> Int {
+        budgetByteCount + (budget.representativePlacement == .openVINOAddedOnTop ? representativeAllowance : 0)
+    }
+
     func finish(representativeAllowance: Int) -> StreamAssignment {
-        let bytes = configuration.costs.byteCount(tiers: tiers)
-        let limit = budgetByteCount - configuration.headroomTokenCount * configuration.costs.byteCount(.fp16)
-            + (budget.representativePlacement == .openVINOAddedOnTop ? representativeAllowance : 0)
+        let bytes = pagedByteCount, limit = limit(representativeAllowance: representativeAllowance)
         precondition(everythingFits || bytes <= limit,
-                     "planner invariant: \(bytes) bytes planned for a limit of \(limit)")
+                     "planner invariant: \(bytes) paged bytes planned for a limit of \(limit)")
         return StreamAssignment(positions: input.positions, previousTiers: input.tiers, tiers: tiers, roles: roles,
-                                byteCount: bytes, budgetByteCount: budgetByteCount,
+                                byteCount: configuration.costs.pagedByteCount(tiers: tiers), budgetByteCount: budgetByteCount,
                                 representativeByteAllowance: representativeAllowance)
+    }
+}
+
+extension Array where Element: Equatable {
+    /// The elements without repeats of an earlier one, in order.
+    func uniqued() -> [Element] {
+        var out: [Element] = []
+        for x in self where !out.contains(x) { out.append(x) }
+        return out
     }
 }

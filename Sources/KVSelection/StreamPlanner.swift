@@ -9,17 +9,18 @@ public protocol StreamPlanner: Sendable {
 }
 
 extension StreamPlanner {
-    /// Bytes a stream must spend before any middle token is kept: sinks and recent window at their
-    /// current tiers, the headroom at FP16, and (when the rest tier is stored) every middle token at
-    /// the rest tier.
+    /// Bytes a stream must spend before any middle token is kept, in whole pages
+    /// (`TierCosts.pagedByteCount`): sinks and recent window at their current tiers, the headroom's
+    /// slots at FP16, and (when the rest tier is stored) every middle token at the rest tier.
     public func requiredByteCount(_ input: StreamInput, restTier: Tier) -> Int {
         let c = configuration.costs
         let r = configuration.regions.split(tokenCount: input.tokenCount)
-        var required = configuration.headroomTokenCount * c.byteCount(.fp16)
-        for i in r.sinks { required += c.byteCount(input.tiers[i]) }
-        for i in r.recent { required += c.byteCount(input.tiers[i]) }
-        for i in r.middle { required += c.byteCount(max(restTier, input.tiers[i])) }
-        return required
+        var counts = [Int](repeating: 0, count: Tier.allCases.count)
+        counts[Tier.fp16.rawValue] = configuration.headroomTokenCount
+        for i in r.sinks { counts[input.tiers[i].rawValue] += 1 }
+        for i in r.recent { counts[input.tiers[i].rawValue] += 1 }
+        for i in r.middle { counts[max(restTier, input.tiers[i]).rawValue] += 1 }
+        return c.pagedByteCount(counts: counts)
     }
 }
 

@@ -59,26 +59,59 @@ public struct TierCosts: Sendable, Hashable {
         formats.pageByteCount(tier, headDim: headDim, pageCapacity: pageCapacity(tier))
     }
 
-    /// Bytes a store's whole pages take for `tokenCount` tokens of `tier` (spanning at most 65,535
-    /// positions per page).
-    public func pagedByteCount(_ tier: Tier, tokenCount: Int) -> Int {
-        guard tier != .dropped else { return 0 }
-        let p = pageCapacity(tier)
-        return (tokenCount + p - 1) / p * pageByteCount(tier)
+    /// True when `tier`'s keys are quantised per channel across a page: such a tier keeps its
+    /// full pages sealed and its last, partly filled group of tokens in a staging page whose keys
+    /// are FP16 (`partialPageByteCount`).
+    public func isPageWise(_ tier: Tier) -> Bool {
+        tier != .dropped && formats.keyFormat(tier).isPageWise
     }
 
-    /// The page slack bound for a tier assignment: one page per stored tier holding any token.
+    /// Bytes of the page holding a tier's last, partly filled group of tokens: for a tier with
+    /// per-channel keys the staging page (P_t slots of FP16 keys, the tier's values and positions, no
+    /// key parameters), else a regular page (`pageByteCount`).
+    public func partialPageByteCount(_ tier: Tier) -> Int {
+        guard isPageWise(tier) else { return pageByteCount(tier) }
+        let p = pageCapacity(tier)
+        return p * (StorageFormat.fp16.rowByteCount(headDim: headDim) + formats.valueFormat(tier).rowByteCount(headDim: headDim) + 2)
+            + PagePositions.overheadByteCount(pageCapacity: p)
+    }
+
+    /// Exactly the bytes a store's pages take for `tokenCount` tokens of `tier` (what
+    /// `KVStore.byteCounts(of:layer:kvHead:)` reports for a stream holding them, when they span
+    /// fewer than 65,536 positions: see `KVStore` for longer spans): ⌈n/P_t⌉ pages for a row-wise
+    /// tier; ⌊n/P_t⌋ sealed pages plus one staging page when n mod P_t > 0 for a tier with
+    /// per-channel keys. 0 for `.dropped`.
+    ///
+    /// - Complexity: O(1).
+    public func pagedByteCount(_ tier: Tier, tokenCount n: Int) -> Int {
+        guard tier != .dropped, n > 0 else { return 0 }
+        let p = pageCapacity(tier)
+        if isPageWise(tier) {
+            return n / p * pageByteCount(tier) + (n % p > 0 ? partialPageByteCount(tier) : 0)
+        }
+        return (n + p - 1) / p * pageByteCount(tier)
+    }
+
+    /// The page slack bound for a tier assignment: one page per stored tier holding any token (the
+    /// larger of its two layouts).
     public func slackBound(tiers: [Tier]) -> Int {
-        Tier.stored.filter { t in tiers.contains(t) }.reduce(0) { $0 + pageByteCount($1) }
+        Tier.stored.filter { t in tiers.contains(t) }.reduce(0) { $0 + max(pageByteCount($1), partialPageByteCount($1)) }
     }
 
     /// Σ per-token costs of `tiers`.
     public func byteCount(tiers: [Tier]) -> Int { tiers.reduce(0) { $0 + byteCount($1) } }
 
-    /// Bytes the whole pages of an assignment take: Σ over tiers of `pagedByteCount`.
-    public func pagedByteCount(tiers: [Tier]) -> Int {
+    /// Bytes the whole pages of an assignment take: Σ over tiers of `pagedByteCount`, with
+    /// `extraFP16TokenCount` more slots of the FP16 tier (decode headroom).
+    public func pagedByteCount(tiers: [Tier], extraFP16TokenCount: Int = 0) -> Int {
         var counts = [Int](repeating: 0, count: Tier.allCases.count)
         for t in tiers { counts[t.rawValue] += 1 }
-        return Tier.stored.reduce(0) { $0 + pagedByteCount($1, tokenCount: counts[$1.rawValue]) }
+        counts[Tier.fp16.rawValue] += extraFP16TokenCount
+        return pagedByteCount(counts: counts)
+    }
+
+    /// Bytes of the pages for `counts[t.rawValue]` tokens per tier.
+    public func pagedByteCount(counts: [Int]) -> Int {
+        Tier.stored.reduce(0) { $0 + pagedByteCount($1, tokenCount: counts[$1.rawValue]) }
     }
 }

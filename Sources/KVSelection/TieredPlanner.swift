@@ -25,8 +25,11 @@ import KVQuantization
 /// errors (`TierErrorModel(relativeErrors:)`) move the split; with very lossy quantised tiers the
 /// hull skips them and the planner becomes drop-only (H2O at the same bytes).
 ///
-/// If a stored rest tier's floor does not fit, the MiKV fallback of `BudgetPlanner` applies. Bytes
-/// left over (rounding, an empty tail for the representatives) are not redistributed.
+/// 5. the plan is fitted to whole pages (`fitToPages`): trimmed where a partly filled page pushes
+///    it over the budget, and the bytes the rounding leaves spent on the units whose next rung up
+///    gains the most, free slots first. The store's paged bytes never exceed the budget.
+///
+/// If a stored rest tier's floor does not fit, the MiKV fallback of `BudgetPlanner` applies.
 ///
 /// Limits: the error model (`TierErrorModel`) is a proxy; scores are treated as the value of
 /// keeping a token, so scales matter only relatively; the budget in pages is conservative for a
@@ -143,6 +146,11 @@ public struct TieredPlanner: StreamPlanner {
             if isRepresentative.contains(u) { ctx.assign(unit: u, tier: budget.representativeTier, role: .representative) }
             else { ctx.assign(unit: u, tier: rest, role: .rest) }
         }
+        // Whole pages: trim to the budget, then spend what the rounding left.
+        let rungs = candidateTiers + (budget.representativeShare > 0 ? [budget.representativeTier] : [])
+        let ladder = (0..<unitCount).map { u in (ctx.ladder(unit: u, tiers: rungs, floor: rest) + [ctx.unitTier(u)]).sorted().uniqued() }
+        ctx.fitToPages(limit: ctx.limit(representativeAllowance: repBytes), ladder: ladder,
+                       scores: ctx.valueScores(input.hostScores), errorModel: errorModel)
         return ctx.finish(representativeAllowance: repBytes)
     }
 }

@@ -28,7 +28,8 @@ enum EvalCommand {
                          full, streaming (sinks + the most recent tokens the budget holds), h2o, snapkv,
                          tova, random, pyramid, tiered (SnapKV scores,
                          tiered FP16/INT8/INT4 planner), uniform-int8, uniform-int4, uniform-int2;
-                         modifiers: +tiered (tiered planner on a scored host's scores, e.g. h2o+tiered),
+                         plain (the top 2% at FP16, the next at INT4 until the budget is spent);
+                         modifiers: +tiered (tiered planner on a scored host's scores, e.g. h2o+tiered), +plain,
                          +kvcrush (representatives), +mikv (rest at INT2 instead of dropped),
                          +int2 (a tiered planner may use INT2). E.g. snapkv+kvcrush, tiered+kvcrush+mikv.
             --budgets    fractions of the prompt's FP16 bytes (default 0.1,0.25,0.5); sinks and window included

@@ -12,7 +12,8 @@ enum RunCommand {
             usage: kvcrush run --model FILE.gguf --text FILE [--prompt-tokens 1536] [--continue 512]
                                [--policies uncompressed,uniform-int8,uniform-int4] [--budgets B,B] [--crush-share S,S]
                                [--rep-format int4] [--anchor alternate] [--seed N] [--decode-budget on|off]
-                               [--page N] [--chunk N] [--threads N] [--format table|csv|json] [--output FILE]
+                               [--sinks 4] [--recent 32] [--decode-replan N]
+                               [--page N] [--chunk N] [--threads N] [--format table|csv|json] [--output FILE] [--plot FILE.svg]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
             each policy to a copy of that cache, then teacher-forces the next --continue tokens through
@@ -24,6 +25,8 @@ enum RunCommand {
             prompt's cache), "decodeSeconds" (the continuation, decode session included),
             "decodeSessionSeconds" (its share of that) and "compressShare" (compressSeconds ÷
             (prefillSeconds + decodeSeconds)).
+            --plot writes an SVG of KLD and Δppl against the actual bytes ratio (log scales), one line per
+            configuration across its budgets, the uniform formats as reference points.
 
             \(RunPolicyOptions.help)
 
@@ -47,7 +50,7 @@ enum RunCommand {
             Int($0).flatMap { $0 > 0 ? $0 : nil }
         }
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
-        let output = args.string("output")
+        let output = args.string("output"), plot = args.string("plot")
         let options = try RunPolicyOptions.parse(policyNames, &args)
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
@@ -74,6 +77,10 @@ enum RunCommand {
         default: rendered = table(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill)
         }
         if let output { try Data(rendered.utf8).write(to: URL(fileURLWithPath: output), options: .atomic) } else { print(rendered, terminator: "") }
+        if let plot {
+            let svg = ContinuationEvaluation.plot(results, title: "\(modelName), \(textName), prompt \(promptTokens) + \(continueTokens)")
+            try Data(svg.utf8).write(to: URL(fileURLWithPath: plot), options: .atomic)
+        }
     }
 
     static func number(_ x: Double?) -> String {

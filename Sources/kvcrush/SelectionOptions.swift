@@ -16,11 +16,13 @@ struct SelectionOptions {
     var seed: UInt64
     var observationWindow: Int
     var regions: StreamRegions
+    var decodeReplanInterval: Int?
 
     /// Every (policy, budget, KVCrush setting) combination to run.
     var configurations: [EvaluationConfiguration] {
         evaluationConfigurations(policies: policies, budgets: budgets, crushShares: crushShares,
-                                 representativeTiers: representativeTiers, anchors: anchors, regions: regions)
+                                 representativeTiers: representativeTiers, anchors: anchors, regions: regions,
+                                 decodeReplanInterval: decodeReplanInterval)
     }
 
     /// Reads `--seed`, `--window`, the policies (`names`, or `--policies` with `defaultPolicies`),
@@ -46,6 +48,8 @@ struct SelectionOptions {
         }
         let sinks = try args.value("sinks", default: 4, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
         let recent = try args.value("recent", default: 32, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
+        let replan: Int? = try args.string("decode-replan") == nil ? nil
+            : args.value("decode-replan", default: 0, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let budgets = try args.list("budgets", default: defaultBudgets, expected: "fractions in (0, 1]") {
             Double($0).flatMap { $0 > 0 && $0 <= 1 ? $0 : nil }
         }
@@ -63,6 +67,6 @@ struct SelectionOptions {
         }
         return SelectionOptions(policies: policies, budgets: budgets, crushShares: shares, representativeTiers: repTiers,
                                 anchors: anchors, seed: seed, observationWindow: window,
-                                regions: StreamRegions(sinkTokenCount: sinks, recentTokenCount: recent))
+                                regions: StreamRegions(sinkTokenCount: sinks, recentTokenCount: recent), decodeReplanInterval: replan)
     }
 }

@@ -107,6 +107,10 @@ import TestSupport
         #expect(int8.meanKLDivergence >= 0 && int8.meanKLDivergence < int4.meanKLDivergence)
         #expect(int4.ratio < 0.5)
         for r in results { #expect(r.perplexity.isFinite && r.perplexity > 1 && (0...1).contains(r.top1Agreement)) }
+        // The frontier plot: the uniform formats as one reference line, the reference left out.
+        let svg = ContinuationEvaluation.plot(results, title: "tiny")
+        #expect(svg.hasPrefix("<svg") && svg.contains("uniform INT8 / INT4 / INT2") && !svg.contains(">full<"))
+        #expect(svg.components(separatedBy: "<polyline").count - 1 >= 1, "the uniform line")
     }
 
     /// A KVSelection policy through the compressor: the prompt is compressed to the budget and the

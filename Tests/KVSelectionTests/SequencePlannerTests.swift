@@ -20,8 +20,9 @@ func randomPrefillWeights(_ g: inout SeededGenerator, heads: Int, tokens: Int) t
 }
 
 @Suite struct SequencePlannerTests {
+    /// Grouped formats in pages of one token: whole pages cost exactly the per-token bytes.
     let planner = BudgetPlanner(configuration: PlannerConfiguration(
-        headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1)))
+        headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1), formats: .grouped, pageCapacity: 1))
 
     func layers() throws -> [AttentionWeights] {
         var g = SeededGenerator(seed: 8)
@@ -63,7 +64,7 @@ func randomPrefillWeights(_ g: inout SeededGenerator, heads: Int, tokens: Int) t
 
     @Test func tieredPlannerWithRepresentatives() throws {
         let tiered = TieredPlanner(configuration: PlannerConfiguration(
-            headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1)))
+            headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1), formats: .grouped, pageCapacity: 1))
         let plan = try SequencePlanner(policy: .snapKV(), kvHeadCount: 2).planPrefill(
             layerWeights: try layers(), planner: tiered, budget: .fraction(0.3, representativeShare: 0.2))
         #expect(plan.streams.count == 4)

@@ -1,0 +1,28 @@
+import KVCompression
+
+extension ContinuationEvaluation {
+    /// The frontier of a `run`: mean KLD (top) and perplexity change (bottom) against the cache's
+    /// actual bytes as a share of FP16 (log scales), one line per configuration across its budgets;
+    /// the uniform formats form one reference line and the uncompressed reference is left out (KLD 0).
+    /// Δppl ≤ 0 cannot sit on a log axis: such points are left out and counted in the caption.
+    package static func plot(_ results: [Result], title: String) -> String {
+        var order: [String] = []
+        var kld: [String: [(x: Double, y: Double)]] = [:], ppl: [String: [(x: Double, y: Double)]] = [:]
+        var nonPositive = 0
+        for r in results where r.configuration.cachePolicy.action != .keep {
+            let name = r.configuration.policy.description.hasPrefix("uniform-") ? "uniform INT8 / INT4 / INT2" : r.configuration.label
+            if kld[name] == nil { order.append(name) }
+            kld[name, default: []].append((x: r.ratio, y: r.meanKLDivergence))
+            ppl[name, default: []].append((x: r.ratio, y: 100 * r.perplexityDelta))
+            if r.perplexityDelta <= 0 { nonPositive += 1 }
+        }
+        let x = "actual bytes of the compressed prompt cache / FP16 bytes (log)"
+        let top = SVGPlot(title: "KL divergence to the uncompressed cache vs memory: \(title)", xLabel: x,
+                          yLabel: "mean KLD per next-token distribution (nats, log)",
+                          series: order.map { SVGPlot.Series(name: $0, points: kld[$0]!) }, logX: true)
+        let bottom = SVGPlot(title: "Perplexity change vs memory" + (nonPositive > 0 ? " (\(nonPositive) points with Δppl ≤ 0 left out)" : ""),
+                             xLabel: x, yLabel: "Δ perplexity (%, log)",
+                             series: order.map { SVGPlot.Series(name: $0, points: ppl[$0]!) }, logX: true)
+        return SVGPlot.stacked([top, bottom])
+    }
+}

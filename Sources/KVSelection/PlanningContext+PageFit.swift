@@ -1,0 +1,207 @@
+import KVQuantization
+
+/// Fitting a plan to whole pages: the planners choose tiers with per-token (amortised) costs; a
+/// store spends whole pages (`TierCosts.pagedByteCount`). This pass makes the plan's exact paged
+/// bytes fit the budget and spends what the rounding leaves.
+///
+/// Every middle unit has a *ladder*: the tiers it may take, most precise first (never above its
+/// current tier), down to its floor (the rest tier; `.dropped` when even the rest tier's floor did
+/// not fit). Keeping unit u at tier t costs its value `score_u · e_t` of expected error
+/// (`TierErrorModel`, e_fp16 = 0, e_dropped = 1), so one step down costs `score_u · (e_lower − e_t)`
+/// and one step up gains as much.
+///
+/// 1. **Trim**: while the paged bytes exceed the limit, free the page of some tier that costs the
+///    least error per byte saved: for each tier, the units of its last (partly filled) page with
+///    the least harm step one rung down (a row-wise tier's last page, or a channelwise tier's staging
+///    page; a full tier's last full page when none is partial), and the tier whose move saves the
+///    most bytes per unit of error goes. Ends within budget because every unit can reach its floor
+///    and the floor fits (the planners check that first).
+/// 2. **Fill**: while some unit can move up a rung without exceeding the limit, move the one that
+///    gains the most error per byte it adds (moves into free slots of a partly filled page add no
+///    bytes, or even save some, and go first; a move that opens a page is weighed with the best
+///    units that page would take).
+///
+/// The pass never moves a unit above its current tier and never touches sinks, the recent window
+/// or the headroom.
+///
+/// - Complexity: O(T · m) per page trimmed or filled, for m middle units and T ≤ 5 tiers.
+extension PlanningContext {
+    /// The rung above and below unit `u`'s tier on its ladder.
+    private func neighbours(_ u: Int, ladder: [[Tier]]) -> (up: Tier?, down: Tier?) {
+        let t = unitTier(u), rungs = ladder[u]
+        guard let i = rungs.firstIndex(of: t) else { return (nil, nil) }
+        return (i > 0 ? rungs[i - 1] : nil, i + 1 < rungs.count ? rungs[i + 1] : nil)
+    }
+
+    /// The tier unit `u` is planned at: the best planned tier among its tokens (a unit is assigned
+    /// one tier and each token takes it or stays at its own lower current tier, `assign`).
+    func unitTier(_ u: Int) -> Tier { units[u].map { tiers[$0] }.min() ?? .fp16 }
+
+    /// Token counts per tier of the current plan, headroom slots included in FP16.
+    func plannedCounts() -> [Int] {
+        var counts = [Int](repeating: 0, count: Tier.allCases.count)
+        for t in tiers { counts[t.rawValue] += 1 }
+        counts[Tier.fp16.rawValue] += configuration.headroomTokenCount
+        return counts
+    }
+
+    /// The role of a unit the fill moves up: kept (it is placed by its score, not by KVCrush).
+    func fillRole(_ tier: Tier) -> TokenRole { .kept }
+
+    /// Fits the plan to whole pages (see the type's discussion) within `limit` bytes.
+    ///
+    /// - Parameters:
+    ///   - ladder: per middle unit, the tiers it may take, most precise first, its current tier
+    ///     among them.
+    ///   - scores: per middle unit, the value of keeping it (host scores summed over the unit).
+    ///   - errorModel: the expected error per tier.
+    mutating func fitToPages(limit: Int, ladder: [[Tier]], scores: [Double], errorModel: TierErrorModel) {
+        let costs = configuration.costs
+        var counts = plannedCounts()
+        func bytes(_ c: [Int]) -> Int { costs.pagedByteCount(counts: c) }
+        func e(_ t: Tier) -> Double { errorModel.relativeError(t) }
+        // Moving unit u to tier t moves each token from its planned tier to max(t, its current tier)
+        // (`assign`'s rule), so counts stay exact for units of mixed tiers.
+        func move(_ u: Int, to t: Tier, _ c: inout [Int]) {
+            for i in units[u] {
+                c[tiers[i].rawValue] -= 1
+                c[max(t, input.tiers[i]).rawValue] += 1
+            }
+        }
+
+        // 1. Trim. Options per tier: its least harmful units, as many as its last page holds, one
+        // rung down or straight to their floor.
+        var current = bytes(counts)
+        func floor(_ u: Int) -> Tier { ladder[u].last! }
+        while current > limit {
+            var best: (units: [Int], to: [Tier], saved: Int, harm: Double)?
+            for t in Tier.stored where counts[t.rawValue] > 0 {
+                let movable = units.indices.filter { unitTier($0) == t && floor($0) != t }
+                guard !movable.isEmpty else { continue }
+                let n = counts[t.rawValue], page = costs.pageCapacity
+                let inLastPage = n % page == 0 ? page : n % page
+                for toFloor in [false, true] {
+                    func target(_ u: Int) -> Tier { toFloor ? floor(u) : neighbours(u, ladder: ladder).down! }
+                    let ranked = movable.sorted { a, b in
+                        let ha = scores[a] * (e(target(a)) - e(t)), hb = scores[b] * (e(target(b)) - e(t))
+                        return ha != hb ? ha < hb : a < b
+                    }
+                    var taken: [Int] = [], targets: [Tier] = [], tokens = 0, harm = 0.0, trial = counts
+                    for u in ranked where tokens < inLastPage {
+                        let d = target(u)
+                        harm += scores[u] * (e(d) - e(t))
+                        tokens += units[u].count
+                        move(u, to: d, &trial)
+                        taken.append(u)
+                        targets.append(d)
+                    }
+                    let saved = current - bytes(trial)
+                    guard saved > 0 else { continue }
+                    // Least harm per byte saved (harm may be 0: then most bytes first).
+                    if let b = best {
+                        let l = harm * Double(b.saved), r = b.harm * Double(saved)
+                        if l < r || (l == r && saved > b.saved) { best = (taken, targets, saved, harm) }
+                    } else {
+                        best = (taken, targets, saved, harm)
+                    }
+                }
+            }
+            if best == nil {
+                // No option frees a page on its own: send every movable unit of the tier that costs
+                // most per token to its floor (progress: units only move down, to floors that fit).
+                guard let t = Tier.stored.filter({ t in units.indices.contains { unitTier($0) == t && floor($0) != t } })
+                        .max(by: { costs.byteCount($0) < costs.byteCount($1) }) else { break }
+                let us = units.indices.filter { unitTier($0) == t && floor($0) != t }
+                best = (us, us.map(floor), 0, 0)
+            }
+            for (u, d) in zip(best!.units, best!.to) {
+                move(u, to: d, &counts)
+                assign(unit: u, tier: d, role: d == budget.restTier || d == .dropped ? .rest : roles[units[u].lowerBound])
+            }
+            current = bytes(counts)
+        }
+
+        // 2. Fill: free moves first (largest gain), then the page whose best units gain the most
+        // per byte it adds.
+        while true {
+            var free: (unit: Int, to: Tier, gain: Double)?
+            var upInto = [[(unit: Int, gain: Double)]](repeating: [], count: Tier.allCases.count)
+            for u in units.indices {
+                // Every rung above the unit's tier: free moves may jump; a page is opened for the
+                // next rung only.
+                let t = unitTier(u), rungs = ladder[u]
+                guard let i = rungs.firstIndex(of: t), i > 0 else { continue }
+                for up in rungs[..<i].reversed() {
+                    let gain = scores[u] * (e(t) - e(up))
+                    guard gain > 0 else { continue }
+                    var trial = counts
+                    move(u, to: up, &trial)
+                    if bytes(trial) <= current {
+                        if free == nil || gain >= free!.gain { free = (u, up, gain) }  // ties: the later unit
+                    } else if up == rungs[i - 1] {
+                        upInto[up.rawValue].append((u, gain))
+                    }
+                }
+            }
+            if let f = free {
+                move(f.unit, to: f.to, &counts)
+                assign(unit: f.unit, tier: f.to, role: fillRole(f.to))
+                current = bytes(counts)
+                continue
+            }
+            // Opening a page of tier t: its best units up to a page's worth of tokens.
+            var page: (units: [Int], to: Tier, added: Int, gain: Double)?
+            for t in Tier.stored where !upInto[t.rawValue].isEmpty {
+                let ranked = upInto[t.rawValue].sorted { $0.gain != $1.gain ? $0.gain > $1.gain : $0.unit > $1.unit }
+                var trial = counts, tokens = 0, gain = 0.0, taken: [Int] = []
+                for c in ranked where tokens < costs.pageCapacity {
+                    move(c.unit, to: t, &trial)
+                    tokens += units[c.unit].count
+                    gain += c.gain
+                    taken.append(c.unit)
+                }
+                // Take only as many as still fit.
+                while !taken.isEmpty, bytes(trial) > limit {
+                    let u = taken.removeLast()
+                    for i in units[u] {
+                        trial[max(t, input.tiers[i]).rawValue] -= 1
+                        trial[tiers[i].rawValue] += 1
+                    }
+                    gain -= scores[u] * (e(unitTier(u)) - e(t))
+                }
+                let added = bytes(trial) - current
+                guard !taken.isEmpty, added > 0, gain > 0 else { continue }
+                if page == nil || gain * Double(page!.added) > page!.gain * Double(added) { page = (taken, t, added, gain) }
+            }
+            guard let p = page else { break }
+            for u in p.units {
+                move(u, to: p.to, &counts)
+                assign(unit: u, tier: p.to, role: fillRole(p.to))
+            }
+            current = bytes(counts)
+        }
+        restoreScoreOrder(scores: scores)
+    }
+
+    /// Restores score order after the page fit, which trims and fills by pages and can leave a
+    /// better-scored unit below a worse-scored one: among the middle units that are not KVCrush
+    /// representatives, hold tokens of one current tier, and share it and a size, the tiers (with their roles) are handed out
+    /// again best first to the best-scored (ties: the later unit). Counts per tier are unchanged, so
+    /// the paged bytes are too, and for a fixed count per tier this ordering minimises Σ score·e
+    /// (rearrangement inequality).
+    mutating func restoreScoreOrder(scores: [Double]) {
+        // Only units whose tokens all sit at one current tier trade places: for them a tier means the
+        // same token counts whichever unit takes it.
+        var groups: [[Int]: [Int]] = [:]
+        for u in units.indices where roles[units[u].lowerBound] != .representative {
+            let current = Set(units[u].map { input.tiers[$0] })
+            guard current.count == 1 else { continue }
+            groups[[current.first!.rawValue, units[u].count], default: []].append(u)
+        }
+        for (_, members) in groups where members.count > 1 {
+            let slots = members.map { (tier: unitTier($0), role: roles[units[$0].lowerBound]) }.sorted { $0.tier < $1.tier }
+            let ranked = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
+            for (u, slot) in zip(ranked, slots) { assign(unit: u, tier: slot.tier, role: slot.role) }
+        }
+    }
+}

@@ -1,0 +1,45 @@
+import Testing
+import KVQuantization
+import TestSupport
+@testable import KVSelection
+
+/// Plans in whole pages: the store's exact bytes for a plan (`TierCosts.pagedByteCount`) never
+/// exceed the budget, and what the rounding leaves is spent: no middle token below a tier that has a
+/// free slot in its last page could have moved into it (for row-wise formats every such move is
+/// free, so the fill would have made it).
+@Suite struct PageFitTests {
+    @Test func roundingIsSpentAndTheBudgetHolds() throws {
+        var g = SeededGenerator(seed: 90_001)
+        var checked = 0, mixed = 0
+        for trial in 0..<600 {
+            let n = Int.random(in: 1...300, using: &g)
+            let page = [1, 3, 8, 16, 32].randomElement(using: &g)!
+            let regions = StreamRegions(sinkTokenCount: Int.random(in: 0...4, using: &g), recentTokenCount: Int.random(in: 0...33, using: &g))
+            let config = PlannerConfiguration(headDim: [16, 64, 128].randomElement(using: &g)!, regions: regions, formats: .grouped,
+                                              pageCapacity: page, headroomTokenCount: Bool.random(using: &g) ? 0 : Int.random(in: 1...page, using: &g))
+            let scores = (0..<n).map { _ in Float(Int.random(in: 1...40, using: &g)) / 8 }
+            let input = StreamInput.prefill(tokenCount: n, hostScores: scores, queryHeadScores: ImportanceScores.random(headCount: 3, tokenCount: n, seed: g.next()))
+            let budget = ByteBudget.fraction(Double.random(in: 0.05...0.9, using: &g))
+            let tiered = trial % 2 == 0
+            let planner: any StreamPlanner = tiered ? TieredPlanner(configuration: config) : BudgetPlanner(configuration: config)
+            let context = "seed \(g.seed) trial \(trial): n \(n) page \(page) \(regions) headroom \(config.headroomTokenCount) \(budget) tiered \(tiered)"
+            let a: StreamAssignment
+            do { a = try planner.plan(input, budget: budget) } catch {
+                guard case .budgetBelowProtectedTokens = error else { Issue.record("\(error): \(context)"); continue }
+                continue
+            }
+            checked += 1
+            let c = config.costs
+            let counts = Tier.allCases.map { t in a.tiers.filter { $0 == t }.count + (t == .fp16 ? config.headroomTokenCount : 0) }
+            #expect(c.pagedByteCount(counts: counts) <= a.budgetByteCount, "over budget: \(context)")
+            let middle = config.regions.split(tokenCount: n).middle
+            let rungs: [Tier] = tiered ? [.fp16, .int8, .int4] : [.fp16]
+            if a.tokenCount(.dropped) > 0 && a.tiers[middle].contains(where: { $0 != .dropped }) { mixed += 1 }
+            for t in rungs where counts[t.rawValue] % page != 0 {
+                let below = middle.filter { a.tiers[$0] > t }
+                #expect(below.isEmpty, "tier \(t) has a free slot while tokens \(below.prefix(5)) sit below it: \(context)")
+            }
+        }
+        #expect(checked > 400 && mixed > 200, "coverage: \(checked) planned, \(mixed) keeping some of the middle and dropping some")
+    }
+}
