@@ -1,12 +1,20 @@
-/// Packing and unpacking of 8-, 4- and 2-bit codes, little-end first: element `i` of a row sits in
-/// byte `i / (8/b)` at bit `(i mod (8/b))·b`.
+/// Packing and unpacking of 8-, 4-, 3- and 2-bit codes as a little-end-first bit stream: element
+/// `i` of a row occupies bits `i·b ..< (i+1)·b` of the code bytes, bit `k` of the stream being bit
+/// `k mod 8` of byte `k / 8`. For 8, 4 and 2 bits this is element `i` in byte `i / (8/b)` at bit
+/// `(i mod (8/b))·b`; 3-bit codes straddle bytes (eight codes fill exactly three bytes):
+///
+///     byte 0: c0 c0 c0 c1 c1 c1 c2 c2    (bit 0 first)
+///     byte 1: c2 c3 c3 c3 c4 c4 c4 c5
+///     byte 2: c5 c5 c6 c6 c6 c7 c7 c7
 ///
 /// The SIMD routines move eight codes starting at an element index that is a multiple of 8 (so they
-/// start on a byte boundary for every width); the scalar ones move single codes for tails and for
-/// the reference kernels.
+/// start on a byte boundary for every width, and touch exactly `b` bytes); the scalar ones move
+/// single codes for tails and for the reference kernels, and never touch a byte outside
+/// `packedByteCount(codes: i + 1)`.
 @usableFromInline
 enum CodePacking {
     @usableFromInline static let shifts4 = SIMD8<UInt32>(0, 4, 8, 12, 16, 20, 24, 28)
+    @usableFromInline static let shifts3 = SIMD8<UInt32>(0, 3, 6, 9, 12, 15, 18, 21)
     @usableFromInline static let shifts2 = SIMD8<UInt32>(0, 2, 4, 6, 8, 10, 12, 14)
 
     /// Eight codes starting at element `e` (a multiple of 8).
@@ -18,6 +26,12 @@ enum CodePacking {
         case .int4:
             let w = codes.loadUnaligned(fromByteOffset: e / 2, as: UInt32.self)
             return (SIMD8<UInt32>(repeating: UInt32(littleEndian: w)) &>> shifts4) & 0xF
+        case .int3:
+            // Three bytes, read as two loads so nothing past them is touched.
+            let b = e / 8 * 3
+            let w = UInt32(UInt16(littleEndian: codes.loadUnaligned(fromByteOffset: b, as: UInt16.self)))
+                | UInt32(codes.load(fromByteOffset: b + 2, as: UInt8.self)) << 16
+            return (SIMD8<UInt32>(repeating: w) &>> shifts3) & 0x7
         case .int2:
             let w = codes.loadUnaligned(fromByteOffset: e / 4, as: UInt16.self)
             return (SIMD8<UInt32>(repeating: UInt32(UInt16(littleEndian: w))) &>> shifts2) & 0x3
@@ -39,6 +53,10 @@ enum CodePacking {
             codes.storeBytes(of: SIMD8<UInt8>(truncatingIfNeeded: c), toByteOffset: e, as: SIMD8<UInt8>.self)
         case .int4:
             codes.storeBytes(of: (c &<< shifts4).wrappedSum().littleEndian, toByteOffset: e / 2, as: UInt32.self)
+        case .int3:
+            let w = (c &<< shifts3).wrappedSum(), b = e / 8 * 3
+            codes.storeBytes(of: UInt16(truncatingIfNeeded: w).littleEndian, toByteOffset: b, as: UInt16.self)
+            codes.storeBytes(of: UInt8(truncatingIfNeeded: w >> 16), toByteOffset: b + 2, as: UInt8.self)
         case .int2:
             codes.storeBytes(of: UInt16(truncatingIfNeeded: (c &<< shifts2).wrappedSum()).littleEndian,
                              toByteOffset: e / 4, as: UInt16.self)
@@ -48,19 +66,24 @@ enum CodePacking {
     /// The code of element `i`.
     @inlinable @inline(__always)
     static func load(_ width: CodeWidth, _ codes: UnsafeRawPointer, element i: Int) -> UInt32 {
-        let perByte = width.codesPerByte
-        let byte = codes.load(fromByteOffset: i / perByte, as: UInt8.self)
-        return UInt32(byte >> UInt8((i % perByte) * width.bits)) & UInt32(width.maxCode)
+        let bit = i * width.bits, byte = bit >> 3, shift = UInt32(bit & 7)
+        var v = UInt32(codes.load(fromByteOffset: byte, as: UInt8.self)) >> shift
+        // Only 3-bit codes straddle two bytes (shift + bits > 8 never holds for 8, 4 or 2 bits).
+        if Int(shift) + width.bits > 8 { v |= UInt32(codes.load(fromByteOffset: byte + 1, as: UInt8.self)) << (8 - shift) }
+        return v & UInt32(width.maxCode)
     }
 
-    /// Sets the code of element `i`, leaving the other codes of its byte unchanged.
+    /// Sets the code of element `i`, leaving every other code unchanged.
     @inlinable @inline(__always)
     static func store(_ width: CodeWidth, _ code: UInt32, _ codes: UnsafeMutableRawPointer, element i: Int) {
-        let perByte = width.codesPerByte
-        let shift = UInt8((i % perByte) * width.bits)
-        let mask = UInt8(width.maxCode) << shift
-        let old = codes.load(fromByteOffset: i / perByte, as: UInt8.self)
-        let new = (old & ~mask) | (UInt8(truncatingIfNeeded: code) << shift)
-        codes.storeBytes(of: new, toByteOffset: i / perByte, as: UInt8.self)
+        let bit = i * width.bits, byte = bit >> 3, shift = bit & 7
+        let mask = UInt32(width.maxCode) << UInt32(shift), value = (code & UInt32(width.maxCode)) << UInt32(shift)
+        let old0 = codes.load(fromByteOffset: byte, as: UInt8.self)
+        codes.storeBytes(of: (old0 & ~UInt8(truncatingIfNeeded: mask)) | UInt8(truncatingIfNeeded: value), toByteOffset: byte, as: UInt8.self)
+        if shift + width.bits > 8 {
+            let old1 = codes.load(fromByteOffset: byte + 1, as: UInt8.self)
+            codes.storeBytes(of: (old1 & ~UInt8(truncatingIfNeeded: mask >> 8)) | UInt8(truncatingIfNeeded: value >> 8),
+                             toByteOffset: byte + 1, as: UInt8.self)
+        }
     }
 }

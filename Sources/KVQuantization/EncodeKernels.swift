@@ -11,7 +11,9 @@ import ucrt
 
 /// The write path's kernels — the value check, FP32 ↔ FP16 rows, the grouped and per-channel
 /// affine encoders — and which implementation runs them: the AVX2 + F16C + FMA C kernels of
-/// `CKVKernels` (`encode_avx2.c`) or Swift SIMD.
+/// `CKVKernels` (`encode_avx2.c`) or Swift SIMD. The C encoders take 8-, 4- and 2-bit codes; 3-bit
+/// codes are encoded by the Swift SIMD code on every path, and Lloyd–Max rows by
+/// `RowCodec.encodeLloydMax`.
 ///
 /// Chosen once per process (`current`): `avx2` on an x86-64 CPU with AVX2, F16C and FMA unless
 /// `KVCRUSH_KERNELS=portable` forces the Swift code everywhere; else `portable`. (The read path's
@@ -99,9 +101,10 @@ import ucrt
     /// `count` rows of `x` (storable) encoded by `codec` (grouped) into consecutive rows at `rows`.
     package static func encodeGrouped(_ codec: RowCodec, _ x: UnsafePointer<Float>, count: Int, into rows: UnsafeMutableRawPointer,
                                       path: Path = current) {
-        guard let w = codec.width else { preconditionFailure("EncodeKernels.encodeGrouped: an FP16 codec") }
+        guard let w = codec.width else { preconditionFailure("EncodeKernels.encodeGrouped: not a grouped codec") }
         #if arch(x86_64)
-        if path == .avx2 {
+        // The C encoder packs 8-, 4- and 2-bit codes; 3-bit codes take the Swift path.
+        if path == .avx2, w != .int3 {
             return kvk_encode_grouped_avx2(Int32(w.bits), codec.groupSize, x, count, codec.headDim,
                                            rows.assumingMemoryBound(to: UInt8.self), codec.rowByteCount, codec.codeByteCount)
         }
@@ -113,7 +116,7 @@ import ucrt
     package static func encodeChannelwise(_ codec: ChannelwiseKeyCodec, _ x: UnsafePointer<Float>, tokenCount: Int,
                                           codes: UnsafeMutableRawPointer, params: UnsafeMutableRawPointer, path: Path = current) {
         #if arch(x86_64)
-        if path == .avx2 {
+        if path == .avx2, codec.width != .int3 {
             return kvk_encode_channelwise_avx2(Int32(codec.width.bits), x, tokenCount, codec.headDim, codes.assumingMemoryBound(to: UInt8.self),
                                                codec.rowByteCount, params.assumingMemoryBound(to: UInt16.self))
         }

@@ -17,7 +17,7 @@ extension PageKernels {
         guard runsFP32Kernels(headDim: d, on: kernels) else { return false }
         switch format {
         case .fp16: return true
-        case .channelwise: return false
+        case .channelwise, .lloydMax, .grouped(.int3, _): return false
         case .grouped(let w, let g):
             let block = w == .int8 ? 16 : w == .int4 ? 32 : 64
             return g % block == 0 && d % g == 0 && d / g <= 32
@@ -41,7 +41,7 @@ extension PageKernels {
         switch w {
         case .int4: return g % 32 == 0 && d % 128 == 0
         case .int8: return g % 16 == 0 && d % 64 == 0
-        case .int2: return false
+        case .int3, .int2: return false
         }
     }
 }
@@ -57,6 +57,12 @@ package enum KeyScoring: Sendable, Hashable {
     case channelwiseVNNI
     /// Per-channel keys, `PageKernels.scoresChannelwise` on the AVX-512 FP32 kernel.
     case channelwiseAccelerated
+    /// Per-channel INT3 keys, `PageKernels.scoresChannelwiseInt3` (AVX2 where it runs, else Swift
+    /// tiled over query rows) on every path.
+    case channelwiseInt3
+    /// Lloyd–Max keys, `PageKernels.scoresLloydMax` (AVX2 where it runs, else Swift tiled over query
+    /// rows) on every path.
+    case lloydMax
     /// The per-row Swift kernels: `RowCodec.dot` (FP16 and grouped keys; grouped keys use it on
     /// every path) or `ChannelwiseKeyCodec.prepare` + `dot`.
     case portable
@@ -67,6 +73,10 @@ package enum KeyScoring: Sendable, Hashable {
         switch format {
         case .fp16:
             self = PageKernels.runsFP32Kernels(headDim: d, on: kernels) ? .fp16Accelerated : .portable
+        case .channelwise(.int3):
+            self = .channelwiseInt3
+        case .lloydMax:
+            self = .lloydMax
         case .channelwise:
             if PageKernels.runsVNNIScoreKernel(headDim: d, on: kernels) { self = .channelwiseVNNI }
             else if PageKernels.runsFP32Kernels(headDim: d, on: kernels) { self = .channelwiseAccelerated }
@@ -85,6 +95,9 @@ package enum ValueAccumulation: Sendable, Hashable {
     case integer
     /// `PageKernels.accumulate` on the AVX-512 kernel (bit-identical to `accumulateReference`).
     case accelerated
+    /// Lloyd–Max and grouped INT3 rows on every path: `PageKernels.accumulateTiled` (AVX2 where it
+    /// runs, else Swift tiled over output rows).
+    case tiled
     /// The per-row Swift kernel `RowCodec.accumulate`, tokens of weight 0 skipped.
     case portable
 
@@ -95,6 +108,10 @@ package enum ValueAccumulation: Sendable, Hashable {
     /// 9.7–15 ms: its 4-token transposition reads 136-byte rows with split loads), so INT8 keeps the
     /// FP32 kernel.
     public init(valueFormat format: StorageFormat, headDim d: Int, kernels: KernelSet = .current) {
+        switch format {
+        case .lloydMax, .grouped(.int3, _): self = .tiled; return
+        default: break
+        }
         if case .grouped(.int4, _) = format, PageKernels.runsIntegerAccumulateKernel(format, headDim: d, on: kernels) {
             self = .integer
         } else if PageKernels.runsAccumulateKernel(format, headDim: d, on: kernels) {

@@ -144,7 +144,7 @@ extension PageKernels {
                                              into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
         let d = codec.headDim
         #if arch(x86_64)
-        if runsVNNIScoreKernel(headDim: d) {
+        if runsVNNIScoreKernel(headDim: d), codec.width != .int3 {
             let bits = Int32(codec.width.bits)
             // Pieces: rowCount·2d bytes at the start of `work`; then (σ0, σ1, zt, 0) per row.
             let a = UnsafeMutableRawPointer(work).assumingMemoryBound(to: Int8.self) // written and read by C only

@@ -106,7 +106,7 @@ package enum PageKernels {
                                          into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
         let d = codec.headDim
         #if arch(x86_64)
-        if runsFP32Kernels(headDim: d) {
+        if runsFP32Kernels(headDim: d), codec.width != .int3 {
             let bits = Int32(codec.width.bits), qs = work, zt = work + rowCount * d
             kvk_prepare_channelwise(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), qs, zt)
             return kvk_scores_channelwise(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
@@ -189,7 +189,7 @@ package enum PageKernels {
             case .grouped(let width, let g):
                 return kvk_accumulate_grouped(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
                                               codec.rowByteCount, width.packedByteCount(codes: d), d, out)
-            case .channelwise:
+            case .channelwise, .lloydMax:
                 break
             }
         }

@@ -5,6 +5,18 @@ extension RowCodec {
     /// Scalar reference of `encode`: identical bytes.
     public func encodeReference(_ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer) throws(QuantizationError) {
         if let e = ValueCheck.firstInvalidReference(x, count: headDim) { throw e }
+        if let w = lloydMaxWidth {
+            let bits = LloydMaxLevels.normBits(sumOfSquares: sumOfSquares(x), headDim: headDim)
+            row.storeBytes(of: bits.littleEndian, toByteOffset: codeByteCount, as: UInt16.self)
+            for b in 0..<codeByteCount { row.storeBytes(of: 0, toByteOffset: b, as: UInt8.self) }
+            let n = Float(Float16(bitPattern: bits)), thresholds = LloydMaxLevels.thresholds(w)
+            for i in 0..<headDim {
+                // Zeros: the smallest positive level (decodes to +0).
+                let c = n == 0 ? thresholds.count / 2 + 1 : thresholds.filter { x[i] / n > $0 }.count
+                CodePacking.store(w, UInt32(c), row, element: i)
+            }
+            return
+        }
         guard let w = width else {
             for i in 0..<headDim {
                 row.storeBytes(of: Float16(x[i]).bitPattern.littleEndian, toByteOffset: 2 * i, as: UInt16.self)
@@ -33,8 +45,14 @@ extension RowCodec {
     }
 
     /// Scalar reference of `dot`: Σ over groups of scale·Σq·c + zero·Σq, summed left to right
-    /// (FP16: Σ qᵢ·xᵢ left to right).
+    /// (FP16: Σ qᵢ·xᵢ left to right; Lloyd–Max: norm · Σ qᵢ·L[cᵢ], the sum left to right).
     public func dotReference(_ q: UnsafePointer<Float>, _ row: UnsafeRawPointer) -> Float {
+        if let w = lloydMaxWidth {
+            let levels = LloydMaxLevels.levels(w)
+            var s: Float = 0
+            for i in 0..<headDim { s += q[i] * levels[Int(CodePacking.load(w, row, element: i))] }
+            return referenceNorm(row) * s
+        }
         guard let w = width else {
             var s: Float = 0
             for i in 0..<headDim { s += q[i] * referenceElement(row, i) }
@@ -60,6 +78,7 @@ extension RowCodec {
 
     /// Element `i` of a stored row, decoded the plain way.
     func referenceElement(_ row: UnsafeRawPointer, _ i: Int) -> Float {
+        if let w = lloydMaxWidth { return referenceNorm(row) * LloydMaxLevels.levels(w)[Int(CodePacking.load(w, row, element: i))] }
         guard let w = width else {
             return Float(Float16(bitPattern: UInt16(littleEndian: row.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self))))
         }
@@ -68,10 +87,15 @@ extension RowCodec {
         return z + s * Float(CodePacking.load(w, row, element: i))
     }
 
-    /// The code of element `i` of a grouped row (for tests and diagnostics).
+    /// The norm of a Lloyd–Max row, read the plain way.
+    func referenceNorm(_ row: UnsafeRawPointer) -> Float {
+        Float(Float16(bitPattern: UInt16(littleEndian: row.loadUnaligned(fromByteOffset: codeByteCount, as: UInt16.self))))
+    }
+
+    /// The code of element `i` of a grouped or Lloyd–Max row (for tests, diagnostics and bounds).
     public func code(at i: Int, in row: UnsafeRawPointer) -> Int {
-        precondition(width != nil, "RowCodec.code: an FP16 row has no codes")
+        guard let w = width ?? lloydMaxWidth else { preconditionFailure("RowCodec.code: an FP16 row has no codes") }
         precondition(0 <= i && i < headDim, "RowCodec.code: element \(i) outside 0..<\(headDim)")
-        return Int(CodePacking.load(width!, row, element: i))
+        return Int(CodePacking.load(w, row, element: i))
     }
 }

@@ -5,7 +5,7 @@ extension RowCodec {
     /// Decodes `count` consecutive rows at `rows` into `out` (`count · headDim` floats), exactly as
     /// `decode` does each.
     package func decodeRows(_ rows: UnsafeRawPointer, count: Int, into out: UnsafeMutablePointer<Float>) {
-        guard width != nil else { return EncodeKernels.halfToFloat(rows, out, count: count * headDim) }
+        if format == .fp16 { return EncodeKernels.halfToFloat(rows, out, count: count * headDim) }
         for r in 0..<count { decode(rows + r * rowByteCount, into: out + r * headDim) }
     }
 
@@ -15,7 +15,11 @@ extension RowCodec {
     /// - Precondition: every value is finite with magnitude ≤ 65504 (not checked).
     package func encodeRowsUnchecked(_ x: UnsafePointer<Float>, count: Int, into rows: UnsafeMutableRawPointer) {
         guard count > 0 else { return }
-        if width == nil { return EncodeKernels.floatToHalf(x, rows, count: count * headDim) }
+        if format == .fp16 { return EncodeKernels.floatToHalf(x, rows, count: count * headDim) }
+        if let w = lloydMaxWidth {
+            for r in 0..<count { encodeLloydMax(w, x + r * headDim, into: rows + r * rowByteCount) }
+            return
+        }
         EncodeKernels.encodeGrouped(self, x, count: count, into: rows)
     }
 }

@@ -2,18 +2,20 @@
 public enum CodeWidth: Int, Sendable, Hashable, CaseIterable, CustomStringConvertible {
     case int8 = 8
     case int4 = 4
+    /// 3-bit codes, packed as a bit stream: eight codes in three bytes (see `CodePacking`).
+    case int3 = 3
     case int2 = 2
 
     /// Bits per code.
     @inlinable public var bits: Int { rawValue }
     /// Largest code, `2^bits − 1`: the number of steps between a group's minimum and maximum.
     @inlinable public var maxCode: Int { (1 << rawValue) - 1 }
-    /// Codes packed into one byte (1, 2 or 4).
-    @inlinable public var codesPerByte: Int { 8 / rawValue }
 
-    /// Bytes taken by `count` packed codes (the last byte may be partly used).
+    /// Bytes taken by `count` packed codes, ⌈count·bits/8⌉ (the last byte may be partly used).
+    /// Eight codes always take exactly `bits` bytes, so a run of codes starting at an element index
+    /// that is a multiple of 8 starts on a byte boundary.
     @inlinable public func packedByteCount(codes count: Int) -> Int {
-        (count + codesPerByte - 1) / codesPerByte
+        (count * rawValue + 7) / 8
     }
 
     public var description: String { "int\(rawValue)" }
@@ -32,6 +34,13 @@ public enum CodeWidth: Int, Sendable, Hashable, CaseIterable, CustomStringConver
 ///     .channelwise(b)        one page: | P rows of codes, ⌈d·b/8⌉ bytes each | d × (scale, zero) Float16 |
 ///     (keys only, KIVI)                 channel c of every token shares scale[c] and zero[c]
 ///
+///     .lloydMax(b)           one row:  | codes: ⌈d·b/8⌉ bytes | norm Float16 |              ⌈d·b/8⌉ + 2 bytes
+///     (b = 2, 3, 4)                     element i is norm · L_b[code i] (`LloydMaxLevels`)
+///
+/// Codes are packed as a little-end-first bit stream (`CodePacking`): eight codes take exactly b
+/// bytes, so groups (multiples of 8 elements) start on byte boundaries at every width, 3 bits
+/// included.
+///
 /// Every format stores, besides its rows, nothing per token; the store adds a 2-byte position offset
 /// per token slot and a 4-byte base per page (`PagePositions`, `KVStore`).
 public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
@@ -43,6 +52,12 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
     /// Affine quantisation per channel across the tokens of one page (keys only, KIVI style), with an
     /// FP16 scale and zero per channel per page.
     case channelwise(CodeWidth)
+    /// Non-uniform codes for rotated data: per token one FP16 norm (the vector's RMS ‖x‖/√d, rounded
+    /// up) and b-bit indices into the Lloyd–Max levels of a unit Gaussian (`LloydMaxLevels`), for
+    /// b = 2, 3 and 4 bits. Meant for tiers whose vectors the store rotates (`RotationSettings`),
+    /// whose coordinates are near-Gaussian; it works on any data (with larger errors where the
+    /// coordinates are not).
+    case lloydMax(CodeWidth)
 
     /// The default INT8 format: groups of 64 (chosen from the measured error table in the README).
     public static let int8 = StorageFormat.grouped(.int8, groupSize: 64)
@@ -55,7 +70,7 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
     public var codeWidth: CodeWidth? {
         switch self {
         case .fp16: nil
-        case .grouped(let w, _), .channelwise(let w): w
+        case .grouped(let w, _), .channelwise(let w), .lloydMax(let w): w
         }
     }
 
@@ -68,7 +83,8 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
     /// Checks that the format is usable for head vectors of `headDim` elements.
     ///
     /// Group sizes must be positive multiples of 8 (so every group starts on a byte boundary for
-    /// every code width); 32, 64 and 128 are the measured ones. A group size larger than `headDim`
+    /// every code width); 32, 64 and 128 are the measured ones. Lloyd–Max codes exist at 2, 3 and 4
+    /// bits. A group size larger than `headDim`
     /// makes the whole row one group; a `headDim` that is not a multiple of the group size ends in
     /// one shorter group.
     public func validate(headDim: Int) throws(FormatError) {
@@ -76,6 +92,7 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
         if case .grouped(_, let g) = self, g <= 0 || g % 8 != 0 {
             throw .invalidGroupSize(g)
         }
+        if case .lloydMax(let w) = self, w == .int8 { throw .unsupportedWidth(self) }
     }
 
     /// Bytes of one token's row, excluding page-wise parameters (exact).
@@ -90,6 +107,8 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
             return w.packedByteCount(codes: d) + 4 * groups
         case .channelwise(let w):
             return w.packedByteCount(codes: d)
+        case .lloydMax(let w):
+            return w.packedByteCount(codes: d) + 2
         }
     }
 
@@ -118,7 +137,20 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
         case .fp16: "fp16"
         case .grouped(let w, let g): "\(w)/g\(g)"
         case .channelwise(let w): "\(w)/channel"
+        case .lloydMax(let w): "lm\(w.bits)"
         }
+    }
+
+    /// The format a `description` names: `fp16`, `int8/g64`, `int4/channel`, `int3/g32`, `lm3`, …
+    /// (`nil` for anything else; the result still needs `validate(headDim:)`).
+    public init?(name: String) {
+        if name == "fp16" { self = .fp16; return }
+        if name.hasPrefix("lm"), let b = Int(name.dropFirst(2)), let w = CodeWidth(rawValue: b) { self = .lloydMax(w); return }
+        let parts = name.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, parts[0].hasPrefix("int"), let b = Int(parts[0].dropFirst(3)), let w = CodeWidth(rawValue: b) else { return nil }
+        if parts[1] == "channel" { self = .channelwise(w); return }
+        guard parts[1].hasPrefix("g"), let g = Int(parts[1].dropFirst()) else { return nil }
+        self = .grouped(w, groupSize: g)
     }
 }
 
@@ -128,12 +160,15 @@ public enum FormatError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalidGroupSize(Int)
     /// A page-wise format (`.channelwise`) where a per-token row format is required.
     case notRowWise(StorageFormat)
+    /// A code width the format does not exist at (Lloyd–Max codes at 8 bits).
+    case unsupportedWidth(StorageFormat)
 
     public var description: String {
         switch self {
         case .invalidHeadDim(let d): "headDim must be positive (got \(d))"
         case .invalidGroupSize(let g): "groupSize must be a positive multiple of 8 (got \(g))"
         case .notRowWise(let f): "\(f) quantises across the tokens of a page; a per-token format is required here"
+        case .unsupportedWidth(let f): "\(f): Lloyd–Max codes exist at 2, 3 and 4 bits"
         }
     }
 }

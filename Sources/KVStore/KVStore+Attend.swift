@@ -43,8 +43,11 @@ extension KVStore {
     ///
     /// Keys are scored in code space (FP16 rows converted on the fly, grouped rows as
     /// scale·Σq·c + zero·Σq, per-channel pages with the query folded into the channel scales once
-    /// per page) and values accumulated in place (`TierCodecs.accumulateValues`): nothing of the cache is
-    /// materialised. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
+    /// per page, Lloyd–Max rows as norm·Σq·L[c]) and values accumulated in place
+    /// (`TierCodecs.accumulateValues`): nothing of the cache is materialised. Tiers kept rotated
+    /// (`configuration.rotation`) are scored against R·q and their values accumulated apart and
+    /// un-rotated once per query row (`StreamAttention`), so the result is that of the un-rotated
+    /// rows the row reader returns. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
     /// for all query rows of its group.
     ///
     /// - Parameters:
@@ -61,7 +64,11 @@ extension KVStore {
     ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, where
     ///   the kernel set runs them (`KeyScoring.channelwiseVNNI`, `ValueAccumulation.integer`), the
     ///   integer splits of `PageKernels.scoresChannelwiseVNNI` (scores within
-    ///   `channelwiseVNNIErrorBound`) and `PageKernels.accumulateInteger` (its split bound).
+    ///   `channelwiseVNNIErrorBound`) and `PageKernels.accumulateInteger` (its split bound). Tiers
+    ///   the configuration rotates add the FP32 rotation of each query row and un-rotation of each
+    ///   output row (`HadamardRotation`: ≤ γ_{L+3}·‖x‖₁/√d per element, L = log₂ headDim), and their
+    ///   dots and sums are bounded in rotated coordinates (‖·‖₂ in place of Σ|·|, see
+    ///   `ReferenceAttention` in the tests for the whole bound).
     /// - Complexity: O(queryHeads · queries · tokens · headDim) arithmetic, O(tokens · rowBytes)
     ///   memory traffic per KV head.
     public func attend(_ id: SequenceID, layer: Int, queries: [Float], queryCount: Int = 1,
@@ -104,7 +111,7 @@ extension KVStore {
         var weights = [[KVHeadWeights?]](repeating: [KVHeadWeights?](repeating: nil, count: c.kvHeadCount), count: batch.count)
         let units = batch.count * c.kvHeadCount
         let threads = max(1, min(threadCount ?? ProcessInfo.processInfo.activeProcessorCount, units))
-        let codecs = codecs[layer], snapshots = snapshotList
+        let codecs = codecs[layer], rotations = LayerRotations(layer: layer, configuration: c), snapshots = snapshotList
         // Escaping these pointers from `withUnsafe…` is wrong; allocate the results as raw buffers.
         let outBuffers = outputs.indices.map { i in SharedBuffer(base: UnsafeMutablePointer<Float>.allocate(capacity: outputs[i].count)) }
         let weightBuffer = batch.indices.map { _ in SharedBuffer(base: UnsafeMutablePointer<KVHeadWeights?>.allocate(capacity: c.kvHeadCount)) }
@@ -120,7 +127,7 @@ extension KVStore {
                 let b = unit / c.kvHeadCount, h = unit % c.kvHeadCount
                 let (layerState, positions) = snapshots[b]
                 let w = batch[b].queries.withUnsafeBufferPointer { qp in
-                    StreamAttention(configuration: c, codecs: codecs, stream: layerState.streams[h], kvHead: h,
+                    StreamAttention(configuration: c, codecs: codecs, rotations: rotations, stream: layerState.streams[h], kvHead: h,
                                     queries: qp.baseAddress!, queryCount: batch[b].queryCount, queryPositions: positions,
                                     returnWeights: returnWeights)
                         .run(into: outBuffers[b].base)

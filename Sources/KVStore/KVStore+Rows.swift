@@ -23,12 +23,13 @@ extension KVStore {
     /// Visits every stored token of one stream in position order, with its key and value decoded
     /// into buffers lent to `body` (valid only during the call; `headDim` values each).
     ///
-    /// Decoding is exactly what `attend` reads (`RowCodec.decode` / `ChannelwiseKeyCodec.decode`).
+    /// Decoding is exactly what `attend` reads (`RowCodec.decode` / `ChannelwiseKeyCodec.decode`),
+    /// un-rotated (Rᵀ, `HadamardRotation.unrotate`) for tiers the configuration keeps rotated.
     /// - Complexity: O(tokens · headDim) plus O(tokens · log tokens) to order them.
     public func forEachToken<E: Error>(_ id: SequenceID, layer: Int, kvHead: Int,
                                        _ body: (StoredToken, UnsafeBufferPointer<Float>, UnsafeBufferPointer<Float>) throws(E) -> Void) throws(E) {
         let stream = withStream(id, layer, kvHead, "forEachToken") { $0 }
-        let d = configuration.headDim
+        let d = configuration.headDim, rotations = LayerRotations(layer: layer, configuration: configuration)
         let entries = stream.entriesByPosition()
         let key = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)
         let value = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)
@@ -36,6 +37,8 @@ extension KVStore {
         for e in entries {
             codecs[layer][e.tier].decodeKey(e.page, e.slot, into: key.baseAddress!)
             codecs[layer][e.tier].decodeValue(e.page, e.slot, into: value.baseAddress!)
+            rotations.convert(key.baseAddress!, values: false, from: e.tier, to: 0)
+            rotations.convert(value.baseAddress!, values: true, from: e.tier, to: 0)
             try body(StoredToken(position: e.position, tier: Tier(rawValue: e.tier)!), UnsafeBufferPointer(key), UnsafeBufferPointer(value))
         }
     }

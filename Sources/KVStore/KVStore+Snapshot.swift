@@ -117,9 +117,10 @@ extension KVStore {
     /// their IDs in the snapshot's order.
     ///
     /// - Throws: `SnapshotError` if the file cannot be read, is not a valid snapshot, was written
-    ///   with a different shape (`layerCount`, `kvHeadCount`, `headDim`, or any layer's tier formats
-    ///   or page capacities: `.configurationMismatch`), or does not fit the byte limit. The store is
-    ///   then unchanged. A version 1 or 2 file is converted (see `SnapshotFormat`).
+    ///   with a different shape (`layerCount`, `kvHeadCount`, `headDim`, any layer's tier formats or
+    ///   page capacities, the layers rotated and the rotation seed: `.configurationMismatch`), or does
+    ///   not fit the byte limit. The store is then unchanged. A version 1 or 2 file is converted (see
+    ///   `SnapshotFormat`).
     @discardableResult
     public func loadSnapshot(from url: URL) throws(SnapshotError) -> [SequenceID] {
         try loadSnapshot(bytes: SnapshotFile.readAll(url.path))

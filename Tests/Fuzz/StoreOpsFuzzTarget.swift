@@ -123,7 +123,7 @@ func check(_ store: KVStore, _ model: ReferenceStore, _ g: inout FuzzBytes) {
     for (id, seq) in model.sequences {
         precondition(store.byteCount(of: id) == model.byteCount(id), "bytes of \(id)")
         let layer = Int(g.byte()) % c.layerCount
-        var keys = [[Float]](), values = [[Float]](), positions = [[Int32]](), formats = [[StorageFormat]]()
+        var keys = [[Float]](), values = [[Float]](), positions = [[Int32]](), formats = [[StorageFormat]](), tiers = [[Tier]]()
         for head in 0..<c.kvHeadCount {
             let rows = store.rows(id, layer: layer, kvHead: head)
             let expected = seq.streams[layer][head].sorted { $0.key < $1.key }
@@ -136,6 +136,7 @@ func check(_ store: KVStore, _ model: ReferenceStore, _ g: inout FuzzBytes) {
             values.append(v)
             positions.append(expected.map(\.key))
             formats.append(expected.map { c.tierFormats(layer: layer).valueFormat($0.value.tier) })
+            tiers.append(expected.map(\.value.tier))
         }
         // One query per head at the latest position, against the FP64 reference and its bound.
         let q = (0..<(c.queryHeadCount * d)).map { _ in Float(Int8(bitPattern: g.byte())) / 64 }
@@ -144,10 +145,12 @@ func check(_ store: KVStore, _ model: ReferenceStore, _ g: inout FuzzBytes) {
             let kv = h / c.groupSize
             let pageCount = store.pageCounts(of: id, layer: layer, kvHead: kv).values.reduce(0, +)
             let qrow = Array(q[(h * d)..<((h + 1) * d)])
+            let rotated = model.rotatedRows(tiers[kv], layer: layer)
             let ref = ReferenceAttention(q: qrow, keys: keys[kv], values: values[kv],
                                          visible: positions[kv].map { _ in true }, scale: c.effectiveAttentionScale, pageCount: pageCount,
                                          scoreErrors: store.vnniScoreErrors(id, layer: layer, kvHead: kv, query: qrow),
-                                         valueFormats: formats[kv])
+                                         valueFormats: formats[kv], rotatedKeys: rotated.keys, rotatedValues: rotated.values,
+                                         valueRotation: rotated.valueRotation)
             for e in 0..<d {
                 let o = Double(result.output[h * d + e])
                 precondition(abs(o - ref.output[e]) <= ref.bound[e] + 1e-30, "attend head \(h) element \(e): \(o) vs \(ref.output[e])")

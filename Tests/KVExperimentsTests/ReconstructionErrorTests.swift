@@ -19,7 +19,7 @@ import KVQuantization
             #expect(err("values", .grouped(w, groupSize: 32)) < err("values", .grouped(w, groupSize: 64)), "\(w)")
             // And error falls as bits rise.
             if w != .int8 {
-                let better = CodeWidth(rawValue: w.bits * 2)!
+                let better = CodeWidth.allCases[CodeWidth.allCases.firstIndex(of: w)! - 1]
                 #expect(err("keys", .channelwise(better)) < err("keys", .channelwise(w)))
                 #expect(err("values", .grouped(better, groupSize: 32)) < err("values", .grouped(w, groupSize: 32)))
             }

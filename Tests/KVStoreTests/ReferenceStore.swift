@@ -8,8 +8,27 @@ import KVSelection
 
 /// The plain model the store is checked against: per stream, a dictionary of FP32 rows (exactly the
 /// decoded values the store must return) and tiers.
+///
+/// Tiers the configuration rotates (`rotatesKeys(layer:)`, `rotatesValues(layer:)`) are modelled in
+/// rotated coordinates (`storedKey`, `storedValue`: what the tier holds, decoded) with the scalar
+/// twins of the rotation: a move into such a tier rotates, and the reader's rows (`key`, `value`)
+/// are the stored ones un-rotated.
 struct ReferenceStore {
-    struct Token { var tier: Tier; var key: [Float]; var value: [Float] }
+    struct Token {
+        var tier: Tier
+        /// What the row reader returns.
+        var key: [Float], value: [Float]
+        /// What the tier holds, decoded (rotated in rotated tiers).
+        var storedKey: [Float], storedValue: [Float]
+
+        init(tier: Tier, key: [Float], value: [Float]) {
+            self.tier = tier
+            self.key = key
+            self.value = value
+            storedKey = key
+            storedValue = value
+        }
+    }
     struct Sequence {
         var streams: [[[Int32: Token]]]  // [layer][kvHead]
         var next: [Int32]
@@ -55,6 +74,32 @@ struct ReferenceStore {
         sequences[id]!.next[layer] += Int32(n)
     }
 
+    /// The rotation tier `tier` of `layer` keeps keys or values under (nil: unrotated).
+    func rotation(layer: Int, tier: Tier, values: Bool) -> HadamardRotation? {
+        let c = configuration
+        guard tier != .fp16, values ? c.rotatesValues(layer: layer) : c.rotatesKeys(layer: layer) else { return nil }
+        return c.rotation.rotation(layer: layer, values: values, headDim: c.headDim)
+    }
+
+    /// For tokens in `tiers` of `layer`: which have rotated keys and values, and the values'
+    /// rotation (`ReferenceAttention`'s `rotatedKeys`, `rotatedValues`, `valueRotation`).
+    func rotatedRows(_ tiers: [Tier], layer: Int) -> (keys: [Bool], values: [Bool], valueRotation: HadamardRotation?) {
+        (tiers.map { rotation(layer: layer, tier: $0, values: false) != nil }, tiers.map { rotation(layer: layer, tier: $0, values: true) != nil },
+         rotation(layer: layer, tier: .int8, values: true))
+    }
+
+    /// `x` (decoded in tier `from`'s coordinates) in tier `to`'s, by the scalar twins.
+    func convert(_ x: [Float], layer: Int, values: Bool, from: Tier, to: Tier) -> [Float] {
+        let a = rotation(layer: layer, tier: from, values: values), b = rotation(layer: layer, tier: to, values: values)
+        guard a != b else { return x }
+        var y = x
+        y.withUnsafeMutableBufferPointer { p in
+            a?.unrotateReference(p.baseAddress!)
+            b?.rotateReference(p.baseAddress!)
+        }
+        return y
+    }
+
     mutating func apply(_ plan: RetentionPlan, to id: SequenceID) {
         for sp in plan.streams {
             for m in sp.moves {
@@ -63,9 +108,14 @@ struct ReferenceStore {
                 if m.tier == .dropped {
                     sequences[id]!.streams[sp.layer][sp.kvHead][m.position] = nil
                 } else {
-                    let formats = configuration.tierFormats(layer: sp.layer)
-                    sequences[id]!.streams[sp.layer][sp.kvHead][m.position] = Token(
-                        tier: m.tier, key: roundTrip(old.key, formats.keyFormat(m.tier)), value: roundTrip(old.value, formats.valueFormat(m.tier)))
+                    let l = sp.layer, formats = configuration.tierFormats(layer: l)
+                    let k = roundTrip(convert(old.storedKey, layer: l, values: false, from: old.tier, to: m.tier), formats.keyFormat(m.tier))
+                    let v = roundTrip(convert(old.storedValue, layer: l, values: true, from: old.tier, to: m.tier), formats.valueFormat(m.tier))
+                    var t = Token(tier: m.tier, key: convert(k, layer: l, values: false, from: m.tier, to: .fp16),
+                                  value: convert(v, layer: l, values: true, from: m.tier, to: .fp16))
+                    t.storedKey = k
+                    t.storedValue = v
+                    sequences[id]!.streams[sp.layer][sp.kvHead][m.position] = t
                 }
             }
         }
@@ -127,14 +177,15 @@ func livePages(_ store: KVStore) -> (count: Int, bytes: Int) {
     return (seen.count, bytes)
 }
 
-let rowWiseFormats: [StorageFormat] = [.fp16, .int8, .int4, .int2, .grouped(.int8, groupSize: 32), .grouped(.int4, groupSize: 64)]
+let rowWiseFormats: [StorageFormat] = [.fp16, .int8, .int4, .int2, .grouped(.int8, groupSize: 32), .grouped(.int4, groupSize: 64),
+                                       .grouped(.int3, groupSize: 32), .grouped(.int3, groupSize: 8), .lloydMax(.int2), .lloydMax(.int3), .lloydMax(.int4)]
 
 /// Random tier formats: FP16 on top, row-wise (or, with `channelwiseKeys`, per-channel) keys and
 /// row-wise values below; half the time some tiers get their own page capacity.
 func randomTierFormats<G: RandomNumberGenerator>(using g: inout G, channelwiseKeys: Bool = false) -> TierFormats {
     var keys: [Tier: StorageFormat] = [.fp16: .fp16], values: [Tier: StorageFormat] = [.fp16: .fp16]
     for t in [Tier.int8, .int4, .int2] {
-        keys[t] = channelwiseKeys ? .channelwise([CodeWidth.int8, .int4, .int2].randomElement(using: &g)!) : rowWiseFormats.randomElement(using: &g)!
+        keys[t] = channelwiseKeys ? .channelwise(CodeWidth.allCases.randomElement(using: &g)!) : rowWiseFormats.randomElement(using: &g)!
         values[t] = rowWiseFormats.randomElement(using: &g)!
     }
     var capacities = [Tier: Int]()
@@ -145,17 +196,26 @@ func randomTierFormats<G: RandomNumberGenerator>(using g: inout G, channelwiseKe
 }
 
 /// A random valid configuration: 1–2 layers, GQA group 1–3, odd and even head dims, small pages
-/// (per tier sometimes), and sometimes per-layer tier formats.
+/// (per tier sometimes), sometimes per-layer tier formats, and rotation of none, some or all
+/// layers' keys and values (head dims that are not powers of two ignore it).
 func randomConfiguration<G: RandomNumberGenerator>(using g: inout G, channelwiseKeys: Bool = false) -> KVStoreConfiguration {
     let kv = [1, 2, 3].randomElement(using: &g)!, group = [1, 2, 3].randomElement(using: &g)!
-    let layers = Int.random(in: 1...2, using: &g)
+    let layerCount = Int.random(in: 1...2, using: &g)
     let formats = randomTierFormats(using: &g, channelwiseKeys: channelwiseKeys)
     let perLayer: [TierFormats]? = Int.random(in: 0..<4, using: &g) == 0
-        ? (0..<layers).map { _ in randomTierFormats(using: &g, channelwiseKeys: channelwiseKeys) } : nil
+        ? (0..<layerCount).map { _ in randomTierFormats(using: &g, channelwiseKeys: channelwiseKeys) } : nil
+    func layers() -> RotationSettings.Layers {
+        switch Int.random(in: 0..<4, using: &g) {
+        case 0, 1: .none
+        case 2: .all
+        default: .only([Int.random(in: 0..<layerCount, using: &g)])
+        }
+    }
+    let rotation = RotationSettings(keys: layers(), values: layers(), seed: UInt64.random(in: 0...3, using: &g))
     return KVStoreConfiguration(
-        layerCount: layers, queryHeadCount: kv * group, kvHeadCount: kv,
+        layerCount: layerCount, queryHeadCount: kv * group, kvHeadCount: kv,
         headDim: [1, 7, 8, 9, 16, 33, 64].randomElement(using: &g)!, pageCapacity: [1, 2, 3, 8, 16].randomElement(using: &g)!,
-        tierFormats: formats, layerTierFormats: perLayer)
+        tierFormats: formats, layerTierFormats: perLayer, rotation: rotation)
 }
 
 /// A random valid plan over the sequence's streams (moves down only, any subset).

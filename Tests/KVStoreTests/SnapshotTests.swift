@@ -389,8 +389,9 @@ struct SnapshotSections {
         #expect(rejected { $0.payloads[0][16] = 0 }.contains("kvHeadCount"))  // kvHeadCount = 0
         #expect(rejected { $0.payloads[0][15] = 0x40 }.contains("queryHeadCount must be in 1...65536"))  // 2⁶²: fuzzer-found
         #expect(rejected { $0.payloads[0][24] = 5 } != "accepted")  // headDim 5: the rows no longer fit the payload
-        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 1] = 2 }.contains("hasLayerFormats is 2"))
-        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 2] = 0x7F }.contains("pageCapacities[int2] must be in 1...65536"))
+        // CONF ends with hasLayerFormats (0 here), then the rotation (none: 18 bytes).
+        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 19] = 2 }.contains("hasLayerFormats is 2"))
+        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 20] = 0x7F }.contains("pageCapacities[int2] must be in 1...65536"))
         // Page 0 holding 3 of its 4 slots (positions 0, 1, 2) before page 1 (4, 5): not packed.
         #expect(rejected { s in
             s.payloads[1][10] = 3

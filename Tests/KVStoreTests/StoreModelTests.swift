@@ -12,7 +12,7 @@ import KVSelection
             #expect(store.byteCount(of: id) == model.byteCount(id), "\(context): bytes of \(id)")
             let layer = Int.random(in: 0..<c.layerCount, using: &g)
             var visibleRows = [[Float]](), allKeys = [[Float]](), allValues = [[Float]](), allPositions = [[Int32]]()
-            var allFormats = [[StorageFormat]]()
+            var allFormats = [[StorageFormat]](), allTiers = [[Tier]]()
             for head in 0..<c.kvHeadCount {
                 let rows = store.rows(id, layer: layer, kvHead: head)
                 let expected = seq.streams[layer][head].sorted { $0.key < $1.key }
@@ -26,6 +26,7 @@ import KVSelection
                 allValues.append(values)
                 allPositions.append(expected.map(\.key))
                 allFormats.append(expected.map { c.tierFormats(layer: layer).valueFormat($0.value.tier) })
+                allTiers.append(expected.map(\.value.tier))
                 let counts = store.tokenCounts(of: id, layer: layer, kvHead: head)
                 for t in Tier.stored { #expect(counts[t] == expected.filter { $0.value.tier == t }.count, "\(context): tokens in \(t)") }
                 visibleRows.append([])
@@ -43,10 +44,12 @@ import KVSelection
                 let pageCount = store.pageCounts(of: id, layer: layer, kvHead: kv).values.reduce(0, +)
                 for i in 0..<nq {
                     let qrow = Array(q[((h * nq + i) * d)..<((h * nq + i + 1) * d)])
+                    let rotated = model.rotatedRows(allTiers[kv], layer: layer)
                     let ref = ReferenceAttention(q: qrow, keys: allKeys[kv], values: allValues[kv],
                                                  visible: allPositions[kv].map { $0 <= positions[i] }, scale: c.effectiveAttentionScale,
                                                  pageCount: pageCount, scoreErrors: store.vnniScoreErrors(id, layer: layer, kvHead: kv, query: qrow),
-                                                 valueFormats: allFormats[kv])
+                                                 valueFormats: allFormats[kv], rotatedKeys: rotated.keys, rotatedValues: rotated.values,
+                                                 valueRotation: rotated.valueRotation)
                     let o = Array(result.output[((h * nq + i) * d)..<((h * nq + i + 1) * d)])
                     for e in 0..<d {
                         #expect(abs(Double(o[e]) - ref.output[e]) <= ref.bound[e] + 1e-30,

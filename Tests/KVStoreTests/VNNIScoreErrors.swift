@@ -5,17 +5,19 @@ extension KVStore {
     /// Per stored token of one stream (position order, as `rows`), the bound on the score error that
     /// the integer-domain VNNI kernel adds for query row `q` (`PageKernels.channelwiseVNNIErrorBound`)
     /// where the read path uses it (sealed pages of a tier whose codecs chose
-    /// `KeyScoring.channelwiseVNNI`), else 0: the `scoreErrors` of `ReferenceAttention`.
+    /// `KeyScoring.channelwiseVNNI`), else 0: the `scoreErrors` of `ReferenceAttention`. Tiers with
+    /// rotated keys are scored against R·q, so their bound is evaluated for R·q.
     func vnniScoreErrors(_ id: SequenceID, layer: Int, kvHead: Int, query q: [Float]) -> [Double] {
         let d = configuration.headDim, scale = configuration.effectiveAttentionScale
         precondition(q.count == d)
         let entries = withStream(id, layer, kvHead, "vnniScoreErrors") { $0.entriesByPosition() }
-        return q.withUnsafeBufferPointer { qp in
-            entries.map { e in
-                let tc = codecs[layer][e.tier]
-                guard let channels = tc.keyChannels, e.page.layout == tc.layout, tc.keyScoring == .channelwiseVNNI else { return 0 }
-                return PageKernels.channelwiseVNNIErrorBound(channels, qp.baseAddress!, row: e.page.keyRow(e.slot),
-                                                             params: e.page.keyParameters, scale: scale)
+        let rq = LayerRotations(layer: layer, configuration: configuration).keys.map { $0.rotated(q) } ?? q
+        return entries.map { e in
+            let tc = codecs[layer][e.tier]
+            guard let channels = tc.keyChannels, e.page.layout == tc.layout, tc.keyScoring == .channelwiseVNNI else { return 0 }
+            return (e.tier > 0 ? rq : q).withUnsafeBufferPointer { qp in
+                PageKernels.channelwiseVNNIErrorBound(channels, qp.baseAddress!, row: e.page.keyRow(e.slot),
+                                                      params: e.page.keyParameters, scale: scale)
             }
         }
     }

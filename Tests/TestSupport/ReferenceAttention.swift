@@ -39,12 +39,31 @@ public struct ReferenceAttention {
     /// γ_{n+p+8}·Σⱼ wⱼ·(sⱼg·cⱼᵢ + |zⱼg|) for its roundings, which are relative to the
     /// decomposed terms rather than to |vⱼᵢ|. Scales and codes are recovered by re-encoding the
     /// decoded row (decode∘encode is a fixpoint of every grouped format).
+    ///
+    /// Rows the store keeps rotated (`rotatedKeys`, `rotatedValues`: the store holds Rkⱼ, Rvⱼ and the
+    /// row reader returns fl(Rᵀ·stored)) are read in rotated coordinates, so, with ρ = γ_{L+3}
+    /// (L = log₂d, `HadamardRotation.roundingCoefficient`: |fl(Rx)ᵢ − (Rx)ᵢ| ≤ ρ‖x‖₁/√d) and
+    /// f = 1/(1 − ρ√d) (so that ‖stored‖₂ ≤ f·‖reader's row‖₂):
+    /// - a rotated key's FP32 dot is against fl(Rq), its magnitude bounded by ‖q‖₂(1 + ρ√d)·f‖k̂ⱼ‖₂
+    ///   (Cauchy–Schwarz) instead of Σᵢ|qᵢk̂ⱼᵢ|; rotating q and the reader's un-rotation each move the
+    ///   score by at most ρ‖q‖₁·f‖k̂ⱼ‖₂: Δⱼ gains scale·2ρ‖q‖₁f‖k̂ⱼ‖₂;
+    /// - a rotated value's accumulation error, bounded element by element in rotated coordinates,
+    ///   reaches every output element through Rᵀ as (1/√d)·Σₖ, i.e. at most the same ε times
+    ///   wⱼ·‖stored‖₁/√d ≤ wⱼ·f‖v̂ⱼ‖₂; the final un-rotation and the reader's add 2ρ·wⱼf‖v̂ⱼ‖₂, the
+    ///   sum of the two outputs u: per element, (ε + 2ρ + u)·Σ_rotated wⱼf‖v̂ⱼ‖₂ replaces
+    ///   ε·Σ wⱼ|v̂ⱼᵢ| for those rows (and plain rows gain u). Their integer-accumulation term (where it
+    ///   runs) is computed on the rotated rows (`valueRotation` applied to the reader's rows) and
+    ///   spread the same way, (1/√d)·Σₖ.
     public init(q: [Float], keys: [Float], values: [Float], visible: [Bool], scale: Float, pageCount: Int = 1,
-                scoreErrors: [Double]? = nil, valueFormats: [StorageFormat]? = nil) {
+                scoreErrors: [Double]? = nil, valueFormats: [StorageFormat]? = nil,
+                rotatedKeys: [Bool]? = nil, rotatedValues: [Bool]? = nil, valueRotation: HadamardRotation? = nil) {
         let d = q.count, n = visible.count
         precondition(keys.count == n * d && values.count == n * d && (scoreErrors?.count ?? n) == n)
         let u = 0x1p-24
         func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
+        let rho = gamma(d.trailingZeroBitCount + 3), root = Double(d).squareRoot(), f = 1 / (1 - rho * root)
+        func norm2(_ x: ArraySlice<Float>) -> Double { x.reduce(0) { $0 + Double($1) * Double($1) }.squareRoot() }
+        let q2 = norm2(q[...]), q1 = q.reduce(0) { $0 + abs(Double($1)) }
         var s = [Double](repeating: -.infinity, count: n)
         var delta = 0.0
         for j in 0..<n where visible[j] {
@@ -55,7 +74,13 @@ public struct ReferenceAttention {
                 mag += abs(p)
             }
             s[j] = Double(scale) * dot
-            delta = max(delta, Double(scale) * gamma(d + 4) * mag + u * abs(s[j]) + (scoreErrors?[j] ?? 0))
+            var rotation = 0.0
+            if rotatedKeys?[j] == true {
+                let k2 = f * norm2(keys[(j * d)..<((j + 1) * d)])
+                mag = max(mag, q2 * (1 + rho * root) * k2)
+                rotation = Double(scale) * 2 * rho * q1 * k2
+            }
+            delta = max(delta, Double(scale) * gamma(d + 4) * mag + u * abs(s[j]) + rotation + (scoreErrors?[j] ?? 0))
         }
         let m = s.max() ?? -.infinity
         weights = [Double](repeating: 0, count: n)
@@ -66,33 +91,50 @@ public struct ReferenceAttention {
         for j in 0..<n where visible[j] { weights[j] = exp(s[j] - m); total += weights[j] }
         for j in 0..<n { weights[j] /= total }
         let eps = 2 * (exp(2 * delta) - 1 + 4 * u) + 3 * gamma(n + pageCount + d + 8)
+        var rotatedMass = 0.0
         for j in 0..<n where visible[j] {
+            let rotated = rotatedValues?[j] == true
+            if rotated { rotatedMass += weights[j] * f * norm2(values[(j * d)..<((j + 1) * d)]) }
             for i in 0..<d {
                 output[i] += weights[j] * Double(values[j * d + i])
-                bound[i] += weights[j] * abs(Double(values[j * d + i]))
+                if !rotated { bound[i] += weights[j] * abs(Double(values[j * d + i])) }
             }
         }
-        for i in 0..<d { bound[i] *= eps }
+        for i in 0..<d { bound[i] = bound[i] * (eps + u) + rotatedMass * (eps + 2 * rho + u) }
         guard let formats = valueFormats else { return }
         precondition(formats.count == n, "ReferenceAttention: one value format per row")
         var maxWS = [Double](repeating: 0, count: d), codeSum = maxWS, terms = maxWS
+        var rotatedMaxWS = maxWS, rotatedCodeSum = maxWS, rotatedTerms = maxWS
         for j in 0..<n where visible[j] && ValueAccumulation(valueFormat: formats[j], headDim: d) == .integer {
             let codec = try! RowCodec(formats[j], headDim: d), groupSize = d / codec.groupCount
-            let row = try! codec.encode(Array(values[(j * d)..<((j + 1) * d)]))
+            let rotated = rotatedValues?[j] == true
+            var v = Array(values[(j * d)..<((j + 1) * d)])
+            if rotated, let r = valueRotation { v = r.rotated(v) }
+            let row = try! codec.encode(v.map { min(max($0, -65504), 65504) })
             row.withUnsafeBytes { r in
                 for i in 0..<d {
                     let p = codec.parameters(ofGroup: i / groupSize, in: r.baseAddress!)
                     let s = Double(Float(Float16(bitPattern: p.scaleBits))), z = Double(Float(Float16(bitPattern: p.zeroBits)))
                     let c = Double(codec.code(at: i, in: r.baseAddress!))
-                    maxWS[i] = max(maxWS[i], weights[j] * s)
-                    codeSum[i] += c
-                    terms[i] += weights[j] * (s * c + abs(z))
+                    if rotated {
+                        rotatedMaxWS[i] = max(rotatedMaxWS[i], weights[j] * s)
+                        rotatedCodeSum[i] += c
+                        rotatedTerms[i] += weights[j] * (s * c + abs(z))
+                    } else {
+                        maxWS[i] = max(maxWS[i], weights[j] * s)
+                        codeSum[i] += c
+                        terms[i] += weights[j] * (s * c + abs(z))
+                    }
                 }
             }
         }
-        for i in 0..<d {
-            bound[i] += (0.5 + 0x1p-12) / (127 * 254) * maxWS[i] * codeSum[i] * (1 + eps) + gamma(n + pageCount + 8) * terms[i]
+        func integerTerm(_ i: Int, _ m: [Double], _ c: [Double], _ t: [Double]) -> Double {
+            (0.5 + 0x1p-12) / (127 * 254) * m[i] * c[i] * (1 + eps) + gamma(n + pageCount + 8) * t[i]
         }
+        // Rotated rows' terms reach every output element through Rᵀ: (1/√d)·Σₖ (with the
+        // re-encoding of rotated-back rows a little off the stored codes, doubled for margin).
+        let spread = (0..<d).reduce(0) { $0 + integerTerm($1, rotatedMaxWS, rotatedCodeSum, rotatedTerms) } / root * 2
+        for i in 0..<d { bound[i] += integerTerm(i, maxWS, codeSum, terms) + spread }
     }
 }
 

@@ -36,7 +36,10 @@ public enum RowFamily: String, CaseIterable, Sendable {
             }
         case .outlierChannels:
             var r = (0..<count).map { _ in Float(g.nextGaussian()) }
-            for _ in 0..<max(1, count / 32) { r[Int.random(in: 0..<count, using: &g)] *= 100 }
+            // Distinct channels (one drawn twice would be 10⁴ times larger, beyond FP16 at times).
+            var channels = Set<Int>()
+            while channels.count < max(1, count / 32) { channels.insert(Int.random(in: 0..<count, using: &g)) }
+            for c in channels.sorted() { r[c] *= 100 }
             return r
         case .allZero:
             return [Float](repeating: 0, count: count)

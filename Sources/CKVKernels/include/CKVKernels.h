@@ -6,7 +6,8 @@
 // Only the CPU probe and the bandwidth probe exist on every architecture; the kernels are declared
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
-// accumulate_integer.c, conversion.c, encode_avx2.c (the write path on AVX2: `EncodeKernels`).
+// accumulate_integer.c, conversion.c, int3_avx2.c, lloydmax_avx2.c and encode_avx2.c (the write path
+// on AVX2: `EncodeKernels`).
 //
 // Layouts (d = headDim, all row-major):
 //   queries / prepared queries:  R rows × d floats
@@ -152,6 +153,33 @@ void kvk_encode_grouped_avx2(int bits, long groupSize, const float *x, long n, l
 /// `ChannelwiseKeyCodec.encodePageReference` (bits 2, 4 or 8).
 void kvk_encode_channelwise_avx2(int bits, const float *x, long n, long d, uint8_t *codes, long rowBytes,
                                  uint16_t *params);
+// MARK: int3_avx2.c, lloydmax_avx2.c (KVK_CPU_AVX2; d a multiple of 8)
+//
+// The kernels of the INT3 and Lloyd–Max formats. They run on any CPU with AVX2, F16C and FMA, AVX-512
+// ones included (the AVX-512 kernels above do not take these formats). Rows are tiled by four.
+
+/// scores[r·stride + j] = fl(fl(Σ_c qs_r[c]·code_jc + zt[r])·scale) for per-channel INT3 code rows
+/// (`rowBytes` apart) and a query folded into the page's parameters in natural channel order:
+/// qs[r·d + c] = q_c·scale_c, zt[r] = Σ_c q_c·zero_c (as `ChannelwiseKeyCodec.prepare`).
+void kvk_scores_channelwise_int3_avx2(const float *qs, const float *zt, long R, long d, const uint8_t *codes,
+                                      long rowBytes, long n, float scale, float *scores, long stride);
+
+/// out[r·d + i] ← fma(w_rj, v_ji, out[r·d + i]) for j = 0..<n in order, grouped INT3 value rows
+/// (codes, then (scale, zero) FP16 pairs per group at `codeBytes`), v_ji = fma(scale_k, code_ji, zero_k).
+/// Needs groupSize a multiple of 8.
+void kvk_accumulate_int3_avx2(long groupSize, const float *w, long R, long stride, long n, const uint8_t *rows,
+                              long rowBytes, long codeBytes, long d, float *out);
+
+/// scores[r·stride + j] = fl(fl(fl(Σ_c q_rc·L[code_jc])·norm_j)·scale) for Lloyd–Max rows of `bits`
+/// (2, 3 or 4) with the 16-entry level table `levels` (lanes ≥ 2^bits unused) and the row's FP16
+/// norm at `codeBytes`.
+void kvk_scores_lloydmax_avx2(int bits, const float *levels, const float *q, long R, long d, const uint8_t *rows,
+                              long rowBytes, long codeBytes, long n, float scale, float *scores, long stride);
+
+/// out[r·d + i] ← fma(w_rj, v_ji, out[r·d + i]) for j = 0..<n in order, Lloyd–Max rows,
+/// v_ji = fl(norm_j · L[code_ji]).
+void kvk_accumulate_lloydmax_avx2(int bits, const float *levels, const float *w, long R, long stride, long n,
+                                  const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
 
 #endif // __x86_64__
 #endif
