@@ -15,12 +15,17 @@ import KVStore
 ///   appended so far) with `decodeReplanInterval` FP16 slots reserved, so between re-plans memory stays within
 ///   the budget plus the documented page slack (one page per tier per stream).
 ///
-/// Policies never see the store: this type is the only bridge.
+/// Policies never see the store: this type is the only bridge. Planners cost every layer with the
+/// store's `tierFormats` (per-tier page capacities included); a store with per-layer formats
+/// (`KVStoreConfiguration.layerTierFormats`) cannot be planned yet.
 public struct KVCompressor: Sendable {
     public let store: KVStore
     public let settings: CompressionSettings
 
+    /// - Precondition: the store has no per-layer tier formats (`layerTierFormats` is `nil`).
     public init(store: KVStore, settings: CompressionSettings) {
+        precondition(store.configuration.layerTierFormats == nil,
+                     "KVCompressor: stores with per-layer tier formats (layerTierFormats) cannot be planned yet; use tierFormats")
         self.store = store
         self.settings = settings
     }

@@ -19,7 +19,8 @@ import KVStore
 /// share of steps whose argmax equals the uncompressed run's), the sequence's cache bytes right
 /// after the policy is applied and their ratio to the uncompressed prompt cache, the bytes after the last
 /// and the largest after any decode step, and decode tokens/s (including the policy's work during
-/// decode: score accumulation and re-planning).
+/// decode: score accumulation and re-planning); and wall-clock seconds of the prefill, of applying
+/// the policy, and of the decode steps (and of the decode session's part of them).
 ///
 /// Each configuration's `CachePolicy` is applied to its fork right after the prompt (`apply`), and,
 /// when `keepsBudgetDuringDecode`, the decode session of a compressing policy keeps the budget at
@@ -47,6 +48,14 @@ public struct ContinuationEvaluation {
         public var peakByteCount: Int
         /// Continuation tokens decoded per second (including the policy's decode-step work).
         public var tokensPerSecond: Double
+        /// Wall-clock seconds of applying the policy to the prompt's cache (scoring, planning and
+        /// `KVStore.apply`; 0 for policies that keep the cache as it is).
+        public var compressSeconds: Double = 0
+        /// Wall-clock seconds of the continuation's decode steps, the decode session's work included.
+        public var decodeSeconds: Double = 0
+        /// Of `decodeSeconds`, the seconds spent in the decode session after each step (re-planning
+        /// and applying plans); 0 without a session.
+        public var decodeSessionSeconds: Double = 0
     }
 
     /// The model run.
@@ -108,8 +117,11 @@ public struct ContinuationEvaluation {
             let isReference = index == 0
             let sequence = store.fork(prompt)
             defer { store.removeSequence(sequence) }
+            let compressStart = Date()
             let session = try configuration.cachePolicy.apply(to: sequence, in: store, observation: observation,
                                                               keepingBudgetDuringDecode: keepsBudgetDuringDecode)
+            let compressSeconds = Date().timeIntervalSince(compressStart)
+            var sessionSeconds = 0.0
             let hook = session.map { DecodeHook(session: $0) }
             let bytes = store.byteCount(of: sequence)
             var peakBytes = bytes
@@ -118,7 +130,11 @@ public struct ContinuationEvaluation {
             for step in 0..<continuationTokenCount {
                 let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none,
                                                attentionObserver: hook?.recordAttention)
-                try hook?.afterStep()
+                if let hook {
+                    let t = Date()
+                    try hook.afterStep()
+                    sessionSeconds += Date().timeIntervalSince(t)
+                }
                 peakBytes = max(peakBytes, store.byteCount(of: sequence))
                 guard step < steps else { break }
                 let logP = NextTokenStatistics.logSoftmax(logits[...])
@@ -141,7 +157,8 @@ public struct ContinuationEvaluation {
                            meanKLDivergence: isReference ? 0 : kl / Double(steps), top1Agreement: isReference ? 1 : Double(agree) / Double(steps),
                            byteCount: bytes, ratio: Double(bytes) / Double(prefill.byteCount),
                            finalByteCount: store.byteCount(of: sequence), peakByteCount: peakBytes,
-                           tokensPerSecond: Double(continuationTokenCount) / seconds)
+                           tokensPerSecond: Double(continuationTokenCount) / seconds, compressSeconds: compressSeconds,
+                           decodeSeconds: seconds, decodeSessionSeconds: sessionSeconds)
             results.append(r)
             progress?(String(format: "%@: perplexity %.4f, KLD %.5f, top-1 %.3f, %d bytes (%.3f), %.1f tokens/s", configuration.label,
                              r.perplexity, r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond))

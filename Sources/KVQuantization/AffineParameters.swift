@@ -38,9 +38,14 @@ public struct AffineParameters: Sendable, Hashable {
 
     /// The parameters for values spanning `[lo, hi]` at `width`.
     ///
+    /// A zero bound of either sign counts as +0, so the parameters do not depend on which of
+    /// several equal (±0) values a minimum or maximum picked: every order of computing them, scalar
+    /// or SIMD, gives the same bits.
+    ///
     /// - Precondition: `lo ≤ hi`, both finite with magnitude ≤ 65504.
     @inlinable
     public init(lo: Float, hi: Float, width: CodeWidth) {
+        let lo = lo + 0, hi = hi + 0  // −0 + 0 = +0 (round to nearest)
         var z = Float16(lo)
         if Float(z) < lo { z = z.nextUp }
         // hi − z is exact in Double; so is the comparison below, so `s` is the least FP16 ≥ the quotient.

@@ -42,7 +42,8 @@ public struct ChannelwiseKeyCodec: Sendable, Hashable {
     /// Quantises `tokenCount` rows (`x`, row-major, `headDim` each) into `tokenCount` code rows at
     /// `codes` and the page parameters at `params`.
     ///
-    /// Validates everything first; on error nothing is written.
+    /// Validates everything first; on error nothing is written. Bit-identical to
+    /// `encodePageReference` (by `EncodeKernels`: AVX2 C or Swift SIMD).
     ///
     /// - Throws: `QuantizationError` with the flat index `token·headDim + channel` of the first bad
     ///   element.
@@ -51,28 +52,95 @@ public struct ChannelwiseKeyCodec: Sendable, Hashable {
                            params: UnsafeMutableRawPointer) throws(QuantizationError) {
         precondition(tokenCount > 0, "ChannelwiseKeyCodec.encodePage: a page needs at least one token")
         if let e = ValueCheck.firstInvalid(x, count: tokenCount * headDim) { throw e }
-        var lo = [Float](UnsafeBufferPointer(start: x, count: headDim))
-        var hi = lo
-        for t in 1..<max(tokenCount, 1) {
-            let r = x + t * headDim
-            for c in 0..<headDim { lo[c] = min(lo[c], r[c]); hi[c] = max(hi[c], r[c]) }
+        encodePageUnchecked(x, tokenCount: tokenCount, codes: codes, params: params)
+    }
+
+    /// `encodePage` without the value check.
+    ///
+    /// - Precondition: every value is finite with magnitude ≤ 65504 (not checked).
+    package func encodePageUnchecked(_ x: UnsafePointer<Float>, tokenCount: Int, codes: UnsafeMutableRawPointer,
+                                     params: UnsafeMutableRawPointer) {
+        precondition(tokenCount > 0, "ChannelwiseKeyCodec.encodePage: a page needs at least one token")
+        EncodeKernels.encodeChannelwise(self, x, tokenCount: tokenCount, codes: codes, params: params)
+    }
+
+    /// The Swift SIMD path of `encodePage` (values storable): per-channel minima and maxima eight
+    /// channels at a time, the parameters per channel, then each token's codes eight at a time as
+    /// float bit patterns (see `RowCodec`'s grouped encoder), a channel of scale 0 taking code 0.
+    package func encodePagePortable(_ x: UnsafePointer<Float>, tokenCount n: Int, codes: UnsafeMutableRawPointer,
+                                    params: UnsafeMutableRawPointer) {
+        let d = headDim, raw = UnsafeRawPointer(x), full = d / 8 * 8
+        withUnsafeTemporaryAllocation(of: Float.self, capacity: 4 * d) { buffer in
+            let lo = buffer.baseAddress!, hi = lo + d, zero = hi + d, scale = zero + d
+            var c = 0
+            while c < full {
+                var l = raw.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self), h = l
+                for t in 1..<max(n, 1) {
+                    let v = raw.loadUnaligned(fromByteOffset: 4 * (t * d + c), as: SIMD8<Float>.self)
+                    l = pointwiseMin(l, v)
+                    h = pointwiseMax(h, v)
+                }
+                UnsafeMutableRawPointer(lo).storeBytes(of: l, toByteOffset: 4 * c, as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(hi).storeBytes(of: h, toByteOffset: 4 * c, as: SIMD8<Float>.self)
+                c += 8
+            }
+            while c < d {
+                var l = x[c], h = l
+                for t in 1..<max(n, 1) { l = Swift.min(l, x[t * d + c]); h = Swift.max(h, x[t * d + c]) }
+                lo[c] = l
+                hi[c] = h
+                c += 1
+            }
+            for c in 0..<d {
+                let a = AffineParameters(lo: lo[c], hi: hi[c], width: width)
+                params.storeBytes(of: a.scaleBits.littleEndian, toByteOffset: 4 * c, as: UInt16.self)
+                params.storeBytes(of: a.zeroBits.littleEndian, toByteOffset: 4 * c + 2, as: UInt16.self)
+                scale[c] = a.scale
+                zero[c] = a.zero
+            }
+            let top = SIMD8<Float>(repeating: 0x1p23 + Float(width.maxCode))
+            let z = UnsafeRawPointer(zero), s = UnsafeRawPointer(scale)
+            for t in 0..<n {
+                let r = raw + 4 * t * d, row = codes + t * rowByteCount
+                // Partial trailing code bytes are filled code by code: clear them first.
+                for b in width.packedByteCount(codes: full)..<rowByteCount { row.storeBytes(of: 0, toByteOffset: b, as: UInt8.self) }
+                var c = 0
+                while c < full {
+                    let s8 = s.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self)
+                    let q = (r.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self) - z.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self)) / s8
+                    let v = pointwiseMin(pointwiseMax(q, .zero) + 0x1p23, top)
+                    let bits = (unsafeBitCast(v, to: SIMD8<UInt32>.self) &- 0x4B00_0000).replacing(with: 0, where: s8 .== .zero)
+                    CodePacking.store8(width, bits, row, element: c)
+                    c += 8
+                }
+                while c < d {
+                    var code: Float = 0
+                    if scale[c] != 0 { code = Swift.min((Swift.max((x[t * d + c] - zero[c]) / scale[c], 0) + 0x1p23) - 0x1p23, Float(width.maxCode)) }
+                    CodePacking.store(width, UInt32(code), row, element: c)
+                    c += 1
+                }
+            }
         }
-        var scale = [Float](repeating: 0, count: headDim), zero = scale
+    }
+
+    /// Scalar reference of `encodePage` (values storable): minima and maxima channel by channel,
+    /// `AffineParameters`, and code = round-half-even((x − zero)/scale) clamped to [0, M] (0 where
+    /// scale is 0), stored one at a time.
+    public func encodePageReference(_ x: UnsafePointer<Float>, tokenCount: Int, codes: UnsafeMutableRawPointer,
+                                    params: UnsafeMutableRawPointer) {
+        precondition(tokenCount > 0, "ChannelwiseKeyCodec.encodePageReference: a page needs at least one token")
         for c in 0..<headDim {
-            let a = AffineParameters(lo: lo[c], hi: hi[c], width: width)
+            var lo = x[c], hi = lo
+            for t in 1..<tokenCount { lo = min(lo, x[t * headDim + c]); hi = max(hi, x[t * headDim + c]) }
+            let a = AffineParameters(lo: lo, hi: hi, width: width)
             params.storeBytes(of: a.scaleBits.littleEndian, toByteOffset: 4 * c, as: UInt16.self)
             params.storeBytes(of: a.zeroBits.littleEndian, toByteOffset: 4 * c + 2, as: UInt16.self)
-            scale[c] = a.scale
-            zero[c] = a.zero
-        }
-        let maxCode = Float(width.maxCode)
-        for t in 0..<tokenCount {
-            let r = x + t * headDim, row = codes + t * rowByteCount
-            for b in 0..<rowByteCount { row.storeBytes(of: 0, toByteOffset: b, as: UInt8.self) }
-            for c in 0..<headDim {
+            let s = Float(Float16(bitPattern: a.scaleBits)), z = Float(Float16(bitPattern: a.zeroBits))
+            for t in 0..<tokenCount {
+                let row = codes + t * rowByteCount
+                if c == 0 { for b in 0..<rowByteCount { row.storeBytes(of: 0, toByteOffset: b, as: UInt8.self) } }
                 var code: Float = 0
-                // Same magic-number rounding as the grouped encoder: the quotient is in [0, 2^22].
-                if scale[c] != 0 { code = min((max((r[c] - zero[c]) / scale[c], 0) + 0x1p23) - 0x1p23, maxCode) }
+                if s != 0 { code = min(max(((x[t * headDim + c] - z) / s).rounded(.toNearestOrEven), 0), Float(width.maxCode)) }
                 CodePacking.store(width, UInt32(code), row, element: c)
             }
         }

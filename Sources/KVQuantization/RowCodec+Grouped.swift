@@ -7,7 +7,10 @@ extension RowCodec {
     @inlinable
     func encodeGrouped(_ w: CodeWidth, _ x: UnsafePointer<Float>, into row: UnsafeMutableRawPointer) {
         let raw = UnsafeRawPointer(x)
-        let maxCode = SIMD8<Float>(repeating: Float(w.maxCode))
+        // Codes as float bit patterns: t = min(max(q, 0) + 2^23, 2^23 + M) holds the integer
+        // round-half-even(min(max(q, 0), M)) in its low bits (2^23 ≤ t < 2^24): no float-to-int
+        // conversion, which has no SIMD form on baseline x86-64.
+        let top = SIMD8<Float>(repeating: 0x1p23 + Float(w.maxCode))
         // Partial trailing code bytes are filled bit by bit: clear them first.
         let fullChunks = headDim / 8 * 8
         for b in w.packedByteCount(codes: fullChunks)..<codeByteCount {
@@ -42,9 +45,8 @@ extension RowCodec {
                 // Clamped below at 0, the quotient is in [0, M + 1/2] ⊂ [0, 2^22], where adding and
                 // removing 2^23 rounds to nearest even (what `.rounded(.toNearestOrEven)` does, without
                 // a libm call per element on targets without SSE4.1).
-                var c = (pointwiseMax((v - z8) / s8, .zero) + 0x1p23) - 0x1p23
-                c = pointwiseMin(c, maxCode)
-                CodePacking.store8(w, SIMD8<UInt32>(truncatingIfNeeded: SIMD8<Int32>(c)), row, element: i)
+                let t = pointwiseMin(pointwiseMax((v - z8) / s8, .zero) + 0x1p23, top)
+                CodePacking.store8(w, unsafeBitCast(t, to: SIMD8<UInt32>.self) &- 0x4B00_0000, row, element: i)
                 i += 8
             }
             while i < end {

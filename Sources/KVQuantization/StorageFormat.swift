@@ -41,8 +41,8 @@ public enum CodeWidth: Int, Sendable, Hashable, CaseIterable, CustomStringConver
 /// bytes, so groups (multiples of 8 elements) start on byte boundaries at every width, 3 bits
 /// included.
 ///
-/// Every format stores, besides its rows, nothing per token; the store adds a 4-byte position per
-/// token slot (see `KVStore`).
+/// Every format stores, besides its rows, nothing per token; the store adds a 2-byte position offset
+/// per token slot and a 4-byte base per page (`PagePositions`, `KVStore`).
 public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
     /// IEEE half precision, round to nearest even; exact for FP16 inputs.
     case fp16

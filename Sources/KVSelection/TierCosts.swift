@@ -2,40 +2,43 @@ import KVQuantization
 
 /// What one token costs a stream in each tier, as every planner counts it.
 ///
-/// `byteCount(t)` is `TierFormats.tokenByteCount(t, headDim:)` (key row + value row + 4-byte
-/// position) plus page-wise parameters amortised per token and rounded up
-/// (`⌈(keyParams + valueParams) / pageCapacity⌉`, non-zero only for channelwise formats); 0 for
-/// `.dropped`.
+/// `byteCount(t)` is `TierFormats.tokenByteCount(t, headDim:)` (key row + value row + 2-byte
+/// position offset) plus what each page costs once, amortised per token and rounded up
+/// (`⌈pageOverheadByteCount / P_t⌉`: page-wise parameters, `4·d` for per-channel keys, and the
+/// position block's base and padding, `PagePositions`); 0 for `.dropped`. `P_t` is the tier's page
+/// capacity: `formats.pageCapacities[t]`, else `pageCapacity`.
 ///
-/// **Page slack.** A store keeps each tier's tokens in pages of `pageCapacity` slots, so a stream
-/// holding `c_t` tokens in tier `t` occupies `⌈c_t / P⌉` pages. Because the amortised parameter cost
-/// is rounded up, `⌈c_t/P⌉ · pageByteCount(t) ≤ c_t · byteCount(t) + pageByteCount(t)`: the paged
-/// memory exceeds the planned byte count by less than one page per stored tier in use
-/// (`slackBound`).
+/// **Page slack.** A store keeps each tier's tokens in pages of `P_t` slots, so a stream
+/// holding `c_t` tokens in tier `t` occupies `⌈c_t / P_t⌉` pages (a stream spanning more than 65,535
+/// positions can need more: see `KVStore`). Because the amortised cost is rounded up,
+/// `⌈c_t/P_t⌉ · pageByteCount(t) ≤ c_t · byteCount(t) + pageByteCount(t)`: the paged memory exceeds
+/// the planned byte count by less than one page per stored tier in use (`slackBound`).
 public struct TierCosts: Sendable, Hashable {
     /// The formats costed.
     public let formats: TierFormats
     /// Elements per head vector.
     public let headDim: Int
-    /// Token slots per page in the store.
+    /// Token slots per page of the tiers `formats` gives no page capacity.
     public let pageCapacity: Int
     private let perToken: [Int]  // indexed by Tier.rawValue
 
-    /// Costs for `formats` at `headDim` with pages of `pageCapacity` tokens.
+    /// Costs for `formats` at `headDim`, with pages of `pageCapacity` tokens in every tier whose
+    /// capacity `formats.pageCapacities` does not give.
     ///
-    /// - Precondition: every stored tier has key and value formats, `headDim > 0`,
-    ///   `pageCapacity > 0`, and costs do not increase down the tiers
+    /// - Precondition: every stored tier has key and value formats, `headDim > 0`, every page
+    ///   capacity positive, and costs do not increase down the tiers
     ///   (fp16 ≥ int8 ≥ int4 ≥ int2 ≥ dropped), which the planners' "move down only" rule relies on.
     public init(formats: TierFormats, headDim: Int, pageCapacity: Int) {
         precondition(headDim > 0 && pageCapacity > 0, "TierCosts: headDim and pageCapacity must be positive")
+        precondition(formats.pageCapacities.values.allSatisfy { $0 > 0 }, "TierCosts: page capacities must be positive")
         self.formats = formats
         self.headDim = headDim
         self.pageCapacity = pageCapacity
         perToken = Tier.allCases.map { t in
             guard t != .dropped else { return 0 }
-            let params = formats.keyFormat(t).pageParameterByteCount(headDim: headDim)
-                + formats.valueFormat(t).pageParameterByteCount(headDim: headDim)
-            return formats.tokenByteCount(t, headDim: headDim) + (params + pageCapacity - 1) / pageCapacity
+            let p = formats.pageCapacity(t, default: pageCapacity)
+            let overhead = formats.pageOverheadByteCount(t, headDim: headDim, pageCapacity: p)
+            return formats.tokenByteCount(t, headDim: headDim) + (overhead + p - 1) / p
         }
         for i in 1..<perToken.count {
             precondition(perToken[i] <= perToken[i - 1],
@@ -48,12 +51,12 @@ public struct TierCosts: Sendable, Hashable {
 
     @usableFromInline func perTokenCost(_ tier: Tier) -> Int { perToken[tier.rawValue] }
 
-    /// Bytes of one page of `tier` in a store (rows, positions and page-wise parameters).
+    /// Token slots per page of `tier`.
+    public func pageCapacity(_ tier: Tier) -> Int { formats.pageCapacity(tier, default: pageCapacity) }
+
+    /// Bytes of one page of `tier` in a store (rows, positions and page-wise parameters; exact).
     public func pageByteCount(_ tier: Tier) -> Int {
-        guard tier != .dropped else { return 0 }
-        return formats.keyFormat(tier).pageByteCount(headDim: headDim, pageCapacity: pageCapacity)
-            + formats.valueFormat(tier).pageByteCount(headDim: headDim, pageCapacity: pageCapacity)
-            + 4 * pageCapacity
+        formats.pageByteCount(tier, headDim: headDim, pageCapacity: pageCapacity(tier))
     }
 
     /// True when `tier`'s keys are quantised per channel across a page: such a tier keeps its
@@ -64,27 +67,29 @@ public struct TierCosts: Sendable, Hashable {
     }
 
     /// Bytes of the page holding a tier's last, partly filled group of tokens: for a tier with
-    /// per-channel keys the staging page (P slots of FP16 keys, the tier's values and positions, no
+    /// per-channel keys the staging page (P_t slots of FP16 keys, the tier's values and positions, no
     /// key parameters), else a regular page (`pageByteCount`).
     public func partialPageByteCount(_ tier: Tier) -> Int {
         guard isPageWise(tier) else { return pageByteCount(tier) }
-        return StorageFormat.fp16.pageByteCount(headDim: headDim, pageCapacity: pageCapacity)
-            + formats.valueFormat(tier).pageByteCount(headDim: headDim, pageCapacity: pageCapacity)
-            + 4 * pageCapacity
+        let p = pageCapacity(tier)
+        return p * (StorageFormat.fp16.rowByteCount(headDim: headDim) + formats.valueFormat(tier).rowByteCount(headDim: headDim) + 2)
+            + PagePositions.overheadByteCount(pageCapacity: p)
     }
 
     /// Exactly the bytes a store's pages take for `tokenCount` tokens of `tier` (what
-    /// `KVStore.byteCounts(of:layer:kvHead:)` reports for a stream holding them): ⌈n/P⌉ pages for a
-    /// row-wise tier; ⌊n/P⌋ sealed pages plus one staging page when n mod P > 0 for a tier with
+    /// `KVStore.byteCounts(of:layer:kvHead:)` reports for a stream holding them, when they span
+    /// fewer than 65,536 positions: see `KVStore` for longer spans): ⌈n/P_t⌉ pages for a row-wise
+    /// tier; ⌊n/P_t⌋ sealed pages plus one staging page when n mod P_t > 0 for a tier with
     /// per-channel keys. 0 for `.dropped`.
     ///
     /// - Complexity: O(1).
     public func pagedByteCount(_ tier: Tier, tokenCount n: Int) -> Int {
         guard tier != .dropped, n > 0 else { return 0 }
+        let p = pageCapacity(tier)
         if isPageWise(tier) {
-            return n / pageCapacity * pageByteCount(tier) + (n % pageCapacity > 0 ? partialPageByteCount(tier) : 0)
+            return n / p * pageByteCount(tier) + (n % p > 0 ? partialPageByteCount(tier) : 0)
         }
-        return (n + pageCapacity - 1) / pageCapacity * pageByteCount(tier)
+        return (n + p - 1) / p * pageByteCount(tier)
     }
 
     /// The page slack bound for a tier assignment: one page per stored tier holding any token (the

@@ -111,7 +111,7 @@ extension KVStore {
         var weights = [[KVHeadWeights?]](repeating: [KVHeadWeights?](repeating: nil, count: c.kvHeadCount), count: batch.count)
         let units = batch.count * c.kvHeadCount
         let threads = max(1, min(threadCount ?? ProcessInfo.processInfo.activeProcessorCount, units))
-        let codecs = codecs, rotations = LayerRotations(layer: layer, configuration: c), snapshots = snapshotList
+        let codecs = codecs[layer], rotations = LayerRotations(layer: layer, configuration: c), snapshots = snapshotList
         // Escaping these pointers from `withUnsafe…` is wrong; allocate the results as raw buffers.
         let outBuffers = outputs.indices.map { i in SharedBuffer(base: UnsafeMutablePointer<Float>.allocate(capacity: outputs[i].count)) }
         let weightBuffer = batch.indices.map { _ in SharedBuffer(base: UnsafeMutablePointer<KVHeadWeights?>.allocate(capacity: c.kvHeadCount)) }

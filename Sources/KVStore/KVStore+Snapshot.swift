@@ -41,12 +41,12 @@ extension KVStore {
         let c = configuration
         // Unique pages in a deterministic order (first reference wins), with their tier and role.
         var index = [ObjectIdentifier: UInt32]()
-        var pages = [(page: Page, tier: Int, staging: Bool)]()
-        func number(_ page: Page, _ tier: Int, _ staging: Bool) -> UInt32 {
+        var pages = [(page: Page, layer: Int, tier: Int, staging: Bool)]()
+        func number(_ page: Page, _ layer: Int, _ tier: Int, _ staging: Bool) -> UInt32 {
             if let i = index[ObjectIdentifier(page)] { return i }
             let i = UInt32(pages.count)
             index[ObjectIdentifier(page)] = i
-            pages.append((page, tier, staging))
+            pages.append((page, layer, tier, staging))
             return i
         }
         var seqs = SnapshotWriter()
@@ -55,27 +55,29 @@ extension KVStore {
         for (id, sequence) in captured {
             seqs.u64(id.rawValue)
             for layer in sequence.layers { seqs.i32(layer.nextPosition) }
-            for layer in sequence.layers {
+            for (l, layer) in sequence.layers.enumerated() {
                 for stream in layer.streams {
                     for (t, tier) in stream.tiers.enumerated() {
                         seqs.u32(UInt32(tier.pages.count))
-                        for page in tier.pages { seqs.u32(number(page, t, false)) }
-                        seqs.u32(tier.staging.map { number($0, t, true) } ?? SnapshotFormat.noPage)
+                        for page in tier.pages { seqs.u32(number(page, l, t, false)) }
+                        seqs.u32(tier.staging.map { number($0, l, t, true) } ?? SnapshotFormat.noPage)
                     }
                 }
             }
         }
         var pageSection = SnapshotWriter()
         pageSection.u32(UInt32(pages.count))
-        for (page, tier, staging) in pages {
+        for (page, layer, tier, staging) in pages {
             let l = page.layout
+            pageSection.u32(UInt32(layer))
             pageSection.u8(UInt8(tier))
             pageSection.u8(staging ? 1 : 0)
             pageSection.u32(UInt32(page.count))
+            pageSection.i32(page.basePosition)
+            for s in 0..<page.count { pageSection.u16(page.offsets[s]) }
             pageSection.raw(page.keyRow(0), page.count * l.keyRowByteCount)
             pageSection.raw(page.valueRow(0), page.count * l.valueRowByteCount)
             pageSection.raw(page.keyParameters, l.keyParameterByteCount)
-            for s in 0..<page.count { pageSection.i32(page.position(s)) }
         }
         var conf = SnapshotWriter()
         conf.configuration(c)
@@ -115,9 +117,10 @@ extension KVStore {
     /// their IDs in the snapshot's order.
     ///
     /// - Throws: `SnapshotError` if the file cannot be read, is not a valid snapshot, was written
-    ///   with a different shape (`layerCount`, `kvHeadCount`, `headDim`, `pageCapacity`,
-    ///   `tierFormats`, the layers rotated and the rotation seed: `.configurationMismatch`), or does
-    ///   not fit the byte limit. The store is then unchanged.
+    ///   with a different shape (`layerCount`, `kvHeadCount`, `headDim`, any layer's tier formats or
+    ///   page capacities, the layers rotated and the rotation seed: `.configurationMismatch`), or does
+    ///   not fit the byte limit. The store is then unchanged. A version 1 or 2 file is converted (see
+    ///   `SnapshotFormat`).
     @discardableResult
     public func loadSnapshot(from url: URL) throws(SnapshotError) -> [SequenceID] {
         try loadSnapshot(bytes: SnapshotFile.readAll(url.path))

@@ -4,20 +4,27 @@ import KVQuantization
 /// attention path.
 ///
 /// Each sequence has one *stream* per (layer, KV head). A stream keeps its tokens in four stored
-/// tiers (`Tier.fp16`, `.int8`, `.int4`, `.int2`, formats from `configuration.tierFormats`), each in
-/// fixed-size pages of `pageCapacity` token slots drawn from one `PagePool`. Tokens enter at FP16
-/// (`append`), move only down (`apply`), and are read through `attend` or the row reader
-/// (`rows`/`forEachToken`), whatever tier they sit in.
+/// tiers (`Tier.fp16`, `.int8`, `.int4`, `.int2`, formats from `configuration.tierFormats(layer:)`),
+/// each in pages of that tier's page capacity `P` (`configuration.pageCapacity(_:layer:)`) drawn from
+/// one `PagePool`. Tokens enter at FP16 (`append`), move only down (`apply`), and are read through
+/// `attend` or the row reader (`rows`/`forEachToken`), whatever tier they sit in.
 ///
 /// Memory (exact, see `PageLayout`): a stream's bytes are Σ over its pages of
 ///
-///     capacity × (keyRowBytes + valueRowBytes + 4) + keyPageParameterBytes
+///     P × (keyRowBytes + valueRowBytes + 2) + keyPageParameterBytes + positionOverhead(P)
 ///
-/// with row bytes from `StorageFormat.rowByteCount` (e.g. FP16, d = 64: 128 + 128 + 4 = 260 bytes per
-/// slot). Row-wise tiers keep every page full but the last; a tier with per-channel keys keeps full
-/// sealed pages plus one staging page (FP16 keys). So each stored tier of a stream wastes at most
-/// one page of slack. Forked sequences share pages until one of them changes a page
-/// (copy-on-write); the store's total (`byteCount`) counts each page once.
+/// with row bytes from `StorageFormat.rowByteCount`, a 2-byte position offset per slot, and per
+/// page a 4-byte base position and padding to a multiple of 16 bytes (`PagePositions`: 16 bytes at
+/// P = 16, 32, 64 and 128). E.g. FP16, d = 64, P = 32: 258.5 bytes per slot (`TierFormats.pageByteCount`).
+/// Every page holds its tokens in ascending position order within 65,535 positions of its first, and
+/// each tier's tokens are packed greedily in position order, so a row-wise tier of n tokens holds
+/// ⌈n/P⌉ pages when its positions span less than 65,536 (one page more per further 65,536
+/// positions at most: a page whose next token lies further than that from its first is closed
+/// early); a tier with per-channel keys keeps sealed pages (quantised once all their tokens are
+/// known) plus one staging page (FP16 keys) for the rest. So each stored tier of a stream wastes at
+/// most one page of slack per 65,536 positions its tokens span (`slackByteBound(layer:spanning:)`).
+/// Forked sequences share pages until one of them changes a page (copy-on-write); the store's total
+/// (`byteCount`) counts each page once.
 ///
 /// Errors: a caller bug (unknown sequence, bad layer or head index, wrong buffer size, a plan that
 /// names an unknown token or moves one up) traps with a message; values that cannot be stored and
@@ -31,7 +38,8 @@ public final class KVStore: Sendable {
     public let configuration: KVStoreConfiguration
     /// The pool every page comes from (its `bytesInUse` is `byteCount`).
     public let pool: PagePool
-    let codecs: [TierCodecs]
+    /// `[layer][tier]`.
+    let codecs: [[TierCodecs]]
     let state: StateLock<StoreState>
 
     struct StoreState: Sendable {
@@ -56,8 +64,20 @@ public final class KVStore: Sendable {
         try configuration.validate()
         self.configuration = configuration
         pool = PagePool()
-        codecs = Tier.stored.map { TierCodecs(tier: $0, configuration: configuration) }
+        codecs = Self.codecs(configuration)
         state = StateLock(StoreState())
+    }
+
+    /// The codecs of every (layer, tier); layers with equal formats share one set.
+    static func codecs(_ c: KVStoreConfiguration) -> [[TierCodecs]] {
+        var made = [TierFormats: [TierCodecs]]()
+        return (0..<c.layerCount).map { l in
+            let f = c.tierFormats(layer: l)
+            if let done = made[f] { return done }
+            let tiers = Tier.stored.map { TierCodecs(tier: $0, layer: l, configuration: c) }
+            made[f] = tiers
+            return tiers
+        }
     }
 
     // MARK: Sequences
@@ -117,32 +137,35 @@ public final class KVStore: Sendable {
         precondition(keys.count == n * d && values.count == n * d,
                      "KVStore.append: expected \(n * d) keys and values ([kvHead][token][headDim]), got \(keys.count) and \(values.count)")
         guard tokenCount > 0 else { return }
-        // Encode to FP16 scratch first: this validates every value before anything changes.
-        let fp16 = codecs[0].fp16, rowBytes = fp16.rowByteCount
-        func encodeAll(_ source: UnsafeBufferPointer<Float>, into rows: inout [UInt8]) -> KVStoreError? {
-            rows.withUnsafeMutableBytes { out in
-                for r in 0..<n {
-                    do throws(QuantizationError) { try fp16.encode(source.baseAddress! + r * d, into: out.baseAddress! + r * rowBytes) } catch {
-                        return .invalidValue(layer: layer, kvHead: r / tokenCount, token: r % tokenCount, element: error.index, error)
-                    }
-                }
-                return nil
+        // Check and encode to FP16 scratch first: nothing changes unless every value is storable.
+        let fp16 = codecs[layer][0].fp16, rowBytes = fp16.rowByteCount
+        for source in [keys, values] {
+            if let e = firstUnstorableValue(source.baseAddress!, count: n * d) {
+                let row = e.index / d, element = e.index % d
+                throw .invalidValue(layer: layer, kvHead: row / tokenCount, token: row % tokenCount, element: element, e.reindexed(element))
             }
         }
-        var keyRows = [UInt8](repeating: 0, count: n * rowBytes), valueRows = keyRows
-        if let failure = encodeAll(keys, into: &keyRows) ?? encodeAll(values, into: &valueRows) { throw failure }
-        let layout = codecs[0].layout, limit = c.byteLimit, pool = pool
+        func encodeAll(_ source: UnsafeBufferPointer<Float>) -> [UInt8] {
+            [UInt8](unsafeUninitializedCapacity: n * rowBytes) { out, count in
+                fp16.encodeRowsUnchecked(source.baseAddress!, count: n, into: out.baseAddress!)
+                count = n * rowBytes
+            }
+        }
+        let keyRows = encodeAll(keys), valueRows = encodeAll(values)
+        let layout = codecs[layer][0].layout, limit = c.byteLimit, pool = pool
         let result: KVStoreError? = state.withLock { s in
             guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.append: unknown sequence \(id)") }
             s.sequences[id] = nil  // hold the only reference while mutating (copy-on-write stays exact)
             defer { s.sequences[id] = sequence }
+            let first = sequence.layers[layer].nextPosition
+            precondition(Int(first) + tokenCount <= Int(Int32.max), "KVStore.append: positions exhausted")
             var cost = 0
-            for h in 0..<c.kvHeadCount { cost += sequence.layers[layer].streams[h].appendCost(tokenCount, layout: layout) }
+            for h in 0..<c.kvHeadCount {
+                cost += sequence.layers[layer].streams[h].appendCost(tokenCount, firstPosition: first, layout: layout)
+            }
             if let limit, pool.bytesInUse + cost > limit {
                 return .byteLimitExceeded(requestedBytes: cost, availableBytes: max(0, limit - pool.bytesInUse))
             }
-            let first = sequence.layers[layer].nextPosition
-            precondition(Int(first) + tokenCount <= Int(Int32.max), "KVStore.append: positions exhausted")
             keyRows.withUnsafeBytes { kr in
                 valueRows.withUnsafeBytes { vr in
                     for h in 0..<c.kvHeadCount {
@@ -201,7 +224,7 @@ public final class KVStore: Sendable {
                 precondition(seen.insert([sp.layer, sp.kvHead]).inserted,
                              "KVStore.apply: the plan names layer \(sp.layer) KV head \(sp.kvHead) twice")
                 let p = sequence.layers[sp.layer].streams[sp.kvHead].prepare(
-                    sp.moves, codecs: codecs, context: "sequence \(id) layer \(sp.layer) KV head \(sp.kvHead)")
+                    sp.moves, codecs: codecs[sp.layer], context: "sequence \(id) layer \(sp.layer) KV head \(sp.kvHead)")
                 allocated += p.allocatedBytes
                 freed += p.freedBytes
                 prepared.append((sp.layer, sp.kvHead, p))
@@ -210,7 +233,7 @@ public final class KVStore: Sendable {
                 return .byteLimitExceeded(requestedBytes: allocated - freed, availableBytes: max(0, limit - pool.bytesInUse))
             }
             for (layer, head, p) in prepared {
-                sequence.layers[layer].streams[head].execute(p, codecs: codecs, rotations: LayerRotations(layer: layer, configuration: c), pool: pool)
+                sequence.layers[layer].streams[head].execute(p, codecs: codecs[layer], rotations: LayerRotations(layer: layer, configuration: c), pool: pool)
             }
             return nil
         }
@@ -263,10 +286,21 @@ public final class KVStore: Sendable {
     }
 
     /// The most a stream's pages can exceed the per-token byte count a planner budgets
-    /// (`TierCosts`): one partly filled page per stored tier, where a tier with per-channel keys
-    /// counts its staging page (FP16 keys), the larger of its two layouts.
+    /// (`TierCosts`) in any layer whose positions span less than 65,536: the largest
+    /// `slackByteBound(layer:)`.
     public var slackByteBoundPerStream: Int {
-        codecs.reduce(0) { $0 + max($1.layout.byteCount, $1.stagingLayout?.byteCount ?? 0) }
+        (0..<configuration.layerCount).map { slackByteBound(layer: $0) }.max()!
+    }
+
+    /// The most a stream of `layer` can exceed the per-token byte count a planner budgets
+    /// (`TierCosts`, each tier's page capacity): one partly filled page per stored tier, where a
+    /// tier with per-channel keys counts its staging page (FP16 keys), the larger of its two
+    /// layouts; and, for tokens spanning `positionSpan` positions (last − first + 1), one page more
+    /// per tier for every 65,536 positions beyond the first (pages closed early by the span rule).
+    public func slackByteBound(layer: Int, spanning positionSpan: Int = 1) -> Int {
+        precondition(0 <= layer && layer < configuration.layerCount, "KVStore.slackByteBound: layer \(layer) outside 0..<\(configuration.layerCount)")
+        let pagesPerTier = 1 + max(0, positionSpan - 1) / (PagePositions.maxSpan + 1)
+        return codecs[layer].reduce(0) { $0 + pagesPerTier * max($1.layout.byteCount, $1.stagingLayout?.byteCount ?? 0) }
     }
 
     /// Bytes of one stream's pages.

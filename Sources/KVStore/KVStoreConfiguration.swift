@@ -14,12 +14,18 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     public var kvHeadCount: Int
     /// Elements of one head vector.
     public var headDim: Int
-    /// Token slots per page.
+    /// Token slots per page of every tier whose formats name no page capacity
+    /// (`TierFormats.pageCapacities`).
     public var pageCapacity: Int
-    /// Storage format of each tier, keys and values separately. `.fp16` must be FP16; keys of any
-    /// other tier may be `.channelwise` (values may not: they are never scored in code space
-    /// across tokens).
+    /// Storage format of each tier, keys and values separately, and optionally each tier's page
+    /// capacity: of every layer, unless `layerTierFormats` gives the layer its own. `.fp16` must be
+    /// FP16; keys of any other tier may be `.channelwise` (values may not: they are never scored in
+    /// code space across tokens).
     public var tierFormats: TierFormats
+    /// Per layer (`layerCount` of them), that layer's tier formats (e.g. (K, V) formats calibrated per
+    /// layer, KVTuner style), or `nil` for `tierFormats` in every layer. Each follows the rules of
+    /// `tierFormats`.
+    public var layerTierFormats: [TierFormats]?
     /// Upper bound on the bytes of all pages in use, or `nil` for no limit.
     public var byteLimit: Int?
     /// Scale applied to query·key scores; `nil` means 1/√headDim.
@@ -30,19 +36,37 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     public var rotation: RotationSettings
 
     public init(layerCount: Int, queryHeadCount: Int, kvHeadCount: Int, headDim: Int, pageCapacity: Int = 32,
-                tierFormats: TierFormats = .standard, byteLimit: Int? = nil, attentionScale: Float? = nil,
-                rotation: RotationSettings = .none) {
+                tierFormats: TierFormats = .standard, layerTierFormats: [TierFormats]? = nil, byteLimit: Int? = nil,
+                attentionScale: Float? = nil, rotation: RotationSettings = .none) {
         self.layerCount = layerCount
         self.queryHeadCount = queryHeadCount
         self.kvHeadCount = kvHeadCount
         self.headDim = headDim
         self.pageCapacity = pageCapacity
         self.tierFormats = tierFormats
+        self.layerTierFormats = layerTierFormats
         self.byteLimit = byteLimit
         self.attentionScale = attentionScale
         self.rotation = rotation
     }
 
+    /// The tier formats of `layer`: `layerTierFormats[layer]`, else `tierFormats`. (Planners cost a
+    /// layer's tokens with these: `TierCosts(formats: tierFormats(layer: l), headDim:, pageCapacity:)`.)
+    public func tierFormats(layer: Int) -> TierFormats {
+        guard let perLayer = layerTierFormats else { return tierFormats }
+        precondition(0 <= layer && layer < perLayer.count, "KVStoreConfiguration.tierFormats: layer \(layer) outside 0..<\(perLayer.count)")
+        return perLayer[layer]
+    }
+
+    /// Token slots per page of `tier` in `layer`.
+    public func pageCapacity(_ tier: Tier, layer: Int) -> Int {
+        tierFormats(layer: layer).pageCapacity(tier, default: pageCapacity)
+    }
+
+    /// The largest page capacity of any stored tier of `layer`.
+    public func maxPageCapacity(layer: Int) -> Int {
+        Tier.stored.map { pageCapacity($0, layer: layer) }.max()!
+    }
     /// Whether this head dim has a rotation (a power of two): if not, `rotation` is ignored and every
     /// tier stays unrotated.
     public var isRotationSupported: Bool { HadamardRotation.isSupported(dimension: headDim) }
@@ -77,20 +101,35 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         guard pageCapacity > 0, pageCapacity <= 65536 else { throw bad("pageCapacity", "must be in 1...65536, got \(pageCapacity)") }
         if let limit = byteLimit, limit < 0 { throw bad("byteLimit", "must not be negative, got \(limit)") }
         if let s = attentionScale, !(s.isFinite && s > 0) { throw bad("attentionScale", "must be finite and positive, got \(s)") }
-        for tier in Tier.stored {
-            guard let k = tierFormats.keys[tier] else { throw bad("tierFormats.keys[\(tier)]", "is missing") }
-            guard let v = tierFormats.values[tier] else { throw bad("tierFormats.values[\(tier)]", "is missing") }
-            do { try k.validate(headDim: headDim) } catch { throw bad("tierFormats.keys[\(tier)]", error.description) }
-            do { try v.validate(headDim: headDim) } catch { throw bad("tierFormats.values[\(tier)]", error.description) }
-            if tier == .fp16, k != .fp16 || v != .fp16 {
-                throw bad("tierFormats[fp16]", "the FP16 tier must store keys and values as .fp16")
+        try Self.validate(tierFormats, named: "tierFormats", headDim: headDim)
+        if let perLayer = layerTierFormats {
+            guard perLayer.count == layerCount else {
+                throw bad("layerTierFormats", "must have one entry per layer (\(layerCount)), got \(perLayer.count)")
             }
-            if v.isPageWise { throw bad("tierFormats.values[\(tier)]", "values cannot be channelwise") }
+            for (l, f) in perLayer.enumerated() { try Self.validate(f, named: "layerTierFormats[\(l)]", headDim: headDim) }
         }
         for (name, layers) in [("rotation.keys", rotation.keys), ("rotation.values", rotation.values)] {
             if case .only(let set) = layers, let bad = set.first(where: { !(0..<layerCount).contains($0) }) {
                 throw KVStoreConfigurationError.invalidField(name, "names layer \(bad), outside 0..<\(layerCount)")
             }
+        }
+    }
+
+    private static func validate(_ formats: TierFormats, named name: String, headDim: Int) throws(KVStoreConfigurationError) {
+        func bad(_ field: String, _ rule: String) -> KVStoreConfigurationError { .invalidField(field, rule) }
+        for tier in Tier.stored {
+            guard let k = formats.keys[tier] else { throw bad("\(name).keys[\(tier)]", "is missing") }
+            guard let v = formats.values[tier] else { throw bad("\(name).values[\(tier)]", "is missing") }
+            do { try k.validate(headDim: headDim) } catch { throw bad("\(name).keys[\(tier)]", error.description) }
+            do { try v.validate(headDim: headDim) } catch { throw bad("\(name).values[\(tier)]", error.description) }
+            if tier == .fp16, k != .fp16 || v != .fp16 {
+                throw bad("\(name)[fp16]", "the FP16 tier must store keys and values as .fp16")
+            }
+            if v.isPageWise { throw bad("\(name).values[\(tier)]", "values cannot be channelwise") }
+        }
+        for (tier, p) in formats.pageCapacities.sorted(by: { $0.key < $1.key }) {
+            guard tier != .dropped else { throw bad("\(name).pageCapacities[dropped]", "names a tier that stores nothing") }
+            guard p > 0, p <= 65536 else { throw bad("\(name).pageCapacities[\(tier)]", "must be in 1...65536, got \(p)") }
         }
     }
 }

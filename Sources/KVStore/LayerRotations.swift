@@ -25,6 +25,15 @@ struct LayerRotations: Sendable {
         tier == 0 ? nil : values ? self.values : keys
     }
 
+    /// Moves `count` decoded rows (`headDim` values each, back to back) from the space of tier `from`
+    /// into that of tier `to`; true if that changed them (the tiers' rotations differ).
+    @discardableResult
+    func convert(_ x: UnsafeMutablePointer<Float>, count: Int, headDim: Int, values: Bool, from: Int, to: Int) -> Bool {
+        guard rotation(tier: from, values: values) != rotation(tier: to, values: values) else { return false }
+        for r in 0..<count { convert(x + r * headDim, values: values, from: from, to: to) }
+        return true
+    }
+
     /// Moves a decoded row (`headDim` values) from the space of tier `from` into that of tier `to`.
     func convert(_ x: UnsafeMutablePointer<Float>, values: Bool, from: Int, to: Int) {
         let a = rotation(tier: from, values: values), b = rotation(tier: to, values: values)

@@ -3,12 +3,17 @@ import KVQuantization
 /// The byte layout of one kind of page: `capacity` token slots of one stream, keys and values in
 /// fixed formats.
 ///
-///     | positions: capacity × Int32 | key params (channelwise) | keys: capacity × keyRow | values: capacity × valueRow |
+///     | base: Int32 | offsets: capacity × UInt16 | pad | key params (channelwise) | keys: capacity × keyRow | values: capacity × valueRow |
+///     '------------ PagePositions.byteCount ---------'
 ///
 /// In the order attention reads them (positions for the causal check, the page's key parameters to
 /// fold into the query, keys, values), so a page is one forward sweep for the hardware
-/// prefetchers. `byteCount` is exact and is what the pool accounts for every page of this kind,
-/// full or not.
+/// prefetchers. Slot `s` holds position `base + offset[s]`, offsets strictly ascending (see
+/// `PagePositions`). `byteCount` is exact and is what the pool accounts for every page of this
+/// kind, full or not:
+///
+///     byteCount = PagePositions.byteCount(capacity) + keyParams + capacity · (keyRow + valueRow)
+///               = capacity · (keyRow + valueRow + 2) + keyParams + (base and padding: 4…19 bytes)
 public struct PageLayout: Sendable, Hashable {
     public let keyFormat: StorageFormat
     public let valueFormat: StorageFormat
@@ -17,7 +22,7 @@ public struct PageLayout: Sendable, Hashable {
 
     public let keyRowByteCount: Int
     public let valueRowByteCount: Int
-    /// Offset of the positions (0).
+    /// Offset of the position base (0); the offsets follow it.
     public let positionOffset: Int
     /// Offset of the key page parameters (channelwise keys; empty otherwise).
     public let keyParameterOffset: Int
@@ -31,6 +36,7 @@ public struct PageLayout: Sendable, Hashable {
     public let byteCount: Int
 
     public init(keyFormat: StorageFormat, valueFormat: StorageFormat, headDim: Int, capacity: Int) {
+        precondition(capacity > 0 && capacity <= 65536, "PageLayout: capacity \(capacity) outside 1...65536")
         self.keyFormat = keyFormat
         self.valueFormat = valueFormat
         self.headDim = headDim
@@ -38,7 +44,7 @@ public struct PageLayout: Sendable, Hashable {
         keyRowByteCount = keyFormat.rowByteCount(headDim: headDim)
         valueRowByteCount = valueFormat.rowByteCount(headDim: headDim)
         positionOffset = 0
-        keyParameterOffset = 4 * capacity
+        keyParameterOffset = PagePositions.byteCount(pageCapacity: capacity)
         keyParameterByteCount = keyFormat.pageParameterByteCount(headDim: headDim)
         keyOffset = keyParameterOffset + keyParameterByteCount
         valueOffset = keyOffset + capacity * keyRowByteCount
@@ -50,7 +56,8 @@ public struct PageLayout: Sendable, Hashable {
 }
 
 /// One page: a raw buffer of `layout.byteCount` bytes in a slot of a `PagePool` slab, and how many
-/// of its token slots are filled (slots `0..<count`).
+/// of its token slots are filled (slots `0..<count`, positions strictly ascending, spanning at most
+/// `PagePositions.maxSpan`).
 ///
 /// Pages are shared between forked sequences by reference; a stream that wants to change a page it
 /// does not own alone copies it first (`isKnownUniquelyReferenced`). Who may mutate: only the store,
@@ -81,19 +88,35 @@ final class Page: @unchecked Sendable {
         bytes + layout.valueOffset + slot * layout.valueRowByteCount
     }
     @inline(__always) var keyParameters: UnsafeMutableRawPointer { bytes + layout.keyParameterOffset }
-    @inline(__always) func position(_ slot: Int) -> Int32 {
-        bytes.loadUnaligned(fromByteOffset: layout.positionOffset + 4 * slot, as: Int32.self)
+    /// The first position (slot 0's). Meaningful once a slot is filled.
+    @inline(__always) var basePosition: Int32 { bytes.loadUnaligned(fromByteOffset: layout.positionOffset, as: Int32.self) }
+    /// The offsets, `capacity` of them after the base.
+    @inline(__always) var offsets: UnsafeMutablePointer<UInt16> {
+        (bytes + layout.positionOffset + 4).assumingMemoryBound(to: UInt16.self)
     }
-    @inline(__always) func setPosition(_ p: Int32, _ slot: Int) {
-        bytes.storeBytes(of: p, toByteOffset: layout.positionOffset + 4 * slot, as: Int32.self)
-    }
-    var isFull: Bool { count == layout.capacity }
+    @inline(__always) func position(_ slot: Int) -> Int32 { basePosition + Int32(offsets[slot]) }
+    /// The last filled slot's position (`count > 0`).
+    @inline(__always) var lastPosition: Int32 { position(count - 1) }
 
-    /// Copies slot `from` of `source` (same layout) into slot `to` of this page.
-    func copySlot(_ to: Int, from source: Page, _ from: Int) {
-        precondition(source.layout == layout, "Page.copySlot: layouts differ")
-        keyRow(to).copyMemory(from: source.keyRow(from), byteCount: layout.keyRowByteCount)
-        valueRow(to).copyMemory(from: source.valueRow(from), byteCount: layout.valueRowByteCount)
-        setPosition(source.position(from), to)
+    /// Sets the position of `slot`: slot 0 sets the base, every later slot must lie strictly after
+    /// the previous one and at most `PagePositions.maxSpan` after the base (caller bug otherwise).
+    @inline(__always) func setPosition(_ p: Int32, _ slot: Int) {
+        if slot == 0 {
+            bytes.storeBytes(of: p, toByteOffset: layout.positionOffset, as: Int32.self)
+            offsets[0] = 0
+        } else {
+            let offset = Int(p) - Int(basePosition)
+            precondition(offset > Int(offsets[slot - 1]) && offset <= PagePositions.maxSpan,
+                         "Page.setPosition: position \(p) does not follow slot \(slot - 1) within the page's span")
+            offsets[slot] = UInt16(offset)
+        }
     }
+
+    /// Whether position `p` (after every filled slot's) may go into the next slot: the page is not
+    /// full and `p` is within `PagePositions.maxSpan` of the base.
+    @inline(__always) func canTake(_ p: Int32) -> Bool {
+        count < layout.capacity && (count == 0 || Int(p) - Int(basePosition) <= PagePositions.maxSpan)
+    }
+
+    var isFull: Bool { count == layout.capacity }
 }

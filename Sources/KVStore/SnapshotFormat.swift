@@ -1,6 +1,7 @@
 import KVQuantization
 
-/// The snapshot file format, version 3 (versions 1 and 2 are read too). All integers little-endian.
+/// The snapshot file format, version 3 (versions 1 and 2 are read too, and converted). All integers
+/// little-endian.
 ///
 ///     file    = header · section("CONF") · section("PAGE") · section("SEQS")      (nothing after)
 ///     header  = magic "KVCSNAP\n" (8) · version u32 · sectionCount u32 (= 3) · reserved u32 (= 0)
@@ -9,24 +10,38 @@ import KVQuantization
 ///
 ///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity (u64 each)
 ///               · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
-///               · for each stored tier (fp16, int8, int4, int2): key format, value format
-///               · rotation (version 3)
+///               · tiers · hasLayerFormats u8 · (layerCount × tiers, when hasLayerFormats = 1) · rotation
+///     tiers   = for each stored tier (fp16, int8, int4, int2): key format · value format
+///               · page capacity u32 (0: the configuration's pageCapacity)
 ///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max) · code bits u8 (0, 2, 3, 4, 8)
 ///               · groupSize u32 (grouped only, else 0)
 ///     rotation = seed u64 · key layers · value layers
 ///     layers  = kind u8 (0 none, 1 all, 2 only) · count u32 · layer u32* (only: ascending, distinct)
 ///     PAGE    = pageCount u32 · page*
-///     page    = tier u8 · isStaging u8 · count u32 · count key rows · count value rows
-///               · page key parameters (channelwise sealed pages) · count positions i32
+///     page    = layer u32 · tier u8 · isStaging u8 · count u32 · base position i32 · count offsets u16
+///               · count key rows · count value rows · page key parameters (channelwise sealed pages)
 ///     SEQS    = nextSequenceID u64 · sequenceCount u32 · sequence*
 ///     sequence = id u64 · per layer: nextPosition i32
 ///               · per layer, per KV head, per stored tier: pageCount u32 · page indices u32*
 ///               · staging page index u32 (0xFFFFFFFF: none)
 ///
-/// Version 1 had two more u64 fields in CONF after pageCapacity, sinkCount and recentCount (policy
-/// settings the store never read; they now belong to `CompressionSettings`): a version 1 file is
-/// read by skipping them (they must still be at most Int32.max), and saved again as the current
-/// version. Version 2 had no rotation (read as `RotationSettings.none`).
+/// A page's positions are `base + offset`, offsets strictly ascending from 0 (the layout of
+/// `PagePositions`); each tier follows the invariants of `TierState` (checked when loading).
+///
+/// Older versions, converted when read (and saved again as version 3):
+/// - version 2: CONF without page capacities, per-layer formats and rotation (`tiers` = key and
+///   value format only, formats of kinds 0–2 at 2, 4 or 8 bits; no hasLayerFormats; no rotation,
+///   read as `RotationSettings.none`); a page = tier u8 · isStaging u8 · count u32 · count key rows ·
+///   count value rows · page key parameters · count positions i32, in any order. Each page's slots
+///   are put in position order (rows permuted: the data is unchanged). A row-wise tier whose pages
+///   are then not in ascending order is repacked (rows copied, so bit-exact; a stream that shared
+///   such pages with a fork no longer shares them). A page spanning more than 65,535 positions is
+///   split into pages that do not; for a page with per-channel keys that re-quantises each part's
+///   keys from their decoded values (within the format's error bound of them), and a staging page's
+///   parts but the last are sealed. Pages are shared as before otherwise.
+/// - version 1: as version 2, with two more u64 fields in CONF after pageCapacity, sinkCount and
+///   recentCount (policy settings the store never read; they now belong to `CompressionSettings`),
+///   skipped (they must still be at most Int32.max).
 ///
 /// Pages are stored once however many sequences share them (forks), so a restored store shares
 /// them the same way and `byteCount` is unchanged. Only filled slots are written: the bytes beyond
@@ -49,6 +64,7 @@ struct SnapshotWriter {
     var bytes: [UInt8] = []
 
     mutating func u8(_ x: UInt8) { bytes.append(x) }
+    mutating func u16(_ x: UInt16) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
     mutating func u32(_ x: UInt32) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
     mutating func i32(_ x: Int32) { u32(UInt32(bitPattern: x)) }
     mutating func u64(_ x: UInt64) { withUnsafeBytes(of: x.littleEndian) { bytes.append(contentsOf: $0) } }
@@ -82,11 +98,18 @@ struct SnapshotWriter {
         i64(Int64(c.byteLimit ?? 0))
         u8(c.attentionScale == nil ? 0 : 1)
         u32(c.attentionScale?.bitPattern ?? 0)
-        for t in Tier.stored {
-            format(c.tierFormats.keyFormat(t))
-            format(c.tierFormats.valueFormat(t))
-        }
+        tiers(c.tierFormats)
+        u8(c.layerTierFormats == nil ? 0 : 1)
+        for f in c.layerTierFormats ?? [] { tiers(f) }
         rotation(c.rotation)
+    }
+
+    mutating func tiers(_ f: TierFormats) {
+        for t in Tier.stored {
+            format(f.keyFormat(t))
+            format(f.valueFormat(t))
+            u32(UInt32(f.pageCapacities[t] ?? 0))
+        }
     }
 
     mutating func rotation(_ r: RotationSettings) {
@@ -129,6 +152,9 @@ struct SnapshotReader {
     }
 
     mutating func u8(_ what: String) throws(SnapshotError) -> UInt8 { try take(1, what)[0] }
+    mutating func u16(_ what: String) throws(SnapshotError) -> UInt16 {
+        UInt16(littleEndian: try take(2, what).loadUnaligned(as: UInt16.self))
+    }
     mutating func u32(_ what: String) throws(SnapshotError) -> UInt32 {
         UInt32(littleEndian: try take(4, what).loadUnaligned(as: UInt32.self))
     }
@@ -201,15 +227,18 @@ struct SnapshotReader {
         let limit = Int64(bitPattern: try u64("byteLimit"))
         let hasScale = try flag("hasAttentionScale")
         let scale = Float(bitPattern: try u32("attentionScale"))
-        var keys = [Tier: StorageFormat](), values = [Tier: StorageFormat]()
-        for t in Tier.stored {
-            keys[t] = try format("keys[\(t)]")
-            values[t] = try format("values[\(t)]")
+        let formats = try tiers("tierFormats", version: version)
+        var layerFormats: [TierFormats]?
+        if version >= 3, try flag("hasLayerFormats") {
+            // Bounded by the payload: each layer's entry is 4 × 16 bytes.
+            guard layerCount <= remaining / 64 else { throw fail("layerCount \(layerCount) layers of formats do not fit the payload") }
+            layerFormats = []
+            for l in 0..<layerCount { layerFormats!.append(try tiers("layerTierFormats[\(l)]", version: version)) }
         }
         let rotation = version >= 3 ? try self.rotation(layerCount: layerCount) : .none
         return KVStoreConfiguration(
             layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
-            pageCapacity: pageCapacity, tierFormats: TierFormats(keys: keys, values: values),
+            pageCapacity: pageCapacity, tierFormats: formats, layerTierFormats: layerFormats,
             byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil, rotation: rotation)
     }
 
@@ -239,5 +268,19 @@ struct SnapshotReader {
             }
         }
         return RotationSettings(keys: sets[0], values: sets[1], seed: seed)
+    }
+
+    /// One `tiers` entry of CONF (without page capacities before version 3).
+    mutating func tiers(_ what: String, version: UInt32) throws(SnapshotError) -> TierFormats {
+        var keys = [Tier: StorageFormat](), values = [Tier: StorageFormat](), capacities = [Tier: Int]()
+        for t in Tier.stored {
+            keys[t] = try format("\(what).keys[\(t)]")
+            values[t] = try format("\(what).values[\(t)]")
+            if version >= 3 {
+                let p = try u32("\(what).pageCapacities[\(t)]")
+                if p != 0 { capacities[t] = Int(p) }
+            }
+        }
+        return TierFormats(keys: keys, values: values, pageCapacities: capacities)
     }
 }

@@ -1,7 +1,9 @@
 import KVQuantization
 
-/// One page as read from a snapshot (validated): its layout, fill, filled rows and positions.
+/// One page as read from a snapshot (validated): its layer, tier, role, layout, filled rows and
+/// positions (ascending).
 struct SnapshotPage {
+    var layer: Int
     var tier: Int
     var isStaging: Bool
     var count: Int
@@ -24,7 +26,7 @@ struct SnapshotPage {
 }
 
 /// One tier of one stream as a snapshot references it.
-struct SnapshotTier {
+struct SnapshotTier: Hashable {
     var pages: [Int]
     var staging: Int?
 }
@@ -48,7 +50,8 @@ struct ParsedSnapshot {
 }
 
 /// Parses and validates a whole snapshot (`SnapshotFormat`) without touching any store: the
-/// header, then each section in order, one function each. Every rule broken is a `SnapshotError`
+/// header, then each section in order, one function each; a version 1 or 2 file is converted to
+/// version 3's pages first (`SnapshotParser+Legacy.swift`). Every rule broken is a `SnapshotError`
 /// naming the section and the rule.
 struct SnapshotParser {
     /// The file's format version (from the header).
@@ -60,9 +63,17 @@ struct SnapshotParser {
         try header(raw)
         let payloads = try sections(raw)
         let c = try configuration(payloads[0], target: target)
-        let codecs = Tier.stored.map { TierCodecs(tier: $0, configuration: c) }
-        let pages = try pages(payloads[1], configuration: c, codecs: codecs)
-        let (nextID, sequences) = try sequences(payloads[2], configuration: c, codecs: codecs, pages: pages)
+        let codecs = KVStore.codecs(c)
+        var pages: [SnapshotPage]
+        var (nextID, sequences) = try sequenceReferences(payloads[2], configuration: c)
+        if version >= 3 {
+            pages = try self.pages(payloads[1], configuration: c, codecs: codecs)
+        } else {
+            let legacy = try legacyPages(payloads[1], configuration: c, codecs: codecs)
+            try validateLegacy(sequences, configuration: c, codecs: codecs, pages: legacy)
+            (pages, sequences) = convert(legacy, sequences, configuration: c, codecs: codecs)
+        }
+        try validate(sequences, configuration: c, codecs: codecs, pages: pages)
         let byteCount = pages.reduce(0) { $0 + $1.layout.byteCount }
         return ParsedSnapshot(configuration: c, pages: pages, nextID: nextID, sequences: sequences, byteCount: byteCount)
     }
@@ -144,10 +155,16 @@ struct SnapshotParser {
         try check("layerCount", t.layerCount, c.layerCount)
         try check("kvHeadCount", t.kvHeadCount, c.kvHeadCount)
         try check("headDim", t.headDim, c.headDim)
-        try check("pageCapacity", t.pageCapacity, c.pageCapacity)
-        for tier in Tier.stored {
-            try check("tierFormats.keys[\(tier)]", t.tierFormats.keyFormat(tier), c.tierFormats.keyFormat(tier))
-            try check("tierFormats.values[\(tier)]", t.tierFormats.valueFormat(tier), c.tierFormats.valueFormat(tier))
+        // What decides a page's layout in each layer: every tier's formats and page capacity.
+        for l in 0..<c.layerCount {
+            let a = t.tierFormats(layer: l), b = c.tierFormats(layer: l)
+            let name = t.layerTierFormats == nil && c.layerTierFormats == nil ? "tierFormats" : "layerTierFormats[\(l)]"
+            for tier in Tier.stored {
+                try check("\(name).keys[\(tier)]", a.keyFormat(tier), b.keyFormat(tier))
+                try check("\(name).values[\(tier)]", a.valueFormat(tier), b.valueFormat(tier))
+                try check(name == "tierFormats" && a.pageCapacities.isEmpty && b.pageCapacities.isEmpty ? "pageCapacity" : "\(name).pageCapacities[\(tier)]",
+                          t.pageCapacity(tier, layer: l), c.pageCapacity(tier, layer: l))
+            }
         }
         // Pages of rotated tiers hold rotated rows: the rotations in effect must agree.
         for l in 0..<c.layerCount {
@@ -160,40 +177,50 @@ struct SnapshotParser {
         return c
     }
 
-    /// PAGE: every page's tier, role and fill legal for its tier, and every stored FP16 number
-    /// (elements, group and channel parameters) finite.
+    /// PAGE (version 3): every page's layer, tier, role and fill legal, positions strictly ascending
+    /// from the base, and every stored FP16 number (elements, group and channel parameters) finite.
     func pages(_ payload: UnsafeRawBufferPointer, configuration c: KVStoreConfiguration,
-               codecs: [TierCodecs]) throws(SnapshotError) -> [SnapshotPage] {
+               codecs: [[TierCodecs]]) throws(SnapshotError) -> [SnapshotPage] {
         var r = SnapshotReader(payload, section: "PAGE")
-        let cap = c.pageCapacity
-        let pageCount = try r.count("page count", max: r.remaining / 6)
+        let pageCount = try r.count("page count", max: r.remaining / 16)
         var pages = [SnapshotPage]()
         pages.reserveCapacity(pageCount)
         for i in 0..<pageCount {
+            let layer = Int(try r.u32("layer of page \(i)"))
+            guard layer < c.layerCount else { throw r.fail("page \(i) has layer \(layer) (0..<\(c.layerCount) exist)") }
             let tier = Int(try r.u8("tier of page \(i)"))
-            guard tier < codecs.count else { throw r.fail("page \(i) has tier \(tier) (0..<4 exist)") }
+            guard tier < Tier.stored.count else { throw r.fail("page \(i) has tier \(tier) (0..<4 exist)") }
             let staging = try r.flag("staging flag of page \(i)")
-            let tc = codecs[tier]
+            let tc = codecs[layer][tier]
             guard !staging || tc.isPageWise else { throw r.fail("page \(i) is a staging page of tier \(Tier.stored[tier]), which has none") }
-            let layout = staging ? tc.stagingLayout! : tc.layout
+            let layout = staging ? tc.stagingLayout! : tc.layout, cap = layout.capacity
             let count = Int(try r.u32("count of page \(i)"))
             guard count >= 1, count <= cap else { throw r.fail("page \(i) holds \(count) tokens (1...\(cap) allowed)") }
-            if tc.isPageWise {
-                guard staging ? count < cap : count == cap else {
-                    throw r.fail("page \(i) of channelwise tier \(Tier.stored[tier]) holds \(count) tokens: sealed pages are full, staging pages are not")
+            if staging, count == cap {
+                throw r.fail("page \(i), a staging page of channelwise tier \(Tier.stored[tier]), holds \(count) tokens: staging pages are never full")
+            }
+            let base = try r.i32("base position of page \(i)")
+            guard base >= 0 else { throw r.fail("page \(i) has base position \(base)") }
+            var positions = [Int32](repeating: 0, count: count)
+            var previous = -1
+            for s in 0..<count {
+                let o = Int(try r.u16("offset \(s) of page \(i)"))
+                guard s > 0 ? o > previous : o == 0 else {
+                    throw r.fail("page \(i) slot \(s) has offset \(o): offsets ascend strictly from 0")
                 }
+                guard Int(base) + o <= Int(Int32.max) else { throw r.fail("page \(i) slot \(s): position beyond Int32.max") }
+                positions[s] = base + Int32(o)
+                previous = o
             }
             // Compact copy (filled rows only, so memory stays bounded by the file's size until the
             // store allocates pages): key rows · value rows · key parameters.
             let keyBytes = count * layout.keyRowByteCount, valueBytes = count * layout.valueRowByteCount
             let rows = try r.take(keyBytes + valueBytes + layout.keyParameterByteCount, "rows of page \(i)")
-            var positions = [Int32](repeating: 0, count: count)
-            for s in 0..<count { positions[s] = try r.i32("position \(s) of page \(i)") }
             let data = [UInt8](rows)
             if let bad = Self.firstNonFiniteHalf(data, count: count, layout: layout, codecs: tc, staging: staging) {
                 throw r.fail("page \(i) \(bad) holds a non-finite FP16 number")
             }
-            pages.append(SnapshotPage(tier: tier, isStaging: staging, count: count, layout: layout, data: data, positions: positions))
+            pages.append(SnapshotPage(layer: layer, tier: tier, isStaging: staging, count: count, layout: layout, data: data, positions: positions))
         }
         try r.finish()
         return pages
@@ -220,17 +247,14 @@ struct SnapshotParser {
         }
     }
 
-    /// SEQS: unique IDs below the next ID; per stream and tier, references to pages of that tier
-    /// (only the last row-wise page partly filled) holding distinct positions below the layer's
-    /// next position; every page referenced by some sequence.
-    func sequences(_ payload: UnsafeRawBufferPointer, configuration c: KVStoreConfiguration, codecs: [TierCodecs],
-                   pages: [SnapshotPage]) throws(SnapshotError) -> (UInt64, [SnapshotSequence]) {
+    /// SEQS, as read: unique IDs below the next ID, non-negative next positions, and each stream's
+    /// page references per tier (checked against the pages by `validate`).
+    func sequenceReferences(_ payload: UnsafeRawBufferPointer, configuration c: KVStoreConfiguration) throws(SnapshotError) -> (UInt64, [SnapshotSequence]) {
         var q = SnapshotReader(payload, section: "SEQS")
         let nextID = try q.u64("next sequence ID")
         let streamCount = c.layerCount * c.kvHeadCount  // both ≤ maxStreamCount (checked with CONF): no overflow
         let minSequenceBytes = 8 + 4 * c.layerCount + streamCount * Tier.stored.count * 8
         let sequenceCount = try q.count("sequence count", max: q.remaining / max(minSequenceBytes, 1))
-        var referenced = [Bool](repeating: false, count: pages.count)
         var ids = Set<UInt64>()
         var sequences = [SnapshotSequence]()
         for _ in 0..<sequenceCount {
@@ -246,56 +270,71 @@ struct SnapshotParser {
             var streams = [[SnapshotTier]]()
             for l in 0..<c.layerCount {
                 for head in 0..<c.kvHeadCount {
-                    streams.append(try stream(&q, context: "sequence \(id) layer \(l) KV head \(head)", nextPosition: next[l],
-                                              configuration: c, codecs: codecs, pages: pages, referenced: &referenced))
+                    let context = "sequence \(id) layer \(l) KV head \(head)"
+                    var tiers = [SnapshotTier]()
+                    for t in 0..<Tier.stored.count {
+                        let n = try q.count("page count of \(context) tier \(t)", max: q.remaining / 4)
+                        var refs = [Int]()
+                        for _ in 0..<n { refs.append(Int(try q.u32("page index of \(context)"))) }
+                        let s = try q.u32("staging page index of \(context)")
+                        tiers.append(SnapshotTier(pages: refs, staging: s == SnapshotFormat.noPage ? nil : Int(s)))
+                    }
+                    streams.append(tiers)
                 }
             }
             sequences.append(SnapshotSequence(id: id, nextPositions: next, streams: streams))
         }
         try q.finish()
-        if let unused = referenced.firstIndex(of: false) {
-            throw .malformed(section: "PAGE", reason: "page \(unused) belongs to no sequence")
-        }
         return (nextID, sequences)
     }
 
-    /// One stream's page references, tier by tier.
-    private func stream(_ q: inout SnapshotReader, context: String, nextPosition: Int32, configuration c: KVStoreConfiguration,
-                        codecs: [TierCodecs], pages: [SnapshotPage], referenced: inout [Bool]) throws(SnapshotError) -> [SnapshotTier] {
-        var tiers = [SnapshotTier]()
-        var seen = Set<Int32>()
-        for t in 0..<Tier.stored.count {
-            let n = try q.count("page count of \(context) tier \(t)", max: q.remaining / 4)
-            var refs = [Int]()
-            for k in 0..<n {
-                let i = Int(try q.u32("page index of \(context)"))
-                guard i < pages.count, pages[i].tier == t, !pages[i].isStaging else {
-                    throw q.fail("\(context) tier \(Tier.stored[t]) names page \(i), which is not a page of that tier")
+    /// The references against the (version 3) pages: per stream and tier, pages of that layer and
+    /// tier in the right role, holding distinct positions below the layer's next position; a
+    /// row-wise tier's pages in ascending order and packed greedily (a page is full, or its
+    /// successor's first token lies beyond its span); every page referenced by some sequence.
+    func validate(_ sequences: [SnapshotSequence], configuration c: KVStoreConfiguration, codecs: [[TierCodecs]],
+                  pages: [SnapshotPage]) throws(SnapshotError) {
+        var referenced = [Bool](repeating: false, count: pages.count)
+        for q in sequences {
+            for l in 0..<c.layerCount {
+                for head in 0..<c.kvHeadCount {
+                    let context = "sequence \(q.id) layer \(l) KV head \(head)"
+                    var seen = Set<Int32>()
+                    for (t, refs) in q.streams[l * c.kvHeadCount + head].enumerated() {
+                        let tierName = Tier.stored[t]
+                        for (k, i) in refs.pages.enumerated() {
+                            guard i < pages.count, pages[i].layer == l, pages[i].tier == t, !pages[i].isStaging else {
+                                throw .malformed(section: "SEQS", reason: "\(context) tier \(tierName) names page \(i), which is not a page of that layer and tier")
+                            }
+                            if !codecs[l][t].isPageWise, k > 0 {
+                                let before = pages[refs.pages[k - 1]], first = pages[i].positions[0]
+                                guard first > before.positions.last! else {
+                                    throw .malformed(section: "SEQS", reason: "\(context) tier \(tierName): page \(k) of \(refs.pages.count) does not follow page \(k - 1) in position order")
+                                }
+                                guard before.count == before.layout.capacity || Int(first) - Int(before.positions[0]) > PagePositions.maxSpan else {
+                                    throw .malformed(section: "SEQS", reason: "\(context) tier \(tierName): page \(k - 1) of \(refs.pages.count) is not full (only the last may be, or one closed by the span rule)")
+                                }
+                            }
+                        }
+                        if let i = refs.staging {
+                            guard i < pages.count, pages[i].layer == l, pages[i].tier == t, pages[i].isStaging else {
+                                throw .malformed(section: "SEQS", reason: "\(context) tier \(tierName) names staging page \(i), which is not a staging page of that layer and tier")
+                            }
+                        }
+                        for i in refs.pages + (refs.staging.map { [$0] } ?? []) {
+                            referenced[i] = true
+                            for p in pages[i].positions {
+                                guard p < q.nextPositions[l] else { throw .malformed(section: "SEQS", reason: "\(context) holds position \(p), outside 0..<\(q.nextPositions[l])") }
+                                guard seen.insert(p).inserted else { throw .malformed(section: "SEQS", reason: "\(context) holds position \(p) twice") }
+                            }
+                        }
+                    }
                 }
-                if !codecs[t].isPageWise, k < n - 1, pages[i].count != c.pageCapacity {
-                    throw q.fail("\(context) tier \(Tier.stored[t]): page \(k) of \(n) is not full (only the last may be)")
-                }
-                refs.append(i)
             }
-            let s = try q.u32("staging page index of \(context)")
-            var staging: Int?
-            if s != SnapshotFormat.noPage {
-                let i = Int(s)
-                guard i < pages.count, pages[i].tier == t, pages[i].isStaging else {
-                    throw q.fail("\(context) tier \(Tier.stored[t]) names staging page \(i), which is not a staging page of that tier")
-                }
-                staging = i
-            }
-            for i in refs + (staging.map { [$0] } ?? []) {
-                referenced[i] = true
-                for p in pages[i].positions {
-                    guard p >= 0, p < nextPosition else { throw q.fail("\(context) holds position \(p), outside 0..<\(nextPosition)") }
-                    guard seen.insert(p).inserted else { throw q.fail("\(context) holds position \(p) twice") }
-                }
-            }
-            tiers.append(SnapshotTier(pages: refs, staging: staging))
         }
-        return tiers
+        if let unused = referenced.firstIndex(of: false) {
+            throw .malformed(section: "PAGE", reason: "page \(unused) belongs to no sequence")
+        }
     }
 
     static func isFinite(_ half: UInt16) -> Bool { half & 0x7C00 != 0x7C00 }

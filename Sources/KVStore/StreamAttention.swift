@@ -35,7 +35,8 @@ struct StreamAttention {
         let q0 = queries + kvHead * rows * d, o0 = output + kvHead * rows * d
         let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
         let minQueryPosition = qpos.min() ?? .max
-        let cap = c.pageCapacity
+        // Scores of a page: `rows` rows of `cap` (the largest page capacity of the layer's tiers).
+        let cap = codecs.map(\.layout.capacity).max()!
         o0.initialize(repeating: 0, count: rows * d)
         let m = UnsafeMutablePointer<Float>.allocate(capacity: rows), l = UnsafeMutablePointer<Float>.allocate(capacity: rows)
         let S = UnsafeMutablePointer<Float>.allocate(capacity: rows * cap)
@@ -74,9 +75,7 @@ struct StreamAttention {
             let queriesOfTier = t > 0 ? rotatedQueries.map { UnsafePointer($0) } ?? q0 : q0
             tc.scoreKeys(of: page, queries: queriesOfTier, rowCount: rows, scale: scale, into: S, stride: cap, work: work)
             // Causal mask, only where some token is after some query.
-            var maxPosition = Int32.min
-            for j in 0..<n { maxPosition = max(maxPosition, page.position(j)) }
-            if maxPosition > minQueryPosition {
+            if page.lastPosition > minQueryPosition {  // positions ascend within a page
                 for j in 0..<n {
                     let p = page.position(j)
                     for r in 0..<rows where p > qpos[r] { S[r * cap + j] = -.infinity }

@@ -1,275 +1,447 @@
 import KVQuantization
 
+/// A token taking part in a rebuild: its position and where it is now (tier, page index or -1 for
+/// the tier's staging page, slot).
+struct MovingToken {
+    var position: Int32
+    var page: Int32
+    var slot: UInt16
+    var tier: UInt8
+
+    init(position: Int32, tier: Int, page: Int, slot: Int) {
+        self.position = position
+        self.page = Int32(page)
+        self.slot = UInt16(slot)
+        self.tier = UInt8(tier)
+    }
+}
+
+/// What rebuilding one tier of a stream does, computed by `prepare` from positions alone (nothing
+/// changes), carried out by `execute`; the page counts here are the exact bytes the execution
+/// allocates.
+struct TierRebuild {
+    /// Row-wise tiers: the length of the prefix of pages that stays. Page-wise tiers: unused.
+    var keptPrefix = 0
+    /// Page-wise tiers: indices of the sealed pages that stay (those losing no token).
+    var keptPages: [Int] = []
+    /// Row-wise tiers: how many of `tokens` go into the last kept page, in place (copied first if
+    /// shared): the greedy packing continues that page when it is not full.
+    var extensionCount = 0
+    /// The tokens to write, in position order: the extension's, then each new page's.
+    var tokens: [MovingToken] = []
+    /// Token counts of the new pages, in order.
+    var pageSizes: [Int] = []
+    /// Page-wise tiers: the last new page is the staging page (fewer than `capacity` tokens).
+    var lastIsStaging = false
+}
+
 /// The validated work of one stream's moves, computed before anything changes.
 struct PreparedMoves {
-    /// Locations of tokens leaving their tier, per source tier.
-    var leaving: [Set<TokenLocation>]
-    /// Tokens arriving per destination tier, in position order, with where they come from.
-    var arrivals: [[(position: Int32, from: TokenLocation)]]
+    /// Per stored tier, its rebuild, or `nil` when the tier does not change.
+    var rebuilds: [TierRebuild?]
     /// Bytes of pages the execution allocates and frees.
     var allocatedBytes = 0
     var freedBytes = 0
 
-    var isEmpty: Bool { leaving.allSatisfy(\.isEmpty) && arrivals.allSatisfy(\.isEmpty) }
+    var isEmpty: Bool { rebuilds.allSatisfy { $0 == nil } }
+}
+
+/// Every stored token's location in one stream, by position: a table over the positions' span when
+/// it is at most a few times the token count (the usual case: O(span) to build, O(1) per look-up),
+/// else a hash table.
+///
+/// An entry is `tier << 30 | seen << 29 | (page · capacity + slot)`, the staging page counting as
+/// page `pages.count` of its tier; `seen` marks positions a plan has named.
+struct LocationIndex {
+    static let empty = UInt32.max
+    private let first: Int32
+    private var table: [UInt32]
+    private var hashed: [Int32: UInt32]
+    private let useTable: Bool
+
+    init(_ stream: StreamState) {
+        var lo = Int32.max, hi = Int32.min, n = 0
+        for tier in stream.tiers {
+            for page in tier.pages + (tier.staging.map { [$0] } ?? []) where page.count > 0 {
+                lo = min(lo, page.basePosition)
+                hi = max(hi, page.lastPosition)
+                n += page.count
+            }
+        }
+        first = lo
+        let span = n == 0 ? 0 : Int(hi) - Int(lo) + 1
+        useTable = span <= 4 * n + 1024
+        table = useTable ? [UInt32](repeating: Self.empty, count: span) : []
+        hashed = useTable ? [:] : Dictionary(minimumCapacity: n)
+        for (t, tier) in stream.tiers.enumerated() {
+            let all = tier.pages + (tier.staging.map { [$0] } ?? [])
+            for (i, page) in all.enumerated() {
+                precondition((i + 1) * page.layout.capacity <= 1 << 29, "KVStore: a tier of more than 2^29 token slots")
+                let code = UInt32(t) << 30 | UInt32(i * page.layout.capacity)
+                let base = Int(page.basePosition) - Int(first)
+                if useTable {
+                    table.withUnsafeMutableBufferPointer { tb in
+                        let offsets = page.offsets
+                        for s in 0..<page.count { tb[base + Int(offsets[s])] = code + UInt32(s) }
+                    }
+                } else {
+                    for s in 0..<page.count { hashed[page.position(s)] = code + UInt32(s) }
+                }
+            }
+        }
+    }
+
+    /// The entry of position `p` with its `seen` mark set, and whether it was set before; `nil` if
+    /// the stream holds no token at `p`.
+    mutating func visit(_ p: Int32) -> (entry: UInt32, wasSeen: Bool)? {
+        if useTable {
+            let i = Int(p) - Int(first)
+            guard i >= 0, i < table.count, table[i] != Self.empty else { return nil }
+            let e = table[i]
+            table[i] = e | 1 << 29
+            return (e, e & 1 << 29 != 0)
+        }
+        guard let e = hashed[p] else { return nil }
+        hashed[p] = e | 1 << 29
+        return (e, e & 1 << 29 != 0)
+    }
 }
 
 extension StreamState {
-    /// Validates `moves` against this stream and computes what executing them costs.
+    /// Validates `moves` against this stream and computes what executing them does and costs.
     ///
     /// Traps (caller bug) on a position the stream does not hold, a position named twice, or a
     /// move up a tier.
+    ///
+    /// - Complexity: O(moves + span of the stream's positions) when the positions are dense, plus
+    ///   O(tokens of the tiers that change), plus O(k log k) to order k arrivals named out of order.
     mutating func prepare(_ moves: [StreamPlan.Move], codecs: [TierCodecs], context: String) -> PreparedMoves {
         let tierCount = Tier.stored.count
-        var p = PreparedMoves(leaving: Array(repeating: [], count: tierCount), arrivals: Array(repeating: [], count: tierCount))
+        var p = PreparedMoves(rebuilds: Array(repeating: nil, count: tierCount))
         guard !moves.isEmpty else { return p }
-        let where_ = locations()
-        var seen = Set<Int32>(minimumCapacity: moves.count)
+        var index = LocationIndex(self)
+        // Per tier: which slots leave (flat page · capacity + slot, staging = page `pages.count`), the
+        // first position leaving, and the tokens arriving.
+        var leaving = [[Bool]](repeating: [], count: tierCount)
+        var firstLeaving = [Int32](repeating: .max, count: tierCount)
+        var arrivals = [[MovingToken]](repeating: [], count: tierCount)
         for m in moves {
-            guard let loc = where_[m.position] else {
+            guard let (entry, wasSeen) = index.visit(m.position) else {
                 preconditionFailure("KVStore.apply: \(context) holds no token at position \(m.position)")
             }
-            precondition(seen.insert(m.position).inserted, "KVStore.apply: \(context) names position \(m.position) twice")
-            precondition(m.tier.rawValue >= loc.tier,
-                         "KVStore.apply: \(context) moves position \(m.position) up from \(Tier(rawValue: loc.tier)!) to \(m.tier); tokens only move down")
-            guard m.tier.rawValue > loc.tier else { continue }
-            p.leaving[loc.tier].insert(loc)
-            if m.tier != .dropped { p.arrivals[m.tier.rawValue].append((m.position, loc)) }
+            precondition(!wasSeen, "KVStore.apply: \(context) names position \(m.position) twice")
+            let t = Int(entry >> 30), flat = Int(entry & (1 << 29 - 1))
+            precondition(m.tier.rawValue >= t,
+                         "KVStore.apply: \(context) moves position \(m.position) up from \(Tier(rawValue: t)!) to \(m.tier); tokens only move down")
+            guard m.tier.rawValue > t else { continue }
+            if leaving[t].isEmpty {
+                leaving[t] = [Bool](repeating: false, count: (tiers[t].pages.count + 1) * codecs[t].layout.capacity)
+            }
+            leaving[t][flat] = true
+            firstLeaving[t] = min(firstLeaving[t], m.position)
+            if m.tier != .dropped {
+                let cap = codecs[t].layout.capacity, page = flat / cap
+                arrivals[m.tier.rawValue].append(MovingToken(position: m.position, tier: t,
+                                                             page: page == tiers[t].pages.count ? -1 : page, slot: flat % cap))
+            }
         }
         for t in 0..<tierCount {
-            p.arrivals[t].sort { $0.position < $1.position }
-            let (a, f) = cost(tier: t, leaving: p.leaving[t], arriving: p.arrivals[t].count, codecs: codecs[t])
-            p.allocatedBytes += a
-            p.freedBytes += f
+            if !Self.isAscending(arrivals[t]) { arrivals[t].sort { $0.position < $1.position } }
+            guard !leaving[t].isEmpty || !arrivals[t].isEmpty else { continue }
+            let r = codecs[t].isPageWise
+                ? pageWiseRebuild(t, leaving: leaving[t], arrivals: arrivals[t], codecs: codecs[t])
+                : rowWiseRebuild(t, leaving: leaving[t], firstLeaving: firstLeaving[t], arrivals: arrivals[t], codecs: codecs[t])
+            p.rebuilds[t] = r.rebuild
+            p.allocatedBytes += r.allocated
+            p.freedBytes += r.freed
         }
         return p
     }
 
-    /// Bytes allocated and freed by rebuilding tier `t`.
-    private mutating func cost(tier t: Int, leaving: Set<TokenLocation>, arriving: Int, codecs: TierCodecs) -> (Int, Int) {
-        guard !leaving.isEmpty || arriving > 0 else { return (0, 0) }
-        let cap = codecs.layout.capacity
-        var allocated = 0, freed = 0
-        if !codecs.isPageWise {
-            if leaving.isEmpty {
-                // Append into the last page (copied first if shared), then fresh pages.
-                var free = 0
-                if let last = tiers[t].pages.indices.last, !tiers[t].pages[last].isFull {
-                    free = cap - tiers[t].pages[last].count
-                    if !isKnownUniquelyReferenced(&tiers[t].pages[last]) { allocated += codecs.layout.byteCount }
-                }
-                allocated += (max(0, arriving - free) + cap - 1) / cap * codecs.layout.byteCount
-            } else {
-                let n = tiers[t].tokenCount - leaving.count + arriving
-                allocated += (n + cap - 1) / cap * codecs.layout.byteCount
-                for i in tiers[t].pages.indices where isKnownUniquelyReferenced(&tiers[t].pages[i]) {
-                    freed += codecs.layout.byteCount
-                }
+    static func isAscending(_ tokens: [MovingToken]) -> Bool {
+        tokens.withUnsafeBufferPointer { b in
+            for i in b.indices.dropFirst() where b[i].position <= b[i - 1].position { return false }
+            return true
+        }
+    }
+
+    /// Sizes of the pages a greedy packing of `positions` (ascending) makes: a page takes the next
+    /// token while it has a free slot and the token lies at most `PagePositions.maxSpan` past the
+    /// page's first.
+    static func greedyPageSizes(_ tokens: ArraySlice<MovingToken>, capacity: Int) -> [Int] {
+        var sizes = [Int]()
+        var count = 0, base = 0
+        for t in tokens {
+            if count > 0, count < capacity, Int(t.position) - base <= PagePositions.maxSpan {
+                count += 1
+                continue
             }
-            return (allocated, freed)
+            if count > 0 { sizes.append(count) }
+            count = 1
+            base = Int(t.position)
         }
-        // Page-wise: sealed pages that lose a token are unpacked into the staging set with the
-        // staging page's tokens and the arrivals; full pages are sealed again, the rest staged.
-        let hit = Set(leaving.map(\.page).filter { $0 >= 0 })
-        var pending = arriving
-        for i in hit {
-            pending += tiers[t].pages[i].count
-            if isKnownUniquelyReferenced(&tiers[t].pages[i]) { freed += codecs.layout.byteCount }
+        if count > 0 { sizes.append(count) }
+        return sizes
+    }
+
+    /// Row-wise tier `t`: the pages entirely before the first changed position stay; the greedy
+    /// packing of the survivors after them merged with the arrivals continues the last of them (if
+    /// not full) and fills new pages.
+    private mutating func rowWiseRebuild(_ t: Int, leaving: [Bool], firstLeaving: Int32, arrivals: [MovingToken],
+                                         codecs c: TierCodecs) -> (rebuild: TierRebuild, allocated: Int, freed: Int) {
+        let cap = c.layout.capacity, pageBytes = c.layout.byteCount
+        let f = min(firstLeaving, arrivals.first?.position ?? .max)
+        let pageCount = tiers[t].pages.count
+        var r = TierRebuild()
+        var k0 = 0
+        while k0 < pageCount, tiers[t].pages[k0].lastPosition < f { k0 += 1 }
+        r.keptPrefix = k0
+        r.tokens.reserveCapacity(arrivals.count + (pageCount - k0) * cap)
+        var next = 0
+        for i in k0..<pageCount {
+            let page = tiers[t].pages[i]
+            for s in 0..<page.count where leaving.isEmpty || !leaving[i * cap + s] {
+                let position = page.position(s)
+                while next < arrivals.count, arrivals[next].position < position {
+                    r.tokens.append(arrivals[next])
+                    next += 1
+                }
+                r.tokens.append(MovingToken(position: position, tier: t, page: i, slot: s))
+            }
         }
-        pending -= leaving.count
-        if tiers[t].staging != nil {
-            pending += tiers[t].staging!.count
-            if isKnownUniquelyReferenced(&tiers[t].staging!) { freed += codecs.stagingLayout!.byteCount }
+        r.tokens += arrivals[next...]
+        var allocated = 0, freed = 0
+        if k0 > 0, !tiers[t].pages[k0 - 1].isFull {
+            let last = tiers[t].pages[k0 - 1]
+            let room = cap - last.count, base = Int(last.basePosition)
+            while r.extensionCount < min(room, r.tokens.count),
+                  Int(r.tokens[r.extensionCount].position) - base <= PagePositions.maxSpan { r.extensionCount += 1 }
+            if r.extensionCount > 0, !isKnownUniquelyReferenced(&tiers[t].pages[k0 - 1]) { allocated += pageBytes }
         }
-        allocated += pending / cap * codecs.layout.byteCount
-        if pending % cap > 0 { allocated += codecs.stagingLayout!.byteCount }
-        return (allocated, freed)
+        r.pageSizes = Self.greedyPageSizes(r.tokens[r.extensionCount...], capacity: cap)
+        allocated += r.pageSizes.count * pageBytes
+        for i in k0..<pageCount where isKnownUniquelyReferenced(&tiers[t].pages[i]) { freed += pageBytes }
+        return (r, allocated, freed)
+    }
+
+    /// Page-wise tier `t`: the sealed pages that lose tokens and the staging page are unpacked; their
+    /// survivors and the arrivals, in position order, are packed greedily into pages, all sealed but
+    /// a last one with free slots, which is the new staging page.
+    private mutating func pageWiseRebuild(_ t: Int, leaving: [Bool], arrivals: [MovingToken],
+                                          codecs c: TierCodecs) -> (rebuild: TierRebuild, allocated: Int, freed: Int) {
+        let cap = c.layout.capacity, pageCount = tiers[t].pages.count
+        var r = TierRebuild()
+        var allocated = 0, freed = 0
+        var ordered = true
+        for i in 0..<(pageCount + 1) {
+            guard let page = i < pageCount ? tiers[t].pages[i] : tiers[t].staging else { continue }
+            let hit = i == pageCount || (!leaving.isEmpty && leaving[(i * cap)..<(i * cap + page.count)].contains(true))
+            guard hit else {
+                r.keptPages.append(i)
+                continue
+            }
+            for s in 0..<page.count where leaving.isEmpty || !leaving[i * cap + s] {
+                let position = page.position(s)
+                if let last = r.tokens.last, last.position > position { ordered = false }
+                r.tokens.append(MovingToken(position: position, tier: t, page: i == pageCount ? -1 : i, slot: s))
+            }
+            if i == pageCount {
+                if isKnownUniquelyReferenced(&tiers[t].staging!) { freed += c.stagingLayout!.byteCount }
+            } else if isKnownUniquelyReferenced(&tiers[t].pages[i]) {
+                freed += c.layout.byteCount
+            }
+        }
+        if let last = r.tokens.last, let a = arrivals.first, a.position < last.position { ordered = false }
+        r.tokens += arrivals
+        if !ordered { r.tokens.sort { $0.position < $1.position } }
+        r.pageSizes = Self.greedyPageSizes(r.tokens[...], capacity: cap)
+        r.lastIsStaging = (r.pageSizes.last ?? cap) < cap
+        allocated += (r.pageSizes.count - (r.lastIsStaging ? 1 : 0)) * c.layout.byteCount
+        if r.lastIsStaging { allocated += c.stagingLayout!.byteCount }
+        return (r, allocated, freed)
     }
 
     /// Carries out prepared moves. Cannot fail: values were validated when appended and decoded
-    /// values are clamped to ±65504 before re-encoding (a grouped top code can decode up to scale/2
-    /// above the FP16 range; a rotated vector's elements reach ‖x‖₁/√d, beyond 65504 only for
-    /// vectors of extreme norm). Tokens moving between tiers of different rotations (out of FP16
-    /// into a rotated tier) are rotated (`rotations`) before they are encoded.
+    /// quantised values are clamped to ±65504 before re-encoding (a top code can decode up to
+    /// scale/2 above the FP16 range; a rotated vector's elements reach ‖x‖₁/√d, beyond 65504 only
+    /// for vectors of extreme norm). Tokens moving between tiers of different rotations (out of FP16
+    /// into a rotated tier) are rotated (`rotations`) before they are encoded; tokens staying in
+    /// their tier keep their bytes.
+    ///
+    /// Tiers are rebuilt from the last to the first: every token arriving in a tier comes from a
+    /// tier above it, not yet rebuilt, and every token leaving a tier has already been written to
+    /// the tier it goes to.
     mutating func execute(_ p: PreparedMoves, codecs: [TierCodecs], rotations: LayerRotations, pool: PagePool) {
         guard !p.isEmpty else { return }
-        let d = codecs[0].layout.headDim
-        // 1. Decode every arriving token from where it is now.
-        var arrivingKeys = [[Float]](), arrivingValues = [[Float]]()
-        for t in 0..<Tier.stored.count {
-            let n = p.arrivals[t].count
-            var keys = [Float](repeating: 0, count: n * d), values = keys
-            keys.withUnsafeMutableBufferPointer { kp in
-                values.withUnsafeMutableBufferPointer { vp in
-                    for (i, a) in p.arrivals[t].enumerated() {
-                        let src = codecs[a.from.tier], page = tiers[a.from.tier].page(a.from.page)
-                        src.decodeKey(page, a.from.slot, into: kp.baseAddress! + i * d)
-                        src.decodeValue(page, a.from.slot, into: vp.baseAddress! + i * d)
-                        rotations.convert(kp.baseAddress! + i * d, values: false, from: a.from.tier, to: t)
-                        rotations.convert(vp.baseAddress! + i * d, values: true, from: a.from.tier, to: t)
-                    }
-                }
-            }
-            clampToHalfRange(&keys)
-            clampToHalfRange(&values)
-            arrivingKeys.append(keys)
-            arrivingValues.append(values)
-        }
-        // 2. Rebuild every tier that changes.
-        for t in 0..<Tier.stored.count where !p.leaving[t].isEmpty || !p.arrivals[t].isEmpty {
-            let positions = p.arrivals[t].map(\.position)
+        var scratch = RebuildScratch(headDim: codecs[0].layout.headDim, rowCount: codecs.map(\.layout.capacity).max()!)
+        defer { scratch.deallocate() }
+        for t in (0..<Tier.stored.count).reversed() {
+            guard let r = p.rebuilds[t] else { continue }
             if codecs[t].isPageWise {
-                rebuildPageWise(t, leaving: p.leaving[t], positions: positions, keys: arrivingKeys[t],
-                                values: arrivingValues[t], codecs: codecs[t], pool: pool)
+                executePageWise(t, r, codecs: codecs, rotations: rotations, pool: pool, scratch: &scratch)
             } else {
-                rebuildRowWise(t, leaving: p.leaving[t], positions: positions, keys: arrivingKeys[t],
-                               values: arrivingValues[t], codecs: codecs[t], pool: pool)
+                executeRowWise(t, r, codecs: codecs, rotations: rotations, pool: pool, scratch: &scratch)
             }
         }
     }
 
-    private func clampToHalfRange(_ x: inout [Float]) {
-        for i in x.indices { x[i] = min(max(x[i], -StorageFormat.maxMagnitude), StorageFormat.maxMagnitude) }
+    private mutating func executeRowWise(_ t: Int, _ r: TierRebuild, codecs: [TierCodecs], rotations: LayerRotations,
+                                         pool: PagePool, scratch: inout RebuildScratch) {
+        let layout = codecs[t].layout
+        let old = tiers[t].pages  // the sources of the survivors
+        var written = 0
+        if r.extensionCount > 0 {
+            makeUnique(tier: t, page: r.keptPrefix - 1, pool: pool)
+            let page = tiers[t].pages[r.keptPrefix - 1]
+            write(r.tokens[0..<r.extensionCount], tier: t, into: page, at: page.count, old: old, codecs: codecs, rotations: rotations,
+                  scratch: &scratch)
+            page.count += r.extensionCount
+            written = r.extensionCount
+        }
+        var pages = Array(tiers[t].pages[0..<r.keptPrefix])
+        for size in r.pageSizes {
+            let page = pool.allocate(layout, after: pages.last)
+            write(r.tokens[written..<(written + size)], tier: t, into: page, at: 0, old: old, codecs: codecs, rotations: rotations,
+                  scratch: &scratch)
+            page.count = size
+            pages.append(page)
+            written += size
+        }
+        tiers[t].pages = pages
     }
 
-    /// Row-wise tier: survivors keep their bytes; arrivals are encoded; pages are packed full.
-    private mutating func rebuildRowWise(_ t: Int, leaving: Set<TokenLocation>, positions: [Int32], keys: [Float],
-                                         values: [Float], codecs c: TierCodecs, pool: PagePool) {
-        let layout = c.layout, d = layout.headDim, kr = layout.keyRowByteCount, vr = layout.valueRowByteCount
-        var rows = RowBuffer(keyRowByteCount: kr, valueRowByteCount: vr)
-        if !leaving.isEmpty {
-            // Survivors out to scratch, old pages back to the pool before new ones are taken.
-            for (i, page) in tiers[t].pages.enumerated() {
-                for s in 0..<page.count where !leaving.contains(TokenLocation(tier: t, page: i, slot: s)) {
-                    rows.append(position: page.position(s), key: page.keyRow(s), value: page.valueRow(s))
-                }
+    private mutating func executePageWise(_ t: Int, _ r: TierRebuild, codecs: [TierCodecs], rotations: LayerRotations,
+                                          pool: PagePool, scratch: inout RebuildScratch) {
+        let c = codecs[t]
+        let old = tiers[t].pages, oldStaging = tiers[t].staging
+        var pages = r.keptPages.map { old[$0] }
+        var staging: Page?
+        var written = 0
+        for (k, size) in r.pageSizes.enumerated() {
+            let isStaging = r.lastIsStaging && k == r.pageSizes.count - 1
+            let page = isStaging ? pool.allocate(c.stagingLayout!) : pool.allocate(c.layout, after: pages.last)
+            let chunk = r.tokens[written..<(written + size)]
+            // Keys: every token decoded, then the page sealed per channel (or staged at FP16).
+            let keys = scratch.keys
+            forEachRun(chunk) { run, at in
+                let source = run.first!
+                let sourcePage = source.tier == t ? (source.page < 0 ? oldStaging! : old[Int(source.page)])
+                    : tiers[Int(source.tier)].page(Int(source.page))
+                let out = keys + at * c.layout.headDim, s = Int(source.tier)
+                codecs[s].decodeKeys(sourcePage, Int(source.slot), count: run.count, into: out)
+                let rotated = rotations.convert(out, count: run.count, headDim: c.layout.headDim, values: false, from: s, to: t)
+                if rotated || codecs[s].keysNeedClamping(sourcePage) { clampToHalfRange(out, count: run.count * c.layout.headDim) }
             }
-            tiers[t].pages.removeAll()
+            if isStaging {
+                c.fp16.encodeRowsUnchecked(keys, count: size, into: page.keyRow(0))
+            } else {
+                c.keyChannels!.encodePageUnchecked(keys, tokenCount: size, codes: page.keyRow(0), params: page.keyParameters)
+            }
+            writeValues(chunk, tier: t, into: page, old: old, oldStaging: oldStaging, codecs: codecs, rotations: rotations, scratch: &scratch)
+            writePositions(chunk, into: page, at: 0)
+            page.count = size
+            if isStaging { staging = page } else { pages.append(page) }
+            written += size
         }
-        keys.withUnsafeBufferPointer { kp in
-            values.withUnsafeBufferPointer { vp in
-                for i in positions.indices {
-                    rows.appendEncoded(position: positions[i], key: kp.baseAddress! + i * d, value: vp.baseAddress! + i * d,
-                                       keyCodec: c.keyRows!, valueCodec: c.values)
-                }
+        tiers[t].pages = pages
+        tiers[t].staging = staging
+    }
+
+    /// Writes row-wise tokens into `page` from slot `at`: survivors (of tier `t`, in `old`) by their
+    /// bytes, arrivals decoded from their tier, moved into this tier's rotation and encoded.
+    private func write(_ tokens: ArraySlice<MovingToken>, tier t: Int, into page: Page, at: Int, old: [Page],
+                       codecs: [TierCodecs], rotations: LayerRotations, scratch: inout RebuildScratch) {
+        let c = codecs[t], kr = page.layout.keyRowByteCount, d = page.layout.headDim
+        let keys = scratch.keys
+        forEachRun(tokens) { run, offset in
+            let source = run.first!, slot = at + offset
+            if Int(source.tier) == t {
+                let from = old[Int(source.page)]
+                page.keyRow(slot).copyMemory(from: from.keyRow(Int(source.slot)), byteCount: run.count * kr)
+            } else {
+                let s = Int(source.tier)
+                codecs[s].decodeKeys(tiers[s].page(Int(source.page)), Int(source.slot), count: run.count, into: keys)
+                let rotated = rotations.convert(keys, count: run.count, headDim: d, values: false, from: s, to: t)
+                if rotated || codecs[s].keysNeedClamping(tiers[s].page(Int(source.page))) { clampToHalfRange(keys, count: run.count * d) }
+                c.keyRows!.encodeRowsUnchecked(keys, count: run.count, into: page.keyRow(slot))
             }
         }
-        var next = 0
-        while next < rows.count {
-            if tiers[t].pages.isEmpty || tiers[t].pages[tiers[t].pages.count - 1].isFull {
-                tiers[t].pages.append(pool.allocate(layout, after: tiers[t].pages.last))
+        writeValues(tokens, tier: t, into: page, at: at, old: old, oldStaging: nil, codecs: codecs, rotations: rotations, scratch: &scratch)
+        writePositions(tokens, into: page, at: at)
+    }
+
+    /// Writes the values of `tokens` into `page` from slot `at`: survivors of tier `t` (in `old`, or
+    /// `oldStaging` for page -1) by their bytes, arrivals decoded and encoded.
+    private func writeValues(_ tokens: ArraySlice<MovingToken>, tier t: Int, into page: Page, at: Int = 0, old: [Page],
+                             oldStaging: Page?, codecs: [TierCodecs], rotations: LayerRotations, scratch: inout RebuildScratch) {
+        let c = codecs[t], vr = page.layout.valueRowByteCount, d = page.layout.headDim
+        let values = scratch.values
+        forEachRun(tokens) { run, offset in
+            let source = run.first!, slot = at + offset
+            if Int(source.tier) == t {
+                let from = source.page < 0 ? oldStaging! : old[Int(source.page)]
+                page.valueRow(slot).copyMemory(from: from.valueRow(Int(source.slot)), byteCount: run.count * vr)
+            } else {
+                let s = Int(source.tier)
+                codecs[s].values.decodeRows(tiers[s].page(Int(source.page)).valueRow(Int(source.slot)), count: run.count, into: values)
+                let rotated = rotations.convert(values, count: run.count, headDim: d, values: true, from: s, to: t)
+                if rotated || codecs[s].values.format != .fp16 { clampToHalfRange(values, count: run.count * d) }
+                c.values.encodeRowsUnchecked(values, count: run.count, into: page.valueRow(slot))
             }
-            let last = tiers[t].pages.count - 1
-            makeUnique(tier: t, page: last, pool: pool)
-            let page = tiers[t].pages[last]
-            let n = min(layout.capacity - page.count, rows.count - next)
-            rows.write(from: next, count: n, into: page, at: page.count)
-            page.count += n
-            next += n
         }
     }
 
-    /// Page-wise tier: unpack the sealed pages that lose tokens and the staging page, then seal
-    /// every full page's worth and stage the rest.
-    private mutating func rebuildPageWise(_ t: Int, leaving: Set<TokenLocation>, positions: [Int32], keys: [Float],
-                                          values: [Float], codecs c: TierCodecs, pool: PagePool) {
-        let d = c.layout.headDim, vr = c.layout.valueRowByteCount, cap = c.layout.capacity
-        var pendingPositions = [Int32](), pendingKeys = [Float](), pendingValues = [UInt8]()
-        var scratch = [Float](repeating: 0, count: d)
-        func unpack(_ page: Page, pageIndex: Int) {
-            for s in 0..<page.count where !leaving.contains(TokenLocation(tier: t, page: pageIndex, slot: s)) {
-                pendingPositions.append(page.position(s))
-                scratch.withUnsafeMutableBufferPointer { c.decodeKey(page, s, into: $0.baseAddress!) }
-                pendingKeys.append(contentsOf: scratch)
-                pendingValues.append(contentsOf: UnsafeRawBufferPointer(start: page.valueRow(s), count: vr))
-            }
+    private func writePositions(_ tokens: ArraySlice<MovingToken>, into page: Page, at: Int) {
+        var slot = at
+        for token in tokens {
+            page.setPosition(token.position, slot)
+            slot += 1
         }
-        let hit = Set(leaving.map(\.page))
-        var kept = [Page]()
-        for (i, page) in tiers[t].pages.enumerated() {
-            if hit.contains(i) { unpack(page, pageIndex: i) } else { kept.append(page) }
-        }
-        if let st = tiers[t].staging { unpack(st, pageIndex: -1) }
-        tiers[t].pages = kept
-        tiers[t].staging = nil
-        clampToHalfRange(&pendingKeys)
-        pendingPositions += positions
-        pendingKeys += keys
-        var valueRow = [UInt8](repeating: 0, count: vr)
-        values.withUnsafeBufferPointer { vp in
-            for i in positions.indices {
-                valueRow.withUnsafeMutableBytes { encodeOrTrap(c.values, vp.baseAddress! + i * d, $0.baseAddress!) }
-                pendingValues += valueRow
-            }
-        }
-        let n = pendingPositions.count
-        var start = 0
-        pendingKeys.withUnsafeBufferPointer { kp in
-            pendingValues.withUnsafeBytes { vp in
-                while n - start >= cap {
-                    let page = pool.allocate(c.layout, after: tiers[t].pages.last)
-                    do {
-                        try c.keyChannels!.encodePage(kp.baseAddress! + start * d, tokenCount: cap,
-                                                      codes: page.keyRow(0), params: page.keyParameters)
-                    } catch { preconditionFailure("KVStore: a stored key became unstorable: \(error)") }
-                    page.valueRow(0).copyMemory(from: vp.baseAddress! + start * vr, byteCount: cap * vr)
-                    for k in 0..<cap { page.setPosition(pendingPositions[start + k], k) }
-                    page.count = cap
-                    tiers[t].pages.append(page)
-                    start += cap
-                }
-                if start < n {
-                    let page = pool.allocate(c.stagingLayout!)
-                    for k in 0..<(n - start) {
-                        encodeOrTrap(c.fp16, kp.baseAddress! + (start + k) * d, page.keyRow(k))
-                        page.valueRow(k).copyMemory(from: vp.baseAddress! + (start + k) * vr, byteCount: vr)
-                        page.setPosition(pendingPositions[start + k], k)
-                    }
-                    page.count = n - start
-                    tiers[t].staging = page
-                }
-            }
+    }
+
+    /// Calls `body(run, offset)` for each maximal run of `tokens` that sit in consecutive slots of
+    /// one page of one tier, `offset` being the run's index in `tokens`.
+    private func forEachRun(_ tokens: ArraySlice<MovingToken>, _ body: (ArraySlice<MovingToken>, Int) -> Void) {
+        var start = tokens.startIndex
+        while start < tokens.endIndex {
+            let first = tokens[start]
+            var end = start + 1
+            while end < tokens.endIndex, tokens[end].tier == first.tier, tokens[end].page == first.page,
+                  Int(tokens[end].slot) == Int(first.slot) + (end - start) { end += 1 }
+            body(tokens[start..<end], start - tokens.startIndex)
+            start = end
         }
     }
 }
 
-/// Encodes a row known to be storable (validated on append, clamped since).
-func encodeOrTrap(_ codec: RowCodec, _ x: UnsafePointer<Float>, _ row: UnsafeMutableRawPointer) {
-    do { try codec.encode(x, into: row) } catch { preconditionFailure("KVStore: a stored value became unstorable: \(error)") }
+/// Float scratch for one page's keys and values during a rebuild.
+struct RebuildScratch {
+    let keys: UnsafeMutablePointer<Float>
+    let values: UnsafeMutablePointer<Float>
+
+    init(headDim: Int, rowCount: Int) {
+        keys = .allocate(capacity: headDim * rowCount)
+        values = .allocate(capacity: headDim * rowCount)
+    }
+
+    func deallocate() {
+        keys.deallocate()
+        values.deallocate()
+    }
 }
 
-/// Rows of one tier in flight during a rebuild: positions and raw key/value row bytes.
-struct RowBuffer {
-    let keyRowByteCount: Int
-    let valueRowByteCount: Int
-    var positions: [Int32] = []
-    var keys: [UInt8] = []
-    var values: [UInt8] = []
-    var count: Int { positions.count }
-
-    init(keyRowByteCount: Int, valueRowByteCount: Int) {
-        self.keyRowByteCount = keyRowByteCount
-        self.valueRowByteCount = valueRowByteCount
+/// Clamps `x[0..<count]` to ±65504 (decoded quantised values may exceed it by up to scale/2).
+func clampToHalfRange(_ x: UnsafeMutablePointer<Float>, count: Int) {
+    let m = StorageFormat.maxMagnitude
+    let raw = UnsafeMutableRawPointer(x)
+    var i = 0
+    while i + 8 <= count {
+        let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+        raw.storeBytes(of: v.clamped(lowerBound: SIMD8(repeating: -m), upperBound: SIMD8(repeating: m)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
+        i += 8
     }
-
-    mutating func append(position: Int32, key: UnsafeRawPointer, value: UnsafeRawPointer) {
-        positions.append(position)
-        keys.append(contentsOf: UnsafeRawBufferPointer(start: key, count: keyRowByteCount))
-        values.append(contentsOf: UnsafeRawBufferPointer(start: value, count: valueRowByteCount))
-    }
-
-    mutating func appendEncoded(position: Int32, key: UnsafePointer<Float>, value: UnsafePointer<Float>,
-                                keyCodec: RowCodec, valueCodec: RowCodec) {
-        positions.append(position)
-        let k0 = keys.count, v0 = values.count
-        keys.append(contentsOf: repeatElement(0, count: keyRowByteCount))
-        values.append(contentsOf: repeatElement(0, count: valueRowByteCount))
-        keys.withUnsafeMutableBytes { encodeOrTrap(keyCodec, key, $0.baseAddress! + k0) }
-        values.withUnsafeMutableBytes { encodeOrTrap(valueCodec, value, $0.baseAddress! + v0) }
-    }
-
-    func write(from start: Int, count n: Int, into page: Page, at slot: Int) {
-        keys.withUnsafeBytes { page.keyRow(slot).copyMemory(from: $0.baseAddress! + start * keyRowByteCount, byteCount: n * keyRowByteCount) }
-        values.withUnsafeBytes { page.valueRow(slot).copyMemory(from: $0.baseAddress! + start * valueRowByteCount, byteCount: n * valueRowByteCount) }
-        for k in 0..<n { page.setPosition(positions[start + k], slot + k) }
+    while i < count {
+        x[i] = min(max(x[i], -m), m)
+        i += 1
     }
 }

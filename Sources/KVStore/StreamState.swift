@@ -9,9 +9,20 @@ struct TokenLocation: Hashable {
 }
 
 /// The pages of one tier of one stream.
+///
+/// Invariants (kept by `append` and `apply`, checked when a snapshot loads):
+/// - every page holds its tokens in strictly ascending position order, spanning at most
+///   `PagePositions.maxSpan` positions;
+/// - row-wise tiers: the pages in order hold the tier's tokens in ascending order, packed greedily:
+///   each page is full, or was closed early because the next token lies more than `maxSpan` past
+///   its first; only the last page may be partial otherwise. So a tier of n tokens whose positions
+///   span less than 65,536 holds exactly ⌈n/P⌉ pages, and any tier at most one page more per
+///   65,536 positions it spans.
+/// - page-wise (channelwise keys) tiers: sealed pages, each full or closed early by the span rule,
+///   in no particular order among themselves, plus at most one staging page (FP16 keys) holding
+///   fewer than `capacity` tokens.
 struct TierState: Sendable {
-    /// Row-wise tiers: pages filled in order, only the last may be partial. Page-wise (channelwise
-    /// keys) tiers: sealed, full pages.
+    /// Row-wise tiers: pages in position order. Page-wise tiers: the sealed pages.
     var pages: [Page] = []
     /// Page-wise tiers only: tokens waiting for a full page, keys at FP16.
     var staging: Page?
@@ -30,20 +41,6 @@ struct StreamState: Sendable {
     var tokenCount: Int { tiers.reduce(0) { $0 + $1.tokenCount } }
     var byteCount: Int { tiers.reduce(0) { $0 + $1.byteCount } }
 
-    /// Every stored token's location, by position. O(tokens).
-    func locations() -> [Int32: TokenLocation] {
-        var map = [Int32: TokenLocation](minimumCapacity: tokenCount)
-        for (t, tier) in tiers.enumerated() {
-            for (i, page) in tier.pages.enumerated() {
-                for s in 0..<page.count { map[page.position(s)] = TokenLocation(tier: t, page: i, slot: s) }
-            }
-            if let st = tier.staging {
-                for s in 0..<st.count { map[st.position(s)] = TokenLocation(tier: t, page: -1, slot: s) }
-            }
-        }
-        return map
-    }
-
     /// Every stored token as (position, tier index, page, slot), in position order.
     /// O(tokens · log tokens).
     func entriesByPosition() -> [(position: Int32, tier: Int, page: Page, slot: Int)] {
@@ -60,34 +57,47 @@ struct StreamState: Sendable {
 
     // MARK: Appending at FP16
 
-    /// Bytes of new pages an append of `count` tokens at FP16 allocates.
-    mutating func appendCost(_ count: Int, layout: PageLayout) -> Int {
+    /// Token slots the FP16 tier's last page can take for positions from `first` on (0 if none:
+    /// no page, full, or `first` beyond its span).
+    func appendRoom(from first: Int32) -> Int {
+        guard let page = tiers[0].pages.last, page.count > 0 else { return 0 }
+        return min(page.layout.capacity - page.count, max(0, Int(page.basePosition) + PagePositions.maxSpan - Int(first) + 1))
+    }
+
+    /// Bytes of new pages an append of `count` tokens at FP16, at consecutive positions from
+    /// `firstPosition`, allocates.
+    mutating func appendCost(_ count: Int, firstPosition: Int32, layout: PageLayout) -> Int {
         guard count > 0 else { return 0 }
-        var free = 0, copy = 0
-        if let last = tiers[0].pages.indices.last, !tiers[0].pages[last].isFull {
-            free = layout.capacity - tiers[0].pages[last].count
-            if !isKnownUniquelyReferenced(&tiers[0].pages[last]) { copy = 1 }
-        }
+        let free = appendRoom(from: firstPosition)
+        var copy = 0
+        if free > 0, !isKnownUniquelyReferenced(&tiers[0].pages[tiers[0].pages.count - 1]) { copy = 1 }
+        // Fresh pages hold `capacity` consecutive positions each: a span of capacity − 1 ≤ maxSpan.
         let fresh = (max(0, count - free) + layout.capacity - 1) / layout.capacity
         return (fresh + copy) * layout.byteCount
     }
 
     /// Appends `count` FP16-encoded rows (`keys`/`values`: `count` rows of `2·headDim` bytes each)
-    /// with consecutive positions from `firstPosition`.
+    /// with consecutive positions from `firstPosition` (after every stored position).
     mutating func appendFP16(keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int,
                              firstPosition: Int32, layout: PageLayout, pool: PagePool) {
         var done = 0
         while done < count {
-            if tiers[0].pages.isEmpty || tiers[0].pages[tiers[0].pages.count - 1].isFull {
+            let first = firstPosition + Int32(done)
+            var room = appendRoom(from: first)
+            if room == 0 {
                 tiers[0].pages.append(pool.allocate(layout, after: tiers[0].pages.last))
+                room = layout.capacity
             }
             let last = tiers[0].pages.count - 1
             makeUnique(tier: 0, page: last, pool: pool)
             let page = tiers[0].pages[last]
-            let n = min(layout.capacity - page.count, count - done)
-            page.keyRow(page.count).copyMemory(from: keys + done * layout.keyRowByteCount, byteCount: n * layout.keyRowByteCount)
-            page.valueRow(page.count).copyMemory(from: values + done * layout.valueRowByteCount, byteCount: n * layout.valueRowByteCount)
-            for k in 0..<n { page.setPosition(firstPosition + Int32(done + k), page.count + k) }
+            let n = min(room, count - done), at = page.count
+            page.keyRow(at).copyMemory(from: keys + done * layout.keyRowByteCount, byteCount: n * layout.keyRowByteCount)
+            page.valueRow(at).copyMemory(from: values + done * layout.valueRowByteCount, byteCount: n * layout.valueRowByteCount)
+            if at == 0 { page.setPosition(first, 0) }
+            // Offsets of consecutive positions: within the span by `appendRoom`.
+            let o0 = Int(first) - Int(page.basePosition)
+            for k in (at == 0 ? 1 : 0)..<n { page.offsets[at + k] = UInt16(o0 + k) }
             page.count += n
             done += n
         }

@@ -28,20 +28,23 @@ struct TierCodecs: Sendable {
     /// How the tier's value rows are accumulated.
     let valueAccumulation: ValueAccumulation
 
-    init(tier: Tier, configuration c: KVStoreConfiguration) {
-        let kf = c.tierFormats.keyFormat(tier), vf = c.tierFormats.valueFormat(tier)
+    /// The codecs of `tier` in `layer` (formats `c.tierFormats(layer:)`, page capacity
+    /// `c.pageCapacity(tier, layer:)`). The configuration must be valid.
+    init(tier: Tier, layer: Int, configuration c: KVStoreConfiguration) {
+        let formats = c.tierFormats(layer: layer), capacity = c.pageCapacity(tier, layer: layer)
+        let kf = formats.keyFormat(tier), vf = formats.valueFormat(tier)
         self.tier = tier
         keyScoring = KeyScoring(keyFormat: kf, headDim: c.headDim)
         stagingKeyScoring = KeyScoring(keyFormat: .fp16, headDim: c.headDim)
         valueAccumulation = ValueAccumulation(valueFormat: vf, headDim: c.headDim)
-        layout = PageLayout(keyFormat: kf, valueFormat: vf, headDim: c.headDim, capacity: c.pageCapacity)
+        layout = PageLayout(keyFormat: kf, valueFormat: vf, headDim: c.headDim, capacity: capacity)
         // The configuration was validated: these cannot fail.
         values = try! RowCodec(vf, headDim: c.headDim)
         fp16 = try! RowCodec(.fp16, headDim: c.headDim)
         if case .channelwise(let w) = kf {
             keyChannels = try! ChannelwiseKeyCodec(w, headDim: c.headDim)
             keyRows = nil
-            stagingLayout = PageLayout(keyFormat: .fp16, valueFormat: vf, headDim: c.headDim, capacity: c.pageCapacity)
+            stagingLayout = PageLayout(keyFormat: .fp16, valueFormat: vf, headDim: c.headDim, capacity: capacity)
         } else {
             keyRows = try! RowCodec(kf, headDim: c.headDim)
             keyChannels = nil
@@ -65,6 +68,21 @@ struct TierCodecs: Sendable {
     func decodeValue(_ page: Page, _ slot: Int, into out: UnsafeMutablePointer<Float>) {
         values.decode(page.valueRow(slot), into: out)
     }
+
+    /// Decodes the keys of slots `slot ..< slot + count` of `page` (a sealed page of this tier, or its
+    /// staging page) into `out` (`count · headDim` floats), exactly as `decodeKey` does each.
+    func decodeKeys(_ page: Page, _ slot: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
+        if page.layout == layout {
+            if let k = keyRows { k.decodeRows(page.keyRow(slot), count: count, into: out) }
+            else { keyChannels!.decodeRows(page.keyRow(slot), count: count, params: page.keyParameters, into: out) }
+        } else {
+            fp16.decodeRows(page.keyRow(slot), count: count, into: out)
+        }
+    }
+
+    /// Whether keys decoded from `page` may lie beyond ±65504 (quantised ones: a top code decodes up
+    /// to scale/2 above the range) and must be clamped before they are encoded again.
+    func keysNeedClamping(_ page: Page) -> Bool { page.layout == layout && layout.keyFormat != .fp16 }
 }
 
 extension TierCodecs {

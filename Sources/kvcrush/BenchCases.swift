@@ -84,21 +84,11 @@ struct BenchLayer {
     /// and the quantisation throughput of the uniform tiers (token positions per second).
     func tierSequences() throws -> (sequences: [(tier: String, id: SequenceID)], quantizeRates: [String: Double]) {
         let n = tokens, kv = shape.kvHeads
-        var rng = SplitMix64(seed: 5)
-        let mixTiers: [Tier] = (0..<n).map { _ in
-            let u = Double(rng.next() >> 11) * 0x1p-53
-            return u < 0.1 ? .fp16 : u < 0.4 ? .int4 : .dropped
-        }
         var sequences: [(tier: String, id: SequenceID)] = []
         var rates = [String: Double]()
         if settings.tierNames.contains("mix") {
             let mixed = store.fork(sequence)
-            let plan = RetentionPlan(streams: (0..<kv).map { h in
-                StreamPlan(layer: 0, kvHead: h, moves: (0..<Int32(n)).compactMap { p in
-                    mixTiers[Int(p)] == .fp16 ? nil : StreamPlan.Move(position: p, tier: mixTiers[Int(p)])
-                })
-            })
-            try store.apply(plan, to: mixed)
+            try store.apply(mixPlan(), to: mixed)
             sequences.append(("mix", mixed))
         }
         if settings.tierNames.contains("fp16") { sequences.append(("fp16", sequence)) }
@@ -110,6 +100,21 @@ struct BenchLayer {
             sequences.append((name, quantised))
         }
         return (sequences, rates)
+    }
+
+    /// The `mix` plan: 10% of the tokens stay at FP16, 30% go to INT4, the rest are dropped, chosen
+    /// at random (the same for every KV head).
+    func mixPlan() -> RetentionPlan {
+        var rng = SplitMix64(seed: 5)
+        let mixTiers: [Tier] = (0..<tokens).map { _ in
+            let u = Double(rng.next() >> 11) * 0x1p-53
+            return u < 0.1 ? .fp16 : u < 0.4 ? .int4 : .dropped
+        }
+        return RetentionPlan(streams: (0..<shape.kvHeads).map { h in
+            StreamPlan(layer: 0, kvHead: h, moves: (0..<Int32(tokens)).compactMap { p in
+                mixTiers[Int(p)] == .fp16 ? nil : StreamPlan.Move(position: p, tier: mixTiers[Int(p)])
+            })
+        })
     }
 
     /// Times one decode `attend` of every tier sequence and the FP32 loop, per thread count, in
@@ -175,6 +180,71 @@ struct BenchLayer {
                                           effectiveGBs: Double(slot.bytes) / (ms.median * 1e6), boundRatio: ratio,
                                           speedupVsFP32: fp32[slot.threads]! / ms.median, inLLC: inLLC, bandwidthGBs: caseBW))
         }
+        return cases
+    }
+
+    /// The write path on this layer, each case timed from a fresh fork of its source sequence (the
+    /// fork's removal is not timed): `apply` of FP16 → INT8, INT4 and INT2 (all tokens), INT8 → INT4
+    /// (per-channel key pages decoded and quantised again), dropping every other FP16 token
+    /// (compaction), and the `mix` plan; and the prefill append of the whole layer in 1,024-token
+    /// chunks into a fresh store. Each against the time to read the source bytes and write the
+    /// result's at `bandwidthGBs` (one thread: `apply` and `append` run on the caller's thread).
+    func writeCases(bandwidthGBs: Double) throws -> [BenchReport.WriteCase] {
+        let n = tokens, kv = shape.kvHeads, d = shape.headDim, reps = settings.quick ? 2 : 5
+        var cases = [BenchReport.WriteCase]()
+        func timeApply(_ name: String, from source: SequenceID, _ plan: RetentionPlan) throws {
+            var samples = [Double](), resultBytes = 0
+            for _ in 0..<reps {
+                let target = store.fork(source)
+                let t0 = BenchHarness.now()
+                try store.apply(plan, to: target)
+                samples.append(BenchHarness.now() - t0)
+                resultBytes = store.byteCount(of: target)
+                store.removeSequence(target)
+            }
+            let sourceBytes = store.byteCount(of: source), ms = BenchHarness.Timing(samples)
+            cases.append(BenchReport.WriteCase(name: name, operation: "apply", ms: ms, sourceBytes: sourceBytes, resultBytes: resultBytes,
+                                               tokens: n, boundRatio: ms.median / (Double(sourceBytes + resultBytes) / (bandwidthGBs * 1e6))))
+        }
+        let all = 0..<Int32(n)
+        for tier in [Tier.int8, .int4, .int2] {
+            try timeApply(tier.description, from: sequence, .uniform(tier, positions: all, layerCount: 1, kvHeadCount: kv))
+        }
+        let int8 = store.fork(sequence)
+        try store.apply(.uniform(.int8, positions: all, layerCount: 1, kvHeadCount: kv), to: int8)
+        try timeApply("int8→int4", from: int8, .uniform(.int4, positions: all, layerCount: 1, kvHeadCount: kv))
+        store.removeSequence(int8)
+        try timeApply("drop-half", from: sequence, RetentionPlan(streams: (0..<kv).map { h in
+            StreamPlan(layer: 0, kvHead: h, moves: stride(from: Int32(1), to: Int32(n), by: 2).map { .init(position: $0, tier: .dropped) })
+        }))
+        try timeApply("mix", from: sequence, mixPlan())
+        // Prefill append: K and V floats read, FP16 pages written.
+        var samples = [Double](), pageBytes = 0
+        let chunk = 1024
+        let chunkK = UnsafeMutablePointer<Float>.allocate(capacity: kv * chunk * d), chunkV = UnsafeMutablePointer<Float>.allocate(capacity: kv * chunk * d)
+        defer { chunkK.deallocate(); chunkV.deallocate() }
+        for _ in 0..<reps {
+            let fresh = try KVStore(config)
+            let id = fresh.addSequence()
+            var elapsed = 0.0, done = 0
+            while done < n {
+                let c = min(chunk, n - done)
+                for h in 0..<kv {
+                    (chunkK + h * c * d).update(from: keys + (h * n + done) * d, count: c * d)
+                    (chunkV + h * c * d).update(from: values + (h * n + done) * d, count: c * d)
+                }
+                let t0 = BenchHarness.now()
+                try fresh.append(id, layer: 0, keys: UnsafeBufferPointer(start: chunkK, count: kv * c * d),
+                                 values: UnsafeBufferPointer(start: chunkV, count: kv * c * d), tokenCount: c)
+                elapsed += BenchHarness.now() - t0
+                done += c
+            }
+            samples.append(elapsed)
+            pageBytes = fresh.byteCount
+        }
+        let floatBytes = 2 * kv * n * d * 4, ms = BenchHarness.Timing(samples)
+        cases.append(BenchReport.WriteCase(name: "prefill", operation: "append", ms: ms, sourceBytes: floatBytes, resultBytes: pageBytes,
+                                           tokens: n, boundRatio: ms.median / (Double(floatBytes + pageBytes) / (bandwidthGBs * 1e6))))
         return cases
     }
 

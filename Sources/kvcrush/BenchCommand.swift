@@ -38,7 +38,11 @@ enum BenchCommand {
             one decode attend and against that layer's prefill attention (estimated from a 64-query
             chunk attending to all tokens: × tokens / 128); append throughput at decode (one token)
             and prefill (1024-token chunks), and quantisation (apply) throughput from FP16 to INT8 and
-            to INT4, in token positions (all KV heads of the layer) per second.
+            to INT4, in token positions (all KV heads of the layer) per second. On the same layer, the
+            write path (JSON "apply" and "append"): apply FP16 → INT8, INT4, INT2, INT8 → INT4, dropping
+            every other token, and the mix plan, each from a fresh fork, and the prefill append into a
+            fresh store: median ms and the ratio to the time to read the source bytes and write the
+            result at the one-thread read bandwidth ("boundRatio").
 
             --quick    reduced run for CI smoke tests (1024 tokens, few repetitions)
             --json     one JSON object instead of the table
@@ -89,6 +93,11 @@ enum BenchCommand {
                     report.side.rates["prefill"] = layer.prefillRate
                     report.side.rates.merge(quantizeRates) { a, _ in a }
                     report.side.decodeMs = cases.first { $0.tier == "fp16" && $0.threads == threadCounts.max()! }?.ms.median ?? .nan
+                    report.writeBandwidthGBs = probe.bandwidth(threads: 1, reps: quick ? 3 : 9)
+                    report.writes = try layer.writeCases(bandwidthGBs: report.writeBandwidthGBs)
+                    for w in report.writes {
+                        log(String(format: "%@ %@ %8.2f ms  ×%.2f bound  %.0f tokens/s", w.operation, w.name, w.ms.median, w.boundRatio, w.tokensPerSecond))
+                    }
                 }
             }
         }

@@ -22,6 +22,10 @@ enum RunCommand {
             divergence of the next-token distributions to the uncompressed run, perplexity and its
             relative change, top-1 agreement, the cache's bytes right after the policy and their ratio
             to the uncompressed prompt cache, and decode tokens/s. --continue C scores C − 1 predictions.
+            JSON also has "prefillSeconds" and per result "compressSeconds" (applying the policy to the
+            prompt's cache), "decodeSeconds" (the continuation, decode session included),
+            "decodeSessionSeconds" (its share of that) and "compressShare" (compressSeconds ÷
+            (prefillSeconds + decodeSeconds)).
             --plot writes an SVG of KLD and Δppl against the actual bytes ratio (log scales), one line per
             configuration across its budgets, the uniform formats as reference points.
 
@@ -146,10 +150,12 @@ enum RunCommand {
                 + "\"repFormat\": \(quoted(t.representativeFormat)), \"anchor\": \(quoted(t.anchorName)), \"perplexity\": \(number(r.perplexity)), "
                 + "\"perplexityDelta\": \(number(r.perplexityDelta)), \"kld\": \(number(r.meanKLDivergence)), "
                 + "\"top1Agreement\": \(number(r.top1Agreement)), \"bytes\": \(r.byteCount), \"ratio\": \(number(r.ratio)), "
-                + "\"tokensPerSecond\": \(number(r.tokensPerSecond))}"
+                + "\"tokensPerSecond\": \(number(r.tokensPerSecond)), \"compressSeconds\": \(number(r.compressSeconds)), "
+                + "\"decodeSeconds\": \(number(r.decodeSeconds)), \"decodeSessionSeconds\": \(number(r.decodeSessionSeconds)), "
+                + "\"compressShare\": \(number(r.compressSeconds / (prefill.seconds + r.decodeSeconds)))}"
         }
         return "{\"model\": \(quoted(model)), \"text\": \(quoted(text)), \"store\": \(quoted(store)), \"promptTokens\": \(prompt), \"continueTokens\": \(continuation), "
-            + "\"prefillTokensPerSecond\": \(number(Double(prefill.tokenCount) / prefill.seconds)), \"results\": [\n  "
+            + "\"prefillTokensPerSecond\": \(number(Double(prefill.tokenCount) / prefill.seconds)), \"prefillSeconds\": \(number(prefill.seconds)), \"results\": [\n  "
             + objects.joined(separator: ",\n  ") + "\n]}\n"
     }
 

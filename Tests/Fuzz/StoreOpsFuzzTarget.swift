@@ -55,7 +55,7 @@ struct FuzzBytes: RandomNumberGenerator {
 public func storeOpsFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     var g = FuzzBytes(bytes: UnsafeBufferPointer(start: data, count: size))
     var config = randomConfiguration(using: &g)
-    let page = PageLayout(keyFormat: .fp16, valueFormat: .fp16, headDim: config.headDim, capacity: config.pageCapacity).byteCount
+    let page = PageLayout(keyFormat: .fp16, valueFormat: .fp16, headDim: config.headDim, capacity: config.pageCapacity(.fp16, layer: 0)).byteCount
     if g.byte() & 1 == 1 { config.byteLimit = page * config.kvHeadCount * Int(1 + g.byte() % 8) }
     guard var store = try? KVStore(config) else { preconditionFailure("a valid configuration was refused") }
     var model = ReferenceStore(configuration: config)
@@ -135,7 +135,7 @@ func check(_ store: KVStore, _ model: ReferenceStore, _ g: inout FuzzBytes) {
             keys.append(k)
             values.append(v)
             positions.append(expected.map(\.key))
-            formats.append(expected.map { c.tierFormats.valueFormat($0.value.tier) })
+            formats.append(expected.map { c.tierFormats(layer: layer).valueFormat($0.value.tier) })
             tiers.append(expected.map(\.value.tier))
         }
         // One query per head at the latest position, against the FP64 reference and its bound.

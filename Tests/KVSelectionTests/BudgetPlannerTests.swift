@@ -4,21 +4,38 @@ import KVQuantization
 @testable import KVSelection
 
 @Suite struct BudgetPlannerTests {
-    // Standard formats at headDim 64: fp16 260 B/token, int8 140, int4 84, int2 52.
+    // Grouped formats at headDim 64 in pages of 8 (the tests' planners): fp16 260 B/token, int8 140,
+    // int4 84, int2 52 (rows + a 2-byte position offset + the page's 16 bytes of position base and
+    // padding over 8 tokens).
     @Test func standardCosts() {
-        let c = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 16)
+        let c = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 8)
         #expect(Tier.allCases.map { c.byteCount($0) } == [260, 140, 84, 52, 0])
-        #expect(c.pageByteCount(.fp16) == 16 * 260)
-        #expect(c.pagedByteCount(.int4, tokenCount: 17) == 2 * 16 * 84)
+        #expect(c.pageByteCount(.fp16) == 8 * 260)
+        #expect(c.pagedByteCount(.int4, tokenCount: 17) == 3 * 8 * 84)
+        // Pages of 16: the page's 16 bytes cost 1 per token.
+        let c16 = TierCosts(formats: .grouped, headDim: 64, pageCapacity: 16)
+        #expect(Tier.allCases.map { c16.byteCount($0) } == [259, 139, 83, 51, 0])
+        #expect(c16.pageByteCount(.fp16) == 16 * 258 + 4 + 12)
         // Channelwise keys amortise their per-page parameters (4·64 / 16 = 16 B per token).
         var formats = TierFormats.grouped
         formats.keys[.int4] = .channelwise(.int4)
         let k = TierCosts(formats: formats, headDim: 64, pageCapacity: 16)
-        #expect(k.byteCount(.int4) == 32 + 40 + 4 + 16)
+        #expect(k.byteCount(.int4) == 32 + 40 + 2 + 16 + 1)
+        // Per-tier page capacities: int4 pages of 128 spread the 272 bytes per page over 128 tokens.
+        let k128 = TierCosts(formats: formats.withPageCapacities([.int4: 128, .fp16: 16]), headDim: 64, pageCapacity: 8)
+        #expect(k128.pageCapacity(.int4) == 128 && k128.pageCapacity(.int8) == 8 && k128.pageCapacity(.fp16) == 16)
+        #expect(k128.byteCount(.int4) == 32 + 40 + 2 + 3 && k128.byteCount(.fp16) == 259 && k128.byteCount(.int8) == 140)
+        #expect(k128.pageByteCount(.int4) == 128 * 74 + 256 + 16)
+        // 129 tokens: one sealed page and a staging page of 128 FP16 keys (and int4 values).
+        #expect(k128.partialPageByteCount(.int4) == 128 * (128 + 40 + 2) + 16)
+        #expect(k128.pagedByteCount(.int4, tokenCount: 129) == k128.pageByteCount(.int4) + k128.partialPageByteCount(.int4))
+        #expect(k128.slackBound(tiers: [.fp16, .int4]) == k128.pageByteCount(.fp16) + k128.partialPageByteCount(.int4))
     }
 
     /// n = 12, 1 sink, 1 recent; middle = tokens 1...10 (m0...m9). Grouped formats in pages of one
-    /// token, so whole pages cost exactly the per-token bytes and the arithmetic below is by hand.
+    /// token, so whole pages cost exactly the per-token bytes and the arithmetic below is by hand:
+    /// fp16 272, int8 152, int4 96, int2 64 (rows + 2-byte offset + the page's 14 bytes of position
+    /// base and padding); the protected sink and recent tokens take 544.
     /// Query head 0 ranks m0 > … > m9 (bit 0 for m0...m4), head 1 the reverse (bit 1 for m5...m9).
     func stream() -> StreamInput {
         let head0: [Float] = [0] + (1...10).map { Float(11 - $0) } + [0]
@@ -35,13 +52,13 @@ import KVQuantization
     }
 
     @Test func hostPlusRepresentativesByHand() throws {
-        // available = 1352 − 520 = 832; reps ⌊832·0.375⌋ = 312 → 3 at int4 (252); host 520 → 2 at fp16.
-        let a = try planner().plan(stream(), budget: .bytes(1352, representativeShare: 0.375))
+        // available = 1424 − 544 = 880; reps ⌊880·0.375⌋ = 330 → 3 at int4 (288); host 550 → 2 at fp16.
+        let a = try planner().plan(stream(), budget: .bytes(1424, representativeShare: 0.375))
         // Host: m1 (0.875), m5 (0.75) → tokens 2, 6. Candidates sorted by distance to the alternate
         // anchor {1}: m6, m7, m8, m9 (0), m0, m2, m3, m4 (2); picks at 0, 4, 7 → m6, m0, m4 → tokens 7, 1, 5.
         #expect(a.tiers == [.fp16, .int4, .fp16, .dropped, .dropped, .int4, .fp16, .int4,
                             .dropped, .dropped, .dropped, .fp16])
-        #expect(a.byteCount == 4 * 260 + 3 * 84)
+        #expect(a.byteCount == 4 * 272 + 3 * 96)
         #expect(a.tokenCount(role: .representative) == 3 && a.tokenCount(role: .kept) == 2)
         #expect(a.streamPlan(layer: 3, kvHead: 1) == StreamPlan(layer: 3, kvHead: 1, moves: [
             .init(position: 1, tier: .int4), .init(position: 3, tier: .dropped), .init(position: 4, tier: .dropped),
@@ -51,15 +68,15 @@ import KVQuantization
     }
 
     @Test func dropOnlyIsH2OAtTheSameBytes() throws {
-        // 0.5 of 12·260 = 1560 → 520 protected, 1040 → 4 middle tokens: 0.875, 0.75, 0.5, then the
+        // 0.5 of 12·272 = 1632 → 544 protected, 1088 → 4 middle tokens: 0.875, 0.75, 0.5, then the
         // 0.375 at m2 (token 3).
         let a = try planner().plan(stream(), budget: .fraction(0.5))
         #expect(a.tiers.enumerated().filter { $0.element == .fp16 }.map(\.offset) == [0, 2, 3, 6, 9, 11])
-        #expect(a.byteCount == 1560)
+        #expect(a.byteCount == 1632)
     }
 
     /// Without host scores nothing is ranked by score, and the bytes go to the latest tokens (as
-    /// StreamingLLM keeps them): 1560 − 520 = 1040 buys 4 FP16 tokens, m6…m9.
+    /// StreamingLLM keeps them): 1632 − 544 = 1088 buys 4 FP16 tokens, m6…m9.
     @Test func withoutScoresTheLatestTokensFillTheBudget() throws {
         var s = stream()
         s.hostScores = nil
@@ -68,28 +85,28 @@ import KVQuantization
     }
 
     @Test func demotingInsteadOfDroppingByHand() throws {
-        // MiKV: the whole middle at int2 first (10·52 = 520), then 416 buys 2 upgrades of 208.
-        let a = try planner().plan(stream(), budget: .bytes(520 + 520 + 416, restTier: .int2))
+        // MiKV: the whole middle at int2 first (10·64 = 640), then 416 buys 2 upgrades of 208.
+        let a = try planner().plan(stream(), budget: .bytes(544 + 640 + 416, restTier: .int2))
         #expect(a.tiers == [.fp16, .int2, .fp16, .int2, .int2, .int2, .fp16, .int2, .int2, .int2, .int2, .fp16])
-        #expect(a.byteCount == 1456)
+        #expect(a.byteCount == 1600)
     }
 
     @Test func demotionFloorThatDoesNotFitKeepsTheBestAtTheRestTier() throws {
-        // Floor 520 + 10·52 = 1040 > 800: the 280 bytes above the protected tokens hold 5 int2 tokens:
+        // Floor 544 + 10·64 = 1184 > 864: the 320 bytes above the protected tokens hold 5 int2 tokens:
         // scores 0.875 (m1), 0.75 (m5), 0.5 (m8), 0.375 (m2), then the 0.25 tie among m3, m4, m9 → m9.
-        let a = try planner().plan(stream(), budget: .bytes(800, representativeShare: 0.5, representativeTier: .int4, restTier: .int2))
+        let a = try planner().plan(stream(), budget: .bytes(864, representativeShare: 0.5, representativeTier: .int4, restTier: .int2))
         #expect(a.tiers == [.fp16, .dropped, .int2, .int2, .dropped, .dropped, .int2, .dropped, .dropped, .int2, .int2, .fp16])
-        #expect(a.byteCount == 520 + 5 * 52)
+        #expect(a.byteCount == 544 + 5 * 64)
     }
 
     @Test func pagesByHand() throws {
         // Pages of 2 over the middle: (m0 m1) 1.0, (m2 m3) 0.625, (m4 m5) 1.0, (m6 m7) 0.25, (m8 m9) 0.75.
-        let a = try planner(.page(tokenCount: 2)).plan(stream(), budget: .bytes(1560))
+        let a = try planner(.page(tokenCount: 2)).plan(stream(), budget: .bytes(1632))
         // Two pages: the 1.0 tie → pages 2 and 0 → tokens 1, 2, 5, 6.
         #expect(a.tiers.enumerated().filter { $0.element == .fp16 }.map(\.offset) == [0, 1, 2, 5, 6, 11])
-        // available 700: reps ⌊700/4⌋ = 175 → 1 page at 2·84; host 525 → 1 page (page 2, the later of the tie).
+        // available 780: reps ⌊780/4⌋ = 195 → 1 page at 2·96; host 585 → 1 page (page 2, the later of the tie).
         // Candidate pages 0, 1, 3, 4 all lie 2 bits from the zero anchor → the first, page 0.
-        let b = try planner(.page(tokenCount: 2), anchor: .zeros).plan(stream(), budget: .bytes(1220, representativeShare: 0.25))
+        let b = try planner(.page(tokenCount: 2), anchor: .zeros).plan(stream(), budget: .bytes(1324, representativeShare: 0.25))
         #expect(b.tiers == [.fp16, .int4, .int4, .dropped, .dropped, .fp16, .fp16, .dropped,
                             .dropped, .dropped, .dropped, .fp16])
     }
@@ -113,18 +130,18 @@ import KVQuantization
         #expect(throws: SelectionError.invalidRepresentativeShare(1.5)) { try p.plan(s, budget: .fraction(0.5, representativeShare: 1.5)) }
         #expect(throws: SelectionError.invalidTier(.fp16, role: "rest tier")) { try p.plan(s, budget: .fraction(0.5, restTier: .fp16)) }
         #expect(throws: SelectionError.self) { try p.plan(s, budget: .fraction(0.5, representativeShare: 0.5, representativeTier: .dropped)) }
-        #expect(throws: SelectionError.budgetBelowProtectedTokens(requiredByteCount: 520, budgetByteCount: 500)) {
+        #expect(throws: SelectionError.budgetBelowProtectedTokens(requiredByteCount: 544, budgetByteCount: 500)) {
             try p.plan(s, budget: .bytes(500))
         }
     }
 
     @Test func openVINOPlacementAddsRepresentativesOnTop() throws {
-        // available 832: host gets all of it (3 fp16 tokens = 780), reps ⌊832·0.375⌋ = 312 on top (3 at
-        // int4); the 112 bytes left of 1352 + 312 buy one more token at int4, placed by its score (kept).
-        let b = ByteBudget(.byteCount(1352), representativeShare: 0.375, representativePlacement: .openVINOAddedOnTop)
+        // available 880: host gets all of it (3 fp16 tokens = 816), reps ⌊880·0.375⌋ = 330 on top (3 at
+        // int4); the 106 bytes left of 1424 + 330 buy one more token at int4, placed by its score (kept).
+        let b = ByteBudget(.byteCount(1424), representativeShare: 0.375, representativePlacement: .openVINOAddedOnTop)
         let a = try planner().plan(stream(), budget: b)
         #expect(a.tokenCount(role: .kept) == 4 && a.tokenCount(role: .representative) == 3)
-        #expect(a.byteCount == 5 * 260 + 4 * 84 && a.byteCount > 1352 && a.byteCount <= 1352 + 312)
+        #expect(a.byteCount == 5 * 272 + 4 * 96 && a.byteCount > 1424 && a.byteCount <= 1424 + 330)
     }
 
     @Test func propertiesOverSeededProblems() {

@@ -26,7 +26,7 @@ extension KVStore {
                     let ref = ReferenceAttention(q: qrow, keys: rows.keys, values: rows.values,
                                                  visible: rows.positions.map { $0 <= positions[i] }, scale: c.effectiveAttentionScale,
                                                  pageCount: pageCount, scoreErrors: vnniScoreErrors(id, layer: layer, kvHead: kv, query: qrow),
-                                                 valueFormats: rows.tiers.map { c.tierFormats.valueFormat($0) },
+                                                 valueFormats: rows.tiers.map { c.tierFormats(layer: layer).valueFormat($0) },
                                                  rotatedKeys: rotatedKeys, rotatedValues: rotatedValues, valueRotation: valueRotation)
                     for e in 0..<d {
                         #expect(abs(Double(output[start + e]) - ref.output[e]) <= ref.bound[e] + 1e-30,

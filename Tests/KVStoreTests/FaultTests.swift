@@ -89,7 +89,7 @@ import KVSelection
         var refusals = 0
         try forEachSeededCase(12, base: 9400) { g in
             var config = randomConfiguration(using: &g, channelwiseKeys: Bool.random(using: &g))
-            let fp16Page = PageLayout(keyFormat: .fp16, valueFormat: .fp16, headDim: config.headDim, capacity: config.pageCapacity).byteCount
+            let fp16Page = PageLayout(keyFormat: .fp16, valueFormat: .fp16, headDim: config.headDim, capacity: config.maxPageCapacity(layer: 0)).byteCount
             config.byteLimit = fp16Page * config.kvHeadCount * Int.random(in: 2...6, using: &g)
             let store = try KVStore(config)
             var model = ReferenceStore(configuration: config)

@@ -37,7 +37,9 @@ struct ReferenceStore {
     var sequences: [SequenceID: Sequence] = [:]
 
     /// True if every format is row-wise, so the model predicts every decoded value.
-    var modelsValues: Bool { Tier.stored.allSatisfy { !configuration.tierFormats.keyFormat($0).isPageWise } }
+    var modelsValues: Bool {
+        (0..<configuration.layerCount).allSatisfy { l in Tier.stored.allSatisfy { !configuration.tierFormats(layer: l).keyFormat($0).isPageWise } }
+    }
 
     func codec(_ f: StorageFormat) -> RowCodec { try! RowCodec(f, headDim: configuration.headDim) }
 
@@ -106,9 +108,9 @@ struct ReferenceStore {
                 if m.tier == .dropped {
                     sequences[id]!.streams[sp.layer][sp.kvHead][m.position] = nil
                 } else {
-                    let l = sp.layer
-                    let k = roundTrip(convert(old.storedKey, layer: l, values: false, from: old.tier, to: m.tier), configuration.tierFormats.keyFormat(m.tier))
-                    let v = roundTrip(convert(old.storedValue, layer: l, values: true, from: old.tier, to: m.tier), configuration.tierFormats.valueFormat(m.tier))
+                    let l = sp.layer, formats = configuration.tierFormats(layer: l)
+                    let k = roundTrip(convert(old.storedKey, layer: l, values: false, from: old.tier, to: m.tier), formats.keyFormat(m.tier))
+                    let v = roundTrip(convert(old.storedValue, layer: l, values: true, from: old.tier, to: m.tier), formats.valueFormat(m.tier))
                     var t = Token(tier: m.tier, key: convert(k, layer: l, values: false, from: m.tier, to: .fp16),
                                   value: convert(v, layer: l, values: true, from: m.tier, to: .fp16))
                     t.storedKey = k
@@ -119,22 +121,40 @@ struct ReferenceStore {
         }
     }
 
-    /// Exact bytes of one sequence by the memory formula: every row-wise tier packs its tokens into
-    /// ⌈tokens / capacity⌉ pages.
-    func byteCount(_ id: SequenceID) -> Int {
+    /// Exact bytes of one sequence by the memory formula: every row-wise tier packs its tokens in
+    /// position order greedily into pages of its capacity, a page closing early when the next
+    /// token lies more than 65,535 positions past its first.
+    func byteCount(_ id: SequenceID, layers: Range<Int>? = nil) -> Int {
         let c = configuration
         var total = 0
-        for layer in sequences[id]!.streams {
+        for (l, layer) in sequences[id]!.streams.enumerated() where layers?.contains(l) ?? true {
+            let formats = c.tierFormats(layer: l)
             for stream in layer {
                 for tier in Tier.stored {
-                    let n = stream.values.filter { $0.tier == tier }.count
-                    let layout = PageLayout(keyFormat: c.tierFormats.keyFormat(tier), valueFormat: c.tierFormats.valueFormat(tier),
-                                            headDim: c.headDim, capacity: c.pageCapacity)
-                    total += (n + c.pageCapacity - 1) / c.pageCapacity * layout.byteCount
+                    let positions = stream.filter { $0.value.tier == tier }.keys.sorted()
+                    let capacity = c.pageCapacity(tier, layer: l)
+                    let layout = PageLayout(keyFormat: formats.keyFormat(tier), valueFormat: formats.valueFormat(tier),
+                                            headDim: c.headDim, capacity: capacity)
+                    total += Self.greedyPageCount(positions, capacity: capacity) * layout.byteCount
                 }
             }
         }
         return total
+    }
+
+    /// Pages of a greedy packing of ascending `positions`: a page takes the next position while it
+    /// has a free slot and the position is at most 65,535 past the page's first.
+    static func greedyPageCount(_ positions: [Int32], capacity: Int) -> Int {
+        var pages = 0, count = 0, first: Int32 = 0
+        for p in positions {
+            if count == 0 || count == capacity || Int(p) - Int(first) > 65535 {
+                pages += 1
+                count = 0
+                first = p
+            }
+            count += 1
+        }
+        return pages
     }
 }
 
@@ -160,16 +180,30 @@ func livePages(_ store: KVStore) -> (count: Int, bytes: Int) {
 let rowWiseFormats: [StorageFormat] = [.fp16, .int8, .int4, .int2, .grouped(.int8, groupSize: 32), .grouped(.int4, groupSize: 64),
                                        .grouped(.int3, groupSize: 32), .grouped(.int3, groupSize: 8), .lloydMax(.int2), .lloydMax(.int3), .lloydMax(.int4)]
 
-func randomConfiguration<G: RandomNumberGenerator>(using g: inout G, channelwiseKeys: Bool = false) -> KVStoreConfiguration {
-    let kv = [1, 2, 3].randomElement(using: &g)!, group = [1, 2, 3].randomElement(using: &g)!
+/// Random tier formats: FP16 on top, row-wise (or, with `channelwiseKeys`, per-channel) keys and
+/// row-wise values below; half the time some tiers get their own page capacity.
+func randomTierFormats<G: RandomNumberGenerator>(using g: inout G, channelwiseKeys: Bool = false) -> TierFormats {
     var keys: [Tier: StorageFormat] = [.fp16: .fp16], values: [Tier: StorageFormat] = [.fp16: .fp16]
     for t in [Tier.int8, .int4, .int2] {
         keys[t] = channelwiseKeys ? .channelwise(CodeWidth.allCases.randomElement(using: &g)!) : rowWiseFormats.randomElement(using: &g)!
         values[t] = rowWiseFormats.randomElement(using: &g)!
     }
-    // Rotation of none, some or all layers' keys and values (head dims that are not powers of two
-    // ignore it).
+    var capacities = [Tier: Int]()
+    if Bool.random(using: &g) {
+        for t in Tier.stored where Bool.random(using: &g) { capacities[t] = [1, 2, 4, 5, 8, 16, 32].randomElement(using: &g)! }
+    }
+    return TierFormats(keys: keys, values: values, pageCapacities: capacities)
+}
+
+/// A random valid configuration: 1–2 layers, GQA group 1–3, odd and even head dims, small pages
+/// (per tier sometimes), sometimes per-layer tier formats, and rotation of none, some or all
+/// layers' keys and values (head dims that are not powers of two ignore it).
+func randomConfiguration<G: RandomNumberGenerator>(using g: inout G, channelwiseKeys: Bool = false) -> KVStoreConfiguration {
+    let kv = [1, 2, 3].randomElement(using: &g)!, group = [1, 2, 3].randomElement(using: &g)!
     let layerCount = Int.random(in: 1...2, using: &g)
+    let formats = randomTierFormats(using: &g, channelwiseKeys: channelwiseKeys)
+    let perLayer: [TierFormats]? = Int.random(in: 0..<4, using: &g) == 0
+        ? (0..<layerCount).map { _ in randomTierFormats(using: &g, channelwiseKeys: channelwiseKeys) } : nil
     func layers() -> RotationSettings.Layers {
         switch Int.random(in: 0..<4, using: &g) {
         case 0, 1: .none
@@ -181,7 +215,7 @@ func randomConfiguration<G: RandomNumberGenerator>(using g: inout G, channelwise
     return KVStoreConfiguration(
         layerCount: layerCount, queryHeadCount: kv * group, kvHeadCount: kv,
         headDim: [1, 7, 8, 9, 16, 33, 64].randomElement(using: &g)!, pageCapacity: [1, 2, 3, 8, 16].randomElement(using: &g)!,
-        tierFormats: TierFormats(keys: keys, values: values), rotation: rotation)
+        tierFormats: formats, layerTierFormats: perLayer, rotation: rotation)
 }
 
 /// A random valid plan over the sequence's streams (moves down only, any subset).

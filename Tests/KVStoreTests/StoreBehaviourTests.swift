@@ -181,9 +181,9 @@ import KVExperiments
                         #expect(rows.values == expected.flatMap(\.value.value), "\(context): values are row-wise, exact")
                         var bytes = 0
                         for t in Tier.stored {
-                            let n = expected.filter { $0.value.tier == t }.count, c = store.codecs[t.rawValue]
-                            bytes += c.isPageWise ? n / config.pageCapacity * c.layout.byteCount + (n % config.pageCapacity > 0 ? c.stagingLayout!.byteCount : 0)
-                                : (n + config.pageCapacity - 1) / config.pageCapacity * c.layout.byteCount
+                            let n = expected.filter { $0.value.tier == t }.count, c = store.codecs[layer][t.rawValue], p = c.layout.capacity
+                            bytes += c.isPageWise ? n / p * c.layout.byteCount + (n % p > 0 ? c.stagingLayout!.byteCount : 0)
+                                : (n + p - 1) / p * c.layout.byteCount
                         }
                         #expect(store.byteCount(of: id, layer: layer, kvHead: h) == bytes, "\(context): bytes")
                     }

@@ -25,7 +25,7 @@ import KVSelection
                 allKeys.append(keys)
                 allValues.append(values)
                 allPositions.append(expected.map(\.key))
-                allFormats.append(expected.map { c.tierFormats.valueFormat($0.value.tier) })
+                allFormats.append(expected.map { c.tierFormats(layer: layer).valueFormat($0.value.tier) })
                 allTiers.append(expected.map(\.value.tier))
                 let counts = store.tokenCounts(of: id, layer: layer, kvHead: head)
                 for t in Tier.stored { #expect(counts[t] == expected.filter { $0.value.tier == t }.count, "\(context): tokens in \(t)") }
@@ -73,7 +73,7 @@ import KVSelection
             let config = randomConfiguration(using: &g)
             let store = try KVStore(config)
             var model = ReferenceStore(configuration: config)
-            let context = "seed \(g.seed) config kv \(config.kvHeadCount)×\(config.groupSize) d \(config.headDim) P \(config.pageCapacity) formats \(config.tierFormats.keys.sorted { $0.key < $1.key }.map(\.value)) / \(config.tierFormats.values.sorted { $0.key < $1.key }.map(\.value))"
+            let context = "seed \(g.seed) config kv \(config.kvHeadCount)×\(config.groupSize) d \(config.headDim) P \(config.pageCapacity) formats \(config.tierFormats.keys.sorted { $0.key < $1.key }.map(\.value)) / \(config.tierFormats.values.sorted { $0.key < $1.key }.map(\.value)) capacities \(config.tierFormats.pageCapacities.sorted { $0.key < $1.key }) per-layer \(config.layerTierFormats != nil)"
             for step in 0..<25 {
                 operations += 1
                 try randomOperation(store, &model, maxSequences: 4, appendSizes: [0, 1, 1, 2, 5, 17, 40], using: &g)

@@ -8,8 +8,9 @@
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
 // accumulate_integer.c, conversion.c, then softmax_avx2.c, scores_avx2.c, accumulate_avx2.c,
-// conversion_avx2.c, int3_avx2.c and lloydmax_avx2.c, then matvec_avx2.c (the model runner's weight
-// kernels, called from KVModel's `WeightKernels` on its own `WeightKernelPath`).
+// conversion_avx2.c, encode_avx2.c (the write path on AVX2: `EncodeKernels`), int3_avx2.c and
+// lloydmax_avx2.c, then matvec_avx2.c (the model runner's weight kernels, called from KVModel's
+// `WeightKernels` on its own `WeightKernelPath`).
 //
 // Layouts (d = headDim, all row-major):
 //   queries / prepared queries:  R rows × d floats
@@ -33,7 +34,7 @@
 #define KVK_CPU_AVX512_VNNI 0x2u
 /// AVX512-VBMI (`vpermb`, `vpermt2b`), with VNNI for kvk_accumulate_integer.
 #define KVK_CPU_AVX512_VBMI 0x4u
-/// AVX2 with F16C and FMA: the `…_avx2` kernels.
+/// AVX2 with F16C and FMA: the `…_avx2` kernels (read path, encoders of encode_avx2.c, weights).
 #define KVK_CPU_AVX2 0x8u
 
 /// The `KVK_CPU_…` features of this CPU (0 on other architectures). Each bit is reported on its
@@ -175,6 +176,30 @@ long kvk_first_invalid_avx2(const float *x, long count);
 
 /// As kvk_float_to_half.
 void kvk_float_to_half_avx2(const float *x, uint16_t *out, long count);
+
+// MARK: encode_avx2.c (KVK_CPU_AVX2): the write path (append, quantise), any d
+
+/// As kvk_first_invalid (AVX2).
+long kvk_encode_first_invalid_avx2(const float *x, long count);
+
+/// As kvk_float_to_half (AVX2 + F16C).
+void kvk_encode_fp16_avx2(const float *x, uint16_t *out, long count);
+
+/// out[i] = the float of the FP16 bit pattern h[i] (exact; F16C).
+void kvk_decode_fp16_avx2(const uint16_t *h, float *out, long count);
+
+/// Quantises n grouped rows of x (n × d floats, each finite with |x| ≤ 65504) to `bits`-bit codes
+/// in groups of `groupSize` (a multiple of 8; the last group may be shorter): row r at
+/// rows + r·rowBytes, codes packed in its first codeBytes bytes, then (scale, zero) FP16 per group.
+/// Bit-identical to `RowCodec.encodeReference` (bits 2, 4 or 8).
+void kvk_encode_grouped_avx2(int bits, long groupSize, const float *x, long n, long d, uint8_t *rows,
+                             long rowBytes, long codeBytes);
+
+/// Quantises a page of n ≥ 1 keys (x: n × d floats, finite, |x| ≤ 65504) per channel: token t's
+/// codes at codes + t·rowBytes, the d (scale, zero) FP16 pairs at params. Bit-identical to
+/// `ChannelwiseKeyCodec.encodePageReference` (bits 2, 4 or 8).
+void kvk_encode_channelwise_avx2(int bits, const float *x, long n, long d, uint8_t *codes, long rowBytes,
+                                 uint16_t *params);
 
 // MARK: int3_avx2.c, lloydmax_avx2.c (KVK_CPU_AVX2; d a multiple of 8)
 //
