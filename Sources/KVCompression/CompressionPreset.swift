@@ -16,11 +16,11 @@ import KVStore
 /// FP16 norm per vector (the store rotates them by a randomised Walsh–Hadamard transform; head
 /// dims that are not powers of two are left unrotated, where the codes fit worse).
 ///
-/// | name | budget | page | INT4 tier (key : value) | bytes per INT4 token at head dim 64 |
+/// | name | budget | page | INT4 tier (key : value) | bytes per INT4 token at head dim 64 (codes + key params + value row + positions) |
 /// |------|--------|------|-------------------------|------------------------------------|
-/// | `2x` | 0.5    | 32   | int4/channel : lm4      | 32 + 8 + 34 + 4 = 78 |
-/// | `4x` | 0.25   | 64   | int4/channel : lm3      | 32 + 4 + 26 + 4 = 66 |
-/// | `8x` | 0.125  | 64   | int4/channel : lm3      | 66 |
+/// | `2x` | 0.5    | 32   | int4/channel : lm4      | 32 + 8 + 34 + 2.5 = 76.5 |
+/// | `4x` | 0.25   | 64   | int4/channel : lm3      | 32 + 4 + 26 + 2.25 = 64.25 |
+/// | `8x` | 0.125  | 64   | int4/channel : lm3      | 64.25 |
 ///
 /// The formats and page sizes were chosen on one text (`heapq-2048.txt`, SmolLM2-135M, prompt
 /// 1536 + 512) from `kvcrush formats` and `kvcrush run --formats`; the README reports them on
