@@ -78,14 +78,18 @@ extension PlanningContext {
             for t in Tier.stored where counts[t.rawValue] > 0 {
                 let movable = units.indices.filter { unitTier($0) == t && floor($0) != t }
                 guard !movable.isEmpty else { continue }
-                let n = counts[t.rawValue], page = costs.pageCapacity
+                let n = counts[t.rawValue], page = costs.pageCapacity(t)
                 let inLastPage = n % page == 0 ? page : n % page
                 for toFloor in [false, true] {
                     func target(_ u: Int) -> Tier { toFloor ? floor(u) : neighbours(u, ladder: ladder).down! }
-                    let ranked = movable.sorted { a, b in
-                        let ha = scores[a] * (e(target(a)) - e(t)), hb = scores[b] * (e(target(b)) - e(t))
-                        return ha != hb ? ha < hb : a < b
+                    // Harm keys computed once per unit (not per comparison), least harm first, ties by unit.
+                    var keyed = [(harm: Double, unit: Int)]()
+                    keyed.reserveCapacity(movable.count)
+                    for u in movable { keyed.append((scores[u] * (e(target(u)) - e(t)), u)) }
+                    keyed.sort { (a: (harm: Double, unit: Int), b: (harm: Double, unit: Int)) -> Bool in
+                        a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit
                     }
+                    let ranked = keyed.lazy.map { $0.unit }
                     var taken: [Int] = [], targets: [Tier] = [], tokens = 0, harm = 0.0, trial = counts
                     for u in ranked where tokens < inLastPage {
                         let d = target(u)
@@ -154,7 +158,7 @@ extension PlanningContext {
             for t in Tier.stored where !upInto[t.rawValue].isEmpty {
                 let ranked = upInto[t.rawValue].sorted { $0.gain != $1.gain ? $0.gain > $1.gain : $0.unit > $1.unit }
                 var trial = counts, tokens = 0, gain = 0.0, taken: [Int] = []
-                for c in ranked where tokens < costs.pageCapacity {
+                for c in ranked where tokens < costs.pageCapacity(t) {
                     move(c.unit, to: t, &trial)
                     tokens += units[c.unit].count
                     gain += c.gain

@@ -21,6 +21,9 @@ public struct TierCosts: Sendable, Hashable {
     /// Token slots per page of the tiers `formats` gives no page capacity.
     public let pageCapacity: Int
     private let perToken: [Int]  // indexed by Tier.rawValue
+    // Per tier (Tier.rawValue), computed once: the planners' inner loops (page fit) call the paged
+    // costs millions of times per compression, and the formats answer through dictionaries.
+    private let capacities: [Int], pageBytes: [Int], partialPageBytes: [Int], pageWise: [Bool]
 
     /// Costs for `formats` at `headDim`, with pages of `pageCapacity` tokens in every tier whose
     /// capacity `formats.pageCapacities` does not give.
@@ -40,6 +43,18 @@ public struct TierCosts: Sendable, Hashable {
             let overhead = formats.pageOverheadByteCount(t, headDim: headDim, pageCapacity: p)
             return formats.tokenByteCount(t, headDim: headDim) + (overhead + p - 1) / p
         }
+        let caps = Tier.allCases.map { formats.pageCapacity($0, default: pageCapacity) }
+        let wise = Tier.allCases.map { $0 != .dropped && formats.keyFormat($0).isPageWise }
+        let full = Tier.allCases.map { t in t == .dropped ? 0 : formats.pageByteCount(t, headDim: headDim, pageCapacity: caps[t.rawValue]) }
+        capacities = caps
+        pageWise = wise
+        pageBytes = full
+        partialPageBytes = Tier.allCases.map { t in
+            guard wise[t.rawValue] else { return full[t.rawValue] }
+            let p = caps[t.rawValue]
+            return p * (StorageFormat.fp16.rowByteCount(headDim: headDim) + formats.valueFormat(t).rowByteCount(headDim: headDim) + 2)
+                + PagePositions.overheadByteCount(pageCapacity: p)
+        }
         for i in 1..<perToken.count {
             precondition(perToken[i] <= perToken[i - 1],
                          "TierCosts: \(Tier.allCases[i]) costs more than \(Tier.allCases[i - 1]); tiers must get cheaper downwards")
@@ -52,29 +67,20 @@ public struct TierCosts: Sendable, Hashable {
     @usableFromInline func perTokenCost(_ tier: Tier) -> Int { perToken[tier.rawValue] }
 
     /// Token slots per page of `tier`.
-    public func pageCapacity(_ tier: Tier) -> Int { formats.pageCapacity(tier, default: pageCapacity) }
+    public func pageCapacity(_ tier: Tier) -> Int { capacities[tier.rawValue] }
 
     /// Bytes of one page of `tier` in a store (rows, positions and page-wise parameters; exact).
-    public func pageByteCount(_ tier: Tier) -> Int {
-        formats.pageByteCount(tier, headDim: headDim, pageCapacity: pageCapacity(tier))
-    }
+    public func pageByteCount(_ tier: Tier) -> Int { pageBytes[tier.rawValue] }
 
     /// True when `tier`'s keys are quantised per channel across a page: such a tier keeps its
     /// full pages sealed and its last, partly filled group of tokens in a staging page whose keys
     /// are FP16 (`partialPageByteCount`).
-    public func isPageWise(_ tier: Tier) -> Bool {
-        tier != .dropped && formats.keyFormat(tier).isPageWise
-    }
+    public func isPageWise(_ tier: Tier) -> Bool { pageWise[tier.rawValue] }
 
     /// Bytes of the page holding a tier's last, partly filled group of tokens: for a tier with
     /// per-channel keys the staging page (P_t slots of FP16 keys, the tier's values and positions, no
     /// key parameters), else a regular page (`pageByteCount`).
-    public func partialPageByteCount(_ tier: Tier) -> Int {
-        guard isPageWise(tier) else { return pageByteCount(tier) }
-        let p = pageCapacity(tier)
-        return p * (StorageFormat.fp16.rowByteCount(headDim: headDim) + formats.valueFormat(tier).rowByteCount(headDim: headDim) + 2)
-            + PagePositions.overheadByteCount(pageCapacity: p)
-    }
+    public func partialPageByteCount(_ tier: Tier) -> Int { partialPageBytes[tier.rawValue] }
 
     /// Exactly the bytes a store's pages take for `tokenCount` tokens of `tier` (what
     /// `KVStore.byteCounts(of:layer:kvHead:)` reports for a stream holding them, when they span
@@ -85,11 +91,11 @@ public struct TierCosts: Sendable, Hashable {
     /// - Complexity: O(1).
     public func pagedByteCount(_ tier: Tier, tokenCount n: Int) -> Int {
         guard tier != .dropped, n > 0 else { return 0 }
-        let p = pageCapacity(tier)
-        if isPageWise(tier) {
-            return n / p * pageByteCount(tier) + (n % p > 0 ? partialPageByteCount(tier) : 0)
+        let i = tier.rawValue, p = capacities[i]
+        if pageWise[i] {
+            return n / p * pageBytes[i] + (n % p > 0 ? partialPageBytes[i] : 0)
         }
-        return (n + p - 1) / p * pageByteCount(tier)
+        return (n + p - 1) / p * pageBytes[i]
     }
 
     /// The page slack bound for a tier assignment: one page per stored tier holding any token (the
@@ -112,6 +118,8 @@ public struct TierCosts: Sendable, Hashable {
 
     /// Bytes of the pages for `counts[t.rawValue]` tokens per tier.
     public func pagedByteCount(counts: [Int]) -> Int {
-        Tier.stored.reduce(0) { $0 + pagedByteCount($1, tokenCount: counts[$1.rawValue]) }
+        var total = 0
+        for t in Tier.stored { total += pagedByteCount(t, tokenCount: counts[t.rawValue]) }
+        return total
     }
 }
