@@ -62,6 +62,9 @@ public func kvcrushCompress(_ store: OpaquePointer?, _ sequence: UInt64, _ polic
         let made: KVCompressor.DecodeSession? = try h.writing { () throws(CFailure) in
             let id = try h.sequence(sequence)
             if case .keep = policy.action { return Optional<KVCompressor.DecodeSession>.none }
+            if policy.compressionSettings != nil, c.layerTierFormats != nil {
+                throw .state("the store has per-layer tier formats (restored from such a snapshot): budgeted policies cannot plan it yet")
+            }
             // The policies' preconditions, checked: a fresh prefill of the same n >= 1 tokens in every
             // layer, all at FP16, and an observation window inside it when the policy scores.
             let n = h.store.nextPosition(of: id, layer: 0)
@@ -121,7 +124,7 @@ public func kvcrushSessionAttend(_ session: OpaquePointer?, _ layer: Int32, _ qu
 public func kvcrushSessionAppended(_ session: OpaquePointer?, _ layer: Int32, _ tokenCount: Int) -> kvcrush_status {
     cCall("kvcrush_session_appended") { () throws(CFailure) in
         let s = try SessionHandle.from(session), h = s.store
-        guard tokenCount >= 0 else { throw .argument("token_count must be >= 0") }
+        guard tokenCount >= 0 && tokenCount <= Int(Int32.max) else { throw .argument("token_count must be in 0...\(Int32.max), got \(tokenCount)") }
         try h.writing { () throws(CFailure) in
             _ = try h.sequence(s.session.sequence.rawValue)
             let l = try h.layer(layer)

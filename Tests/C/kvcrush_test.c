@@ -485,6 +485,7 @@ static void test_presets_and_session(void) {
     FAILS(kvcrush_session_attend(session, 0, huge, nq, 1, KVCRUSH_F32, KVCRUSH_LAYOUT_HEAD_MAJOR, out, nq), KVCRUSH_ERROR_INVALID_VALUE, "can overflow");
     FAILS(kvcrush_session_appended(session, -1, 1), KVCRUSH_ERROR_INVALID_ARGUMENT, "layer -1");
     FAILS(kvcrush_session_appended(session, 0, (size_t)-1), KVCRUSH_ERROR_INVALID_ARGUMENT, "token_count");
+    FAILS(kvcrush_session_appended(session, 0, (size_t)INT32_MAX + 1), KVCRUSH_ERROR_INVALID_ARGUMENT, "token_count");
 
     /* The session keeps its store alive; once its sequence is removed it reports that. */
     kvcrush_store_destroy(s);
