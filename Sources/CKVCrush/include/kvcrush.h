@@ -196,6 +196,8 @@ kvcrush_status kvcrush_append(kvcrush_store *store, kvcrush_sequence sequence, i
  *   kvcrush_sequence_length), [query_head][query][position]: the weight each query put on each
  *   position (0 for positions not stored or not visible). Each row sums to 1 within FP32 rounding.
  * Error bound: relative to exact attention over the stored (decoded) rows, FP32 rounding only.
+ * Errors: INVALID_VALUE for a non-finite query, or a query row so large that a score could overflow
+ *   FP32 (scale * ||q||_1 * sqrt(head_dim) * 65504 > FLT_MAX / 4), whose softmax would be meaningless.
  * Reads (runs in parallel with other reads; uses up to config.attend_threads threads).
  */
 kvcrush_status kvcrush_attend(const kvcrush_store *store, kvcrush_sequence sequence, int32_t layer,
