@@ -62,9 +62,6 @@ public func kvcrushCompress(_ store: OpaquePointer?, _ sequence: UInt64, _ polic
         let made: KVCompressor.DecodeSession? = try h.writing { () throws(CFailure) in
             let id = try h.sequence(sequence)
             if case .keep = policy.action { return Optional<KVCompressor.DecodeSession>.none }
-            if policy.compressionSettings != nil, c.layerTierFormats != nil {
-                throw .state("the store has per-layer tier formats (restored from such a snapshot): budgeted policies cannot plan it yet")
-            }
             // The policies' preconditions, checked: a fresh prefill of the same n >= 1 tokens in every
             // layer, all at FP16, and an observation window inside it when the policy scores.
             let n = h.store.nextPosition(of: id, layer: 0)

@@ -126,7 +126,7 @@ class Store:
 
     `Store(layers, query_heads, kv_heads, head_dim, byte_limit=None, **options)`, options:
     `page_capacity` (token slots per page, default 32), `attention_scale` (default 1/sqrt(head_dim)),
-    `attend_threads` (default: all cores), `preset` ("2x", "4x", "8x": that preset's formats).
+    `attend_threads` (default: all cores), `preset` ("2x", "4x", "6x", "8x": that preset's formats).
     """
 
     _OPTIONS = ("page_capacity", "attention_scale", "attend_threads", "preset")

@@ -97,7 +97,7 @@ typedef struct kvcrush_config {
     float attention_scale;   /* scale of query.key scores; 0 means 1/sqrt(head_dim) (default) */
     int32_t attend_threads;  /* threads kvcrush_attend spreads KV heads over; 0 = all cores (default) */
     const char *preset;      /* NULL (default: the standard tier formats) or a preset name ("2x",
-                                "4x", "8x", with or without "preset:"): the preset's page capacity,
+                                "4x", "6x", "8x", with or without "preset:"): the preset's page capacity,
                                 INT4 formats and value rotation, overriding page_capacity. Copied by
                                 kvcrush_store_create. */
 } kvcrush_config;
