@@ -195,4 +195,17 @@ import KVStore
         let sharp = stride(from: 0, to: 30, by: 3).map { costs[$0] }, other = (0..<30).filter { $0 % 3 != 0 }.map { costs[$0] }
         #expect(Double(sharp.reduce(0, +)) / Double(sharp.count) > Double(other.reduce(0, +)) / Double(other.count))
     }
+
+    /// The profile the README's figures used (`Fixtures/figures`) is valid and gives the README's
+    /// `4x+cal` allocation for a 1,536-token prompt: 3-bit keys and 2-bit values in 17 of 30 layers.
+    @Test func committedProfileGivesTheREADMEAllocation() throws {
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/figures/smollm2-heapq-profile.json")
+        let p = try SensitivityProfile(contentsOf: url)
+        #expect(p.layerCount == 30 && p.headDim == 64 && p.drops.count == 3)
+        let a = try #require(CompressionPreset.named("4x")!.calibrated(with: p, expectedTokenCount: 1536).allocation)
+        let cheap = zip(a.keyFormats, a.valueFormats).filter { $0 == (.channelwise(.int3), .lloydMax(.int2)) }.count
+        #expect(cheap == 17)
+        #expect(a.keptShares.allSatisfy { $0 == 1 })
+    }
 }
