@@ -82,7 +82,7 @@ extension KVCompressor {
             do {
                 plan = try SequencePlanner(policy: s.policy, kvHeadCount: c.kvHeadCount, groupReduction: s.groupReduction)
                     .planDecode(layer: layer, streams: streams, scores: accumulators[layer], normalization: s.decodeNormalization,
-                                tokenCount: store.nextPosition(of: sequence, layer: layer),
+                                tokenCount: compressor.budgetTokenCount(sequence, layer: layer),
                                 planner: compressor.planner(headroomTokenCount: compressor.decodeReplanInterval), budget: s.budget)
             } catch { throw .selection(error) }
             do { try store.apply(plan, to: sequence) } catch { throw .store(error) }

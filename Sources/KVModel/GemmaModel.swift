@@ -14,8 +14,10 @@ import KVStore
 ///
 /// and the output RMSNorm and the (tied) output head. Scores are scaled by 1/√headDim (the store's
 /// default; Gemma 3 270M's `query_pre_attn_scalar` is its head dim). The store's configuration
-/// carries the local layers' windows (`storeConfiguration()`), so those layers keep only their
-/// window (`KVStoreConfiguration.layerSlidingWindows`).
+/// carries the local layers' windows (`storeConfiguration()`), and after each chunk's attention
+/// a local layer releases what the next query cannot see (`KVStore.releaseOutsideWindow`), so
+/// between forward passes those layers hold their window (plus under a page per tier) whatever the
+/// sequence's length (`KVStoreConfiguration.layerSlidingWindows`).
 ///
 /// Matrix products are `LlamaModel`'s (`MatrixProducts`, on the file's blocks, `threadCount`
 /// threads, 16-bit decode activations unless `quantizesDecodeActivations` is off).
@@ -88,6 +90,7 @@ public final class GemmaModel: CausalLanguageModel {
             try store.append(id, layer: l, keys: kh, values: vh)
             let result = store.attend(id, layer: l, queries: qh, queryCount: n, returnWeights: attentionObserver != nil, threadCount: threadCount)
             attentionObserver?(l, result)
+            store.releaseOutsideWindow(id, layer: l)  // local layers: keep only what the next query sees
             let a = MatrixKernels.transpose(result.output, outer: h.headCount, inner: n, d: d)
             let o = products.apply([block.output], to: a, count: n)[0]
             let postAttention = MatrixKernels.rmsNorm(o, count: n, weight: block.postAttentionNorm, epsilon: h.rmsEpsilon)

@@ -193,6 +193,25 @@ public final class KVStore: Sendable {
         if let result { throw result }
     }
 
+    /// Releases the pages of a windowed layer that no later query can see: those whose tokens all
+    /// lie at or before `nextPosition − W` (the next query, at `nextPosition`, sees from
+    /// `nextPosition − W + 1`). A model calls it after a chunk's attention, so that between forward
+    /// passes each stream of the layer holds at most W tokens plus, per stored tier, fewer than one
+    /// page capacity of older ones. No-op for a layer without a window. O(pages).
+    public func releaseOutsideWindow(_ id: SequenceID, layer: Int) {
+        let c = configuration
+        precondition(0 <= layer && layer < c.layerCount, "KVStore.releaseOutsideWindow: layer \(layer) outside 0..<\(c.layerCount)")
+        guard let w = c.slidingWindow(layer: layer) else { return }
+        state.withLock { s in
+            guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.releaseOutsideWindow: unknown sequence \(id)") }
+            let cutoff = Int(sequence.layers[layer].nextPosition) - w
+            guard cutoff >= 0 else { return }
+            s.sequences[id] = nil  // hold the only reference while mutating
+            for h in 0..<c.kvHeadCount { sequence.layers[layer].streams[h].evictPages(through: Int32(cutoff)) }
+            s.sequences[id] = sequence
+        }
+    }
+
     /// Array form of `append`: `keys` and `values` are `[kvHead][token][headDim]`; the token count
     /// is inferred.
     public func append(_ id: SequenceID, layer: Int, keys: [Float], values: [Float]) throws(KVStoreError) {
