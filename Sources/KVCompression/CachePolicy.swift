@@ -64,7 +64,7 @@ public struct CachePolicy: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// Applies the policy to sequence `id` of `store` right after its prompt was prefilled (every
-    /// stream holds positions `0 ..< n` at FP16), and returns the decode session that keeps the
+    /// stream holds positions `0 ..< n` at FP16, or a windowed layer's stream the last of them), and returns the decode session that keeps the
     /// budget while generating when `keepingBudgetDuringDecode` and the policy compresses.
     ///
     /// - Parameter observation: the prompt's last queries; required by `compress` policies whose
@@ -79,7 +79,15 @@ public struct CachePolicy: Sendable, Hashable, CustomStringConvertible {
             return nil
         case .uniform(let tier):
             let n = store.nextPosition(of: id, layer: 0)
-            let plan = RetentionPlan.uniform(tier, positions: 0..<Int32(n), layerCount: c.layerCount, kvHeadCount: c.kvHeadCount)
+            var plan = RetentionPlan.uniform(tier, positions: 0..<Int32(n), layerCount: c.layerCount, kvHeadCount: c.kvHeadCount)
+            if c.layerSlidingWindows != nil {
+                // A windowed layer holds only its window's tokens: move those.
+                plan.streams = plan.streams.map { sp in
+                    guard c.slidingWindow(layer: sp.layer) != nil else { return sp }
+                    let held = store.tokenTiers(of: id, layer: sp.layer, kvHead: sp.kvHead).positions
+                    return StreamPlan(layer: sp.layer, kvHead: sp.kvHead, moves: held.map { StreamPlan.Move(position: $0, tier: tier) })
+                }
+            }
             do { try store.apply(plan, to: id) } catch { throw .store(error) }
             return nil
         case .compress(let settings):

@@ -82,7 +82,7 @@ extension KVCompressor {
             do {
                 plan = try SequencePlanner(policy: s.policy, kvHeadCount: c.kvHeadCount, groupReduction: s.groupReduction)
                     .planDecode(layer: layer, streams: streams, scores: accumulators[layer], normalization: s.decodeNormalization,
-                                tokenCount: store.nextPosition(of: sequence, layer: layer),
+                                tokenCount: compressor.budgetTokenCount(sequence, layer: layer),
                                 planner: compressor.planner(layer: layer, headroomTokenCount: compressor.decodeReplanInterval),
                                 budget: s.budget(layer: layer))
             } catch { throw .selection(error) }

@@ -91,7 +91,8 @@ public struct KVCompressor: Sendable {
     /// - Returns: the plan that was applied.
     /// - Throws: `CompressionError`; the sequence is then unchanged.
     /// - Precondition: every stream of every layer holds exactly positions `0 ..< n` at FP16 (a
-    ///   fresh prefill, same `n` in every layer).
+    ///   fresh prefill, same `n` in every layer; a layer with a sliding window, the last of them).
+    ///   Windowed layers are planned over what they hold (`planPrefill(_:layerWeights:headroomTokenCount:)`).
     @discardableResult
     public func compressPrefill(_ id: SequenceID, observationQueries: [[Float]], queryPositions: [[Int32]],
                                 reservingDecodeHeadroom: Bool = false) throws(CompressionError) -> RetentionPlan {
@@ -104,7 +105,8 @@ public struct KVCompressor: Sendable {
             precondition(store.nextPosition(of: id, layer: layer) == n, "KVCompressor.compressPrefill: layers hold different token counts")
             for h in 0..<c.kvHeadCount {
                 let counts = store.tokenCounts(of: id, layer: layer, kvHead: h)
-                precondition(counts[.fp16] == n, "KVCompressor.compressPrefill: layer \(layer) KV head \(h) is not a fresh FP16 prefill")
+                let held = c.slidingWindow(layer: layer) == nil ? n : counts.values.reduce(0, +)
+                precondition(counts[.fp16] == held, "KVCompressor.compressPrefill: layer \(layer) KV head \(h) is not a fresh FP16 prefill")
             }
             let qp = queryPositions[layer]
             precondition(zip(qp, qp.dropFirst()).allSatisfy { $0 < $1 } && (qp.last ?? 0) < Int32(n),
@@ -121,13 +123,7 @@ public struct KVCompressor: Sendable {
                                                          firstQueryPosition: qp.first.map { Int($0) } ?? n, values: dense))
             } catch { throw .selection(error) }
         }
-        let plan: RetentionPlan
-        do {
-            plan = try SequencePlanner(policy: settings.policy, kvHeadCount: c.kvHeadCount, groupReduction: settings.groupReduction)
-                .planPrefill(layerWeights: layerWeights,
-                             planners: (0..<c.layerCount).map { planner(layer: $0, headroomTokenCount: reservingDecodeHeadroom ? decodeReplanInterval : 0) },
-                             budgets: (0..<c.layerCount).map { settings.budget(layer: $0) })
-        } catch { throw .selection(error) }
+        let plan = try planPrefill(id, layerWeights: layerWeights, headroomTokenCount: reservingDecodeHeadroom ? decodeReplanInterval : 0)
         do { try store.apply(plan, to: id) } catch { throw .store(error) }
         return plan
     }

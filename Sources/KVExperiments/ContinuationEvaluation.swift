@@ -38,6 +38,9 @@ public struct ContinuationEvaluation {
         public var meanKLDivergence: Double
         /// Share of scored predictions whose argmax equals the uncompressed run's.
         public var top1Agreement: Double
+        /// exp(mean −log p) over the scored predictions and the prefill's prediction of x_P (C
+        /// predictions: llama.cpp's count, "first prediction included").
+        public var perplexityWithFirst: Double = 0
         /// Bytes of the sequence's pages right after the policy is applied (prompt tokens only).
         public var byteCount: Int
         /// `byteCount` / the uncompressed prompt cache's bytes.
@@ -59,7 +62,7 @@ public struct ContinuationEvaluation {
     }
 
     /// The model run.
-    public let model: LlamaModel
+    public let model: any CausalLanguageModel
     /// The store every configuration's sequence lives in (one store, forks of one prompt).
     public let storeConfiguration: KVStoreConfiguration
     /// Prefill chunk size.
@@ -72,7 +75,7 @@ public struct ContinuationEvaluation {
     /// The uncompressed reference every run starts with.
     public static let reference = EvaluationConfiguration(policy: try! PolicyName(parsing: "uncompressed"), budget: nil, kvCrush: nil)
 
-    public init(model: LlamaModel, storeConfiguration: KVStoreConfiguration) {
+    public init(model: any CausalLanguageModel, storeConfiguration: KVStoreConfiguration) {
         self.model = model
         self.storeConfiguration = storeConfiguration
     }
@@ -99,7 +102,7 @@ public struct ContinuationEvaluation {
         let store = try KVStore(storeConfiguration)
         let prompt = store.addSequence()
         let start = Date()
-        let (_, observation) = try model.prefill(Array(tokens[0..<promptTokenCount]), sequence: prompt, in: store,
+        let (prefillLogits, observation) = try model.prefill(Array(tokens[0..<promptTokenCount]), sequence: prompt, in: store,
                                                  chunkTokenCount: chunkTokenCount, observationTokenCount: observationTokenCount)
         let prefill = Prefill(tokenCount: promptTokenCount, seconds: Date().timeIntervalSince(start), byteCount: store.byteCount(of: prompt))
         progress?(String(format: "prefill: %d tokens in %.1f s (%.1f tokens/s), %d bytes", promptTokenCount, prefill.seconds,
@@ -107,6 +110,8 @@ public struct ContinuationEvaluation {
         let continuation = Array(tokens[promptTokenCount..<(promptTokenCount + continuationTokenCount)])
         let steps = continuationTokenCount - 1
 
+        // The prefill's prediction of x_P: the same for every configuration (made before any policy).
+        let firstNLL = -NextTokenStatistics.logSoftmax(prefillLogits[...])[Int(continuation[0])]
         var reference: Reference?
         var results = [Result]()
         let ordered = [Self.reference] + configurations.filter { $0.cachePolicy.action != .keep }
@@ -124,13 +129,15 @@ public struct ContinuationEvaluation {
             let referencePerplexity = reference!.perplexity
             let (perplexity, seconds, sessionSeconds, peakBytes) = (d.perplexity, d.seconds, d.sessionSeconds, max(bytes, d.peakByteCount))
             let (kl, agree) = (d.klSum, d.agreeCount)
-            let r = Result(configuration: configuration, perplexity: perplexity,
+            let perplexityWithFirst = exp((d.negativeLogLikelihood + firstNLL) / Double(steps + 1))
+            var r = Result(configuration: configuration, perplexity: perplexity,
                            perplexityDelta: isReference ? 0 : (perplexity - referencePerplexity) / referencePerplexity,
                            meanKLDivergence: isReference ? 0 : kl / Double(steps), top1Agreement: isReference ? 1 : Double(agree) / Double(steps),
                            byteCount: bytes, ratio: Double(bytes) / Double(prefill.byteCount),
                            finalByteCount: store.byteCount(of: sequence), peakByteCount: peakBytes,
                            tokensPerSecond: Double(continuationTokenCount) / seconds, compressSeconds: compressSeconds,
                            decodeSeconds: seconds, decodeSessionSeconds: sessionSeconds)
+            r.perplexityWithFirst = perplexityWithFirst
             results.append(r)
             progress?(String(format: "%@: perplexity %.4f, KLD %.5f, top-1 %.3f, %d bytes (%.3f), %.1f tokens/s", configuration.label,
                              r.perplexity, r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond))
@@ -149,6 +156,8 @@ public struct ContinuationEvaluation {
     /// What teacher-forcing a continuation through one sequence gave.
     struct DecodeFigures {
         var perplexity: Double
+        /// Σ −log p(x_{t+1}) over the scored steps.
+        var negativeLogLikelihood: Double
         /// Σ KL(reference ‖ this) and the argmax agreements over the scored steps (0 without a reference).
         var klSum: Double, agreeCount: Int
         var peakByteCount: Int
@@ -162,14 +171,14 @@ public struct ContinuationEvaluation {
     /// `reference` when given, else keeping this run's distributions as the reference.
     func decode(_ continuation: [Int32], sequence: SequenceID, in store: KVStore, hook: DecodeHook?,
                 reference: Reference?) throws -> DecodeFigures {
-        let vocabulary = model.hyperparameters.vocabularySize
+        let vocabulary = model.cacheShape.vocabularySize
         let steps = continuation.count - 1
         var logProbabilities = [Float](), top1 = [Int32]()
         var nll = 0.0, kl = 0.0, agree = 0, peak = 0, sessionSeconds = 0.0
         let t0 = Date()
         for step in 0..<continuation.count {
             let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none,
-                                           attentionObserver: hook?.recordAttention)
+                                           observer: nil, attentionObserver: hook?.recordAttention)
             if let hook {
                 let t = Date()
                 try hook.afterStep()
@@ -190,7 +199,7 @@ public struct ContinuationEvaluation {
             }
         }
         let perplexity = exp(nll / Double(steps))
-        return DecodeFigures(perplexity: perplexity, klSum: kl, agreeCount: agree, peakByteCount: peak,
+        return DecodeFigures(perplexity: perplexity, negativeLogLikelihood: nll, klSum: kl, agreeCount: agree, peakByteCount: peak,
                              seconds: Date().timeIntervalSince(t0), sessionSeconds: sessionSeconds,
                              reference: reference ?? Reference(logProbabilities: logProbabilities, top1: top1, perplexity: perplexity))
     }

@@ -28,7 +28,7 @@ import KVStore
 /// - Complexity: about `layerCount · (|keys| + |values|) · continuationTokenCount` decode steps.
 public struct SensitivityCalibration {
     /// The model measured.
-    public let model: LlamaModel
+    public let model: any CausalLanguageModel
     /// Store pages (per-channel key parameters are per page).
     public var pageCapacity = 64
     /// Sinks and recent window left at FP16 (the plans' regions).
@@ -42,7 +42,7 @@ public struct SensitivityCalibration {
     /// Prompt queries that score tokens for the drop measurements (SnapKV's observation window).
     public var observationTokenCount = 32
 
-    public init(model: LlamaModel) {
+    public init(model: any CausalLanguageModel) {
         self.model = model
     }
 
@@ -98,8 +98,13 @@ public struct SensitivityCalibration {
                     for (i, f) in group.enumerated() {
                         let fork = store.fork(sequence)
                         defer { store.removeSequence(fork) }
-                        let moves = middle.map { StreamPlan.Move(position: Int32($0), tier: slots[i]) }
-                        try store.apply(RetentionPlan(streams: (0..<c.kvHeadCount).map { StreamPlan(layer: layer, kvHead: $0, moves: moves) }), to: fork)
+                        // The middle positions the layer still holds (a sliding-window layer keeps only its last ones).
+                        let plan = RetentionPlan(streams: (0..<c.kvHeadCount).map { h in
+                            let held = store.tokenTiers(of: fork, layer: layer, kvHead: h).positions
+                            return StreamPlan(layer: layer, kvHead: h, moves: held.filter { middle.contains(Int($0)) }
+                                .map { StreamPlan.Move(position: $0, tier: slots[i]) })
+                        })
+                        try store.apply(plan, to: fork)
                         let d = try evaluation.decode(continuation, sequence: fork, in: store, hook: nil, reference: reference)
                         let kld = max(0, d.klSum / Double(continuationTokenCount - 1))
                         if measuringValues { valueKLD[first + i][layer] = kld } else { keyKLD[first + i][layer] = kld }

@@ -15,7 +15,7 @@ import KVStore
 /// them (`MatrixProducts`), split over `threadCount` threads: multi-token chunks in FP32 on the
 /// dequantised weights, one-token steps with 16-bit activations unless `quantizesDecodeActivations`
 /// is off.
-public final class LlamaModel: Sendable {
+public final class LlamaModel: CausalLanguageModel {
     /// The model's shape.
     public let hyperparameters: LlamaHyperparameters
     /// Threads for matrix products and attention.
@@ -54,64 +54,21 @@ public final class LlamaModel: Sendable {
         try self.init(file: file, threadCount: threadCount, quantizesDecodeActivations: quantizesDecodeActivations)
     }
 
-    /// A store configuration with this model's shape (layers, heads, head size).
-    public func storeConfiguration(pageCapacity: Int = 32, tierFormats: TierFormats = .standard,
-                                   byteLimit: Int? = nil) -> KVStoreConfiguration {
+    public var cacheShape: ModelCacheShape {
         let h = hyperparameters
-        return KVStoreConfiguration(layerCount: h.layerCount, queryHeadCount: h.headCount, kvHeadCount: h.kvHeadCount,
-                                    headDim: h.headDim, pageCapacity: pageCapacity, tierFormats: tierFormats,
-                                    byteLimit: byteLimit)
+        return ModelCacheShape(layerCount: h.layerCount, headCount: h.headCount, kvHeadCount: h.kvHeadCount, headDim: h.headDim,
+                               vocabularySize: h.vocabularySize)
     }
 
     /// Which logits `forward` returns.
-    public enum Logits: Sendable, Hashable {
-        /// None (prefill whose predictions are not needed).
-        case none
-        /// The last token's.
-        case last
-        /// Every token's.
-        case all
-    }
+    public typealias Logits = ForwardLogits
 
-    /// What one layer computed for a chunk, for observers (all after RoPE).
-    public struct LayerActivations: Sendable {
-        /// The layer (0-based).
-        public var layer: Int
-        /// Position of the chunk's first token.
-        public var firstPosition: Int
-        /// Tokens in the chunk.
-        public var tokenCount: Int
-        /// `[head][token][headDim]`.
-        public var queries: [Float]
-        /// `[kvHead][token][headDim]`, as appended to the store (before FP16 rounding).
-        public var keys: [Float]
-        /// `[kvHead][token][headDim]`.
-        public var values: [Float]
-    }
-
-    /// Runs `tokens` through the model as the next positions of sequence `id` in `store`, appending
-    /// their keys and values to every layer.
-    ///
-    /// - Parameters:
-    ///   - observer: called once per layer with the chunk's queries, keys and values (e.g. to keep
-    ///     observation-window queries for a compression policy, or to compare with a dump).
-    ///   - attentionObserver: if given, attention is asked for its weights and each layer's
-    ///     `AttentionResult` is passed here (e.g. to a decode-time policy's score accumulator).
-    /// - Returns: logits `[token][vocabulary]` for the tokens `logits` selects.
-    /// - Throws: `KVStoreError` if the store cannot take the keys and values (byte limit, or a
-    ///   non-finite activation); layers before the failing one have then appended the chunk.
-    /// - Precondition: the store has this model's shape; token ids are in the vocabulary.
+    /// `CausalLanguageModel.forward` (the block is described on the type).
     public func forward(_ tokens: [Int32], sequence id: SequenceID, in store: KVStore, logits: Logits = .last,
                         observer: ((LayerActivations) -> Void)? = nil,
                         attentionObserver: ((Int, AttentionResult) -> Void)? = nil) throws(KVStoreError) -> [Float] {
         let h = hyperparameters, e = h.embeddingLength, d = h.headDim, n = tokens.count
-        let sc = store.configuration
-        precondition(sc.layerCount == h.layerCount && sc.queryHeadCount == h.headCount && sc.kvHeadCount == h.kvHeadCount
-                     && sc.headDim == d, "LlamaModel.forward: the store's shape does not match the model")
-        precondition(n > 0, "LlamaModel.forward: no tokens")
-        for t in tokens {
-            precondition(t >= 0 && Int(t) < h.vocabularySize, "LlamaModel.forward: token \(t) outside the vocabulary of \(h.vocabularySize)")
-        }
+        checkForward(tokens, store, "LlamaModel.forward")
         let first = store.nextPosition(of: id, layer: 0)
         var x = products.rows(of: weights.tokenEmbedding, tokens.map(Int.init))
         let (cosines, sines) = ropeTables(first: first, count: n)
@@ -124,15 +81,15 @@ public final class LlamaModel: Sendable {
             applyRoPE(&q, heads: h.headCount, count: n, cosines: cosines, sines: sines)
             applyRoPE(&k, heads: h.kvHeadCount, count: n, cosines: cosines, sines: sines)
             // [token][head][d] → [head][token][d] for the store.
-            let qh = Self.transpose(q, outer: n, inner: h.headCount, d: d)
-            let kh = Self.transpose(k, outer: n, inner: h.kvHeadCount, d: d)
-            let vh = Self.transpose(v, outer: n, inner: h.kvHeadCount, d: d)
+            let qh = MatrixKernels.transpose(q, outer: n, inner: h.headCount, d: d)
+            let kh = MatrixKernels.transpose(k, outer: n, inner: h.kvHeadCount, d: d)
+            let vh = MatrixKernels.transpose(v, outer: n, inner: h.kvHeadCount, d: d)
             observer?(LayerActivations(layer: l, firstPosition: first, tokenCount: n, queries: qh, keys: kh, values: vh))
             try store.append(id, layer: l, keys: kh, values: vh)
             let result = store.attend(id, layer: l, queries: qh, queryCount: n, returnWeights: attentionObserver != nil, threadCount: threadCount)
             attentionObserver?(l, result)
             let attended = result.output
-            let a = Self.transpose(attended, outer: h.headCount, inner: n, d: d)
+            let a = MatrixKernels.transpose(attended, outer: h.headCount, inner: n, d: d)
             let o = products.apply([block.output], to: a, count: n)[0]
             for i in 0..<x.count { x[i] += o[i] }
             let normed2 = MatrixKernels.rmsNorm(x, count: n, weight: block.feedForwardNorm, epsilon: h.rmsEpsilon)
@@ -164,43 +121,11 @@ public final class LlamaModel: Sendable {
 
     /// cos and sin of (first + t)·θ^(−2j/D), `[t][j]`, computed in Double.
     func ropeTables(first: Int, count: Int) -> ([Float], [Float]) {
-        let half = inverseFrequencies.count
-        var c = [Float](repeating: 0, count: count * half), s = c
-        for t in 0..<count {
-            for j in 0..<half {
-                let angle = Double(first + t) * inverseFrequencies[j]
-                c[t * half + j] = Float(cos(angle))
-                s[t * half + j] = Float(sin(angle))
-            }
-        }
-        return (c, s)
+        MatrixKernels.ropeTables(first: first, count: count, inverseFrequencies: inverseFrequencies)
     }
 
-    /// Rotate-half RoPE on `[token][head][D]`: (x_j, x_{j+D/2}) ↦ (x_j·cos − x_{j+D/2}·sin, x_{j+D/2}·cos + x_j·sin).
+    /// Rotate-half RoPE on `[token][head][D]` (`MatrixKernels.applyRoPE`).
     func applyRoPE(_ x: inout [Float], heads: Int, count: Int, cosines: [Float], sines: [Float]) {
-        let d = hyperparameters.headDim, half = d / 2
-        for t in 0..<count {
-            for h in 0..<heads {
-                let base = (t * heads + h) * d
-                for j in 0..<half {
-                    let a = x[base + j], b = x[base + j + half]
-                    let c = cosines[t * half + j], s = sines[t * half + j]
-                    x[base + j] = a * c - b * s
-                    x[base + j + half] = b * c + a * s
-                }
-            }
-        }
-    }
-
-    /// `[outer][inner][d]` → `[inner][outer][d]`.
-    static func transpose(_ x: [Float], outer: Int, inner: Int, d: Int) -> [Float] {
-        var y = [Float](repeating: 0, count: x.count)
-        for o in 0..<outer {
-            for i in 0..<inner {
-                let src = (o * inner + i) * d, dst = (i * outer + o) * d
-                for k in 0..<d { y[dst + k] = x[src + k] }
-            }
-        }
-        return y
+        MatrixKernels.applyRoPE(&x, heads: heads, headDim: hyperparameters.headDim, count: count, cosines: cosines, sines: sines)
     }
 }

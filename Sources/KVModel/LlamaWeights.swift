@@ -32,20 +32,10 @@ struct LlamaWeights: Sendable {
 
     init(file: GGUFFile, hyperparameters h: LlamaHyperparameters) throws(LlamaModelError) {
         self.file = file
-        func info(_ name: String, _ shape: [Int]) throws(LlamaModelError) -> GGUFTensorInfo {
-            guard let info = file.tensor(name) else { throw .missingTensor(name) }
-            guard info.shape == shape else { throw .shapeMismatch(tensor: name, expected: shape, found: info.shape) }
-            return info
-        }
-        func vector(_ name: String, _ length: Int) throws(LlamaModelError) -> [Float] {
-            let v = file.floats(try info(name, [length]))
-            if let bad = v.firstIndex(where: { !$0.isFinite }) { throw .nonFiniteWeight(tensor: name, index: bad) }
-            return v
-        }
+        let load = WeightLoader(file: file)
+        func vector(_ name: String, _ length: Int) throws(LlamaModelError) -> [Float] { try load.vector(name, length) }
         func matrix(_ name: String, rows: Int, columns: Int) throws(LlamaModelError) -> WeightMatrix {
-            let m = WeightMatrix(try info(name, [columns, rows]), in: file)
-            if let bad = Self.firstNonFiniteWeight(m, in: file) { throw .nonFiniteWeight(tensor: name, index: bad) }
-            return m
+            try load.matrix(name, rows: rows, columns: columns)
         }
         let e = h.embeddingLength, d = h.headDim
         tokenEmbedding = try matrix("token_embd.weight", rows: h.vocabularySize, columns: e)

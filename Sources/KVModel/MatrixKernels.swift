@@ -34,4 +34,56 @@ enum MatrixKernels {
 
     /// x·σ(x).
     @inline(__always) static func silu(_ x: Float) -> Float { x / (1 + exp(-x)) }
+
+    /// `[outer][inner][d]` → `[inner][outer][d]`.
+    static func transpose(_ x: [Float], outer: Int, inner: Int, d: Int) -> [Float] {
+        var y = [Float](repeating: 0, count: x.count)
+        for o in 0..<outer {
+            for i in 0..<inner {
+                let src = (o * inner + i) * d, dst = (i * outer + o) * d
+                for k in 0..<d { y[dst + k] = x[src + k] }
+            }
+        }
+        return y
+    }
+
+    /// θ^(−2j/D) for j < D/2, in Double.
+    static func inverseFrequencies(theta: Float, headDim d: Int) -> [Double] {
+        (0..<(d / 2)).map { j in pow(Double(theta), -2 * Double(j) / Double(d)) }
+    }
+
+    /// cos and sin of (first + t)·f_j, `[t][j]` for the inverse frequencies f, computed in Double.
+    static func ropeTables(first: Int, count: Int, inverseFrequencies: [Double]) -> ([Float], [Float]) {
+        let half = inverseFrequencies.count
+        var c = [Float](repeating: 0, count: count * half), s = c
+        for t in 0..<count {
+            for j in 0..<half {
+                let angle = Double(first + t) * inverseFrequencies[j]
+                c[t * half + j] = Float(cos(angle))
+                s[t * half + j] = Float(sin(angle))
+            }
+        }
+        return (c, s)
+    }
+
+    /// Rotate-half RoPE on `[token][head][D]`: (x_j, x_{j+D/2}) ↦ (x_j·cos − x_{j+D/2}·sin, x_{j+D/2}·cos + x_j·sin).
+    static func applyRoPE(_ x: inout [Float], heads: Int, headDim d: Int, count: Int, cosines: [Float], sines: [Float]) {
+        let half = d / 2
+        for t in 0..<count {
+            for h in 0..<heads {
+                let base = (t * heads + h) * d
+                for j in 0..<half {
+                    let a = x[base + j], b = x[base + j + half]
+                    let c = cosines[t * half + j], s = sines[t * half + j]
+                    x[base + j] = a * c - b * s
+                    x[base + j + half] = b * c + a * s
+                }
+            }
+        }
+    }
+
+    /// GELU, tanh form (Gemma's `gelu_pytorch_tanh`, ggml's `gelu`): x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+    @inline(__always) static func geluTanh(_ x: Float) -> Float {
+        0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    }
 }

@@ -38,8 +38,9 @@ struct SharedBuffer<T>: @unchecked Sendable {
 
 extension KVStore {
     /// Fused decode attention of one sequence's layer: each query row attends over every stored
-    /// token of its KV head's stream whose position is ≤ the query's, whatever tier the token sits
-    /// in, scaled by `configuration.effectiveAttentionScale`, softmax in FP32.
+    /// token of its KV head's stream whose position is ≤ the query's (and, in a layer with a sliding
+    /// window W, > the query's − W), whatever tier the token sits in, scaled by
+    /// `configuration.effectiveAttentionScale`, softmax in FP32.
     ///
     /// Keys are scored in code space (FP16 rows converted on the fly, grouped rows as
     /// scale·Σq·c + zero·Σq, per-channel pages with the query folded into the channel scales once
@@ -129,7 +130,7 @@ extension KVStore {
                 let w = batch[b].queries.withUnsafeBufferPointer { qp in
                     StreamAttention(configuration: c, codecs: codecs, rotations: rotations, stream: layerState.streams[h], kvHead: h,
                                     queries: qp.baseAddress!, queryCount: batch[b].queryCount, queryPositions: positions,
-                                    returnWeights: returnWeights)
+                                    returnWeights: returnWeights, layer: layer)
                         .run(into: outBuffers[b].base)
                 }
                 weightBuffer[b].base[h] = w

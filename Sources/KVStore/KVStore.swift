@@ -124,9 +124,16 @@ public final class KVStore: Sendable {
     /// `keys` and `values` are laid out `[kvHead][token][headDim]` (`kvHeadCount · tokenCount ·
     /// headDim` values each): one prefill chunk, or one decode token (`tokenCount == 1`).
     ///
+    /// In a layer with a sliding window W (`KVStoreConfiguration.layerSlidingWindows`), the append
+    /// first releases every page whose tokens all lie at or before `first − W`, `first` being the
+    /// first appended position: no query from `first` on can see them. Then each stream of the
+    /// layer holds at most W − 1 + `tokenCount` tokens inside the window plus, per stored tier,
+    /// fewer than one page capacity of older tokens (the page straddling the window's start), which
+    /// attention masks.
+    ///
     /// - Throws: `KVStoreError.invalidValue` for a non-finite or out-of-range value (keys checked
     ///   before values, lowest index first), `.byteLimitExceeded` if the new pages do not fit. On
-    ///   error nothing changes.
+    ///   error nothing changes, except that a windowed layer's invisible pages may have been released.
     /// - Complexity: O(kvHeads · tokenCount · headDim).
     public func append(_ id: SequenceID, layer: Int, keys: UnsafeBufferPointer<Float>, values: UnsafeBufferPointer<Float>,
                        tokenCount: Int) throws(KVStoreError) {
@@ -159,6 +166,11 @@ public final class KVStore: Sendable {
             defer { s.sequences[id] = sequence }
             let first = sequence.layers[layer].nextPosition
             precondition(Int(first) + tokenCount <= Int(Int32.max), "KVStore.append: positions exhausted")
+            if let w = c.slidingWindow(layer: layer), Int(first) - w >= 0 {
+                // No query at or after `first` sees positions ≤ first − W: release their pages now
+                // (before the byte-limit check, so the freed bytes count).
+                for h in 0..<c.kvHeadCount { sequence.layers[layer].streams[h].evictPages(through: first - Int32(w)) }
+            }
             var cost = 0
             for h in 0..<c.kvHeadCount {
                 cost += sequence.layers[layer].streams[h].appendCost(tokenCount, firstPosition: first, layout: layout)
@@ -179,6 +191,25 @@ public final class KVStore: Sendable {
             return nil
         }
         if let result { throw result }
+    }
+
+    /// Releases the pages of a windowed layer that no later query can see: those whose tokens all
+    /// lie at or before `nextPosition − W` (the next query, at `nextPosition`, sees from
+    /// `nextPosition − W + 1`). A model calls it after a chunk's attention, so that between forward
+    /// passes each stream of the layer holds at most W tokens plus, per stored tier, fewer than one
+    /// page capacity of older ones. No-op for a layer without a window. O(pages).
+    public func releaseOutsideWindow(_ id: SequenceID, layer: Int) {
+        let c = configuration
+        precondition(0 <= layer && layer < c.layerCount, "KVStore.releaseOutsideWindow: layer \(layer) outside 0..<\(c.layerCount)")
+        guard let w = c.slidingWindow(layer: layer) else { return }
+        state.withLock { s in
+            guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.releaseOutsideWindow: unknown sequence \(id)") }
+            let cutoff = Int(sequence.layers[layer].nextPosition) - w
+            guard cutoff >= 0 else { return }
+            s.sequences[id] = nil  // hold the only reference while mutating
+            for h in 0..<c.kvHeadCount { sequence.layers[layer].streams[h].evictPages(through: Int32(cutoff)) }
+            s.sequences[id] = sequence
+        }
     }
 
     /// Array form of `append`: `keys` and `values` are `[kvHead][token][headDim]`; the token count

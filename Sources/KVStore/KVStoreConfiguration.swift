@@ -34,10 +34,19 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     /// power-of-two head dims rotate (`isRotationSupported`); `rotatesKeys(layer:)` and
     /// `rotatesValues(layer:)` say what the store does.
     public var rotation: RotationSettings
+    /// Per layer (`layerCount` of them), that layer's sliding attention window W, or `nil` for full
+    /// causal attention; `nil` for no window in any layer (the default).
+    ///
+    /// A query at position p of a windowed layer sees only the keys at positions p − W + 1 … p (W
+    /// keys, itself included: llama.cpp's and Hugging Face's sliding window, e.g. Gemma 3's local
+    /// layers with W = 512), and the store *evicts* what no later query can see: before an append
+    /// whose first position is f, every page whose tokens all lie at or before f − W is released
+    /// (`KVStore.append`). So a windowed layer's streams stay bounded however long the sequence.
+    public var layerSlidingWindows: [Int?]?
 
     public init(layerCount: Int, queryHeadCount: Int, kvHeadCount: Int, headDim: Int, pageCapacity: Int = 32,
                 tierFormats: TierFormats = .standard, layerTierFormats: [TierFormats]? = nil, byteLimit: Int? = nil,
-                attentionScale: Float? = nil, rotation: RotationSettings = .none) {
+                attentionScale: Float? = nil, rotation: RotationSettings = .none, layerSlidingWindows: [Int?]? = nil) {
         self.layerCount = layerCount
         self.queryHeadCount = queryHeadCount
         self.kvHeadCount = kvHeadCount
@@ -48,6 +57,14 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         self.byteLimit = byteLimit
         self.attentionScale = attentionScale
         self.rotation = rotation
+        self.layerSlidingWindows = layerSlidingWindows
+    }
+
+    /// The sliding window of `layer` (`layerSlidingWindows[layer]`), `nil` for full causal attention.
+    public func slidingWindow(layer: Int) -> Int? {
+        guard let windows = layerSlidingWindows else { return nil }
+        precondition(0 <= layer && layer < windows.count, "KVStoreConfiguration.slidingWindow: layer \(layer) outside 0..<\(windows.count)")
+        return windows[layer]
     }
 
     /// The tier formats of `layer`: `layerTierFormats[layer]`, else `tierFormats`. (Planners cost a
@@ -107,6 +124,14 @@ public struct KVStoreConfiguration: Sendable, Hashable {
                 throw bad("layerTierFormats", "must have one entry per layer (\(layerCount)), got \(perLayer.count)")
             }
             for (l, f) in perLayer.enumerated() { try Self.validate(f, named: "layerTierFormats[\(l)]", headDim: headDim) }
+        }
+        if let windows = layerSlidingWindows {
+            guard windows.count == layerCount else {
+                throw bad("layerSlidingWindows", "must have one entry per layer (\(layerCount)), got \(windows.count)")
+            }
+            if let l = windows.firstIndex(where: { $0.map { $0 < 1 || $0 > Int(Int32.max) } ?? false }) {
+                throw bad("layerSlidingWindows[\(l)]", "must be in 1...2^31 - 1, got \(windows[l]!)")
+            }
         }
         for (name, layers) in [("rotation.keys", rotation.keys), ("rotation.values", rotation.values)] {
             if case .only(let set) = layers, let bad = set.first(where: { !(0..<layerCount).contains($0) }) {

@@ -14,6 +14,8 @@ struct StreamAttention {
     let queryCount: Int
     let queryPositions: [Int32]
     let returnWeights: Bool
+    /// The layer (for its sliding window).
+    let layer: Int
 
     /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
     /// rows written) and returns the weights if asked.
@@ -35,6 +37,10 @@ struct StreamAttention {
         let q0 = queries + kvHead * rows * d, o0 = output + kvHead * rows * d
         let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
         let minQueryPosition = qpos.min() ?? .max
+        // Sliding window W: a query at p sees p − W + 1 … p; pages entirely before every row's window are skipped.
+        let window = c.slidingWindow(layer: layer).map(Int32.init)
+        let oldestVisible = window.map { (qpos.min() ?? .max) - $0 + 1 } ?? .min
+        let newestWindowStart = window.map { (qpos.max() ?? .min) - $0 + 1 } ?? .min
         // Scores of a page: `rows` rows of `cap` (the largest page capacity of the layer's tiers).
         let cap = codecs.map(\.layout.capacity).max()!
         o0.initialize(repeating: 0, count: rows * d)
@@ -69,6 +75,7 @@ struct StreamAttention {
         // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
         for (page, t) in visit {
+            if page.lastPosition < oldestVisible, !returnWeights { continue }  // no row sees any of it (weights list every stored token)
             let tc = codecs[t]
             let n = page.count
             // Scores, by the tier's chosen kernel (against R·q where the tier's keys are rotated).
@@ -79,6 +86,13 @@ struct StreamAttention {
                 for j in 0..<n {
                     let p = page.position(j)
                     for r in 0..<rows where p > qpos[r] { S[r * cap + j] = -.infinity }
+                }
+            }
+            // Window mask, only where some token is before some row's window (positions ascend).
+            if let window, page.position(0) < newestWindowStart {
+                for j in 0..<n {
+                    let p = page.position(j)
+                    for r in 0..<rows where p <= qpos[r] - window { S[r * cap + j] = -.infinity }
                 }
             }
             if returnWeights {

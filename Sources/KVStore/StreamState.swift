@@ -55,6 +55,21 @@ struct StreamState: Sendable {
         return entries
     }
 
+    // MARK: Sliding-window eviction
+
+    /// Releases every page (sealed or staging, of any tier) whose tokens all lie at positions
+    /// ≤ `cutoff`. Keeps the tier invariants: a row-wise tier loses a prefix of full pages (its
+    /// pages ascend, and only its last page may be partial, which is then dropped only if it is
+    /// the last left), a page-wise tier some of its sealed pages. O(pages).
+    mutating func evictPages(through cutoff: Int32) {
+        for t in tiers.indices {
+            if tiers[t].pages.contains(where: { $0.lastPosition <= cutoff }) {
+                tiers[t].pages.removeAll { $0.lastPosition <= cutoff }
+            }
+            if let st = tiers[t].staging, st.count > 0, st.lastPosition <= cutoff { tiers[t].staging = nil }
+        }
+    }
+
     // MARK: Appending at FP16
 
     /// Token slots the FP16 tier's last page can take for positions from `first` on (0 if none:

@@ -58,14 +58,14 @@ enum CalibrateCommand {
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "calibrate") }
         guard let textPath else { throw UsageError(message: "--text is required", command: "calibrate") }
         guard let output else { throw UsageError(message: "--output PROFILE.json is required", command: "calibrate") }
-        let model = try LlamaModel(contentsOf: URL(fileURLWithPath: modelPath), threadCount: threads)
+        let file = try GGUFFile(contentsOf: URL(fileURLWithPath: modelPath))
+        let model = try loadLanguageModel(file: file, threadCount: threads)
         for f in keys + values {
-            do { try f.validate(headDim: model.hyperparameters.headDim) } catch {
-                throw UsageError(message: "format \(f) does not suit head dim \(model.hyperparameters.headDim): \(error)", command: "calibrate")
+            do { try f.validate(headDim: model.cacheShape.headDim) } catch {
+                throw UsageError(message: "format \(f) does not suit head dim \(model.cacheShape.headDim): \(error)", command: "calibrate")
             }
         }
-        let tokenizer = try BPETokenizer(file: GGUFFile(contentsOf: URL(fileURLWithPath: modelPath)))
-        let tokens = tokenizer.encode(try String(contentsOf: URL(fileURLWithPath: textPath), encoding: .utf8))
+        let tokens = try loadTokenizer(file: file).encodePrompt(try String(contentsOf: URL(fileURLWithPath: textPath), encoding: .utf8))
         guard promptTokens + continueTokens <= tokens.count else {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "calibrate")
         }

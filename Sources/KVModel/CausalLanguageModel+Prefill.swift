@@ -2,7 +2,7 @@ import KVQuantization
 import KVCompression
 import KVStore
 
-extension LlamaModel {
+extension CausalLanguageModel {
     /// Runs a prompt through the model in chunks of at most `chunkTokenCount` tokens, keeping the
     /// queries of its last `observationTokenCount` tokens.
     ///
@@ -10,9 +10,9 @@ extension LlamaModel {
     /// - Throws: `KVStoreError` from the store (see `forward`).
     public func prefill(_ tokens: [Int32], sequence id: SequenceID, in store: KVStore, chunkTokenCount: Int = 512,
                         observationTokenCount: Int = 32) throws(KVStoreError) -> (logits: [Float], observation: ObservationWindow) {
-        precondition(!tokens.isEmpty, "LlamaModel.prefill: empty prompt")
-        precondition(chunkTokenCount > 0 && observationTokenCount >= 0, "LlamaModel.prefill: bad chunk or window size")
-        let h = hyperparameters, d = h.headDim
+        precondition(!tokens.isEmpty, "CausalLanguageModel.prefill: empty prompt")
+        precondition(chunkTokenCount > 0 && observationTokenCount >= 0, "CausalLanguageModel.prefill: bad chunk or window size")
+        let h = cacheShape, d = h.headDim
         let first = store.nextPosition(of: id, layer: 0)
         let w = min(observationTokenCount, tokens.count)
         let windowStart = first + tokens.count - w
@@ -21,7 +21,7 @@ extension LlamaModel {
         var c = 0
         while c < tokens.count {
             let end = min(tokens.count, c + chunkTokenCount)
-            logits = try forward(Array(tokens[c..<end]), sequence: id, in: store, logits: end == tokens.count ? .last : .none) { a in
+            let keep: (LayerActivations) -> Void = { a in
                 for t in 0..<a.tokenCount where a.firstPosition + t >= windowStart {
                     let k = a.firstPosition + t - windowStart
                     for head in 0..<h.headCount {
@@ -29,6 +29,8 @@ extension LlamaModel {
                     }
                 }
             }
+            logits = try forward(Array(tokens[c..<end]), sequence: id, in: store, logits: end == tokens.count ? .last : .none,
+                                 observer: keep, attentionObserver: nil)
             c = end
         }
         let positions = (0..<w).map { Int32(windowStart + $0) }
@@ -52,11 +54,11 @@ extension LlamaModel {
         var logits = first
         var out = [Int32]()
         while true {
-            let next = Self.mostLikelyToken(logits[...])
+            let next = LlamaModel.mostLikelyToken(logits[...])
             out.append(next)
             onToken?(next)
             if out.count == maxTokenCount || stopTokens.contains(next) { break }
-            logits = try forward([next], sequence: id, in: store, logits: .last, attentionObserver: hook?.recordAttention)
+            logits = try forward([next], sequence: id, in: store, logits: .last, observer: nil, attentionObserver: hook?.recordAttention)
             try hook?.afterStep()
         }
         return out

@@ -1,0 +1,228 @@
+import KVQuantization
+
+/// A SentencePiece-style tokenizer (`tokenizer.ggml.model = llama`: pieces with scores, byte
+/// fallback), encoding as llama.cpp's `llm_tokenizer_spm` does.
+///
+/// Encoding, in llama.cpp's order:
+/// 1. *User-defined tokens* (token type 4, e.g. Gemma's runs of spaces, newlines and tabs) are cut
+///    out of the text first, longest token first, each occurrence left to right; they become their
+///    own ids. (Control tokens are not recognised in text: add them by id.)
+/// 2. Each remaining fragment gets a leading space if `tokenizer.ggml.add_space_prefix` says so (and
+///    it starts the text or follows a user-defined token), its spaces become `▁` (U+2581), and it is
+///    split into UTF-8 characters.
+/// 3. Repeatedly, of all adjacent pairs whose concatenation is a piece, the pair with the highest
+///    piece score (ties: the leftmost) is merged.
+/// 4. Each final symbol is its piece's id, or, if no piece has its text (a lone character outside
+///    the vocabulary), the ids of its bytes' `<0xXX>` pieces.
+///
+/// Decoding concatenates the pieces' texts with `▁` as a space and byte pieces as bytes; control
+/// and unknown tokens decode to nothing.
+public struct SentencePieceTokenizer: Sendable {
+    /// Piece texts by id.
+    public let tokens: [String]
+    /// Piece scores by id (higher merges first).
+    public let scores: [Float]
+    /// Token types by id (llama.cpp's: 1 normal, 2 unknown, 3 control, 4 user-defined, 5 unused, 6 byte).
+    public let tokenTypes: [Int32]
+    public let bosToken: Int32?
+    public let eosToken: Int32?
+    /// Whether a prompt starts with BOS (`tokenizer.ggml.add_bos_token`, default true).
+    public let addsBOS: Bool
+    /// Whether a fragment gets a leading space (`tokenizer.ggml.add_space_prefix`, default true).
+    public let addsSpacePrefix: Bool
+
+    /// Piece text (UTF-8 bytes) → id (the first id of a repeated text).
+    let ids: [[UInt8]: Int32]
+    /// The id of `<0xXX>` for each byte, where present.
+    let byteTokens: [Int32?]
+    /// User-defined tokens' bytes and ids, longest first.
+    let userDefined: [(bytes: [UInt8], id: Int32)]
+
+    static let normal: Int32 = 1, unknown: Int32 = 2, control: Int32 = 3, userDefinedType: Int32 = 4, byte: Int32 = 6
+
+    /// Builds the tokenizer of `file`.
+    ///
+    /// - Throws: `LlamaModelError.invalidTokenizer` if the model is not `llama` (SentencePiece), or
+    ///   the tokens, scores or types are missing, of the wrong type or of different lengths.
+    public init(file: GGUFFile) throws(LlamaModelError) {
+        guard let model = file["tokenizer.ggml.model"]?.string else { throw .invalidTokenizer("tokenizer.ggml.model is missing") }
+        guard model == "llama" else { throw .invalidTokenizer("model \(model) is not SentencePiece (llama)") }
+        guard let rawTokens = file["tokenizer.ggml.tokens"]?.array, !rawTokens.isEmpty else {
+            throw .invalidTokenizer("tokenizer.ggml.tokens is missing or empty")
+        }
+        var tokens = [String]()
+        tokens.reserveCapacity(rawTokens.count)
+        for (i, t) in rawTokens.enumerated() {
+            guard let s = t.string else { throw .invalidTokenizer("token \(i) is not a string") }
+            tokens.append(s)
+        }
+        var scores = [Float](), types = [Int32]()
+        if let raw = file["tokenizer.ggml.scores"]?.array {
+            for (i, v) in raw.enumerated() {
+                guard let d = v.double, d.isFinite else { throw .invalidTokenizer("score \(i) is not a finite number") }
+                scores.append(Float(d))
+            }
+        } else { scores = Array(repeating: 0, count: tokens.count) }
+        if let raw = file["tokenizer.ggml.token_type"]?.array {
+            for (i, v) in raw.enumerated() {
+                guard let t = v.integer, t >= 0, t <= 6 else { throw .invalidTokenizer("token type \(i) is not in 0...6") }
+                types.append(Int32(t))
+            }
+        } else { types = Array(repeating: Self.normal, count: tokens.count) }
+        guard scores.count == tokens.count, types.count == tokens.count else {
+            throw .invalidTokenizer("\(tokens.count) tokens but \(scores.count) scores and \(types.count) types")
+        }
+        func tokenID(_ key: String) throws(LlamaModelError) -> Int32? {
+            guard let v = file[key] else { return nil }
+            guard let i = v.integer, i >= 0, i < tokens.count else { throw .invalidTokenizer("\(key) = \(v) is not a token id") }
+            return Int32(i)
+        }
+        self.init(tokens: tokens, scores: scores, tokenTypes: types, bosToken: try tokenID("tokenizer.ggml.bos_token_id"),
+                  eosToken: try tokenID("tokenizer.ggml.eos_token_id"),
+                  addsBOS: file["tokenizer.ggml.add_bos_token"]?.bool ?? true,
+                  addsSpacePrefix: file["tokenizer.ggml.add_space_prefix"]?.bool ?? true)
+    }
+
+    /// Builds a tokenizer from pieces, their scores and types.
+    ///
+    /// - Precondition: the three arrays have one entry per token (a caller bug otherwise).
+    public init(tokens: [String], scores: [Float], tokenTypes: [Int32], bosToken: Int32? = nil, eosToken: Int32? = nil,
+                addsBOS: Bool = true, addsSpacePrefix: Bool = true) {
+        precondition(scores.count == tokens.count && tokenTypes.count == tokens.count && tokens.count <= Int(Int32.max),
+                     "SentencePieceTokenizer: \(tokens.count) tokens, \(scores.count) scores, \(tokenTypes.count) types")
+        self.tokens = tokens
+        self.scores = scores
+        self.tokenTypes = tokenTypes
+        self.bosToken = bosToken
+        self.eosToken = eosToken
+        self.addsBOS = addsBOS
+        self.addsSpacePrefix = addsSpacePrefix
+        var ids = [[UInt8]: Int32](minimumCapacity: tokens.count)
+        var bytes = [Int32?](repeating: nil, count: 256)
+        var user = [(bytes: [UInt8], id: Int32)]()
+        for (i, t) in tokens.enumerated() {
+            let b = Array(t.utf8)
+            if ids[b] == nil { ids[b] = Int32(i) }
+            if tokenTypes[i] == Self.byte, b.count == 6, t.hasPrefix("<0x"), t.hasSuffix(">"),
+               let v = UInt8(t.dropFirst(3).dropLast(), radix: 16), bytes[Int(v)] == nil {
+                bytes[Int(v)] = Int32(i)
+            }
+            if tokenTypes[i] == Self.userDefinedType, !b.isEmpty { user.append((b, Int32(i))) }
+        }
+        self.ids = ids
+        byteTokens = bytes
+        // Longest first; equal lengths by id (llama.cpp's order among equal lengths is unspecified).
+        userDefined = user.sorted { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
+    }
+
+    /// A piece of text before SentencePiece: raw bytes, or a user-defined token already recognised.
+    enum Fragment {
+        case text(ArraySlice<UInt8>)
+        case token(Int32)
+    }
+
+    /// The token ids of `text` (no BOS added; prepend `bosToken` yourself if `addsBOS`).
+    public func encode(_ text: String) -> [Int32] {
+        var fragments = [Fragment.text(ArraySlice(Array(text.utf8)))]
+        for (needle, id) in userDefined {
+            var next = [Fragment]()
+            next.reserveCapacity(fragments.count)
+            for f in fragments {
+                guard case .text(let raw) = f, raw.count >= needle.count else { next.append(f); continue }
+                var start = raw.startIndex, i = raw.startIndex
+                while i + needle.count <= raw.endIndex {
+                    if raw[i] == needle[0], raw[i..<(i + needle.count)].elementsEqual(needle) {
+                        if start < i { next.append(.text(raw[start..<i])) }
+                        next.append(.token(id))
+                        i += needle.count
+                        start = i
+                    } else {
+                        i += 1
+                    }
+                }
+                if start < raw.endIndex { next.append(.text(raw[start..<raw.endIndex])) }
+            }
+            fragments = next
+        }
+        var out = [Int32]()
+        var afterSpecial = true
+        for f in fragments {
+            switch f {
+            case .token(let id):
+                out.append(id)
+                afterSpecial = true
+            case .text(let raw):
+                var escaped = [UInt8]()
+                escaped.reserveCapacity(raw.count + 3)
+                if addsSpacePrefix && afterSpecial { escaped += [0xE2, 0x96, 0x81] }
+                for b in raw { if b == 0x20 { escaped += [0xE2, 0x96, 0x81] } else { escaped.append(b) } }
+                encodeEscaped(escaped, into: &out)
+                afterSpecial = false
+            }
+        }
+        return out
+    }
+
+    /// Steps 2–4 on one fragment whose spaces are already `▁`.
+    func encodeEscaped(_ text: [UInt8], into out: inout [Int32]) {
+        guard !text.isEmpty else { return }
+        // Symbols: byte ranges of UTF-8 characters (a truncated sequence ends at the text's end).
+        var symbols = [Range<Int>]()
+        var o = 0
+        while o < text.count {
+            let lead = text[o]
+            let length = lead < 0x80 ? 1 : lead >> 5 == 0b110 ? 2 : lead >> 4 == 0b1110 ? 3 : lead >> 3 == 0b11110 ? 4 : 1
+            let end = min(text.count, o + length)
+            symbols.append(o..<end)
+            o = end
+        }
+        // pairScore[i]: the score of merging symbols i and i + 1, nil if their text is no piece.
+        func score(_ a: Range<Int>, _ b: Range<Int>) -> Float? {
+            ids[Array(text[a.lowerBound..<b.upperBound])].map { scores[Int($0)] }
+        }
+        var pairScores = (0..<max(0, symbols.count - 1)).map { score(symbols[$0], symbols[$0 + 1]) }
+        while true {
+            var best = -1, bestScore = -Float.infinity
+            for (i, s) in pairScores.enumerated() {
+                if let s, best < 0 || s > bestScore { best = i; bestScore = s }
+            }
+            guard best >= 0 else { break }
+            symbols[best] = symbols[best].lowerBound..<symbols[best + 1].upperBound
+            symbols.remove(at: best + 1)
+            pairScores.remove(at: best)
+            if best > 0 { pairScores[best - 1] = score(symbols[best - 1], symbols[best]) }
+            if best < pairScores.count { pairScores[best] = score(symbols[best], symbols[best + 1]) }
+        }
+        for s in symbols {
+            if let id = ids[Array(text[s])] {
+                out.append(id)
+            } else {
+                for b in text[s] { if let id = byteTokens[Int(b)] { out.append(id) } }
+            }
+        }
+    }
+
+    /// The text of `ids`. Traps on an id outside the vocabulary (a caller bug).
+    public func decode(_ ids: [Int32]) -> String {
+        var bytes = [UInt8]()
+        for id in ids {
+            precondition(id >= 0 && Int(id) < tokens.count, "SentencePieceTokenizer.decode: token \(id) outside the vocabulary")
+            switch tokenTypes[Int(id)] {
+            case Self.control, Self.unknown: continue
+            case Self.byte:
+                if let b = byteTokens.firstIndex(of: id) { bytes.append(UInt8(b)) }
+            default:
+                for b in tokens[Int(id)].utf8 { bytes.append(b) }
+            }
+        }
+        var text = [UInt8]()
+        var i = 0
+        while i < bytes.count {
+            if i + 2 < bytes.count, bytes[i] == 0xE2, bytes[i + 1] == 0x96, bytes[i + 2] == 0x81 { text.append(0x20); i += 3 } else { text.append(bytes[i]); i += 1 }
+        }
+        return String(decoding: text, as: UTF8.self)
+    }
+
+    /// The id of the token whose text is exactly `token`.
+    public func id(of token: String) -> Int32? { ids[Array(token.utf8)] }
+}

@@ -1,0 +1,71 @@
+import Foundation
+@testable import KVModel
+import KVStore
+import KVCompression
+import KVSelection
+import KVExperiments
+import Testing
+import KVQuantization
+import TestSupport
+
+@Suite struct GemmaForwardPassTests {
+    static let tokens: [Int32] = [2, 17, 33, 0, 9, 9, 31, 5, 38, 12, 7, 22, 1, 4, 4, 19]
+
+    /// A batched prefill through the store matches the naive FP64 pass (QK norms, local/global RoPE,
+    /// the window of 4 on layers 0 and 1, pre/post norms, GELU); the store keeps K/V in FP16
+    /// (relative rounding 2⁻¹¹), which bounds the agreement. Decoding token by token beyond the
+    /// window (local layers evicting) gives the same logits, and the local layers stay bounded.
+    @Test func prefillAndDecodeMatchTheNaiveReference() throws {
+        let tiny = try TinyGemma()
+        let model = try loadLanguageModel(file: tiny.file, threadCount: 2)
+        #expect(model is GemmaModel)
+        #expect(model.cacheShape.layerSlidingWindows == [TinyGemma.window, TinyGemma.window, nil])
+        let reference = try tiny.reference(Self.tokens).flatMap { $0 }
+        let store = try KVStore(model.storeConfiguration(pageCapacity: 2))
+        let batch = store.addSequence()
+        let logits = try model.forward(Self.tokens, sequence: batch, in: store, logits: .all, observer: nil, attentionObserver: nil)
+        let err = relativeError(logits, reference)
+        #expect(err < 3e-3, "logits relative error \(err)")
+        // One chunk of 5, then one token at a time (FP32 decode products: same sums as the batch).
+        let exact = try GemmaModel(file: tiny.file, threadCount: 1, quantizesDecodeActivations: false)
+        let steps = store.addSequence()
+        var stepwise = try exact.forward(Array(Self.tokens[0..<5]), sequence: steps, in: store, logits: .all)
+        for t in Self.tokens[5...] {
+            stepwise += try exact.forward([t], sequence: steps, in: store, logits: .last)
+            for l in 0..<2 {
+                let held = store.tokenTiers(of: steps, layer: l, kvHead: 0).positions
+                #expect(held.count <= TinyGemma.window + 1, "layer \(l) holds \(held.count) tokens")
+            }
+            #expect(store.tokenTiers(of: steps, layer: 2, kvHead: 0).positions.count == store.nextPosition(of: steps, layer: 2))
+        }
+        #expect(relativeError(stepwise, logits.map(Double.init)) < 1e-5)
+    }
+
+    /// The end-to-end protocol runs on it (uniform INT8 and a compressing policy on the windowed
+    /// layers), the local layers' budget counting only the tokens they keep.
+    @Test func continuationEvaluationRunsWithWindows() throws {
+        let tiny = try TinyGemma()
+        let model = try GemmaModel(file: tiny.file, threadCount: 1)
+        let tokens = (0..<40).map { Int32(($0 * 7 + 3) % TinyGemma.vocabulary) }
+        var evaluation = ContinuationEvaluation(model: model, storeConfiguration: model.storeConfiguration(pageCapacity: 4))
+        evaluation.chunkTokenCount = 8
+        evaluation.observationTokenCount = 4
+        // A window of 4 holds no decode headroom within a fraction budget: compress the prompt only.
+        evaluation.keepsBudgetDuringDecode = false
+        let configurations = try ["uniform-int8", "snapkv"].map {
+            EvaluationConfiguration(policy: try PolicyName(parsing: $0), budget: $0 == "snapkv" ? 1.0 : nil, kvCrush: nil,
+                                    regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 2))
+        }
+        let (_, results) = try evaluation.run(tokens: tokens, promptTokenCount: 24, continuationTokenCount: 12, configurations: configurations)
+        #expect(results.count == 3)
+        for r in results { #expect(r.perplexity.isFinite && r.perplexityWithFirst.isFinite) }
+        #expect(results[2].ratio <= 1 && results[1].ratio < 1)
+    }
+
+    @Test func badFilesAreTypedErrors() throws {
+        #expect(throws: LlamaModelError.missingTensor("blk.2.post_ffw_norm.weight")) {
+            try GemmaModel(file: TinyGemma(skip: "blk.2.post_ffw_norm.weight").file)
+        }
+        #expect(throws: LlamaModelError.unsupportedArchitecture("llama")) { try GemmaModel(file: TinyLlama().file) }
+    }
+}
