@@ -20,6 +20,8 @@ let package = Package(
         .library(name: "KVCrush", targets: ["KVCrush"]),
         .library(name: "KVCrushModel", targets: ["KVModel"]),
         .library(name: "KVCrushExperiments", targets: ["KVExperiments"]),
+        // The C ABI (kvcrush.h in Sources/CKVCrush/include): libKVCrushC.so.
+        .library(name: "KVCrushC", type: .dynamic, targets: ["KVCrushC"]),
         .executable(name: "kvcrush", targets: ["kvcrush"]),
     ],
     targets: [
@@ -41,6 +43,10 @@ let package = Package(
         .target(name: "KVModel", dependencies: ["KVQuantization", "KVStore", "KVCompression"]),
         // Safetensors, KV dumps, the attention-level and end-to-end protocols, reports.
         .target(name: "KVExperiments", dependencies: ["KVQuantization", "KVSelection", "KVStore", "KVCompression", "KVModel"]),
+        // The C ABI: kvcrush.h (the types, imported by the implementation so they cannot disagree) and
+        // its @_cdecl implementation over the core's public API.
+        .target(name: "CKVCrush"),
+        .target(name: "KVCrushC", dependencies: ["CKVCrush", "KVCrush"]),
         .executableTarget(name: "kvcrush", dependencies: ["KVCrush", "KVModel", "KVExperiments"]),
 
         .target(name: "TestSupport", dependencies: ["KVQuantization"], path: "Tests/TestSupport"),

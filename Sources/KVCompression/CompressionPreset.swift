@@ -20,13 +20,18 @@ import KVStore
 /// |------|--------|------|-------------------------|------------------------------------|
 /// | `2x` | 0.5    | 32   | int4/channel : lm4      | 32 + 8 + 34 + 2.5 = 76.5 |
 /// | `4x` | 0.25   | 64   | int4/channel : lm3      | 32 + 4 + 26 + 2.25 = 64.25 |
+/// | `6x` | 1/6    | 64   | int4/channel : lm3      | 64.25 |
 /// | `8x` | 0.125  | 64   | int4/channel : lm3      | 64.25 |
 ///
 /// The formats and page sizes were chosen on one text (`heapq-2048.txt`, SmolLM2-135M, prompt
 /// 1536 + 512) from `kvcrush formats` and `kvcrush run --formats`; the README reports them on
 /// another (`pydoc-topics-12k.txt`).
+///
+/// **Calibrated presets** (`calibrated(with:expectedTokenCount:)`): the INT4 tier's formats are
+/// chosen per layer from a model's `SensitivityProfile` (`kvcrush calibrate`) instead, and each
+/// layer's budget scaled by what its formats cost; the name becomes `4x+cal`.
 public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
-    /// The preset's name (`2x`, `4x`, `8x`).
+    /// The preset's name (`2x`, `4x`, `6x`, `8x`).
     public let name: String
     /// Bytes each stream may keep, as a fraction of its FP16 bytes.
     public let budget: Double
@@ -36,14 +41,57 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
     public let int4Key: StorageFormat, int4Value: StorageFormat
     /// During decode, new tokens between two plans of a layer.
     public let decodeReplanInterval: Int
+    /// Per-layer INT4 formats and budget factors from a model's `SensitivityProfile`
+    /// (`calibrated(with:expectedTokenCount:)`), or `nil` for the same formats in every layer.
+    public private(set) var allocation: SensitivityProfile.Allocation?
+    /// The rotation the profile was measured with (used with `allocation`).
+    public private(set) var calibratedRotation: RotationSettings?
 
-    public var description: String { name }
+    /// The name, with `+cal` when calibrated: `4x`, `4x+cal`.
+    public var description: String { allocation == nil ? name : name + "+cal" }
+
+    init(name: String, budget: Double, pageCapacity: Int, int4Key: StorageFormat, int4Value: StorageFormat, decodeReplanInterval: Int) {
+        self.name = name
+        self.budget = budget
+        self.pageCapacity = pageCapacity
+        self.int4Key = int4Key
+        self.int4Value = int4Value
+        self.decodeReplanInterval = decodeReplanInterval
+    }
+
+    /// This preset with its INT4 tier's key and value formats chosen per layer from `profile`
+    /// (`SensitivityProfile.allocation` at the preset's budget and page capacity, the plain plan's
+    /// FP16 share for streams of `expectedTokenCount` tokens, the decode headroom included) and each
+    /// layer's budget scaled by what its formats cost, so the sequence's total stays the budget.
+    ///
+    /// When the budget can keep every middle token in the profile's cheapest formats, the formats
+    /// spend it all (nothing planned to drop); when it cannot (6x and 8x on SmolLM2), the layers
+    /// share the preset's own formats' mean cost per token instead (the sensitive ones finer) and
+    /// the planner drops as much as the uncalibrated preset does: measured, keeping the cheapest
+    /// formats everywhere and dropping less was worse.
+    ///
+    /// - Precondition: `profile` is valid.
+    public func calibrated(with profile: SensitivityProfile, expectedTokenCount: Int) -> CompressionPreset {
+        var p = self
+        var a = profile.allocation(budget: budget, pageCapacity: pageCapacity, headroomTokenCount: decodeReplanInterval,
+                                   expectedTokenCount: expectedTokenCount)
+        if a.targetTokenByteCount < Double(profile.cheapestTokenByteCount(pageCapacity: pageCapacity)) {
+            let own = profile.tokenByteCount(key: int4Key, value: int4Value, pageCapacity: pageCapacity)
+            a = profile.allocation(budget: budget, pageCapacity: pageCapacity, headroomTokenCount: decodeReplanInterval,
+                                   expectedTokenCount: expectedTokenCount, targetTokenByteCount: Double(own))
+        }
+        p.allocation = a
+        p.calibratedRotation = profile.rotation()
+        return p
+    }
 
     /// The presets, least compression first.
     public static let all: [CompressionPreset] = [
         CompressionPreset(name: "2x", budget: 0.5, pageCapacity: 32, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int4),
                           decodeReplanInterval: 16),
         CompressionPreset(name: "4x", budget: 0.25, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
+                          decodeReplanInterval: 16),
+        CompressionPreset(name: "6x", budget: 1.0 / 6, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
                           decodeReplanInterval: 16),
         CompressionPreset(name: "8x", budget: 0.125, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
                           decodeReplanInterval: 16),
@@ -63,6 +111,10 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
         c.tierFormats.keys[.int4] = int4Key
         c.tierFormats.values[.int4] = int4Value
         c.rotation = RotationSettings(keys: .none, values: .all, seed: c.rotation.seed)
+        if let allocation, let r = calibratedRotation {
+            c.layerTierFormats = allocation.layerTierFormats(base: c.tierFormats)
+            c.rotation = RotationSettings(keys: r.keys, values: r.values, seed: c.rotation.seed)
+        }
         return c
     }
 
@@ -73,8 +125,9 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
         var p = plain.cachePolicy(budget: budget, regions: regions)
         guard case .compress(var s) = p.action else { preconditionFailure("CompressionPreset: plain compresses") }
         s.decodeReplanInterval = decodeReplanInterval
+        s.layerBudgetScales = allocation?.budgetScales
         p.action = .compress(s)
-        p.name = "preset:\(name)"
+        p.name = "preset:\(self)"
         return p
     }
 }

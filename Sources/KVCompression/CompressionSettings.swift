@@ -39,12 +39,19 @@ public struct CompressionSettings: Sendable, Hashable {
     /// appended before the next, so the budget holds at every step; a shorter interval costs fewer
     /// reserved bytes and more planning.
     public var decodeReplanInterval: Int?
+    /// Per layer, a factor on `budget` (`nil`: every layer gets `budget`). Layer `l`'s streams are
+    /// planned within `budget.scaled(by: layerBudgetScales[l])`, at prefill and during decode; with
+    /// factors of mean 1 the sequence's total stays `budget` × its FP16 bytes (as
+    /// `SensitivityProfile.allocation` makes them, so layers whose formats cost more get more).
+    public var layerBudgetScales: [Double]?
 
     public init(policy: EvictionPolicy, regions: StreamRegions = StreamRegions(), budget: ByteBudget, planner: PlannerKind = .budget,
                 kvCrush: KVCrushSelector = KVCrushSelector(), granularity: Granularity = .token,
                 groupReduction: GroupReduction = .mean, decodeNormalization: H2ONormalization = .none,
-                decodeReplanInterval: Int? = nil) {
+                decodeReplanInterval: Int? = nil, layerBudgetScales: [Double]? = nil) {
         precondition(decodeReplanInterval.map { $0 > 0 } ?? true, "CompressionSettings: decodeReplanInterval must be positive")
+        precondition(layerBudgetScales?.allSatisfy { $0.isFinite && $0 >= 0 } ?? true,
+                     "CompressionSettings: layerBudgetScales must be finite and non-negative")
         self.policy = policy
         self.regions = regions
         self.budget = budget
@@ -54,5 +61,15 @@ public struct CompressionSettings: Sendable, Hashable {
         self.groupReduction = groupReduction
         self.decodeNormalization = decodeNormalization
         self.decodeReplanInterval = decodeReplanInterval
+        self.layerBudgetScales = layerBudgetScales
+    }
+
+    /// The budget of `layer`'s streams: `budget` scaled by the layer's factor, if any.
+    ///
+    /// - Precondition: `layerBudgetScales`, when set, has an entry for `layer`.
+    public func budget(layer: Int) -> ByteBudget {
+        guard let scales = layerBudgetScales else { return budget }
+        precondition(scales.indices.contains(layer), "CompressionSettings: no layerBudgetScales entry for layer \(layer)")
+        return budget.scaled(by: scales[layer])
     }
 }

@@ -83,7 +83,8 @@ extension KVCompressor {
                 plan = try SequencePlanner(policy: s.policy, kvHeadCount: c.kvHeadCount, groupReduction: s.groupReduction)
                     .planDecode(layer: layer, streams: streams, scores: accumulators[layer], normalization: s.decodeNormalization,
                                 tokenCount: store.nextPosition(of: sequence, layer: layer),
-                                planner: compressor.planner(headroomTokenCount: compressor.decodeReplanInterval), budget: s.budget)
+                                planner: compressor.planner(layer: layer, headroomTokenCount: compressor.decodeReplanInterval),
+                                budget: s.budget(layer: layer))
             } catch { throw .selection(error) }
             do { try store.apply(plan, to: sequence) } catch { throw .store(error) }
             replanCount += 1

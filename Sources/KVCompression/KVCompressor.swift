@@ -15,27 +15,29 @@ import KVStore
 ///   appended so far) with `decodeReplanInterval` FP16 slots reserved, so between re-plans memory stays within
 ///   the budget plus the documented page slack (one page per tier per stream).
 ///
-/// Policies never see the store: this type is the only bridge. Planners cost every layer with the
-/// store's `tierFormats` (per-tier page capacities included); a store with per-layer formats
-/// (`KVStoreConfiguration.layerTierFormats`) cannot be planned yet.
+/// Policies never see the store: this type is the only bridge. Planners cost each layer with that
+/// layer's tier formats (`KVStoreConfiguration.tierFormats(layer:)`, per-tier page capacities
+/// included), so a store with per-layer formats is planned layer by layer; per-layer budgets come
+/// from `CompressionSettings.layerBudgetScales`.
 public struct KVCompressor: Sendable {
     public let store: KVStore
     public let settings: CompressionSettings
 
-    /// - Precondition: the store has no per-layer tier formats (`layerTierFormats` is `nil`).
+    /// - Precondition: `settings.layerBudgetScales`, when set, has one factor per layer of the store.
     public init(store: KVStore, settings: CompressionSettings) {
-        precondition(store.configuration.layerTierFormats == nil,
-                     "KVCompressor: stores with per-layer tier formats (layerTierFormats) cannot be planned yet; use tierFormats")
+        precondition(settings.layerBudgetScales.map { $0.count == store.configuration.layerCount } ?? true,
+                     "KVCompressor: layerBudgetScales must have one factor per layer (\(store.configuration.layerCount))")
         self.store = store
         self.settings = settings
     }
 
-    /// The planner configuration matching the store: regions, tier formats and page capacity.
-    public func plannerConfiguration(headroomTokenCount: Int = 0) -> PlannerConfiguration {
+    /// The planner configuration matching the store's layer `layer`: regions, that layer's tier
+    /// formats and page capacity.
+    public func plannerConfiguration(layer: Int = 0, headroomTokenCount: Int = 0) -> PlannerConfiguration {
         let c = store.configuration
         return PlannerConfiguration(
             headDim: c.headDim, regions: settings.regions,
-            formats: c.tierFormats, pageCapacity: c.pageCapacity, granularity: settings.granularity,
+            formats: c.tierFormats(layer: layer), pageCapacity: c.pageCapacity, granularity: settings.granularity,
             kvCrush: settings.kvCrush, headroomTokenCount: headroomTokenCount)
     }
 
@@ -43,9 +45,9 @@ public struct KVCompressor: Sendable {
     /// (the prefill's too, when a decode session follows) leaves free for them.
     public var decodeReplanInterval: Int { settings.decodeReplanInterval ?? store.configuration.pageCapacity }
 
-    /// The planner the settings name, configured for the store.
-    public func planner(headroomTokenCount: Int = 0) -> any StreamPlanner {
-        let configuration = plannerConfiguration(headroomTokenCount: headroomTokenCount)
+    /// The planner the settings name, configured for the store's layer `layer`.
+    public func planner(layer: Int = 0, headroomTokenCount: Int = 0) -> any StreamPlanner {
+        let configuration = plannerConfiguration(layer: layer, headroomTokenCount: headroomTokenCount)
         switch settings.planner {
         case .budget: return BudgetPlanner(configuration: configuration)
         case .tiered(let model, let tiers): return TieredPlanner(configuration: configuration, errorModel: model, candidateTiers: tiers)
@@ -122,8 +124,9 @@ public struct KVCompressor: Sendable {
         let plan: RetentionPlan
         do {
             plan = try SequencePlanner(policy: settings.policy, kvHeadCount: c.kvHeadCount, groupReduction: settings.groupReduction)
-                .planPrefill(layerWeights: layerWeights, planner: planner(headroomTokenCount: reservingDecodeHeadroom ? decodeReplanInterval : 0),
-                             budget: settings.budget)
+                .planPrefill(layerWeights: layerWeights,
+                             planners: (0..<c.layerCount).map { planner(layer: $0, headroomTokenCount: reservingDecodeHeadroom ? decodeReplanInterval : 0) },
+                             budgets: (0..<c.layerCount).map { settings.budget(layer: $0) })
         } catch { throw .selection(error) }
         do { try store.apply(plan, to: id) } catch { throw .store(error) }
         return plan

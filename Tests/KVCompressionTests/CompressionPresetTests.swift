@@ -10,8 +10,9 @@ import KVStore
 /// store made from it.
 @Suite struct CompressionPresetTests {
     @Test func namesAndOrder() {
-        #expect(CompressionPreset.all.map(\.name) == ["2x", "4x", "8x"])
+        #expect(CompressionPreset.all.map(\.name) == ["2x", "4x", "6x", "8x"])
         #expect(CompressionPreset.named("4x")?.budget == 0.25 && CompressionPreset.named("preset:8x")?.budget == 0.125)
+        #expect(CompressionPreset.named("6x")?.budget == 1.0 / 6)
         #expect(CompressionPreset.named("3x") == nil && CompressionPreset.named("preset:") == nil)
         let budgets = CompressionPreset.all.map(\.budget)
         #expect(budgets == budgets.sorted(by: >), "least compression first")
@@ -74,6 +75,61 @@ import KVStore
                 let bytes = store.byteCount(of: id, layer: 0, kvHead: h)
                 #expect(bytes <= budget, "seed 7, \(preset) step \(step) head \(h): \(bytes) bytes, budget \(budget)")
             }
+        }
+    }
+
+    /// A calibrated preset: per-layer INT4 formats from the profile in the store, per-layer budget
+    /// factors in the policy, and at every decode step each stream within its layer's budget and the
+    /// sequence within the preset's budget of the FP16 bytes (plus one page per tier per stream).
+    @Test(arguments: ["4x", "6x"])
+    func calibratedKeepsItsBudgetWhileDecoding(name: String) throws {
+        let profile = SensitivityProfileTests.profile(layers: 3, seed: 11, sharp: 40)
+        let preset = CompressionPreset.named(name)!.calibrated(with: profile, expectedTokenCount: 1024)
+        #expect(preset.description == name + "+cal")
+        let a = try #require(preset.allocation)
+        // 4x at 1,024 tokens keeps everything in the cheapest formats or better; 6x cannot, and
+        // shares the preset's own formats' mean cost instead.
+        let own = profile.tokenByteCount(key: preset.int4Key, value: preset.int4Value, pageCapacity: preset.pageCapacity)
+        #expect(name == "4x" ? a.targetTokenByteCount >= Double(profile.cheapestTokenByteCount(pageCapacity: preset.pageCapacity))
+                             : a.targetTokenByteCount == Double(own))
+        #expect(a.meanTokenByteCount <= a.targetTokenByteCount)
+        var g = SeededGenerator(seed: 13)
+        let config = preset.configure(KVStoreConfiguration(layerCount: 3, queryHeadCount: 2, kvHeadCount: 1, headDim: 64))
+        try config.validate()
+        for l in 0..<3 {
+            #expect(config.tierFormats(layer: l).keyFormat(.int4) == a.keyFormats[l] && config.tierFormats(layer: l).valueFormat(.int4) == a.valueFormats[l])
+            #expect(config.rotatesValues(layer: l) && !config.rotatesKeys(layer: l))
+        }
+        let policy = preset.policy()
+        #expect(policy.name == "preset:\(name)+cal")
+        let settings = try #require(policy.compressionSettings)
+        #expect(settings.layerBudgetScales == a.budgetScales)
+        let store = try KVStore(config)
+        let id = store.addSequence()
+        let d = 64, prompt = 1024
+        for l in 0..<3 {
+            try store.append(id, layer: l, keys: randomRows(prompt * d, using: &g), values: randomRows(prompt * d, using: &g))
+        }
+        let window = (prompt - 32)..<prompt
+        let observation = ObservationWindow(positions: window.map { Int32($0) },
+                                            queries: (0..<3).map { _ in randomRows(2 * window.count * d, using: &g) })
+        var session = try #require(try policy.apply(to: id, in: store, observation: observation, keepingBudgetDuringDecode: true))
+        let fp16Token = TierCosts(formats: config.tierFormats, headDim: d, pageCapacity: config.pageCapacity).byteCount(.fp16)
+        for step in 0..<80 {
+            var total = 0, n = 0
+            for l in 0..<3 {
+                try store.append(id, layer: l, keys: randomRows(d, using: &g), values: randomRows(d, using: &g))
+                let result = store.attend(id, layer: l, queries: randomRows(2 * d, using: &g), returnWeights: true)
+                #expect(result.output.allSatisfy { $0.isFinite }, "seed 13, \(name) step \(step) layer \(l): attention is finite")
+                session.record(layer: l, result)
+                try session.appended(layer: l, count: 1)
+                n = store.nextPosition(of: id, layer: l)
+                let bytes = store.byteCount(of: id, layer: l, kvHead: 0)
+                let budget = Int(preset.budget * a.budgetScales[l] * Double(n * fp16Token))
+                #expect(bytes <= budget, "seed 13, \(name) step \(step) layer \(l): \(bytes) bytes, layer budget \(budget)")
+                total += bytes
+            }
+            #expect(Double(total) <= preset.budget * Double(3 * n * fp16Token) + 3, "seed 13, \(name) step \(step): \(total) bytes over the sequence budget")
         }
     }
 }
