@@ -77,8 +77,8 @@ public struct ChannelwiseKeyCodec: Sendable, Hashable {
                 var l = raw.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self), h = l
                 for t in 1..<max(n, 1) {
                     let v = raw.loadUnaligned(fromByteOffset: 4 * (t * d + c), as: SIMD8<Float>.self)
-                    l = pointwiseMin(l, v)
-                    h = pointwiseMax(h, v)
+                    l = l.lanewiseMin(v)
+                    h = h.lanewiseMax(v)
                 }
                 UnsafeMutableRawPointer(lo).storeBytes(of: l, toByteOffset: 4 * c, as: SIMD8<Float>.self)
                 UnsafeMutableRawPointer(hi).storeBytes(of: h, toByteOffset: 4 * c, as: SIMD8<Float>.self)
@@ -108,7 +108,7 @@ public struct ChannelwiseKeyCodec: Sendable, Hashable {
                 while c < full {
                     let s8 = s.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self)
                     let q = (r.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self) - z.loadUnaligned(fromByteOffset: 4 * c, as: SIMD8<Float>.self)) / s8
-                    let v = pointwiseMin(pointwiseMax(q, .zero) + 0x1p23, top)
+                    let v = (q.lanewiseMax(.zero) + 0x1p23).lanewiseMin(top)
                     let bits = (unsafeBitCast(v, to: SIMD8<UInt32>.self) &- 0x4B00_0000).replacing(with: 0, where: s8 .== .zero)
                     CodePacking.store8(width, bits, row, element: c)
                     c += 8

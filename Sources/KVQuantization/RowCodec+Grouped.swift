@@ -23,8 +23,8 @@ extension RowCodec {
             var i = start
             while i + 8 <= end {
                 let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-                lo8 = pointwiseMin(lo8, v)
-                hi8 = pointwiseMax(hi8, v)
+                lo8 = lo8.lanewiseMin(v)
+                hi8 = hi8.lanewiseMax(v)
                 i += 8
             }
             var lo = lo8.min(), hi = hi8.max()
@@ -45,7 +45,7 @@ extension RowCodec {
                 // Clamped below at 0, the quotient is in [0, M + 1/2] ⊂ [0, 2^22], where adding and
                 // removing 2^23 rounds to nearest even (what `.rounded(.toNearestOrEven)` does, without
                 // a libm call per element on targets without SSE4.1).
-                let t = pointwiseMin(pointwiseMax((v - z8) / s8, .zero) + 0x1p23, top)
+                let t = (((v - z8) / s8).lanewiseMax(.zero) + 0x1p23).lanewiseMin(top)
                 CodePacking.store8(w, unsafeBitCast(t, to: SIMD8<UInt32>.self) &- 0x4B00_0000, row, element: i)
                 i += 8
             }

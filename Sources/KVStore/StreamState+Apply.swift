@@ -437,7 +437,7 @@ func clampToHalfRange(_ x: UnsafeMutablePointer<Float>, count: Int) {
     var i = 0
     while i + 8 <= count {
         let v = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
-        raw.storeBytes(of: v.clamped(lowerBound: SIMD8(repeating: -m), upperBound: SIMD8(repeating: m)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
+        raw.storeBytes(of: SIMD8(repeating: -m).lanewiseMax(v).lanewiseMin(SIMD8(repeating: m)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
         i += 8
     }
     while i < count {

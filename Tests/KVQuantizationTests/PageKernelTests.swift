@@ -194,6 +194,19 @@ import TestSupport
         }
     }
 
+    /// The Swift kernels' half conversion (`halfLanesHigh`, every FP16 row and parameter on the
+    /// portable path) on every finite half, both signs, zeros and subnormals included: bit for bit
+    /// `Float(Float16)`, from a pattern in the high half of the lane.
+    @Test func halfLanesEqualFloat16OnEveryFiniteHalf() {
+        var bad = [UInt16]()
+        for h in UInt32(0)...0xFFFF where Float16(bitPattern: UInt16(h)).isFinite {
+            let f = PageKernels.halfLanesHigh(SIMD4(repeating: h &<< 16))
+            let want = Float(Float16(bitPattern: UInt16(h))).bitPattern
+            if (0..<4).contains(where: { f[$0].bitPattern != want }) { bad.append(UInt16(h)) }
+        }
+        #expect(bad.isEmpty, "halves converted wrongly: \(bad.prefix(8).map { String($0, radix: 16) })")
+    }
+
     /// The append path's kernels: FP16 encoding bit-identical to `Float16(x)` (round to nearest
     /// even, subnormals, ties, the largest half) and the value check naming the same first bad
     /// element as the scalar reference, for every head dim (tails of the 16-lane kernel).
