@@ -54,15 +54,7 @@ public struct BPETokenizer: Sendable {
         guard model == "gpt2" else { throw .invalidTokenizer("model \(model) is not supported (only gpt2 byte-level BPE)") }
         let pre = file["tokenizer.ggml.pre"]?.string ?? "default"
         guard let p = PreTokenizer(name: pre) else { throw .invalidTokenizer("pre-tokenizer \(pre) is not supported") }
-        guard let rawTokens = file["tokenizer.ggml.tokens"]?.array, !rawTokens.isEmpty else {
-            throw .invalidTokenizer("tokenizer.ggml.tokens is missing or empty")
-        }
-        var tokens = [String]()
-        tokens.reserveCapacity(rawTokens.count)
-        for (i, t) in rawTokens.enumerated() {
-            guard let s = t.string else { throw .invalidTokenizer("token \(i) is not a string") }
-            tokens.append(s)
-        }
+        let tokens = try file.tokenizerVocabulary()
         var merges = [String]()
         for (i, m) in (file["tokenizer.ggml.merges"]?.array ?? []).enumerated() {
             guard let s = m.string, s.split(separator: " ", omittingEmptySubsequences: false).count == 2 else {
@@ -70,11 +62,7 @@ public struct BPETokenizer: Sendable {
             }
             merges.append(s)
         }
-        func tokenID(_ key: String) throws(LlamaModelError) -> Int32? {
-            guard let v = file[key] else { return nil }
-            guard let i = v.integer, i >= 0, i < tokens.count else { throw .invalidTokenizer("\(key) = \(v) is not a token id") }
-            return Int32(i)
-        }
+        func tokenID(_ key: String) throws(LlamaModelError) -> Int32? { try file.tokenizerTokenID(key, vocabularySize: tokens.count) }
         try self.init(tokens: tokens, merges: merges, preTokenizer: p, bosToken: tokenID("tokenizer.ggml.bos_token_id"),
                       eosToken: tokenID("tokenizer.ggml.eos_token_id"),
                       addsBOS: file["tokenizer.ggml.add_bos_token"]?.bool ?? false)

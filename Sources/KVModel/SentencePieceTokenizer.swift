@@ -47,15 +47,7 @@ public struct SentencePieceTokenizer: Sendable {
     public init(file: GGUFFile) throws(LlamaModelError) {
         guard let model = file["tokenizer.ggml.model"]?.string else { throw .invalidTokenizer("tokenizer.ggml.model is missing") }
         guard model == "llama" else { throw .invalidTokenizer("model \(model) is not SentencePiece (llama)") }
-        guard let rawTokens = file["tokenizer.ggml.tokens"]?.array, !rawTokens.isEmpty else {
-            throw .invalidTokenizer("tokenizer.ggml.tokens is missing or empty")
-        }
-        var tokens = [String]()
-        tokens.reserveCapacity(rawTokens.count)
-        for (i, t) in rawTokens.enumerated() {
-            guard let s = t.string else { throw .invalidTokenizer("token \(i) is not a string") }
-            tokens.append(s)
-        }
+        let tokens = try file.tokenizerVocabulary()
         var scores = [Float](), types = [Int32]()
         if let raw = file["tokenizer.ggml.scores"]?.array {
             for (i, v) in raw.enumerated() {
@@ -72,11 +64,7 @@ public struct SentencePieceTokenizer: Sendable {
         guard scores.count == tokens.count, types.count == tokens.count else {
             throw .invalidTokenizer("\(tokens.count) tokens but \(scores.count) scores and \(types.count) types")
         }
-        func tokenID(_ key: String) throws(LlamaModelError) -> Int32? {
-            guard let v = file[key] else { return nil }
-            guard let i = v.integer, i >= 0, i < tokens.count else { throw .invalidTokenizer("\(key) = \(v) is not a token id") }
-            return Int32(i)
-        }
+        func tokenID(_ key: String) throws(LlamaModelError) -> Int32? { try file.tokenizerTokenID(key, vocabularySize: tokens.count) }
         self.init(tokens: tokens, scores: scores, tokenTypes: types, bosToken: try tokenID("tokenizer.ggml.bos_token_id"),
                   eosToken: try tokenID("tokenizer.ggml.eos_token_id"),
                   addsBOS: file["tokenizer.ggml.add_bos_token"]?.bool ?? true,

@@ -33,3 +33,30 @@ public func loadTokenizer(file: GGUFFile) throws(LlamaModelError) -> any TextTok
     if file["tokenizer.ggml.model"]?.string == "llama" { return try SentencePieceTokenizer(file: file) }
     return try BPETokenizer(file: file)
 }
+
+extension GGUFFile {
+    /// `tokenizer.ggml.tokens`: every token's text, in id order (what both tokenizers read first).
+    ///
+    /// - Throws: `LlamaModelError.invalidTokenizer` if it is missing, empty or not all strings.
+    func tokenizerVocabulary() throws(LlamaModelError) -> [String] {
+        guard let raw = self["tokenizer.ggml.tokens"]?.array, !raw.isEmpty else {
+            throw .invalidTokenizer("tokenizer.ggml.tokens is missing or empty")
+        }
+        var tokens = [String]()
+        tokens.reserveCapacity(raw.count)
+        for (i, t) in raw.enumerated() {
+            guard let s = t.string else { throw .invalidTokenizer("token \(i) is not a string") }
+            tokens.append(s)
+        }
+        return tokens
+    }
+
+    /// The token id stored under `key` (`tokenizer.ggml.bos_token_id`, …), or `nil` if absent.
+    ///
+    /// - Throws: `LlamaModelError.invalidTokenizer` if it is not an id below `vocabularySize`.
+    func tokenizerTokenID(_ key: String, vocabularySize: Int) throws(LlamaModelError) -> Int32? {
+        guard let v = self[key] else { return nil }
+        guard let i = v.integer, i >= 0, i < vocabularySize else { throw .invalidTokenizer("\(key) = \(v) is not a token id") }
+        return Int32(i)
+    }
+}

@@ -127,14 +127,16 @@ static void test_library(void) {
     CHECK(strcmp(kvcrush_version(), "") != 0, "empty version");
     CHECK(kvcrush_abi_version() == KVCRUSH_ABI_VERSION, "abi %u", kvcrush_abi_version());
     CHECK(kvcrush_last_error()[0] == 0, "initial message '%s'", kvcrush_last_error());
-    CHECK(kvcrush_preset_count() == 3, "%zu presets", kvcrush_preset_count());
+    CHECK(kvcrush_preset_count() == 4, "%zu presets", kvcrush_preset_count());
     const char *name;
     double budget;
     int32_t page;
     OK(kvcrush_preset_info(1, &name, &budget, &page));
     CHECK(strcmp(name, "4x") == 0 && budget == 0.25 && page == 64, "preset 1: %s %g %d", name, budget, page);
     OK(kvcrush_preset_info(0, NULL, NULL, NULL));
-    FAILS(kvcrush_preset_info(3, &name, NULL, NULL), KVCRUSH_ERROR_INVALID_ARGUMENT, "preset index 3");
+    OK(kvcrush_preset_info(2, &name, &budget, &page));
+    CHECK(strcmp(name, "6x") == 0 && budget == 1.0 / 6 && page == 64, "preset 2: %s %g %d", name, budget, page);
+    FAILS(kvcrush_preset_info(4, &name, NULL, NULL), KVCRUSH_ERROR_INVALID_ARGUMENT, "preset index 4");
     kvcrush_config_init(NULL); /* ignored */
 }
 

@@ -52,7 +52,7 @@ def reference(keys, values, queries, scale):
 def test_version_and_presets():
     assert kvcrush.__version__
     p = kvcrush.presets()
-    assert list(p) == ["2x", "4x", "8x"] and p["4x"] == (0.25, 64)
+    assert list(p) == ["2x", "4x", "6x", "8x"] and p["4x"] == (0.25, 64) and p["6x"] == (1 / 6, 64)
 
 
 def test_attend_matches_float64_and_layouts(rng):
