@@ -76,6 +76,19 @@ def test_uncompressed_logits_match_dynamic_cache():
     assert cache.get_seq_length() == 80 and cache.tier_counts()[1] == {"fp16": 2 * 2 * 80, "int8": 0, "int4": 0, "int2": 0}
 
 
+def test_multi_token_forward_after_prefill_is_causal():
+    """A second multi-token forward (a chunked prompt) attends causally through the store (the
+    materialised causal mask is recognised), with the same bound as one-token steps."""
+    model = tiny_model()
+    ids = tokens(96)
+    outs = {}
+    for name, cache in (("fp16", FP16DynamicCache(config=model.config)), ("store", KVCrushCache())):
+        with torch.no_grad():
+            model(ids[:, :64], cache=cache)
+            outs[name] = model(ids[:, 64:], cache=cache).logits[0]
+    assert (outs["store"] - outs["fp16"]).abs().max().item() <= 1e-4 * outs["fp16"].abs().max().item()
+
+
 @pytest.mark.parametrize("head_dim", [16, 32])
 def test_attention_within_fp16_bound_every_layer_and_step(head_dim):
     """Every attention output the store returns, against float64 attention over the unrounded
