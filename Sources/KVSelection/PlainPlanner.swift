@@ -33,7 +33,9 @@ public struct PlainPlanner: StreamPlanner {
         if let settled { return settled }
         let c = configuration.costs, p = configuration.granularity.unitTokenCount, rest = budget.restTier
         let scores = ctx.valueScores(input.hostScores)
-        let order = TokenRanking.topIndices(scores.map(Float.init), count: ctx.units.count)
+        // Best-scored first (`topIndices` would return ascending positions: the earliest units would
+        // take the FP16 share and the budget, whatever their scores).
+        let order = TokenRanking.descendingOrder(scores.map(Float.init))
         var bytes = ctx.availableByteCount
         let top = Int((Double(ctx.units.count) * topShare).rounded(.down))
         for (rank, u) in order.enumerated() {
