@@ -64,14 +64,20 @@ struct StreamAttention {
         }
         let previousMaxima = rotatedOutput.map { _ in UnsafeMutablePointer<Float>.allocate(capacity: rows) }
         defer { rotatedQueries?.deallocate(); rotatedOutput?.deallocate(); previousMaxima?.deallocate() }
-        // For weights: every visited token's position, tier and raw scores.
-        var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
         // Every page with its tier, in visiting order (a tier's pages in address order, mostly).
         var visit = [(page: Page, tier: Int)]()
         for (t, tier) in stream.tiers.enumerated() {
             for page in tier.pages where page.count > 0 { visit.append((page, t)) }
             if let st = tier.staging, st.count > 0 { visit.append((st, t)) }
         }
+        // For weights: every visited token's position and tier, and its raw score per row
+        // (`[row][token]`, row stride `visitedCount`), in visiting order.
+        let visitedCount = returnWeights ? visit.reduce(0) { $0 + $1.page.count } : 0
+        var visitedPositions = [Int32](), visitedTiers = [Tier]()
+        visitedPositions.reserveCapacity(visitedCount)
+        visitedTiers.reserveCapacity(visitedCount)
+        let visitedScores = UnsafeMutablePointer<Float>.allocate(capacity: rows * visitedCount)
+        defer { visitedScores.deallocate() }
         // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
         for (page, t) in visit {
@@ -96,8 +102,10 @@ struct StreamAttention {
                 }
             }
             if returnWeights {
-                for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
-                for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
+                let offset = visitedPositions.count
+                for j in 0..<n { visitedPositions.append(page.position(j)) }
+                visitedTiers.append(contentsOf: repeatElement(tc.tier, count: n))
+                for r in 0..<rows { (visitedScores + r * visitedCount + offset).update(from: S + r * cap, count: n) }
             }
             // Online softmax, one page at a time: S becomes the page's weights.
             if let previousMaxima { previousMaxima.update(from: m, count: rows) }
@@ -123,16 +131,33 @@ struct StreamAttention {
             }
         }
         guard returnWeights else { return nil }
-        let n = visitedPositions.count
-        let order = (0..<n).sorted { visitedPositions[$0] < visitedPositions[$1] }
+        // Visiting order to position order: a stream holds each position once, so a slot per
+        // position between the lowest and the highest orders them in O(tokens + span).
+        let n = visitedCount
+        let low = visitedPositions.min() ?? 0, span = n == 0 ? 0 : Int(visitedPositions.max()! - low) + 1
+        var slot = [Int32](repeating: -1, count: span)
+        for (j, p) in visitedPositions.enumerated() {
+            precondition(slot[Int(p - low)] < 0, "StreamAttention: position \(p) stored twice in one stream")
+            slot[Int(p - low)] = Int32(j)
+        }
+        var positions = [Int32](), tiers = [Tier](), order = [Int](repeating: 0, count: n)
+        positions.reserveCapacity(n)
+        tiers.reserveCapacity(n)
+        for j in slot where j >= 0 {
+            order[positions.count] = Int(j)
+            positions.append(visitedPositions[Int(j)])
+            tiers.append(visitedTiers[Int(j)])
+        }
         var w = [Float](repeating: 0, count: rows * n)
-        for (k, j) in order.enumerated() {
-            for r in 0..<rows {
-                let s = visitedScores[j * rows + r]
-                if s > -.infinity, l[r] > 0 { w[r * n + k] = exp(s - m[r]) / l[r] }
+        w.withUnsafeMutableBufferPointer { w in
+            for r in 0..<rows where l[r] > 0 {
+                let scores = visitedScores + r * n, out = w.baseAddress! + r * n, mr = m[r], lr = l[r]
+                for k in 0..<n {
+                    let s = scores[order[k]]
+                    if s > -.infinity { out[k] = exp(s - mr) / lr }
+                }
             }
         }
-        return KVHeadWeights(kvHead: kvHead, positions: order.map { visitedPositions[$0] },
-                                tiers: order.map { visitedTiers[$0] }, weights: w, queryCount: queryCount)
+        return KVHeadWeights(kvHead: kvHead, positions: positions, tiers: tiers, weights: w, queryCount: queryCount)
     }
 }
