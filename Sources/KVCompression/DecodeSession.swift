@@ -32,6 +32,12 @@ extension KVCompressor {
         /// Adds one attention result's weights (every query of it) to layer `layer`'s scores.
         public mutating func record(layer: Int, _ result: AttentionResult) {
             guard let weights = result.weights else { preconditionFailure("DecodeSession.record: attend with returnWeights: true") }
+            record(layer: layer, weights: weights)
+        }
+
+        /// Adds one attention call's weights (`attend(…, returnWeights: true)`, every query of it) to
+        /// layer `layer`'s scores.
+        public mutating func record(layer: Int, weights: [KVHeadWeights]) {
             let c = compressor.store.configuration
             let union = Set(weights.flatMap(\.positions)).sorted()
             let needed = Int(union.last ?? -1) + 1

@@ -10,6 +10,7 @@ struct StreamAttention {
     let rotations: LayerRotations
     let stream: StreamState
     let kvHead: Int
+    /// The group's query rows, `[groupHead][query][headDim]` (`groupSize · queryCount` rows).
     let queries: UnsafePointer<Float>
     let queryCount: Int
     let queryPositions: [Int32]
@@ -17,8 +18,8 @@ struct StreamAttention {
     /// The layer (for its sliding window).
     let layer: Int
 
-    /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
-    /// rows written) and returns the weights if asked.
+    /// Computes the group's outputs into `output` (`[groupHead][query][headDim]`, the group's
+    /// `groupSize · queryCount` rows) and returns the weights if asked.
     ///
     /// Per page: the scores of all the group's query rows (`g·queryCount` rows, contiguous in
     /// `queries`) against all the page's keys, one online-softmax step, then the weighted sum of the
@@ -34,7 +35,7 @@ struct StreamAttention {
         let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
         let scale = c.effectiveAttentionScale
         // Row r = (group head r / queryCount, query r % queryCount): rows are consecutive.
-        let q0 = queries + kvHead * rows * d, o0 = output + kvHead * rows * d
+        let q0 = queries, o0 = output
         let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
         let minQueryPosition = qpos.min() ?? .max
         // Sliding window W: a query at p sees p − W + 1 … p; pages entirely before every row's window are skipped.
