@@ -12,6 +12,9 @@ raises a subclass of `kvcrush.Error` carrying its message, and the store is then
 
 Thread safety: a `Store` may be used from several threads (the library locks); a `DecodeSession`
 from one thread at a time.
+
+`kvcrush.hf` (needs torch and transformers: `pip install ./python[hf]`) is a Hugging Face
+`transformers` cache over a store, `KVCrushCache`, with the "kvcrush" attention implementation.
 """
 import ctypes
 import os
