@@ -39,6 +39,12 @@ extension KVCompressor {
         ///   tracks every position.
         public mutating func record(layer: Int, _ result: AttentionResult) {
             guard let weights = result.weights else { preconditionFailure("DecodeSession.record: attend with returnWeights: true") }
+            record(layer: layer, weights: weights)
+        }
+
+        /// Adds one attention call's weights (`attend(…, returnWeights: true)`, every query of it) to
+        /// layer `layer`'s scores.
+        public mutating func record(layer: Int, weights: [KVHeadWeights]) {
             let c = compressor.store.configuration
             precondition(weights.count == c.kvHeadCount && weights.indices.allSatisfy { weights[$0].kvHead == $0 },
                          "DecodeSession.record: one weights entry per KV head, in KV-head order")
