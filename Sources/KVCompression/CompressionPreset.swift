@@ -85,6 +85,27 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
         return p
     }
 
+    /// This preset on a store holding only some of the model's layers (`layers`: their model
+    /// indices, e.g. a KV dump's `[1, 15, 29]`, in store order): a calibrated preset keeps those
+    /// layers' formats and budget factors, so each store layer gets what it would have in the
+    /// whole model (their mean need not be 1, so the subset's bytes need not be the preset's
+    /// budget). An uncalibrated preset is returned unchanged.
+    ///
+    /// - Precondition: every index is a layer of the allocation.
+    public func restricted(toLayers layers: [Int]) -> CompressionPreset {
+        guard let a = allocation else { return self }
+        precondition(layers.allSatisfy { a.keyFormats.indices.contains($0) },
+                     "CompressionPreset.restricted: layers \(layers) outside the \(a.keyFormats.count) calibrated layers")
+        var p = self
+        var r = a
+        r.keyFormats = layers.map { a.keyFormats[$0] }
+        r.valueFormats = layers.map { a.valueFormats[$0] }
+        r.keptShares = layers.map { a.keptShares[$0] }
+        r.budgetScales = layers.map { a.budgetScales[$0] }
+        p.allocation = r
+        return p
+    }
+
     /// The presets, least compression first.
     public static let all: [CompressionPreset] = [
         CompressionPreset(name: "2x", budget: 0.5, pageCapacity: 32, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int4),

