@@ -63,7 +63,7 @@ public final class KVStore: Sendable {
     public init(_ configuration: KVStoreConfiguration) throws(KVStoreConfigurationError) {
         try configuration.validate()
         self.configuration = configuration
-        pool = PagePool()
+        pool = PagePool(reservationLimit: configuration.byteLimit)
         codecs = Self.codecs(configuration)
         state = StateLock(StoreState())
     }
