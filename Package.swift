@@ -49,6 +49,9 @@ let package = Package(
         .target(name: "KVCrushC", dependencies: ["CKVCrush", "KVCrush"]),
         .executableTarget(name: "kvcrush", dependencies: ["KVCrush", "KVModel", "KVExperiments"]),
 
+        // Child processes of the store's reliability tests (killed mid-save; resident memory under a
+        // byte limit). Not a product: built with the tests.
+        .executableTarget(name: "KVStoreProbe", dependencies: ["KVQuantization", "KVStore"], path: "Tests/KVStoreProbe"),
         .target(name: "TestSupport", dependencies: ["KVQuantization"], path: "Tests/TestSupport"),
         .testTarget(name: "KVQuantizationTests", dependencies: ["KVQuantization", "TestSupport", "KVExperiments"]),
         .testTarget(name: "KVSelectionTests", dependencies: ["KVSelection", "TestSupport"]),

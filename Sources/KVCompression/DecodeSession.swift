@@ -30,27 +30,32 @@ extension KVCompressor {
         }
 
         /// Adds one attention result's weights (every query of it) to layer `layer`'s scores.
+        ///
+        /// Straight from each KV head's weights into the layer's accumulator
+        /// (`H2OAccumulator.add(streamCount:groupSize:queryCount:positions:weights:)`: the sums of adding
+        /// the queries one by one over the union of the streams' positions, bit for bit).
+        ///
+        /// - Complexity: O(queryHeads · queries · tokens per stream); no allocation once the layer
+        ///   tracks every position.
         public mutating func record(layer: Int, _ result: AttentionResult) {
             guard let weights = result.weights else { preconditionFailure("DecodeSession.record: attend with returnWeights: true") }
+            record(layer: layer, weights: weights)
+        }
+
+        /// Adds one attention call's weights (`attend(…, returnWeights: true)`, every query of it) to
+        /// layer `layer`'s scores.
+        public mutating func record(layer: Int, weights: [KVHeadWeights]) {
             let c = compressor.store.configuration
-            let union = Set(weights.flatMap(\.positions)).sorted()
-            let needed = Int(union.last ?? -1) + 1
+            precondition(weights.count == c.kvHeadCount && weights.indices.allSatisfy { weights[$0].kvHead == $0 },
+                         "DecodeSession.record: one weights entry per KV head, in KV-head order")
+            let needed = Int(weights.lazy.compactMap(\.positions.last).max() ?? -1) + 1
             if needed > accumulators[layer].tokenCount { accumulators[layer].appendPositions(count: needed - accumulators[layer].tokenCount) }
-            var index = [Int32: Int](minimumCapacity: union.count)
-            for (k, p) in union.enumerated() { index[p] = k }
-            let nq = weights.first?.queryCount ?? 0
-            for i in 0..<nq {
-                var row = [Float](repeating: 0, count: c.queryHeadCount * union.count)
-                for w in weights {
-                    for g in 0..<c.groupSize {
-                        let h = w.kvHead * c.groupSize + g, r = w.row(groupHead: g, query: i)
-                        for (k, p) in w.positions.enumerated() { row[h * union.count + index[p]!] = r[r.startIndex + k] }
-                    }
-                }
-                // Weights come from the store's softmax: finite and non-negative by construction.
-                do { try accumulators[layer].add(queryWeights: row, keyPositions: union) } catch {
-                    preconditionFailure("DecodeSession.record: invalid attention weights: \(error)")
-                }
+            // Weights come from the store's softmax: finite and non-negative by construction.
+            do {
+                try accumulators[layer].add(streamCount: c.kvHeadCount, groupSize: c.groupSize, queryCount: weights.first?.queryCount ?? 0,
+                                            positions: { weights[$0].positions }, weights: { weights[$0].weights })
+            } catch {
+                preconditionFailure("DecodeSession.record: invalid attention weights: \(error)")
             }
         }
 

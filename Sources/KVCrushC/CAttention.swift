@@ -26,54 +26,44 @@ struct InputBuffer {
 
     var count: Int { heads * tokens * headDim }
 
-    /// Whether the values can be read in place as `[head][token][headDim]` floats.
-    var isHeadMajorFloat: Bool { dtype == KVCRUSH_F32 && (layout == KVCRUSH_LAYOUT_HEAD_MAJOR || heads == 1 || tokens == 1) }
+    var storeLayout: KVBufferLayout { layout == KVCRUSH_LAYOUT_HEAD_MAJOR ? .headMajor : .tokenMajor }
+    var floats: UnsafeBufferPointer<Float> { UnsafeBufferPointer(start: base.assumingMemoryBound(to: Float.self), count: count) }
+    var halves: UnsafeBufferPointer<Float16> { UnsafeBufferPointer(start: base.assumingMemoryBound(to: Float16.self), count: count) }
 
-    /// The values as `[head][token][headDim]` floats: the caller's memory when it already is that,
-    /// else a converted copy.
-    func withHeadMajorFloats<R, E: Error>(_ body: (UnsafeBufferPointer<Float>) throws(E) -> R) throws(E) -> R {
-        if isHeadMajorFloat {
-            return try body(UnsafeBufferPointer(start: base.assumingMemoryBound(to: Float.self), count: count))
-        }
-        let converted = [Float](unsafeUninitializedCapacity: count) { out, initialized in
-            let d = headDim
-            for h in 0..<heads {
-                for t in 0..<tokens {
-                    let src = (layout == KVCRUSH_LAYOUT_HEAD_MAJOR ? h * tokens + t : t * heads + h) * d, dst = (h * tokens + t) * d
-                    if dtype == KVCRUSH_F32 {
-                        let p = base.assumingMemoryBound(to: Float.self)
-                        for e in 0..<d { out[dst + e] = p[src + e] }
-                    } else {
-                        let p = base.assumingMemoryBound(to: UInt16.self)
-                        for e in 0..<d { out[dst + e] = Float(Float16(bitPattern: p[src + e])) }
-                    }
+    /// Value `e` of row (`h`, `t`), widened to FP32.
+    func value(head h: Int, token t: Int, element e: Int) -> Float {
+        let i = (layout == KVCRUSH_LAYOUT_HEAD_MAJOR ? h * tokens + t : t * heads + h) * headDim + e
+        return dtype == KVCRUSH_F32 ? base.assumingMemoryBound(to: Float.self)[i] : Float(base.assumingMemoryBound(to: Float16.self)[i])
+    }
+
+    /// The values as a `[head][token][headDim]` array (a copy).
+    func headMajorArray() -> [Float] {
+        var out = [Float]()
+        out.reserveCapacity(count)
+        for h in 0..<heads { for t in 0..<tokens { for e in 0..<headDim { out.append(value(head: h, token: t, element: e)) } } }
+        return out
+    }
+
+    /// Refuses query rows with a non-finite value (the first in `[head][token][element]` order), or
+    /// whose scores could overflow FP32 against stored keys (|k| <= 65504): the store's softmax would
+    /// then return zero weights and outputs, not an error. |scale · q·k| <= scale · ‖q‖₁ · √d · 65504
+    /// for every tier (a rotation keeps ‖q‖₂, and ‖Rq‖₁ <= √d‖q‖₂ <= √d‖q‖₁), required below a
+    /// quarter of `Float.greatestFiniteMagnitude` (room for the reordered sums). Reads in place.
+    func checkQueries(_ argument: String, _ c: KVStoreConfiguration) throws(CFailure) {
+        let d = headDim, limit = Double(Float.greatestFiniteMagnitude) / 4
+        let factor = Double(c.effectiveAttentionScale) * Double(d).squareRoot() * 65504
+        for h in 0..<heads {
+            for t in 0..<tokens {
+                var norm = 0.0
+                for e in 0..<d {
+                    let x = value(head: h, token: t, element: e)
+                    guard x.isFinite else { throw .value("\(argument)[head \(h)][token \(t)][element \(e)] is \(x); values must be finite") }
+                    norm += Double(abs(x))
+                }
+                guard norm * factor <= limit else {
+                    throw .value("\(argument): query \(t) of head \(h) is so large (L1 norm \(norm)) that q.k can overflow FP32")
                 }
             }
-            initialized = count
-        }
-        return try converted.withUnsafeBufferPointer { (b) throws(E) -> R in try body(b) }
-    }
-
-    /// The values as a `[head][token][headDim]` array, each checked to be finite.
-    func headMajorFiniteArray(_ argument: String) throws(CFailure) -> [Float] {
-        let values = withHeadMajorFloats { Array($0) }
-        if let i = values.firstIndex(where: { !$0.isFinite }) {
-            let d = headDim, row = i / d
-            throw .value("\(argument)[head \(row / tokens)][token \(row % tokens)][element \(i % d)] is \(values[i]); values must be finite")
-        }
-        return values
-    }
-}
-
-/// Writes `[head][token][headDim]` floats to a caller's buffer in `layout`.
-func write(_ values: [Float], to out: UnsafeMutablePointer<Float>, heads: Int, tokens: Int, headDim d: Int, layout: kvcrush_layout) {
-    values.withUnsafeBufferPointer { v in
-        if layout == KVCRUSH_LAYOUT_HEAD_MAJOR || heads == 1 || tokens == 1 {
-            out.update(from: v.baseAddress!, count: v.count)
-            return
-        }
-        for h in 0..<heads {
-            for t in 0..<tokens { (out + (t * heads + h) * d).update(from: v.baseAddress! + (h * tokens + t) * d, count: d) }
         }
     }
 }
@@ -94,12 +84,15 @@ public func kvcrushAppend(_ store: OpaquePointer?, _ sequence: UInt64, _ layer: 
             guard tokenCount <= Int(Int32.max) - next else {
                 throw .argument("\(tokenCount) tokens after \(next) exceed the \(Int32.max) positions of a layer")
             }
-            let failure: KVStoreError? = k.withHeadMajorFloats { kf in
-                v.withHeadMajorFloats { vf in
-                    do throws(KVStoreError) { try h.store.append(id, layer: l, keys: kf, values: vf, tokenCount: tokenCount) } catch { return error }
-                    return nil
+            let failure: KVStoreError?
+            do throws(KVStoreError) {
+                if dtype == KVCRUSH_F32 {
+                    try h.store.append(id, layer: l, keys: k.floats.span, values: v.floats.span, layout: k.storeLayout)
+                } else {
+                    try h.store.append(id, layer: l, keys: k.halves.span, values: v.halves.span, layout: k.storeLayout)
                 }
-            }
+                failure = nil
+            } catch { failure = error }
             switch failure {
             case nil: break
             case .byteLimitExceeded?: throw CFailure(status: KVCRUSH_ERROR_BYTE_LIMIT, message: failure!.description)
@@ -109,29 +102,46 @@ public func kvcrushAppend(_ store: OpaquePointer?, _ sequence: UInt64, _ layer: 
     }
 }
 
-/// Checked arguments of an attention call.
+/// Checked arguments of an attention call: the caller's queries and output, used in place.
 struct AttendCall {
-    let queries: [Float]
-    let queryCount: Int
-    let layout: kvcrush_layout
-    let output: UnsafeMutablePointer<Float>
+    let queries: InputBuffer
+    let output: UnsafeMutableBufferPointer<Float>
 
     init(_ c: KVStoreConfiguration, queries: UnsafeRawPointer?, queryElementCount: Int, queryCount: Int, dtype: kvcrush_dtype,
          layout: kvcrush_layout, output: UnsafeMutablePointer<Float>?, outputElementCount: Int) throws(CFailure) {
         guard queryCount >= 1 && queryCount <= Int(Int32.max) else { throw .argument("query_count must be in 1...\(Int32.max), got \(queryCount)") }
         let q = try InputBuffer(queries, "queries", elementCount: queryElementCount, heads: c.queryHeadCount, tokens: queryCount,
                                 headDim: c.headDim, dtype: dtype, layout: layout)
-        self.output = try required(output, "output")
+        let out = try required(output, "output")
         guard outputElementCount == q.count else {
             throw .argument("output has \(outputElementCount) elements, expected \(q.count) (the queries' count)")
         }
-        self.queries = try q.headMajorFiniteArray("queries")
-        try checkScoreRange(self.queries, "queries", c, queryCount: queryCount)
-        (self.queryCount, self.layout) = (queryCount, layout)
+        try q.checkQueries("queries", c)
+        (self.queries, self.output) = (q, UnsafeMutableBufferPointer(start: out, count: q.count))
     }
 
-    func write(_ result: AttentionResult, _ c: KVStoreConfiguration) {
-        KVCrushC.write(result.output, to: output, heads: c.queryHeadCount, tokens: queryCount, headDim: c.headDim, layout: layout)
+    /// `KVStore.attend` from the caller's queries into the caller's output (and dense weights).
+    func attend(_ store: KVStore, _ id: SequenceID, layer: Int, positions: [Int32], weights: UnsafeMutableBufferPointer<Float>?,
+                returnWeights: Bool, threadCount: Int?) -> [KVHeadWeights]? {
+        var out = output.mutableSpan
+        let q = queries, layout = q.storeLayout
+        if let weights {
+            var w = weights.mutableSpan
+            if q.dtype == KVCRUSH_F32 {
+                store.attend(id, layer: layer, queries: q.floats.span, layout: layout, queryPositions: positions, into: &out, weights: &w,
+                             threadCount: threadCount)
+            } else {
+                store.attend(id, layer: layer, queries: q.halves.span, layout: layout, queryPositions: positions, into: &out, weights: &w,
+                             threadCount: threadCount)
+            }
+            return nil
+        }
+        if q.dtype == KVCRUSH_F32 {
+            return store.attend(id, layer: layer, queries: q.floats.span, layout: layout, queryPositions: positions, into: &out,
+                                returnWeights: returnWeights, threadCount: threadCount)
+        }
+        return store.attend(id, layer: layer, queries: q.halves.span, layout: layout, queryPositions: positions, into: &out,
+                            returnWeights: returnWeights, threadCount: threadCount)
     }
 }
 
@@ -154,41 +164,9 @@ public func kvcrushAttend(_ store: OpaquePointer?, _ sequence: UInt64, _ layer: 
                     throw .argument("weights has \(weightCount) elements, expected \(expected) (\(c.queryHeadCount) query heads x \(queryCount) queries x \(length) positions)")
                 }
             }
-            let result = h.store.attend(id, layer: l, queries: call.queries, queryCount: queryCount,
-                                        queryPositions: positions ?? Array(repeating: Int32(length) - 1, count: queryCount),
-                                        returnWeights: weights != nil, threadCount: h.attendThreads)
-            call.write(result, c)
-            if let weights { scatter(result.weights!, into: weights, c, queryCount: queryCount, length: length) }
-        }
-    }
-}
-
-/// Writes per-KV-head weights as dense `[queryHead][query][position]` rows over `0 ..< length`.
-func scatter(_ heads: [KVHeadWeights], into out: UnsafeMutablePointer<Float>, _ c: KVStoreConfiguration, queryCount: Int, length: Int) {
-    out.initialize(repeating: 0, count: c.queryHeadCount * queryCount * length)
-    for w in heads {
-        for g in 0..<c.groupSize {
-            let qh = w.kvHead * c.groupSize + g
-            for i in 0..<queryCount {
-                let row = w.row(groupHead: g, query: i), base = out + (qh * queryCount + i) * length
-                for (k, p) in w.positions.enumerated() { base[Int(p)] = row[row.startIndex + k] }
-            }
-        }
-    }
-}
-
-/// Refuses query rows whose scores could overflow FP32 against stored keys (|k| <= 65504): the
-/// store's softmax would then return zero weights and outputs, not an error. |scale · q·k| <=
-/// scale · ‖q‖₁ · √d · 65504 for every tier (a rotation keeps ‖q‖₂, and ‖Rq‖₁ <= √d‖q‖₂ <= √d‖q‖₁),
-/// required below a quarter of `Float.greatestFiniteMagnitude` (room for the reordered sums).
-func checkScoreRange(_ queries: [Float], _ argument: String, _ c: KVStoreConfiguration, queryCount: Int) throws(CFailure) {
-    let d = c.headDim, limit = Double(Float.greatestFiniteMagnitude) / 4
-    let factor = Double(c.effectiveAttentionScale) * Double(d).squareRoot() * 65504
-    for row in 0..<(queries.count / d) {
-        var norm = 0.0
-        for e in 0..<d { norm += Double(abs(queries[row * d + e])) }
-        guard norm * factor <= limit else {
-            throw .value("\(argument): query \(row % queryCount) of head \(row / queryCount) is so large (L1 norm \(norm)) that q.k can overflow FP32")
+            _ = call.attend(h.store, id, layer: l, positions: positions ?? Array(repeating: Int32(length) - 1, count: queryCount),
+                            weights: weights.map { UnsafeMutableBufferPointer(start: $0, count: weightCount) }, returnWeights: false,
+                            threadCount: h.attendThreads)
         }
     }
 }

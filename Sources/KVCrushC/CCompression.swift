@@ -55,8 +55,8 @@ public func kvcrushCompress(_ store: OpaquePointer?, _ sequence: UInt64, _ polic
                 let q = try InputBuffer(pointers[l].map(UnsafeRawPointer.init), "observation_queries[\(l)]",
                                         elementCount: observationElementCount, heads: c.queryHeadCount, tokens: observationCount,
                                         headDim: c.headDim, dtype: KVCRUSH_F32, layout: KVCRUSH_LAYOUT_HEAD_MAJOR)
-                queries.append(try q.headMajorFiniteArray("observation_queries[\(l)]"))
-                try checkScoreRange(queries[l], "observation_queries[\(l)]", c, queryCount: observationCount)
+                try q.checkQueries("observation_queries[\(l)]", c)
+                queries.append(q.headMajorArray())
             }
         }
         let made: KVCompressor.DecodeSession? = try h.writing { () throws(CFailure) in
@@ -100,20 +100,19 @@ public func kvcrushSessionAttend(_ session: OpaquePointer?, _ layer: Int32, _ qu
         let s = try SessionHandle.from(session), h = s.store, c = h.store.configuration
         let call = try AttendCall(c, queries: queries, queryElementCount: queryElementCount, queryCount: queryCount, dtype: dtype,
                                   layout: layout, output: output, outputElementCount: outputElementCount)
-        let (l, result) = try h.reading { () throws(CFailure) in
+        let (l, weights) = try h.reading { () throws(CFailure) in
             let id = try h.sequence(s.session.sequence.rawValue), l = try h.layer(layer)
             let length = h.store.nextPosition(of: id, layer: l)
-            return (l, h.store.attend(id, layer: l, queries: call.queries, queryCount: queryCount,
-                                      queryPositions: Array(repeating: Int32(length) - 1, count: queryCount),
-                                      returnWeights: true, threadCount: h.attendThreads))
+            return (l, call.attend(h.store, id, layer: l, positions: Array(repeating: Int32(length) - 1, count: queryCount),
+                                   weights: nil, returnWeights: true, threadCount: h.attendThreads)!)
         }
         // Finite queries can still overflow a score (|q.k| beyond Float's range): such weights are not
-        // scores, and the session's accumulator refuses them by trapping.
-        guard result.weights!.allSatisfy({ $0.weights.allSatisfy(\.isFinite) }) else {
+        // scores, and the session's accumulator refuses them by trapping. (The output may hold them:
+        // kvcrush.h lets a failed attend leave partial results.)
+        guard weights.allSatisfy({ $0.weights.allSatisfy(\.isFinite) }) else {
             throw .value("the attention weights are not finite (query.key overflows FP32): queries too large")
         }
-        call.write(result, c)
-        s.session.record(layer: l, result)
+        s.session.record(layer: l, weights: weights)
     }
 }
 

@@ -19,15 +19,16 @@ public protocol CausalLanguageModel: AnyObject, Sendable {
     ///
     /// - Parameters:
     ///   - observer: called once per layer with the chunk's queries, keys and values (after RoPE).
-    ///   - attentionObserver: if given, attention is asked for its weights and each layer's
-    ///     `AttentionResult` is passed here (e.g. to a decode-time policy's score accumulator).
+    ///   - attentionObserver: if given, attention is asked for its weights and each layer's are
+    ///     passed here (per KV head, `KVStore.attend(…, returnWeights: true)`; e.g. to a decode-time
+    ///     policy's score accumulator).
     /// - Returns: logits `[token][vocabulary]` for the tokens `logits` selects.
     /// - Throws: `KVStoreError` if the store cannot take the keys and values; layers before the
     ///   failing one have then appended the chunk.
     /// - Precondition: the store has this model's shape (`cacheShape`); token ids are in the vocabulary.
     func forward(_ tokens: [Int32], sequence id: SequenceID, in store: KVStore, logits: ForwardLogits,
                  observer: ((LayerActivations) -> Void)?,
-                 attentionObserver: ((Int, AttentionResult) -> Void)?) throws(KVStoreError) -> [Float]
+                 attentionObserver: ((Int, [KVHeadWeights]) -> Void)?) throws(KVStoreError) -> [Float]
 }
 
 /// What a model's cache looks like: the fields of a `KVStoreConfiguration` the model fixes.

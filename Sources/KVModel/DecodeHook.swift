@@ -6,12 +6,12 @@ import KVStore
 /// weights) and acts after each step, e.g. a `KVCompressor.DecodeSession` keeping the cache within
 /// its budget (`init(session:)`).
 public struct DecodeHook {
-    /// Called with every layer's attention result of a step (weights included).
-    public var recordAttention: (Int, AttentionResult) -> Void
+    /// Called with every layer's attention weights of a step (per KV head).
+    public var recordAttention: (Int, [KVHeadWeights]) -> Void
     /// Called after each decode step, once its token is in every layer.
     public var afterStep: () throws -> Void
 
-    public init(recordAttention: @escaping (Int, AttentionResult) -> Void, afterStep: @escaping () throws -> Void) {
+    public init(recordAttention: @escaping (Int, [KVHeadWeights]) -> Void, afterStep: @escaping () throws -> Void) {
         self.recordAttention = recordAttention
         self.afterStep = afterStep
     }
@@ -20,7 +20,7 @@ public struct DecodeHook {
     public init(session: KVCompressor.DecodeSession) {
         let box = SessionBox(session)
         let layers = session.compressor.store.configuration.layerCount
-        self.init(recordAttention: { layer, result in box.value.record(layer: layer, result) },
+        self.init(recordAttention: { layer, weights in box.value.record(layer: layer, weights: weights) },
                   afterStep: { for l in 0..<layers { try box.value.appended(layer: l, count: 1) } })
     }
 }

@@ -66,7 +66,7 @@ public final class LlamaModel: CausalLanguageModel {
     /// `CausalLanguageModel.forward` (the block is described on the type).
     public func forward(_ tokens: [Int32], sequence id: SequenceID, in store: KVStore, logits: Logits = .last,
                         observer: ((LayerActivations) -> Void)? = nil,
-                        attentionObserver: ((Int, AttentionResult) -> Void)? = nil) throws(KVStoreError) -> [Float] {
+                        attentionObserver: ((Int, [KVHeadWeights]) -> Void)? = nil) throws(KVStoreError) -> [Float] {
         let h = hyperparameters, e = h.embeddingLength, d = h.headDim, n = tokens.count
         checkForward(tokens, store, "LlamaModel.forward")
         let first = store.nextPosition(of: id, layer: 0)
@@ -80,16 +80,19 @@ public final class LlamaModel: CausalLanguageModel {
             let v = qkv[2]
             applyRoPE(&q, heads: h.headCount, count: n, cosines: cosines, sines: sines)
             applyRoPE(&k, heads: h.kvHeadCount, count: n, cosines: cosines, sines: sines)
-            // [token][head][d] → [head][token][d] for the store.
-            let qh = MatrixKernels.transpose(q, outer: n, inner: h.headCount, d: d)
-            let kh = MatrixKernels.transpose(k, outer: n, inner: h.kvHeadCount, d: d)
-            let vh = MatrixKernels.transpose(v, outer: n, inner: h.kvHeadCount, d: d)
-            observer?(LayerActivations(layer: l, firstPosition: first, tokenCount: n, queries: qh, keys: kh, values: vh))
-            try store.append(id, layer: l, keys: kh, values: vh)
-            let result = store.attend(id, layer: l, queries: qh, queryCount: n, returnWeights: attentionObserver != nil, threadCount: threadCount)
-            attentionObserver?(l, result)
-            let attended = result.output
-            let a = MatrixKernels.transpose(attended, outer: h.headCount, inner: n, d: d)
+            // The store reads q, k, v and writes the output in the projections' [token][head][d] order.
+            if let observer {
+                observer(LayerActivations(layer: l, firstPosition: first, tokenCount: n,
+                                          queries: MatrixKernels.transpose(q, outer: n, inner: h.headCount, d: d),
+                                          keys: MatrixKernels.transpose(k, outer: n, inner: h.kvHeadCount, d: d),
+                                          values: MatrixKernels.transpose(v, outer: n, inner: h.kvHeadCount, d: d)))
+            }
+            try store.append(id, layer: l, keys: k.span, values: v.span, layout: .tokenMajor)
+            var a = [Float](repeating: 0, count: q.count)
+            var attended = a.mutableSpan
+            let weights = store.attend(id, layer: l, queries: q.span, layout: .tokenMajor, into: &attended,
+                                       returnWeights: attentionObserver != nil, threadCount: threadCount)
+            if let weights { attentionObserver?(l, weights) }
             let o = products.apply([block.output], to: a, count: n)[0]
             for i in 0..<x.count { x[i] += o[i] }
             let normed2 = MatrixKernels.rmsNorm(x, count: n, weight: block.feedForwardNorm, epsilon: h.rmsEpsilon)

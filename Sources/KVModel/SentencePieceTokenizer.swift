@@ -35,6 +35,8 @@ public struct SentencePieceTokenizer: Sendable {
     let ids: [[UInt8]: Int32]
     /// The id of `<0xXX>` for each byte, where present.
     let byteTokens: [Int32?]
+    /// The byte of each id in `byteTokens` (decoding's inverse, O(1) per token).
+    let byteValues: [Int32: UInt8]
     /// User-defined tokens' bytes and ids, longest first.
     let userDefined: [(bytes: [UInt8], id: Int32)]
 
@@ -99,6 +101,9 @@ public struct SentencePieceTokenizer: Sendable {
         }
         self.ids = ids
         byteTokens = bytes
+        var values = [Int32: UInt8]()
+        for (b, id) in bytes.enumerated() { if let id { values[id] = UInt8(b) } }
+        byteValues = values
         // Longest first; equal lengths by id (llama.cpp's order among equal lengths is unspecified).
         userDefined = user.sorted { $0.bytes.count != $1.bytes.count ? $0.bytes.count > $1.bytes.count : $0.id < $1.id }
     }
@@ -198,7 +203,7 @@ public struct SentencePieceTokenizer: Sendable {
             switch tokenTypes[Int(id)] {
             case Self.control, Self.unknown: continue
             case Self.byte:
-                if let b = byteTokens.firstIndex(of: id) { bytes.append(UInt8(b)) }
+                if let b = byteValues[id] { bytes.append(b) }
             default:
                 for b in tokens[Int(id)].utf8 { bytes.append(b) }
             }

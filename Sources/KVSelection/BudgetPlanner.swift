@@ -66,7 +66,7 @@ public struct BudgetPlanner: StreamPlanner {
         }
         // Whole pages: trim to the budget, then spend what the rounding left.
         let rungs: [Tier] = budget.representativeShare > 0 ? [.fp16, budget.representativeTier] : [.fp16]
-        let ladder = (0..<unitCount).map { u in (ctx.ladder(unit: u, tiers: rungs, floor: rest) + [ctx.unitTier(u)]).sorted().uniqued() }
+        let ladder = (0..<unitCount).map { u in ctx.ladder(unit: u, tiers: rungs, floor: rest, including: ctx.unitTier(u)) }
         ctx.fitToPages(limit: ctx.limit(representativeAllowance: repBytes), ladder: ladder,
                        scores: ctx.valueScores(input.hostScores), errorModel: .derived(from: c.formats))
         return ctx.finish(representativeAllowance: repBytes)

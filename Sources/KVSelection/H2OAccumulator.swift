@@ -18,6 +18,10 @@ public struct H2OAccumulator: Sendable, Hashable {
     private var capacity: Int = 0
     /// Number of queries whose weights covered each position.
     public private(set) var visibleQueryCounts: [Int] = []
+    /// Per position, the `add(streamCount:…)` call that last counted it (so a position several
+    /// streams hold counts once), and that call's number.
+    private var countedAt: [Int] = []
+    private var lastCounted = 0
 
     /// An empty accumulator for `headCount` query heads.
     public init(headCount: Int) {
@@ -41,6 +45,7 @@ public struct H2OAccumulator: Sendable, Hashable {
             capacity = newCapacity
         }
         visibleQueryCounts.append(contentsOf: repeatElement(0, count: count))
+        countedAt.append(contentsOf: repeatElement(0, count: count))
         tokenCount = needed
     }
 
@@ -66,6 +71,66 @@ public struct H2OAccumulator: Sendable, Hashable {
             for k in 0..<n { sums[h * capacity + Int(keyPositions[k])] += weights[h * n + k] }
         }
         for p in keyPositions { visibleQueryCounts[Int(p)] += 1 }
+    }
+
+    /// Adds the weights `queryCount` queries gave the tokens of `streamCount` streams at once (one
+    /// layer's KV heads during decode), straight from each stream's weights: stream `s` holds the
+    /// tokens at `positions(s)` (ascending) and is read by query heads `s·groupSize ..< (s+1)·groupSize`,
+    /// whose weights are `weights(s)[(g · queryCount + query) · n + k]` for its token `k` (n tokens;
+    /// `KVHeadWeights`' layout). Each position any stream holds counts every query as having seen it.
+    ///
+    /// The same sums, bit for bit, as `add(queryWeights:keyPositions:)` query by query over the union
+    /// of the streams' positions (with 0 where a stream lacks one), without building that union:
+    /// each (head, position) receives the same additions in the same (query) order.
+    ///
+    /// - Throws: `SelectionError.weightCountMismatch` or `.invalidWeight` (index within that stream's
+    ///   weights) for bad weights; nothing is added then.
+    /// - Precondition: `streamCount · groupSize == headCount`; each stream's positions ascend and are tracked.
+    /// - Complexity: O(headCount · queryCount · n) for n tokens per stream; no allocation.
+    public mutating func add(streamCount: Int, groupSize: Int, queryCount: Int,
+                             positions: (Int) -> [Int32], weights: (Int) -> [Float]) throws(SelectionError) {
+        precondition(streamCount * groupSize == headCount, "H2OAccumulator: \(streamCount) streams of \(groupSize) heads, expected \(headCount) heads")
+        precondition(queryCount >= 0, "H2OAccumulator: queryCount must be non-negative")
+        for s in 0..<streamCount {
+            let p = positions(s), w = weights(s)
+            guard w.count == groupSize * queryCount * p.count else {
+                throw .weightCountMismatch(expected: groupSize * queryCount * p.count, actual: w.count)
+            }
+            for (i, v) in w.enumerated() where !(v.isFinite && v >= 0) { throw .invalidWeight(index: i, value: v) }
+            for (a, b) in zip(p, p.dropFirst()) where !(a < b) { preconditionFailure("H2OAccumulator: stream positions must ascend") }
+            precondition(p.first.map { $0 >= 0 } ?? true && Int(p.last ?? -1) < tokenCount, "H2OAccumulator: a position is not tracked")
+        }
+        guard queryCount > 0 else { return }
+        let capacity = capacity
+        sums.withUnsafeMutableBufferPointer { sums in
+            for s in 0..<streamCount {
+                let p = positions(s), w = weights(s), n = p.count
+                p.withUnsafeBufferPointer { p in
+                    w.withUnsafeBufferPointer { w in
+                        for g in 0..<groupSize {
+                            let row = sums.baseAddress! + (s * groupSize + g) * capacity
+                            for q in 0..<queryCount {
+                                let wr = w.baseAddress! + (g * queryCount + q) * n
+                                for k in 0..<n { row[Int(p[k])] += wr[k] }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // Visible counts over the union: each position once per call, however many streams hold it.
+        lastCounted += 1
+        let mark = lastCounted
+        countedAt.withUnsafeMutableBufferPointer { counted in
+            visibleQueryCounts.withUnsafeMutableBufferPointer { counts in
+                for s in 0..<streamCount {
+                    for p in positions(s) where counted[Int(p)] != mark {
+                        counted[Int(p)] = mark
+                        counts[Int(p)] += queryCount
+                    }
+                }
+            }
+        }
     }
 
     /// Adds every query of a block of weights (e.g. the prefill), with key `k` at position `k`.
@@ -112,5 +177,23 @@ public struct H2OAccumulator: Sendable, Hashable {
             }
         }
         return ImportanceScores(headCount: headCount, tokenCount: positions.count, values: out)
+    }
+}
+
+extension H2OAccumulator {
+    /// Equal when they track the same heads and positions with the same sums and visible counts
+    /// (whatever their capacity or bookkeeping).
+    public static func == (a: H2OAccumulator, b: H2OAccumulator) -> Bool {
+        guard a.headCount == b.headCount, a.tokenCount == b.tokenCount, a.visibleQueryCounts == b.visibleQueryCounts else { return false }
+        for h in 0..<a.headCount {
+            for p in 0..<a.tokenCount where a.sums[h * a.capacity + p] != b.sums[h * b.capacity + p] { return false }
+        }
+        return true
+    }
+
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(headCount)
+        hasher.combine(visibleQueryCounts)
+        for h in 0..<headCount { for p in 0..<tokenCount { hasher.combine(sums[h * capacity + p]) } }
     }
 }

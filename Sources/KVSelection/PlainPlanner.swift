@@ -48,7 +48,8 @@ public struct PlainPlanner: StreamPlanner {
                 ctx.assign(unit: u, tier: rest, role: .rest)
             }
         }
-        let ladder = ctx.units.indices.map { u in (ctx.ladder(unit: u, tiers: [.fp16, tier], floor: rest) + [ctx.unitTier(u)]).sorted().uniqued() }
+        let rungs: [Tier] = [.fp16, tier]
+        let ladder = ctx.units.indices.map { u in ctx.ladder(unit: u, tiers: rungs, floor: rest, including: ctx.unitTier(u)) }
         ctx.fitToPages(limit: ctx.limit(representativeAllowance: 0), ladder: ladder, scores: scores, errorModel: .derived(from: c.formats))
         return ctx.finish(representativeAllowance: 0)
     }

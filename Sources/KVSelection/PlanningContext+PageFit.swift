@@ -35,11 +35,15 @@ extension PlanningContext {
 
     /// The tier unit `u` is planned at: the best planned tier among its tokens (a unit is assigned
     /// one tier and each token takes it or stays at its own lower current tier, `assign`).
-    func unitTier(_ u: Int) -> Tier { units[u].map { tiers[$0] }.min() ?? .fp16 }
+    func unitTier(_ u: Int) -> Tier {
+        var best = Tier.dropped, any = false
+        for i in units[u] where !any || tiers[i] < best { best = tiers[i]; any = true }
+        return any ? best : .fp16
+    }
 
-    /// Token counts per tier of the current plan, headroom slots included in FP16.
-    func plannedCounts() -> [Int] {
-        var counts = [Int](repeating: 0, count: Tier.allCases.count)
+    /// Token counts per tier of the current plan (lane `Tier.rawValue`), headroom slots included in FP16.
+    func plannedCounts() -> SIMD8<Int> {
+        var counts = SIMD8<Int>()
         for t in tiers { counts[t.rawValue] += 1 }
         counts[Tier.fp16.rawValue] += configuration.headroomTokenCount
         return counts
@@ -58,11 +62,12 @@ extension PlanningContext {
     mutating func fitToPages(limit: Int, ladder: [[Tier]], scores: [Double], errorModel: TierErrorModel) {
         let costs = configuration.costs
         var counts = plannedCounts()
-        func bytes(_ c: [Int]) -> Int { costs.pagedByteCount(counts: c) }
+        // Counts live in a SIMD vector (lane `Tier.rawValue`): trial copies allocate nothing.
+        func bytes(_ c: SIMD8<Int>) -> Int { costs.pagedByteCount(counts: c) }
         func e(_ t: Tier) -> Double { errorModel.relativeError(t) }
         // Moving unit u to tier t moves each token from its planned tier to max(t, its current tier)
         // (`assign`'s rule), so counts stay exact for units of mixed tiers.
-        func move(_ u: Int, to t: Tier, _ c: inout [Int]) {
+        func move(_ u: Int, to t: Tier, _ c: inout SIMD8<Int>) {
             for i in units[u] {
                 c[tiers[i].rawValue] -= 1
                 c[max(t, input.tiers[i]).rawValue] += 1
@@ -196,11 +201,12 @@ extension PlanningContext {
     mutating func restoreScoreOrder(scores: [Double]) {
         // Only units whose tokens all sit at one current tier trade places: for them a tier means the
         // same token counts whichever unit takes it.
-        var groups: [[Int]: [Int]] = [:]
+        // Keyed by (current tier, size); groups are disjoint, so their order does not matter.
+        var groups: [Int: [Int]] = [:]
         for u in units.indices where roles[units[u].lowerBound] != .representative {
-            let current = Set(units[u].map { input.tiers[$0] })
-            guard current.count == 1 else { continue }
-            groups[[current.first!.rawValue, units[u].count], default: []].append(u)
+            let current = input.tiers[units[u].lowerBound]
+            guard units[u].allSatisfy({ input.tiers[$0] == current }) else { continue }
+            groups[current.rawValue + Tier.allCases.count * units[u].count, default: []].append(u)
         }
         for (_, members) in groups where members.count > 1 {
             let slots = members.map { (tier: unitTier($0), role: roles[units[$0].lowerBound]) }.sorted { $0.tier < $1.tier }

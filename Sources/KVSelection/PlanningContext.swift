@@ -65,7 +65,11 @@ struct PlanningContext {
     }
 
     /// The least precise current tier among unit `u`'s tokens: the best tier the unit can still reach.
-    func currentWorstTier(unit u: Int) -> Tier { units[u].map { input.tiers[$0] }.max() ?? .fp16 }
+    func currentWorstTier(unit u: Int) -> Tier {
+        var worst = Tier.fp16
+        for i in units[u] where input.tiers[i] > worst { worst = input.tiers[i] }
+        return worst
+    }
 
     /// Sends every token of unit `u` to `tier` (or stays lower if it already is).
     mutating func assign(unit u: Int, tier: Tier, role: TokenRole) {
@@ -112,11 +116,19 @@ struct PlanningContext {
     }
 
     /// The ladder of unit `u` for the page fit: `tiers` (most precise first) from its current tier
-    /// down, ending at `floor`.
-    func ladder(unit u: Int, tiers candidates: [Tier], floor: Tier) -> [Tier] {
+    /// down, ending at `floor`, with `including` (e.g. the unit's planned tier) among its rungs.
+    ///
+    /// - Complexity: O(tiers.count + unit size); the ladder is a shared array (one per set of tiers).
+    func ladder(unit u: Int, tiers candidates: [Tier], floor: Tier, including: Tier? = nil) -> [Tier] {
         let ceiling = currentWorstTier(unit: u)
-        return (candidates.filter { $0 >= ceiling && $0 < floor } + [max(floor, ceiling)]).sorted().uniqued()
+        var mask = 1 << max(floor, ceiling).rawValue
+        for t in candidates where t >= ceiling && t < floor { mask |= 1 << t.rawValue }
+        if let including { mask |= 1 << including.rawValue }
+        return Self.laddersByMask[mask]
     }
+
+    /// Every set of tiers (bit `Tier.rawValue`) as an ascending ladder.
+    private static let laddersByMask: [[Tier]] = (0..<(1 << Tier.allCases.count)).map { m in Tier.allCases.filter { m & (1 << $0.rawValue) != 0 } }
 
     /// The plan's exact bytes: its tokens in whole pages (`TierCosts.pagedByteCount`), the
     /// headroom's FP16 slots included.

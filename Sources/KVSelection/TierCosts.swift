@@ -122,4 +122,11 @@ public struct TierCosts: Sendable, Hashable {
         for t in Tier.stored { total += pagedByteCount(t, tokenCount: counts[t.rawValue]) }
         return total
     }
+
+    /// `pagedByteCount(counts:)` with the counts in lanes `Tier.rawValue` of a vector (no allocation).
+    public func pagedByteCount(counts: SIMD8<Int>) -> Int {
+        var total = 0
+        for t in Tier.stored { total += pagedByteCount(t, tokenCount: counts[t.rawValue]) }
+        return total
+    }
 }

@@ -148,7 +148,7 @@ public struct TieredPlanner: StreamPlanner {
         }
         // Whole pages: trim to the budget, then spend what the rounding left.
         let rungs = candidateTiers + (budget.representativeShare > 0 ? [budget.representativeTier] : [])
-        let ladder = (0..<unitCount).map { u in (ctx.ladder(unit: u, tiers: rungs, floor: rest) + [ctx.unitTier(u)]).sorted().uniqued() }
+        let ladder = (0..<unitCount).map { u in ctx.ladder(unit: u, tiers: rungs, floor: rest, including: ctx.unitTier(u)) }
         ctx.fitToPages(limit: ctx.limit(representativeAllowance: repBytes), ladder: ladder,
                        scores: ctx.valueScores(input.hostScores), errorModel: errorModel)
         return ctx.finish(representativeAllowance: repBytes)

@@ -51,16 +51,33 @@ extension KVStore {
     /// rows the row reader returns. Softmax is online (streaming) per page. Under GQA, each K/V row is read once
     /// for all query rows of its group.
     ///
+    /// This form reads the caller's queries and writes the caller's output in place: nothing is
+    /// copied when both are `[queryHead][query][headDim]` FP32 (or one query row per head);
+    /// otherwise each KV head's query group is gathered (FP16 widened) into, and its output
+    /// scattered from, a scratch of `2 · groupSize · queryCount · headDim` floats per stream. The
+    /// output is the same for every layout and, for FP16 queries, that of their widened FP32 values.
+    ///
+    /// ```swift
+    /// // A model's queries and attention output, [token][queryHead][headDim], no transposes:
+    /// var out = [Float](repeating: 0, count: q.count)
+    /// var outSpan = out.mutableSpan
+    /// store.attend(id, layer: l, queries: q.span, layout: .tokenMajor, into: &outSpan)
+    /// ```
+    ///
     /// - Parameters:
-    ///   - queries: `[queryHead][query][headDim]`, `queryCount` queries per head.
+    ///   - queries: `queryHeadCount · queryCount · headDim` values in `layout` (`[queryHead][query][headDim]`
+    ///     or `[query][queryHead][headDim]`); `queryCount` is inferred.
     ///   - queryPositions: the position of each query (causal limit); `nil` means the last
     ///     `queryCount` positions appended to this layer (a decode step or a prefill chunk just
     ///     appended).
-    ///   - returnWeights: also return each stored token's attention weight per query.
+    ///   - output: as many values as `queries`, written in the same `layout`.
+    ///   - returnWeights: also return each stored token's attention weight per query (the one heap
+    ///     allocation this form makes besides the kernels' per-stream scratch).
     ///   - threadCount: threads to spread KV heads over (`nil`: all cores), each taking the next
     ///     stream when done with one. Results are identical for every thread count and assignment:
     ///     each stream is computed by one thread in a fixed order.
-    /// - Returns: outputs `[queryHead][query][headDim]`; a query that sees no token gets zeros.
+    /// - Returns: the weights if asked. A query that sees no token gets zeros in `output`.
+    /// - Precondition: the buffer sizes above (caller bugs trap with a message).
     /// - Error: relative to exact attention over the *decoded* rows, the output differs only by
     ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, where
     ///   the kernel set runs them (`KeyScoring.channelwiseVNNI`, `ValueAccumulation.integer`), the
@@ -72,10 +89,79 @@ extension KVStore {
     ///   `ReferenceAttention` in the tests for the whole bound).
     /// - Complexity: O(queryHeads · queries · tokens · headDim) arithmetic, O(tokens · rowBytes)
     ///   memory traffic per KV head.
+    @discardableResult
+    public func attend(_ id: SequenceID, layer: Int, queries: Span<Float>, layout: KVBufferLayout = .headMajor,
+                       queryPositions: [Int32]? = nil, into output: inout MutableSpan<Float>,
+                       returnWeights: Bool = false, threadCount: Int? = nil) -> [KVHeadWeights]? {
+        let n = attendedQueryCount(queries.count, output.count)
+        return queries.withUnsafeBufferPointer { q in
+            output.withUnsafeMutableBufferPointer { o in
+                attend([block(id, queryRows(q, layout, n), o, queryPositions)], layer: layer, returnWeights: returnWeights,
+                       threadCount: threadCount)?[0]
+            }
+        }
+    }
+
+    /// `attend` of FP16 queries (widened exactly to FP32 as they are read). See the FP32 form.
+    @discardableResult
+    public func attend(_ id: SequenceID, layer: Int, queries: Span<Float16>, layout: KVBufferLayout = .headMajor,
+                       queryPositions: [Int32]? = nil, into output: inout MutableSpan<Float>,
+                       returnWeights: Bool = false, threadCount: Int? = nil) -> [KVHeadWeights]? {
+        let n = attendedQueryCount(queries.count, output.count)
+        return queries.withUnsafeBufferPointer { q in
+            output.withUnsafeMutableBufferPointer { o in
+                attend([block(id, queryRows(q, layout, n), o, queryPositions)], layer: layer, returnWeights: returnWeights,
+                       threadCount: threadCount)?[0]
+            }
+        }
+    }
+
+    /// `attend` writing the attention weights too, densely into a caller buffer: `weights` holds
+    /// `queryHeadCount · queryCount · nextPosition(of: id, layer: layer)` values,
+    /// `[queryHead][query][position]`, the weight each query put on each position (0 for a position
+    /// the stream no longer holds, one after the query, or outside its window). Each row sums to 1
+    /// unless the query saw no token. The weights are computed per stored token as with
+    /// `returnWeights` and then scattered (one allocation per stream).
+    public func attend(_ id: SequenceID, layer: Int, queries: Span<Float>, layout: KVBufferLayout = .headMajor,
+                       queryPositions: [Int32]? = nil, into output: inout MutableSpan<Float>, weights: inout MutableSpan<Float>,
+                       threadCount: Int? = nil) {
+        let heads = attend(id, layer: layer, queries: queries, layout: layout, queryPositions: queryPositions, into: &output,
+                           returnWeights: true, threadCount: threadCount)!
+        scatter(heads, id, layer: layer, queryCount: queries.count / (configuration.queryHeadCount * configuration.headDim), into: &weights)
+    }
+
+    /// `attend` of FP16 queries writing dense weights. See the FP32 form.
+    public func attend(_ id: SequenceID, layer: Int, queries: Span<Float16>, layout: KVBufferLayout = .headMajor,
+                       queryPositions: [Int32]? = nil, into output: inout MutableSpan<Float>, weights: inout MutableSpan<Float>,
+                       threadCount: Int? = nil) {
+        let heads = attend(id, layer: layer, queries: queries, layout: layout, queryPositions: queryPositions, into: &output,
+                           returnWeights: true, threadCount: threadCount)!
+        scatter(heads, id, layer: layer, queryCount: queries.count / (configuration.queryHeadCount * configuration.headDim), into: &weights)
+    }
+
+    /// Array form of `attend`: `queries` are `[queryHead][query][headDim]`, `queryCount` per head;
+    /// returns the outputs in that order (written in place into the returned array) and the weights
+    /// if asked.
     public func attend(_ id: SequenceID, layer: Int, queries: [Float], queryCount: Int = 1,
                        queryPositions: [Int32]? = nil, returnWeights: Bool = false, threadCount: Int? = nil) -> AttentionResult {
-        attend(batch: [AttendRequest(sequence: id, queries: queries, queryCount: queryCount, queryPositions: queryPositions)],
-               layer: layer, returnWeights: returnWeights, threadCount: threadCount)[0]
+        checkArrayQueries(queries.count, queryCount)
+        var weights: [KVHeadWeights]?
+        let output = queries.withUnsafeBufferPointer { q in
+            [Float](unsafeUninitializedCapacity: q.count) { o, initialized in
+                // `StreamAttention` writes every output row.
+                weights = attend([block(id, queryRows(q, .headMajor, queryCount), o, queryPositions)], layer: layer,
+                                 returnWeights: returnWeights, threadCount: threadCount)?[0]
+                initialized = q.count
+            }
+        }
+        return AttentionResult(output: output, weights: weights)
+    }
+
+    private func checkArrayQueries(_ count: Int, _ queryCount: Int) {
+        let c = configuration
+        precondition(queryCount >= 1, "KVStore.attend: queryCount must be at least 1")
+        precondition(count == c.queryHeadCount * queryCount * c.headDim,
+                     "KVStore.attend: expected \(c.queryHeadCount * queryCount * c.headDim) query values ([queryHead][query][headDim]), got \(count)")
     }
 
     /// One sequence's queries in a batched `attend`.
@@ -95,46 +181,113 @@ extension KVStore {
     /// `attend` for several sequences at once: all their (sequence, KV head) streams are spread
     /// over the threads together.
     public func attend(batch: [AttendRequest], layer: Int, returnWeights: Bool = false, threadCount: Int? = nil) -> [AttentionResult] {
-        let c = configuration
+        for r in batch { checkArrayQueries(r.queries.count, r.queryCount) }
+        // The requests' own buffers cannot all be lent at once; outputs go to raw buffers, copied out.
+        let outputs = batch.map { UnsafeMutableBufferPointer<Float>.allocate(capacity: $0.queries.count) }
+        defer { for o in outputs { o.deallocate() } }
+        func run(_ i: Int, _ blocks: [AttendBlock]) -> [[KVHeadWeights]]? {
+            guard i < batch.count else { return attend(blocks, layer: layer, returnWeights: returnWeights, threadCount: threadCount) }
+            let r = batch[i]
+            return r.queries.withUnsafeBufferPointer { q in
+                run(i + 1, blocks + [block(r.sequence, queryRows(q, .headMajor, r.queryCount), outputs[i], r.queryPositions)])
+            }
+        }
+        let weights = run(0, [])
+        return batch.indices.map { b in AttentionResult(output: Array(outputs[b]), weights: weights?[b]) }
+    }
+
+    // MARK: The one path
+
+    /// One sequence's query block: the caller's buffers, read and written in place.
+    struct AttendBlock: @unchecked Sendable {
+        let sequence: SequenceID
+        /// `queryHeadCount × queryCount` rows.
+        let queries: UnsafeCallerRows
+        let output: UnsafeCallerOutput
+        let queryPositions: [Int32]?
+    }
+
+    private func attendedQueryCount(_ queryValueCount: Int, _ outputCount: Int) -> Int {
+        let c = configuration, per = c.queryHeadCount * c.headDim
+        precondition(queryValueCount > 0 && queryValueCount % per == 0,
+                     "KVStore.attend: queries must hold a positive whole number of rows × queryHeadCount × headDim = \(per) values, got \(queryValueCount)")
+        precondition(outputCount == queryValueCount, "KVStore.attend: output holds \(outputCount) values, expected \(queryValueCount) (as many as the queries)")
+        return queryValueCount / per
+    }
+
+    private func queryRows(_ q: UnsafeBufferPointer<Float>, _ layout: KVBufferLayout, _ n: Int) -> UnsafeCallerRows {
+        UnsafeCallerRows(q, layout: layout, heads: configuration.queryHeadCount, tokens: n, headDim: configuration.headDim)
+    }
+
+    private func queryRows(_ q: UnsafeBufferPointer<Float16>, _ layout: KVBufferLayout, _ n: Int) -> UnsafeCallerRows {
+        UnsafeCallerRows(q, layout: layout, heads: configuration.queryHeadCount, tokens: n, headDim: configuration.headDim)
+    }
+
+    private func block(_ id: SequenceID, _ q: UnsafeCallerRows, _ o: UnsafeMutableBufferPointer<Float>, _ positions: [Int32]?) -> AttendBlock {
+        AttendBlock(sequence: id, queries: q,
+                    output: UnsafeCallerOutput(base: o.baseAddress!, layout: q.layout, heads: q.heads, tokens: q.tokens, headDim: q.headDim),
+                    queryPositions: positions)
+    }
+
+    /// Writes per-KV-head weights as dense `[queryHead][query][position]` rows over
+    /// `0 ..< nextPosition(of: id, layer: layer)`.
+    private func scatter(_ heads: [KVHeadWeights], _ id: SequenceID, layer: Int, queryCount: Int, into out: inout MutableSpan<Float>) {
+        let c = configuration, length = nextPosition(of: id, layer: layer)
+        precondition(out.count == c.queryHeadCount * queryCount * length,
+                     "KVStore.attend: weights holds \(out.count) values, expected \(c.queryHeadCount * queryCount * length) (\(c.queryHeadCount) query heads × \(queryCount) queries × \(length) positions)")
+        out.withUnsafeMutableBufferPointer { o in
+            o.update(repeating: 0)
+            for w in heads {
+                for g in 0..<c.groupSize {
+                    let qh = w.kvHead * c.groupSize + g
+                    for i in 0..<queryCount {
+                        let row = w.row(groupHead: g, query: i), base = (qh * queryCount + i) * length
+                        for (k, p) in w.positions.enumerated() { o[base + Int(p)] = row[row.startIndex + k] }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The one attend path: every (block, KV head) stream spread over the threads, each reading
+    /// its query group from and writing its output group to the caller's buffers (through a
+    /// per-stream scratch where the layout or precision needs one).
+    func attend(_ blocks: [AttendBlock], layer: Int, returnWeights: Bool, threadCount: Int?) -> [[KVHeadWeights]]? {
+        let c = configuration, d = c.headDim, g = c.groupSize
         precondition(0 <= layer && layer < c.layerCount, "KVStore.attend: layer \(layer) outside 0..<\(c.layerCount)")
         // Snapshot the streams (page references) under the lock; compute outside it.
-        var snapshotList = [(LayerState, [Int32])]()
-        for r in batch {
-            precondition(r.queryCount >= 1, "KVStore.attend: queryCount must be at least 1")
-            precondition(r.queries.count == c.queryHeadCount * r.queryCount * c.headDim,
-                         "KVStore.attend: expected \(c.queryHeadCount * r.queryCount * c.headDim) query values ([queryHead][query][headDim]), got \(r.queries.count)")
+        let snapshots = blocks.map { r in
             let layerState = withSequence(r.sequence, "attend") { $0.layers[layer] }
-            let positions = r.queryPositions ?? (0..<r.queryCount).map { layerState.nextPosition - Int32(r.queryCount) + Int32($0) }
-            precondition(positions.count == r.queryCount, "KVStore.attend: \(positions.count) query positions for \(r.queryCount) queries")
-            snapshotList.append((layerState, positions))
+            let n = r.queries.tokens
+            let positions = r.queryPositions ?? (0..<n).map { layerState.nextPosition - Int32(n) + Int32($0) }
+            precondition(positions.count == n, "KVStore.attend: \(positions.count) query positions for \(n) queries")
+            return (layerState, positions)
         }
-        var outputs = batch.map { [Float](repeating: 0, count: c.queryHeadCount * $0.queryCount * c.headDim) }
-        var weights = [[KVHeadWeights?]](repeating: [KVHeadWeights?](repeating: nil, count: c.kvHeadCount), count: batch.count)
-        let units = batch.count * c.kvHeadCount
+        let units = blocks.count * c.kvHeadCount
         let threads = max(1, min(threadCount ?? ProcessInfo.processInfo.activeProcessorCount, units))
-        let codecs = codecs[layer], rotations = LayerRotations(layer: layer, configuration: c), snapshots = snapshotList
-        // Escaping these pointers from `withUnsafe…` is wrong; allocate the results as raw buffers.
-        let outBuffers = outputs.indices.map { i in SharedBuffer(base: UnsafeMutablePointer<Float>.allocate(capacity: outputs[i].count)) }
-        let weightBuffer = batch.indices.map { _ in SharedBuffer(base: UnsafeMutablePointer<KVHeadWeights?>.allocate(capacity: c.kvHeadCount)) }
-        for b in batch.indices { weightBuffer[b].base.initialize(repeating: nil, count: c.kvHeadCount) }
+        let codecs = codecs[layer], rotations = LayerRotations(layer: layer, configuration: c)
+        // Threads write disjoint slots of one raw buffer (only when weights are asked).
+        let weightSlots = returnWeights ? SharedBuffer(base: UnsafeMutablePointer<KVHeadWeights?>.allocate(capacity: units)) : nil
+        weightSlots?.base.initialize(repeating: nil, count: units)
         defer {
-            for b in batch.indices {
-                outBuffers[b].base.deallocate()
-                weightBuffer[b].base.deinitialize(count: c.kvHeadCount)
-                weightBuffer[b].base.deallocate()
-            }
+            weightSlots?.base.deinitialize(count: units)
+            weightSlots?.base.deallocate()
         }
         let work: @Sendable (Int) -> Void = { unit in
-                let b = unit / c.kvHeadCount, h = unit % c.kvHeadCount
-                let (layerState, positions) = snapshots[b]
-                let w = batch[b].queries.withUnsafeBufferPointer { qp in
-                    StreamAttention(configuration: c, codecs: codecs, rotations: rotations, stream: layerState.streams[h], kvHead: h,
-                                    queries: qp.baseAddress!, queryCount: batch[b].queryCount, queryPositions: positions,
-                                    returnWeights: returnWeights, layer: layer)
-                        .run(into: outBuffers[b].base)
-                }
-                weightBuffer[b].base[h] = w
+            let b = unit / c.kvHeadCount, h = unit % c.kvHeadCount
+            let block = blocks[b], (layerState, positions) = snapshots[b], rows = g * block.queries.tokens
+            let queryScratch = block.queries.needsScratch ? rows * d : 0, outputScratch = block.output.needsScratch ? rows * d : 0
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, queryScratch + outputScratch)) { scratch in
+                let q = block.queries.headMajorFloats(firstHead: h * g, headCount: g, scratch: scratch.baseAddress!)
+                let o = block.output.headMajorRows(firstHead: h * g, scratch: scratch.baseAddress! + queryScratch)
+                let w = StreamAttention(configuration: c, codecs: codecs, rotations: rotations, stream: layerState.streams[h], kvHead: h,
+                                        queries: q, queryCount: block.queries.tokens, queryPositions: positions,
+                                        returnWeights: returnWeights, layer: layer)
+                    .run(into: o)
+                block.output.finish(firstHead: h * g, headCount: g, scratch: o)
+                weightSlots?.base[unit] = w
             }
+        }
         if threads == 1 {
             for u in 0..<units { work(u) }
         } else {
@@ -150,12 +303,7 @@ extension KVStore {
                 }
             }
         }
-        for b in batch.indices {
-            outputs[b] = Array(UnsafeBufferPointer(start: outBuffers[b].base, count: outputs[b].count))
-            weights[b] = Array(UnsafeBufferPointer(start: weightBuffer[b].base, count: c.kvHeadCount))
-        }
-        return batch.indices.map { b in
-            AttentionResult(output: outputs[b], weights: returnWeights ? weights[b].map { $0! } : nil)
-        }
+        guard let weightSlots else { return nil }
+        return blocks.indices.map { b in (0..<c.kvHeadCount).map { weightSlots.base[b * c.kvHeadCount + $0]! } }
     }
 }

@@ -63,7 +63,7 @@ public final class KVStore: Sendable {
     public init(_ configuration: KVStoreConfiguration) throws(KVStoreConfigurationError) {
         try configuration.validate()
         self.configuration = configuration
-        pool = PagePool()
+        pool = PagePool(reservationLimit: configuration.byteLimit)
         codecs = Self.codecs(configuration)
         state = StateLock(StoreState())
     }
@@ -116,114 +116,6 @@ public final class KVStore: Sendable {
 
     /// The sequences in the store, in creation order.
     public var sequences: [SequenceID] { state.withLock { $0.sequences.keys.sorted() } }
-
-    // MARK: Appending
-
-    /// Appends `tokenCount` tokens to every KV head of `layer` at FP16, at the next positions.
-    ///
-    /// `keys` and `values` are laid out `[kvHead][token][headDim]` (`kvHeadCount · tokenCount ·
-    /// headDim` values each): one prefill chunk, or one decode token (`tokenCount == 1`).
-    ///
-    /// In a layer with a sliding window W (`KVStoreConfiguration.layerSlidingWindows`), the append
-    /// first releases every page whose tokens all lie at or before `first − W`, `first` being the
-    /// first appended position: no query from `first` on can see them. Then each stream of the
-    /// layer holds at most W − 1 + `tokenCount` tokens inside the window plus, per stored tier,
-    /// fewer than one page capacity of older tokens (the page straddling the window's start), which
-    /// attention masks.
-    ///
-    /// - Throws: `KVStoreError.invalidValue` for a non-finite or out-of-range value (keys checked
-    ///   before values, lowest index first), `.byteLimitExceeded` if the new pages do not fit. On
-    ///   error nothing changes, except that a windowed layer's invisible pages may have been released.
-    /// - Complexity: O(kvHeads · tokenCount · headDim).
-    public func append(_ id: SequenceID, layer: Int, keys: UnsafeBufferPointer<Float>, values: UnsafeBufferPointer<Float>,
-                       tokenCount: Int) throws(KVStoreError) {
-        let c = configuration, d = c.headDim
-        precondition(0 <= layer && layer < c.layerCount, "KVStore.append: layer \(layer) outside 0..<\(c.layerCount)")
-        precondition(tokenCount >= 0, "KVStore.append: negative tokenCount")
-        let n = c.kvHeadCount * tokenCount
-        precondition(keys.count == n * d && values.count == n * d,
-                     "KVStore.append: expected \(n * d) keys and values ([kvHead][token][headDim]), got \(keys.count) and \(values.count)")
-        guard tokenCount > 0 else { return }
-        // Check and encode to FP16 scratch first: nothing changes unless every value is storable.
-        let fp16 = codecs[layer][0].fp16, rowBytes = fp16.rowByteCount
-        for source in [keys, values] {
-            if let e = firstUnstorableValue(source.baseAddress!, count: n * d) {
-                let row = e.index / d, element = e.index % d
-                throw .invalidValue(layer: layer, kvHead: row / tokenCount, token: row % tokenCount, element: element, e.reindexed(element))
-            }
-        }
-        func encodeAll(_ source: UnsafeBufferPointer<Float>) -> [UInt8] {
-            [UInt8](unsafeUninitializedCapacity: n * rowBytes) { out, count in
-                fp16.encodeRowsUnchecked(source.baseAddress!, count: n, into: out.baseAddress!)
-                count = n * rowBytes
-            }
-        }
-        let keyRows = encodeAll(keys), valueRows = encodeAll(values)
-        let layout = codecs[layer][0].layout, limit = c.byteLimit, pool = pool
-        let result: KVStoreError? = state.withLock { s in
-            guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.append: unknown sequence \(id)") }
-            s.sequences[id] = nil  // hold the only reference while mutating (copy-on-write stays exact)
-            defer { s.sequences[id] = sequence }
-            let first = sequence.layers[layer].nextPosition
-            precondition(Int(first) + tokenCount <= Int(Int32.max), "KVStore.append: positions exhausted")
-            if let w = c.slidingWindow(layer: layer), Int(first) - w >= 0 {
-                // No query at or after `first` sees positions ≤ first − W: release their pages now
-                // (before the byte-limit check, so the freed bytes count).
-                for h in 0..<c.kvHeadCount { sequence.layers[layer].streams[h].evictPages(through: first - Int32(w)) }
-            }
-            var cost = 0
-            for h in 0..<c.kvHeadCount {
-                cost += sequence.layers[layer].streams[h].appendCost(tokenCount, firstPosition: first, layout: layout)
-            }
-            if let limit, pool.bytesInUse + cost > limit {
-                return .byteLimitExceeded(requestedBytes: cost, availableBytes: max(0, limit - pool.bytesInUse))
-            }
-            keyRows.withUnsafeBytes { kr in
-                valueRows.withUnsafeBytes { vr in
-                    for h in 0..<c.kvHeadCount {
-                        sequence.layers[layer].streams[h].appendFP16(
-                            keys: kr.baseAddress! + h * tokenCount * rowBytes, values: vr.baseAddress! + h * tokenCount * rowBytes,
-                            count: tokenCount, firstPosition: first, layout: layout, pool: pool)
-                    }
-                }
-            }
-            sequence.layers[layer].nextPosition = first + Int32(tokenCount)
-            return nil
-        }
-        if let result { throw result }
-    }
-
-    /// Releases the pages of a windowed layer that no later query can see: those whose tokens all
-    /// lie at or before `nextPosition − W` (the next query, at `nextPosition`, sees from
-    /// `nextPosition − W + 1`). A model calls it after a chunk's attention, so that between forward
-    /// passes each stream of the layer holds at most W tokens plus, per stored tier, fewer than one
-    /// page capacity of older ones. No-op for a layer without a window. O(pages).
-    public func releaseOutsideWindow(_ id: SequenceID, layer: Int) {
-        let c = configuration
-        precondition(0 <= layer && layer < c.layerCount, "KVStore.releaseOutsideWindow: layer \(layer) outside 0..<\(c.layerCount)")
-        guard let w = c.slidingWindow(layer: layer) else { return }
-        state.withLock { s in
-            guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.releaseOutsideWindow: unknown sequence \(id)") }
-            let cutoff = Int(sequence.layers[layer].nextPosition) - w
-            guard cutoff >= 0 else { return }
-            s.sequences[id] = nil  // hold the only reference while mutating
-            for h in 0..<c.kvHeadCount { sequence.layers[layer].streams[h].evictPages(through: Int32(cutoff)) }
-            s.sequences[id] = sequence
-        }
-    }
-
-    /// Array form of `append`: `keys` and `values` are `[kvHead][token][headDim]`; the token count
-    /// is inferred.
-    public func append(_ id: SequenceID, layer: Int, keys: [Float], values: [Float]) throws(KVStoreError) {
-        let per = configuration.kvHeadCount * configuration.headDim
-        precondition(keys.count % per == 0, "KVStore.append: \(keys.count) keys is not a whole number of tokens × \(per)")
-        let result: Result<Void, KVStoreError> = keys.withUnsafeBufferPointer { k in
-            values.withUnsafeBufferPointer { v in
-                Result { () throws(KVStoreError) in try append(id, layer: layer, keys: k, values: v, tokenCount: keys.count / per) }
-            }
-        }
-        try result.get()
-    }
 
     // MARK: Plans
 

@@ -26,7 +26,10 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     /// layer, KVTuner style), or `nil` for `tierFormats` in every layer. Each follows the rules of
     /// `tierFormats`.
     public var layerTierFormats: [TierFormats]?
-    /// Upper bound on the bytes of all pages in use, or `nil` for no limit.
+    /// Upper bound on the bytes of all pages in use, or `nil` for no limit. The page pool also keeps
+    /// its footprint (its slabs, with the free slots it holds for streams to grow into) within this
+    /// limit (pages rounded to 64 bytes) plus at most 20 MiB per page layout: past the limit,
+    /// streams share blocks rather than reserve more (`PagePool`'s reservation limit).
     public var byteLimit: Int?
     /// Scale applied to query·key scores; `nil` means 1/√headDim.
     public var attentionScale: Float?

@@ -32,6 +32,17 @@ import Darwin
 /// still growing into, and at most one empty slab kept per layout for reuse (further emptied slabs
 /// return to the allocator at once).
 ///
+/// Reservation limit: a pool made with `reservationLimit` (a store's `byteLimit`) does not make a
+/// new slab that would take `reservedByteCount` past it while its layout has any free slot: the
+/// page then goes to a hole, else to the highest free slot of another stream's block tail (so many
+/// short streams share blocks instead of each holding a block's worth of unused slots), and no
+/// spare empty slab is kept past the limit. A slab past the limit is made only when the layout is
+/// full, so the pool's footprint stays within the limit's pages in their (64-byte-rounded) slots
+/// plus two slabs (≤ 2 × (`maxSlabBytes` + `hugePageBytes`): the one past the limit and the
+/// huge-page rounding of smaller ones) per layout, plus free slots of layouts whose pages were
+/// released. Below the limit the placement is the one described above (contiguous runs for long
+/// streams).
+///
 /// Thread-safe: pages are released from whichever thread drops the last reference.
 ///
 /// Complexity: `allocate` is O(1) when the page follows its predecessor (the common case: all but
@@ -58,11 +69,17 @@ public final class PagePool: Sendable {
         var used: [UInt64]
         var usedCount = 0
 
+        /// Bytes of a slab of `slotCount` slots (rounded up to huge pages from `hugePageBytes` on).
+        static func byteCount(slotCount: Int, slotBytes: Int) -> Int {
+            let raw = slotCount * slotBytes
+            return raw >= PagePool.hugePageBytes ? (raw + PagePool.hugePageBytes - 1) / PagePool.hugePageBytes * PagePool.hugePageBytes : raw
+        }
+
         init(slotCount: Int, slotBytes: Int) {
             self.slotCount = slotCount
             let raw = slotCount * slotBytes
             let huge = raw >= PagePool.hugePageBytes
-            byteCount = huge ? (raw + PagePool.hugePageBytes - 1) / PagePool.hugePageBytes * PagePool.hugePageBytes : raw
+            byteCount = Self.byteCount(slotCount: slotCount, slotBytes: slotBytes)
             base = UnsafeMutableRawPointer.allocate(byteCount: byteCount, alignment: huge ? PagePool.hugePageBytes : 64)
             #if os(Linux)
             if huge { _ = madvise(base, byteCount, 14 /* MADV_HUGEPAGE */) }
@@ -115,6 +132,17 @@ public final class PagePool: Sendable {
             return n
         }
 
+        /// The highest free slot (in a block tail, the one its stream would reach last).
+        func lastFreeSlot() -> Int? {
+            guard usedCount < slotCount else { return nil }
+            for w in stride(from: used.count - 1, through: 0, by: -1) {
+                var free = ~used[w]
+                if w == used.count - 1, slotCount % 64 != 0 { free &= (1 << UInt64(slotCount % 64)) - 1 }
+                if free != 0 { return w * 64 + 63 - free.leadingZeroBitCount }
+            }
+            return nil
+        }
+
         func firstHole() -> Int? {
             for b in 0..<(slotCount / PagePool.blockSlotCount) {
                 let bits = blockBits(b)
@@ -148,8 +176,10 @@ public final class PagePool: Sendable {
         var reservedBytes = 0
     }
     private let state = StateLock(State())
+    /// The footprint (`reservedByteCount`) past which free slots are shared before a slab is made.
+    let reservationLimit: Int?
 
-    init() {}
+    init(reservationLimit: Int? = nil) { self.reservationLimit = reservationLimit }
 
     /// Bytes of all live pages.
     public var bytesInUse: Int { state.withLock { $0.bytesInUse } }
@@ -169,13 +199,14 @@ public final class PagePool: Sendable {
             s.pagesInUse += 1
             s.pagesInUseByLayout[layout, default: 0] += 1
             if s.arenas[layout] == nil { s.arenas[layout] = Arena(layout: layout) }
-            let place = Self.take(&s.arenas[layout]!, hint: hint, nextSlabID: &s.nextSlabID, reservedBytes: &s.reservedBytes)
+            let place = Self.take(&s.arenas[layout]!, hint: hint, nextSlabID: &s.nextSlabID, reservedBytes: &s.reservedBytes,
+                                  limit: reservationLimit)
             return (s.arenas[layout]!.pointer(place), place)
         }
         return Page(layout: layout, pool: self, bytes: bytes, place: place)
     }
 
-    private static func take(_ a: inout Arena, hint: Place?, nextSlabID: inout Int, reservedBytes: inout Int) -> Place {
+    private static func take(_ a: inout Arena, hint: Place?, nextSlabID: inout Int, reservedBytes: inout Int, limit: Int?) -> Place {
         if let h = hint, let slab = a.slabs[h.slab], h.slot + 1 < slab.slotCount, !slab.isUsed(h.slot + 1) {
             slab.take(h.slot + 1)
             return Place(slab: h.slab, slot: h.slot + 1)
@@ -197,6 +228,11 @@ public final class PagePool: Sendable {
             }
         }
         let slotCount = a.nextSlabSlotCount
+        if let limit, reservedBytes + Slab.byteCount(slotCount: slotCount, slotBytes: a.slotBytes) > limit {
+            // At the reservation limit: any free slot of the layout before a new slab.
+            for id in a.order { if let slot = a.slabs[id]!.firstHole() { a.slabs[id]!.take(slot); return Place(slab: id, slot: slot) } }
+            for id in a.order.reversed() { if let slot = a.slabs[id]!.lastFreeSlot() { a.slabs[id]!.take(slot); return Place(slab: id, slot: slot) } }
+        }
         let grown = min(2 * slotCount, max(blockSlotCount, maxSlabBytes / a.slotBytes / blockSlotCount * blockSlotCount))
         a.nextSlabSlotCount = max(slotCount, grown)
         let slab = Slab(slotCount: slotCount, slotBytes: a.slotBytes)
@@ -222,9 +258,11 @@ public final class PagePool: Sendable {
             }
             slab.free(place.slot)
             guard slab.usedCount == 0 else { return nil }
-            // Keep one empty slab per layout for reuse; free this one if another is already empty.
+            // Keep one empty slab per layout for reuse (within the reservation limit); free this one
+            // if another is already empty.
             let arena = s.arenas[layout]!
-            guard arena.order.contains(where: { $0 != place.slab && arena.slabs[$0]!.usedCount == 0 }) else { return nil }
+            let withinLimit = reservationLimit.map { s.reservedBytes <= $0 } ?? true
+            guard !withinLimit || arena.order.contains(where: { $0 != place.slab && arena.slabs[$0]!.usedCount == 0 }) else { return nil }
             s.arenas[layout]!.slabs[place.slab] = nil
             s.arenas[layout]!.order.removeAll { $0 == place.slab }
             s.arenas[layout]!.slotCount -= slab.slotCount

@@ -11,9 +11,14 @@ enum SnapshotFile {
     /// Writes `bytes` to `url` atomically: a temporary file in the destination's directory is
     /// written in full, synced, and renamed over `url`; then the directory is synced. If anything
     /// fails before the rename, the temporary file is removed and `url` is untouched.
+    ///
+    /// A process killed mid-save leaves its temporary file (`.NAME.tmp-PID-RANDOM`) behind; it never
+    /// stops a later save (each uses a fresh name), and after a successful save the temporary files
+    /// of `url` whose writer process no longer exists are removed (a live writer's never are).
     static func writeAtomically(_ bytes: [UInt8], to url: URL, _ ops: SnapshotFileOperations) throws(SnapshotError) {
         let path = url.path, directory = url.deletingLastPathComponent().path
-        let temporary = directory + "/." + url.lastPathComponent + ".tmp-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let prefix = "." + url.lastPathComponent + ".tmp-"
+        let temporary = directory + "/" + prefix + "\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let fd = open(temporary, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard fd >= 0 else { throw .io(operation: "open", path: temporary, errno: errno) }
         func fail(_ operation: String) -> SnapshotError {
@@ -46,6 +51,18 @@ enum SnapshotFile {
         if dfd >= 0 {
             _ = fsync(dfd)
             close(dfd)
+        }
+        removeAbandonedTemporaries(in: directory, prefix: prefix)
+    }
+
+    /// Unlinks `directory/prefix<pid>-*` for every pid (not this process's) that no longer exists.
+    /// Best effort: errors are ignored.
+    static func removeAbandonedTemporaries(in directory: String, prefix: String) {
+        guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else { return }
+        for name in names where name.hasPrefix(prefix) {
+            guard let pid = name.dropFirst(prefix.count).split(separator: "-").first.flatMap({ pid_t($0) }),
+                  pid > 0, pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else { continue }
+            unlink(directory + "/" + name)
         }
     }
 

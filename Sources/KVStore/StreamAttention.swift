@@ -10,6 +10,7 @@ struct StreamAttention {
     let rotations: LayerRotations
     let stream: StreamState
     let kvHead: Int
+    /// The group's query rows, `[groupHead][query][headDim]` (`groupSize · queryCount` rows).
     let queries: UnsafePointer<Float>
     let queryCount: Int
     let queryPositions: [Int32]
@@ -17,8 +18,8 @@ struct StreamAttention {
     /// The layer (for its sliding window).
     let layer: Int
 
-    /// Computes the group's outputs into `output` (`[queryHead][query][headDim]`, only this group's
-    /// rows written) and returns the weights if asked.
+    /// Computes the group's outputs into `output` (`[groupHead][query][headDim]`, the group's
+    /// `groupSize · queryCount` rows) and returns the weights if asked.
     ///
     /// Per page: the scores of all the group's query rows (`g·queryCount` rows, contiguous in
     /// `queries`) against all the page's keys, one online-softmax step, then the weighted sum of the
@@ -30,24 +31,38 @@ struct StreamAttention {
     /// query row; their values are accumulated into a second set of outputs, rescaled with the
     /// plain ones at every online-softmax step (the same factor exp(m_old − m_new)), and un-rotated
     /// once per query row at the end: o = o_plain/l + Rᵀ(o_rot/l).
+    ///
+    /// Scratch (scores, softmax state, kernel work, row positions) is one temporary allocation per
+    /// stream: on the stack at decode sizes, so a decode step allocates nothing here unless it asks
+    /// for weights or the layer rotates a tier.
     func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
+        let rows = configuration.groupSize * queryCount
+        // Scores of a page: `rows` rows of `cap` (the largest page capacity of the layer's tiers).
+        let cap = codecs.reduce(0) { max($0, $1.layout.capacity) }
+        let workCount = codecs.reduce(0) { max($0, $1.workCount(rowCount: rows, pageCapacity: cap)) }
+        // Floats, each part starting on a 64-byte boundary: m, l, S, work, then the Int32 positions.
+        func rounded(_ n: Int) -> Int { (n + 15) / 16 * 16 }
+        let mAt = 0, lAt = rounded(rows), sAt = lAt + rounded(rows), workAt = sAt + rounded(rows * cap), qposAt = workAt + rounded(workCount)
+        return withUnsafeTemporaryAllocation(byteCount: 4 * (qposAt + rows), alignment: 64) { raw in
+            let f = raw.baseAddress!.bindMemory(to: Float.self, capacity: qposAt)
+            let qpos = (raw.baseAddress! + 4 * qposAt).bindMemory(to: Int32.self, capacity: rows)
+            return run(into: output, cap: cap, qpos: qpos, m: f + mAt, l: f + lAt, S: f + sAt, work: f + workAt)
+        }
+    }
+
+    private func run(into output: UnsafeMutablePointer<Float>, cap: Int, qpos: UnsafeMutablePointer<Int32>, m: UnsafeMutablePointer<Float>,
+                     l: UnsafeMutablePointer<Float>, S: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
         let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
         let scale = c.effectiveAttentionScale
         // Row r = (group head r / queryCount, query r % queryCount): rows are consecutive.
-        let q0 = queries + kvHead * rows * d, o0 = output + kvHead * rows * d
-        let qpos = (0..<rows).map { queryPositions[$0 % queryCount] }
-        let minQueryPosition = qpos.min() ?? .max
+        let q0 = queries, o0 = output
+        for r in 0..<rows { qpos[r] = queryPositions[r % queryCount] }
+        let minQueryPosition = queryPositions.min() ?? .max
         // Sliding window W: a query at p sees p − W + 1 … p; pages entirely before every row's window are skipped.
         let window = c.slidingWindow(layer: layer).map(Int32.init)
-        let oldestVisible = window.map { (qpos.min() ?? .max) - $0 + 1 } ?? .min
-        let newestWindowStart = window.map { (qpos.max() ?? .min) - $0 + 1 } ?? .min
-        // Scores of a page: `rows` rows of `cap` (the largest page capacity of the layer's tiers).
-        let cap = codecs.map(\.layout.capacity).max()!
+        let oldestVisible = window.map { (queryPositions.min() ?? .max) - $0 + 1 } ?? .min
+        let newestWindowStart = window.map { (queryPositions.max() ?? .min) - $0 + 1 } ?? .min
         o0.initialize(repeating: 0, count: rows * d)
-        let m = UnsafeMutablePointer<Float>.allocate(capacity: rows), l = UnsafeMutablePointer<Float>.allocate(capacity: rows)
-        let S = UnsafeMutablePointer<Float>.allocate(capacity: rows * cap)
-        let work = UnsafeMutablePointer<Float>.allocate(capacity: codecs.map { $0.workCount(rowCount: rows, pageCapacity: cap) }.max()!)
-        defer { m.deallocate(); l.deallocate(); S.deallocate(); work.deallocate() }
         m.initialize(repeating: -.infinity, count: rows)
         l.initialize(repeating: 0, count: rows)
         // Rotated queries and the rotated tiers' outputs, when the layer has them.
@@ -64,18 +79,20 @@ struct StreamAttention {
         }
         let previousMaxima = rotatedOutput.map { _ in UnsafeMutablePointer<Float>.allocate(capacity: rows) }
         defer { rotatedQueries?.deallocate(); rotatedOutput?.deallocate(); previousMaxima?.deallocate() }
-        // For weights: every visited token's position, tier and raw scores.
-        var visitedPositions = [Int32](), visitedTiers = [Tier](), visitedScores = [Float]()
-        // Every page with its tier, in visiting order (a tier's pages in address order, mostly).
-        var visit = [(page: Page, tier: Int)]()
-        for (t, tier) in stream.tiers.enumerated() {
-            for page in tier.pages where page.count > 0 { visit.append((page, t)) }
-            if let st = tier.staging, st.count > 0 { visit.append((st, t)) }
-        }
+        // For weights: every visited token's position and tier, and its raw score per row
+        // (`[row][token]`, row stride `visitedCount`), in visiting order.
+        let visitedCount = returnWeights
+            ? stream.tiers.reduce(0) { sum, tier in sum + tier.pages.reduce(0) { $0 + $1.count } + (tier.staging?.count ?? 0) } : 0
+        var visitedPositions = [Int32](), visitedTiers = [Tier]()
+        visitedPositions.reserveCapacity(visitedCount)
+        visitedTiers.reserveCapacity(visitedCount)
+        let visitedScores = UnsafeMutablePointer<Float>.allocate(capacity: rows * visitedCount)
+        defer { visitedScores.deallocate() }
         // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
-        for (page, t) in visit {
-            if page.lastPosition < oldestVisible, !returnWeights { continue }  // no row sees any of it (weights list every stored token)
+        // Pages are visited tier by tier, a tier's pages (in address order, mostly) then its staging page.
+        func visit(_ page: Page, _ t: Int) {
+            if page.lastPosition < oldestVisible, !returnWeights { return }  // no row sees any of it (weights list every stored token)
             let tc = codecs[t]
             let n = page.count
             // Scores, by the tier's chosen kernel (against R·q where the tier's keys are rotated).
@@ -96,8 +113,10 @@ struct StreamAttention {
                 }
             }
             if returnWeights {
-                for j in 0..<n { visitedPositions.append(page.position(j)); visitedTiers.append(tc.tier) }
-                for j in 0..<n { for r in 0..<rows { visitedScores.append(S[r * cap + j]) } }
+                let offset = visitedPositions.count
+                for j in 0..<n { visitedPositions.append(page.position(j)) }
+                visitedTiers.append(contentsOf: repeatElement(tc.tier, count: n))
+                for r in 0..<rows { (visitedScores + r * visitedCount + offset).update(from: S + r * cap, count: n) }
             }
             // Online softmax, one page at a time: S becomes the page's weights.
             if let previousMaxima { previousMaxima.update(from: m, count: rows) }
@@ -112,6 +131,10 @@ struct StreamAttention {
             let outputOfTier = t > 0 ? rotatedOutput ?? o0 : o0
             tc.accumulateValues(of: page, weights: S, rowCount: rows, stride: cap, into: outputOfTier, work: work)
         }
+        for (t, tier) in stream.tiers.enumerated() {
+            for page in tier.pages where page.count > 0 { visit(page, t) }
+            if let st = tier.staging, st.count > 0 { visit(st, t) }
+        }
         for r in 0..<rows where l[r] > 0 {
             let o = o0 + r * d, inv = 1 / l[r]
             for i in 0..<d { o[i] *= inv }
@@ -123,16 +146,33 @@ struct StreamAttention {
             }
         }
         guard returnWeights else { return nil }
-        let n = visitedPositions.count
-        let order = (0..<n).sorted { visitedPositions[$0] < visitedPositions[$1] }
+        // Visiting order to position order: a stream holds each position once, so a slot per
+        // position between the lowest and the highest orders them in O(tokens + span).
+        let n = visitedCount
+        let low = visitedPositions.min() ?? 0, span = n == 0 ? 0 : Int(visitedPositions.max()! - low) + 1
+        var slot = [Int32](repeating: -1, count: span)
+        for (j, p) in visitedPositions.enumerated() {
+            precondition(slot[Int(p - low)] < 0, "StreamAttention: position \(p) stored twice in one stream")
+            slot[Int(p - low)] = Int32(j)
+        }
+        var positions = [Int32](), tiers = [Tier](), order = [Int](repeating: 0, count: n)
+        positions.reserveCapacity(n)
+        tiers.reserveCapacity(n)
+        for j in slot where j >= 0 {
+            order[positions.count] = Int(j)
+            positions.append(visitedPositions[Int(j)])
+            tiers.append(visitedTiers[Int(j)])
+        }
         var w = [Float](repeating: 0, count: rows * n)
-        for (k, j) in order.enumerated() {
-            for r in 0..<rows {
-                let s = visitedScores[j * rows + r]
-                if s > -.infinity, l[r] > 0 { w[r * n + k] = exp(s - m[r]) / l[r] }
+        w.withUnsafeMutableBufferPointer { w in
+            for r in 0..<rows where l[r] > 0 {
+                let scores = visitedScores + r * n, out = w.baseAddress! + r * n, mr = m[r], lr = l[r]
+                for k in 0..<n {
+                    let s = scores[order[k]]
+                    if s > -.infinity { out[k] = exp(s - mr) / lr }
+                }
             }
         }
-        return KVHeadWeights(kvHead: kvHead, positions: order.map { visitedPositions[$0] },
-                                tiers: order.map { visitedTiers[$0] }, weights: w, queryCount: queryCount)
+        return KVHeadWeights(kvHead: kvHead, positions: positions, tiers: tiers, weights: w, queryCount: queryCount)
     }
 }

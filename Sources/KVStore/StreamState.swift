@@ -91,10 +91,11 @@ struct StreamState: Sendable {
         return (fresh + copy) * layout.byteCount
     }
 
-    /// Appends `count` FP16-encoded rows (`keys`/`values`: `count` rows of `2·headDim` bytes each)
-    /// with consecutive positions from `firstPosition` (after every stored position).
-    mutating func appendFP16(keys: UnsafeRawPointer, values: UnsafeRawPointer, count: Int,
-                             firstPosition: Int32, layout: PageLayout, pool: PagePool) {
+    /// Appends `count` FP16 rows with consecutive positions from `firstPosition` (after every
+    /// stored position): `write(tokens, keyRows, valueRows)` writes the rows of `tokens` (indices
+    /// into the appended run) straight into a page's key and value rows (`2·headDim` bytes each).
+    mutating func appendFP16(count: Int, firstPosition: Int32, layout: PageLayout, pool: PagePool,
+                             write: (Range<Int>, UnsafeMutableRawPointer, UnsafeMutableRawPointer) -> Void) {
         var done = 0
         while done < count {
             let first = firstPosition + Int32(done)
@@ -107,8 +108,7 @@ struct StreamState: Sendable {
             makeUnique(tier: 0, page: last, pool: pool)
             let page = tiers[0].pages[last]
             let n = min(room, count - done), at = page.count
-            page.keyRow(at).copyMemory(from: keys + done * layout.keyRowByteCount, byteCount: n * layout.keyRowByteCount)
-            page.valueRow(at).copyMemory(from: values + done * layout.valueRowByteCount, byteCount: n * layout.valueRowByteCount)
+            write(done..<(done + n), page.keyRow(at), page.valueRow(at))
             if at == 0 { page.setPosition(first, 0) }
             // Offsets of consecutive positions: within the span by `appendRoom`.
             let o0 = Int(first) - Int(page.basePosition)

@@ -64,8 +64,8 @@ struct BenchLayer {
                 (chunkK + h * c * d).update(from: keys + (h * n + done) * d, count: c * d)
                 (chunkV + h * c * d).update(from: values + (h * n + done) * d, count: c * d)
             }
-            try store.append(sequence, layer: 0, keys: UnsafeBufferPointer(start: chunkK, count: kv * c * d),
-                             values: UnsafeBufferPointer(start: chunkV, count: kv * c * d), tokenCount: c)
+            try store.append(sequence, layer: 0, keys: UnsafeBufferPointer(start: chunkK, count: kv * c * d).span,
+                             values: UnsafeBufferPointer(start: chunkV, count: kv * c * d).span)
             done += c
         }
         prefillRate = Double(n) / ((BenchHarness.now() - t0) / 1000)
@@ -234,8 +234,8 @@ struct BenchLayer {
                     (chunkV + h * c * d).update(from: values + (h * n + done) * d, count: c * d)
                 }
                 let t0 = BenchHarness.now()
-                try fresh.append(id, layer: 0, keys: UnsafeBufferPointer(start: chunkK, count: kv * c * d),
-                                 values: UnsafeBufferPointer(start: chunkV, count: kv * c * d), tokenCount: c)
+                try fresh.append(id, layer: 0, keys: UnsafeBufferPointer(start: chunkK, count: kv * c * d).span,
+                                 values: UnsafeBufferPointer(start: chunkV, count: kv * c * d).span)
                 elapsed += BenchHarness.now() - t0
                 done += c
             }
@@ -260,8 +260,8 @@ struct BenchLayer {
         let steps = quick ? 256 : 2048
         let t1 = BenchHarness.now()
         for i in 0..<steps {
-            try s2.append(id2, layer: 0, keys: UnsafeBufferPointer(start: keys + (i % n) * d, count: kv * d),
-                          values: UnsafeBufferPointer(start: values + (i % n) * d, count: kv * d), tokenCount: 1)
+            let k = UnsafeBufferPointer(start: keys + (i % n) * d, count: kv * d), v = UnsafeBufferPointer(start: values + (i % n) * d, count: kv * d)
+            try s2.append(id2, layer: 0, keys: k.span, values: v.span)
         }
         side.rates["decode"] = Double(steps) / ((BenchHarness.now() - t1) / 1000)
         let chunkQueries = 64

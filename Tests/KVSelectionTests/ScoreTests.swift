@@ -136,4 +136,59 @@ func close(_ a: [Float], _ b: [Float], tolerance: Float = 1e-5) -> Bool {
         }
         #expect(acc.scores(at: (0..<100).map { Int32($0) }).values == expected, "seed \(g.seed)")
     }
+
+    /// Adding a layer's streams at once (`add(streamCount:…)`) gives the sums, bit for bit, and the
+    /// visible counts of adding each query over the union of the streams' positions: streams with
+    /// overlapping, disjoint, empty or single positions, weights with zeros, 1–3 queries.
+    @Test func streamAddMatchesQueryByQueryAddOverTheUnion() throws {
+        try forEachSeededCase(200, base: 4100) { g in
+            let streams = Int.random(in: 1...4, using: &g), group = Int.random(in: 1...3, using: &g)
+            let heads = streams * group, nq = Int.random(in: 1...3, using: &g)
+            var fast = H2OAccumulator(headCount: heads), slow = fast
+            var tracked = 0
+            for _ in 0..<Int.random(in: 1...6, using: &g) {
+                let grow = Int.random(in: 0...40, using: &g)
+                fast.appendPositions(count: grow)
+                slow.appendPositions(count: grow)
+                tracked += grow
+                let positions: [[Int32]] = (0..<streams).map { _ in
+                    switch Int.random(in: 0..<5, using: &g) {
+                    case 0: return []
+                    case 1: return tracked == 0 ? [] : [Int32.random(in: 0..<Int32(tracked), using: &g)]
+                    default: return (0..<Int32(tracked)).filter { _ in Double.random(in: 0..<1, using: &g) < 0.6 }
+                    }
+                }
+                let weights = positions.map { p in
+                    (0..<(group * nq * p.count)).map { _ in Bool.random(using: &g) ? 0 : Float.random(in: 0..<1, using: &g) }
+                }
+                try fast.add(streamCount: streams, groupSize: group, queryCount: nq, positions: { positions[$0] }, weights: { weights[$0] })
+                let union = Set(positions.joined()).sorted()
+                let index = Dictionary(uniqueKeysWithValues: union.enumerated().map { ($1, $0) })
+                for q in 0..<nq {
+                    var row = [Float](repeating: 0, count: heads * union.count)
+                    for s in 0..<streams {
+                        for gh in 0..<group {
+                            for (k, p) in positions[s].enumerated() {
+                                row[(s * group + gh) * union.count + index[p]!] = weights[s][(gh * nq + q) * positions[s].count + k]
+                            }
+                        }
+                    }
+                    try slow.add(queryWeights: row, keyPositions: union)
+                }
+            }
+            let all = (0..<Int32(tracked)).map { $0 }
+            #expect(fast.scores(at: all).values.map(\.bitPattern) == slow.scores(at: all).values.map(\.bitPattern), "seed \(g.seed)")
+            #expect(fast.visibleQueryCounts == slow.visibleQueryCounts, "seed \(g.seed)")
+            #expect(fast == slow, "seed \(g.seed)")
+        }
+        var acc = H2OAccumulator(headCount: 2)
+        acc.appendPositions(count: 2)
+        #expect(throws: SelectionError.invalidWeight(index: 1, value: -1)) {
+            try acc.add(streamCount: 1, groupSize: 2, queryCount: 1, positions: { _ in [1] }, weights: { _ in [0.5, -1] })
+        }
+        #expect(throws: SelectionError.weightCountMismatch(expected: 2, actual: 1)) {
+            try acc.add(streamCount: 1, groupSize: 2, queryCount: 1, positions: { _ in [1] }, weights: { _ in [0.5] })
+        }
+        #expect(acc.visibleQueryCounts == [0, 0] && acc.sum(head: 1, position: 1) == 0)
+    }
 }

@@ -75,4 +75,35 @@ import KVQuantization
             #expect(pool.reservedByteCount <= bound, "seed \(g.seed): reserved \(pool.reservedByteCount) > \(bound)")
         }
     }
+
+    /// With a reservation limit, many one-page streams share blocks once the slabs reach the limit
+    /// instead of each holding a block: the footprint stays within the limit plus one slab, pages
+    /// stay disjoint, and streams that keep growing still get runs below the limit.
+    @Test func reservationLimitBoundsManyShortStreams() {
+        let slot = Self.slotBytes, limit = 4 << 20
+        let pool = PagePool(reservationLimit: limit)
+        var pages = [Page]()
+        for i in 0..<(limit / slot) {  // as many one-page streams as the limit holds pages
+            let page = pool.allocate(Self.layout)
+            page.bytes.initializeMemory(as: UInt8.self, repeating: UInt8(truncatingIfNeeded: i), count: Self.layout.byteCount)
+            pages.append(page)
+        }
+        #expect(pool.reservedByteCount <= limit + PagePool.maxSlabBytes + PagePool.hugePageBytes, "reserved \(pool.reservedByteCount)")
+        for (i, page) in pages.enumerated() {
+            let b = UnsafeRawBufferPointer(start: page.bytes, count: Self.layout.byteCount)
+            #expect(b.allSatisfy { $0 == UInt8(truncatingIfNeeded: i) }, "page \(i) was overwritten")
+        }
+        // Without the limit the same streams reserve a block each.
+        let unlimited = PagePool()
+        let held = (0..<256).map { _ in unlimited.allocate(Self.layout) }
+        #expect(unlimited.reservedByteCount >= held.count * PagePool.blockSlotCount * slot)
+        // Far below the limit, interleaved growing streams still get their runs.
+        let roomy = PagePool(reservationLimit: 1 << 30)
+        var runs = [[Page]](repeating: [], count: 8)
+        for _ in 0..<64 { for s in 0..<8 { runs[s].append(roomy.allocate(Self.layout, after: runs[s].last)) } }
+        for s in 0..<8 {
+            let breaks = (1..<64).filter { runs[s][$0].bytes != runs[s][$0 - 1].bytes + slot }.count
+            #expect(breaks <= 64 / PagePool.blockSlotCount)
+        }
+    }
 }

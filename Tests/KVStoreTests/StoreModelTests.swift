@@ -55,6 +55,7 @@ import KVSelection
                         #expect(abs(Double(o[e]) - ref.output[e]) <= ref.bound[e] + 1e-30,
                                 "\(context): attend head \(h) query \(i) element \(e): \(o[e]) vs \(ref.output[e]) bound \(ref.bound[e])")
                     }
+                    #expect(result.weights![kv].positions == allPositions[kv] && result.weights![kv].tiers == allTiers[kv], "\(context): weights' tokens")
                     let w = result.weights![kv].row(groupHead: h % c.groupSize, query: i)
                     for (j, x) in w.enumerated() {
                         #expect(abs(Double(x) - ref.weights[j]) <= 1e-5 * max(1, ref.weights[j] * 10), "\(context): weight \(j)")

@@ -1,0 +1,136 @@
+// libFuzzer target: the tokenizers (BPETokenizer, SentencePieceTokenizer) on fuzzer-chosen small
+// vocabularies and arbitrary text. The input is read as
+//
+//     | flags: 1 byte | count: 1 byte | count × (token bytes, 0x00) | per token: 1 byte (type, score) |
+//     | merge index pairs: 2 bytes each, up to a 0xFF 0xFF pair | text: the rest (as UTF-8, repaired) |
+//
+// (missing parts are empty). The tokenizer is built from those pieces directly and, with flag 0x40,
+// also through a GGUF file carrying them (`loadTokenizer`), which must encode the same. Encoding must not trap and give ids in the vocabulary;
+// decoding any ids must not trap; and where it must hold, decode(encode(text)) is the text:
+// - BPE whenever every byte of the text has its single-character token (flag 0x04 adds all 256);
+// - SentencePiece with all 256 `<0xXX>` byte tokens (flag 0x04), token types limited to normal,
+//   user-defined and unused (flag 0x08), no `▁` or `<0x` in the text: the text itself without the
+//   space prefix (flag 0x10 off), " " + text with it when there are no user-defined tokens.
+// Built and run by `.ci/fuzz`.
+import Foundation
+import KVQuantization
+@testable import KVModel
+
+/// Text bytes encoded per input at most (both encoders are quadratic in a piece's length).
+let maxTextBytes = 4096
+
+struct TokenizerInput {
+    var sentencePiece = false, digits = false, allBytes = false, plainTypes = false, spacePrefix = false, byteAlphabet = false, viaGGUF = false
+    var tokens = [[UInt8]]()
+    var traits = [UInt8]()
+    var mergePairs = [(Int, Int)]()
+    var text = ""
+
+    init(_ b: [UInt8]) {
+        var i = 0
+        func next() -> UInt8? { guard i < b.count else { return nil }; defer { i += 1 }; return b[i] }
+        let flags = next() ?? 0
+        sentencePiece = flags & 1 != 0
+        digits = flags & 2 != 0
+        allBytes = flags & 4 != 0
+        plainTypes = flags & 8 != 0
+        spacePrefix = flags & 16 != 0
+        byteAlphabet = flags & 32 != 0
+        viaGGUF = flags & 64 != 0
+        let count = Int(next() ?? 0) % 64
+        for _ in 0..<count {
+            var t = [UInt8]()
+            while let c = next(), c != 0 { if t.count < 16 { t.append(c) } }
+            tokens.append(t)
+        }
+        for _ in 0..<count { traits.append(next() ?? 0) }
+        while let a = next(), let c = next(), !(a == 0xFF && c == 0xFF) { mergePairs.append((Int(a), Int(c))) }
+        text = String(decoding: b[min(i, b.count)...].prefix(maxTextBytes), as: UTF8.self)
+    }
+}
+
+@_cdecl("LLVMFuzzerTestOneInput")
+public func tokenizerFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
+    let input = TokenizerInput(Array(UnsafeBufferPointer(start: data, count: size)))
+    if input.sentencePiece { sentencePiece(input) } else { bpe(input) }
+    return 0
+}
+
+func checkRoundTrip<T: TextTokenizer>(_ t: T, vocabulary: Int, _ text: String, expected: String?) {
+    let ids = t.encode(text)
+    precondition(ids.allSatisfy { $0 >= 0 && Int($0) < vocabulary }, "an id outside the vocabulary of \(vocabulary)")
+    let decoded = t.decode(ids)
+    if let expected {
+        // Byte for byte (String's == is canonical equivalence, which is looser).
+        precondition(Array(decoded.utf8) == Array(expected.utf8), "decode(encode(\(text.debugDescription))) = \(decoded.debugDescription), ids \(ids)")
+    }
+    _ = t.decode((0..<Int32(vocabulary)).reversed())
+}
+
+/// The same tokenizer read back from a GGUF file must encode the same way.
+func viaGGUF(_ w: GGUFWriter) -> (any TextTokenizer)? {
+    guard let file = try? GGUFFile(data: Data(w.serialized())) else { preconditionFailure("a written GGUF file does not parse") }
+    return try? loadTokenizer(file: file)
+}
+
+func bpe(_ input: TokenizerInput) {
+    let alphabet = BPETokenizer.byteToCharacter
+    var tokens = input.tokens.map { raw in
+        input.byteAlphabet ? String(raw.map { alphabet[Int($0)] }) : String(decoding: raw, as: UTF8.self)
+    }
+    if input.allBytes { tokens += alphabet.map { String($0) } }
+    guard !tokens.isEmpty else { return }
+    let merges = input.mergePairs.map { tokens[$0 % tokens.count] + " " + tokens[$1 % tokens.count] }
+        .filter { $0.split(separator: " ", omittingEmptySubsequences: false).count == 2 }
+    let pre: PreTokenizer = input.digits ? .digitsThenGPT2 : .gpt2
+    let t = try! BPETokenizer(tokens: tokens, merges: merges, preTokenizer: pre)
+    let covered = Set(tokens)
+    let identity = input.text.utf8.allSatisfy { covered.contains(String(alphabet[Int($0)])) }
+    checkRoundTrip(t, vocabulary: tokens.count, input.text, expected: identity ? input.text : nil)
+    guard input.viaGGUF else { return }
+    var w = GGUFWriter()
+    w.set("tokenizer.ggml.model", .string("gpt2"))
+    w.set("tokenizer.ggml.pre", .string(input.digits ? "smollm" : "gpt2"))
+    w.set("tokenizer.ggml.tokens", .array(elementType: .string, tokens.map { .string($0) }))
+    w.set("tokenizer.ggml.merges", .array(elementType: .string, merges.map { .string($0) }))
+    guard let u = viaGGUF(w) as? BPETokenizer else { preconditionFailure("a valid BPE vocabulary was refused") }
+    precondition(u.encode(input.text) == t.encode(input.text), "the GGUF-read tokenizer encodes differently")
+}
+
+func sentencePiece(_ input: TokenizerInput) {
+    var tokens = input.tokens.map { String(decoding: $0, as: UTF8.self) }
+    let allTypes: [Int32] = [0, 1, 2, 3, 4, 5, 6], plain: [Int32] = [1, 1, 4, 5]
+    var types = input.traits.map { input.plainTypes ? plain[Int($0) % plain.count] : allTypes[Int($0) % allTypes.count] }
+    var scores = input.traits.map { Float(Int($0 >> 3)) - 12 }
+    if input.allBytes {
+        tokens += (0..<256).map { "<0x" + String(UInt8($0), radix: 16, uppercase: true).leftPadded(2) + ">" }
+        types += Array(repeating: 6, count: 256)
+        scores += Array(repeating: -100, count: 256)
+    }
+    guard !tokens.isEmpty else { return }
+    let t = SentencePieceTokenizer(tokens: tokens, scores: scores, tokenTypes: types, addsSpacePrefix: input.spacePrefix)
+    var expected: String?
+    // By bytes, not Characters: "▁" followed by a combining mark is one Character that is not "▁".
+    let utf8 = Array(input.text.utf8)
+    func has(_ needle: String) -> Bool {
+        let n = Array(needle.utf8)
+        return utf8.count >= n.count && (0...(utf8.count - n.count)).contains { utf8[$0..<($0 + n.count)].elementsEqual(n) }
+    }
+    if input.allBytes, input.plainTypes, !has("\u{2581}"), !has("<0x") {
+        if !input.spacePrefix { expected = input.text } else if !types.contains(4) { expected = " " + input.text }
+    }
+    checkRoundTrip(t, vocabulary: tokens.count, input.text, expected: expected)
+    guard input.viaGGUF else { return }
+    var w = GGUFWriter()
+    w.set("tokenizer.ggml.model", .string("llama"))
+    w.set("tokenizer.ggml.tokens", .array(elementType: .string, tokens.map { .string($0) }))
+    w.set("tokenizer.ggml.scores", .array(elementType: .float32, scores.map { .float32($0) }))
+    w.set("tokenizer.ggml.token_type", .array(elementType: .int32, types.map { .int32($0) }))
+    w.set("tokenizer.ggml.add_space_prefix", .bool(input.spacePrefix))
+    guard let u = viaGGUF(w) as? SentencePieceTokenizer else { preconditionFailure("a valid SentencePiece vocabulary was refused") }
+    precondition(u.encode(input.text) == t.encode(input.text), "the GGUF-read tokenizer encodes differently")
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { String(repeating: "0", count: max(0, n - count)) + self }
+}
