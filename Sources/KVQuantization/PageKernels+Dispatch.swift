@@ -69,6 +69,15 @@ extension PageKernels {
         kernels.avx2 && d > 0 && d % 8 == 0
     }
 
+    /// Whether `kvk_scores_channelwise_int_avx2` (the VNNI scores' arithmetic on AVX2) runs for
+    /// per-channel key pages of `width` and `headDim` where the VNNI kernels do not: AVX2 kernels
+    /// in the kernel set, INT4 codes (`vpmaddubsw` pairs of 8-bit codes could overflow int16), and
+    /// a head dim that is a multiple of 32 and at most `avx2IntegerMaxHeadDim`.
+    static func runsAVX2IntegerScoreKernel(_ width: CodeWidth, headDim d: Int, on kernels: KernelSet = .current) -> Bool {
+        kernels.avx2 && !runsVNNIScoreKernel(headDim: d, on: kernels) && width == .int4 && d > 0 && d % 32 == 0
+            && d <= avx2IntegerMaxHeadDim
+    }
+
     /// Whether `kvk_accumulate_fp16_avx2` / `kvk_accumulate_grouped_avx2` run for value rows of
     /// `format` (where the AVX-512 kernel does not): `runsAVX2Kernels` and, for grouped rows, a
     /// group size that is a multiple of 16 dividing headDim (a unit lies in one group).
@@ -89,8 +98,8 @@ extension PageKernels {
 package enum KeyScoring: Sendable, Hashable {
     /// FP16 keys: `PageKernels.scoresFP16`.
     case fp16
-    /// Per-channel keys, `PageKernels.scoresChannelwiseVNNI` (integer dots, AVX512-VNNI): its
-    /// scores carry `PageKernels.channelwiseVNNIErrorBound`.
+    /// Per-channel keys, `PageKernels.scoresChannelwiseVNNI` (integer dots: AVX512-VNNI, or AVX2
+    /// `vpmaddubsw` for INT4): its scores carry `PageKernels.channelwiseVNNIErrorBound`.
     case channelwiseVNNI
     /// Per-channel keys, `PageKernels.scoresChannelwise` (FP32).
     case channelwise
@@ -103,16 +112,19 @@ package enum KeyScoring: Sendable, Hashable {
     /// Grouped keys: `RowCodec.dot` per query row and key row, on every path.
     case grouped
 
-    /// The scoring of keys stored as `format` with `headDim` elements: per-channel keys by VNNI
-    /// wherever it runs, else in FP32.
+    /// The scoring of keys stored as `format` with `headDim` elements: per-channel keys by integer
+    /// dots wherever they run (VNNI; INT4 on AVX2), else in FP32.
     public init(keyFormat format: StorageFormat, headDim d: Int, kernels: KernelSet = .current) {
         switch format {
         case .fp16: self = .fp16
         case .channelwise(.int3): self = .channelwiseInt3
         case .lloydMax: self = .lloydMax
-        case .channelwise:
-            if PageKernels.runsVNNIScoreKernel(headDim: d, on: kernels) { self = .channelwiseVNNI }
-            else { self = .channelwise }
+        case .channelwise(let w):
+            if PageKernels.runsVNNIScoreKernel(headDim: d, on: kernels) || PageKernels.runsAVX2IntegerScoreKernel(w, headDim: d, on: kernels) {
+                self = .channelwiseVNNI
+            } else {
+                self = .channelwise
+            }
         case .grouped: self = .grouped
         }
     }

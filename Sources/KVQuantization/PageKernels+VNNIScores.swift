@@ -8,6 +8,11 @@ extension PageKernels {
     /// `scoresChannelwiseVNNI` assumes a head dim at most this.
     public static let vnniMaxHeadDim = Int(KVK_VNNI_MAX_HEAD_DIM)
 
+    /// Largest head dim of the AVX2 integer scores (256): their int16 lanes add one `vpmaddubsw`
+    /// pair of INT4 codes and pieces (|·| ≤ 2·15·127 = 3810) per 32 channels, and stay exact below
+    /// 2¹⁵ for 8 such pairs.
+    public static let avx2IntegerMaxHeadDim = Int(KVK_AVX2_INT_MAX_HEAD_DIM)
+
     /// A query row folded into one page's channel parameters and split into two int8 pieces, as
     /// `prepareChannelwiseVNNIReference` computes it (channels in natural order).
     public struct ChannelwiseVNNIQuery: Sendable, Equatable {
@@ -119,11 +124,13 @@ extension PageKernels {
     }
 
     /// Integer-domain scores of per-channel key pages (AVX512-VNNI `vpdpbusd`, u8 codes × s8 query
-    /// pieces → s32): the same contract as `scoresChannelwise`, computed as its reference twin
-    /// `scoresChannelwiseVNNIReference` defines, bit for bit. `work` holds at least
-    /// `rowCount·(headDim/2 + 4)` floats (`rowCount·(headDim + 1)` suffices; scratch). The C kernels
-    /// where `KernelSet.current` has VNNI scores and the head dim is a multiple of 64 and at most
-    /// `vnniMaxHeadDim`; else the reference twin itself, so the result is the same on every CPU.
+    /// pieces → s32; on AVX2, `vpmaddubsw` into int16 lanes and `vpmaddwd`): the same contract as
+    /// `scoresChannelwise`, computed as its reference twin `scoresChannelwiseVNNIReference` defines,
+    /// bit for bit. `work` holds at least `rowCount·(headDim/2 + 4)` floats (`rowCount·(headDim + 1)`
+    /// suffices; scratch). The C kernels where `KernelSet.current` has VNNI scores and the head dim
+    /// is a multiple of 64 and at most `vnniMaxHeadDim`, or the AVX2 kernel for INT4 codes and head
+    /// dims that are multiples of 32 up to `avx2IntegerMaxHeadDim` (`runsAVX2IntegerScoreKernel`);
+    /// else the reference twin itself, so the result is the same on every CPU.
     ///
     /// **Error bound** against the exact score S = scale·Σ_c q_c·(scale_c·code_c + zero_c) (the
     /// FP16 parameters as stored), with u = 2⁻²⁴, γₙ = n·u/(1 − n·u), K = Σ_c code_c, and σ0, σ1,
@@ -152,6 +159,11 @@ extension PageKernels {
             kvk_prepare_channelwise_vnni(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), a, coef)
             return kvk_scores_channelwise_vnni(bits, a, coef, rowCount, d, codes.assumingMemoryBound(to: UInt8.self),
                                                codec.rowByteCount, tokenCount, scale, scores, stride)
+        }
+        if runsAVX2IntegerScoreKernel(codec.width, headDim: d) {
+            return kvk_scores_channelwise_int_avx2(q, rowCount, d, params.assumingMemoryBound(to: UInt16.self),
+                                                   codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount, tokenCount, scale,
+                                                   scores, stride)
         }
         #endif
         scoresChannelwiseVNNIReference(codec, q, rowCount: rowCount, codes: codes, params: params, tokenCount: tokenCount,

@@ -262,8 +262,14 @@ import TestSupport
         #expect(!PageKernels.runsAVX2AccumulateKernel(.grouped(.int4, groupSize: 256), headDim: 128, on: avx2))
         #expect(KeyScoring(keyFormat: .fp16, headDim: 128, kernels: all) == .fp16)
         #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: all) == .channelwiseVNNI)
-        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: plain) == .channelwise)
-        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: avx2) == .channelwise)
+        // Without VNNI, INT4 keys take the AVX2 integer kernel (the same twin); INT8 and INT2 stay FP32.
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: plain) == .channelwiseVNNI)
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 64, kernels: avx2) == .channelwiseVNNI)
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 96, kernels: avx2) == .channelwiseVNNI)
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 80, kernels: avx2) == .channelwise)  // not a multiple of 32
+        #expect(KeyScoring(keyFormat: .channelwise(.int4), headDim: 512, kernels: avx2) == .channelwise) // > avx2IntegerMaxHeadDim
+        #expect(KeyScoring(keyFormat: .channelwise(.int8), headDim: 128, kernels: avx2) == .channelwise)
+        #expect(KeyScoring(keyFormat: .channelwise(.int2), headDim: 128, kernels: avx2) == .channelwise)
         #expect(KeyScoring(keyFormat: .channelwise(.int2), headDim: 576, kernels: all) == .channelwise) // > vnniMaxHeadDim
         #expect(KeyScoring(keyFormat: .int4, headDim: 128, kernels: all) == .grouped) // grouped keys: per-row kernel
         #expect(ValueAccumulation(valueFormat: .int4, headDim: 128, kernels: all) == .integer)

@@ -103,8 +103,9 @@ import TestSupport
 
     @Test func kernelEqualsTwinBitForBit() throws {
         try forEachSeededCase(400, base: 6600) { g in
-            // 64, 128, 256 as asked; 192, 320, 448 and 512 mix the INT4/INT2 block sizes.
-            let t = try Case(headDims: [64, 128, 256, 192, 320, 448, 512], using: &g)
+            // 64, 128, 256 as asked; 192, 320, 448 and 512 mix the INT4/INT2 block sizes; 32, 96, 160
+            // and 224 are AVX2-only shapes (multiples of 32: whole 16-byte INT4 groups).
+            let t = try Case(headDims: [64, 128, 256, 192, 320, 448, 512, 32, 96, 160, 224], using: &g)
             let fast = t.scores(accelerated: true), ref = t.scores(accelerated: false)
             for r in 0..<t.rows {
                 for j in 0..<t.n {
@@ -203,5 +204,14 @@ import TestSupport
         for d in [32, 96, 576, 1024] { #expect(!PageKernels.runsVNNIScoreKernel(headDim: d, on: vnni), "d \(d)") }
         #expect(!PageKernels.runsVNNIScoreKernel(headDim: 128, on: KernelSet(path: .avx512, features: .avx512)))
         #expect(!PageKernels.runsVNNIScoreKernel(headDim: 128, on: .portable))
+        // The AVX2 integer kernel: INT4 only, multiples of 32 up to 256, where VNNI does not run.
+        let avx2 = KernelSet(path: .avx2, features: [.avx512, .avx512VNNI, .avx2])
+        for d in [32, 64, 96, 128, 160, 256] { #expect(PageKernels.runsAVX2IntegerScoreKernel(.int4, headDim: d, on: avx2), "d \(d)") }
+        for d in [16, 48, 288, 512] { #expect(!PageKernels.runsAVX2IntegerScoreKernel(.int4, headDim: d, on: avx2), "d \(d)") }
+        #expect(!PageKernels.runsAVX2IntegerScoreKernel(.int8, headDim: 128, on: avx2))
+        #expect(!PageKernels.runsAVX2IntegerScoreKernel(.int2, headDim: 128, on: avx2))
+        #expect(!PageKernels.runsAVX2IntegerScoreKernel(.int4, headDim: 128, on: vnni))  // VNNI first
+        #expect(PageKernels.runsAVX2IntegerScoreKernel(.int4, headDim: 96, on: KernelSet(path: .avx512, features: [.avx512, .avx512VNNI, .avx2])))
+        #expect(!PageKernels.runsAVX2IntegerScoreKernel(.int4, headDim: 128, on: .portable))
     }
 }

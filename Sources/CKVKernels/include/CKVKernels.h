@@ -7,7 +7,7 @@
 // Only the CPU probe and the bandwidth probe exist on every architecture; the kernels are declared
 // and compiled on x86-64 only (Swift call sites are under `#if arch(x86_64)`). The sections below
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
-// accumulate_integer.c, conversion.c, then softmax_avx2.c, scores_avx2.c, accumulate_avx2.c,
+// accumulate_integer.c, conversion.c, then softmax_avx2.c, scores_avx2.c, scores_int_avx2.c, accumulate_avx2.c,
 // conversion_avx2.c, encode_avx2.c (the write path on AVX2: `EncodeKernels`), int3_avx2.c and
 // lloydmax_avx2.c, then matvec_avx2.c (the model runner's weight kernels, called from KVModel's
 // `WeightKernels` on its own `WeightKernelPath`).
@@ -49,8 +49,8 @@ double kvk_read_sum(const float *p, size_t count);
 /// int32 up to d = 66311, and convert to FP32 exactly (< 2²⁴) up to d = 518; 512 keeps both.
 #define KVK_VNNI_MAX_HEAD_DIM 512
 
-/// Largest headDim of the AVX2 integer scores: the int32 dots |Σ a_c·code_c| ≤ d·255·32767 stay
-/// exact in int32 up to d = 257.
+/// Largest headDim of the AVX2 integer scores (scores_int_avx2.c): their int16 lanes add one
+/// `vpmaddubsw` pair (|·| ≤ 2·15·127 = 3810) per 32 channels, below 2¹⁵ up to d = 256.
 #define KVK_AVX2_INT_MAX_HEAD_DIM 256
 
 #if defined(__x86_64__)
@@ -159,6 +159,15 @@ void kvk_prepare_channelwise_avx2(int bits, const float *q, long R, long d, cons
 /// As kvk_scores_channelwise, for the output of kvk_prepare_channelwise_avx2.
 void kvk_scores_channelwise_avx2(int bits, const float *qs, const float *zt, long R, long d, const uint8_t *codes,
                                  long rowBytes, long n, float scale, float *scores, long stride);
+
+// MARK: scores_int_avx2.c (KVK_CPU_AVX2; INT4, d a multiple of 32, ≤ KVK_AVX2_INT_MAX_HEAD_DIM, else traps)
+
+/// kvk_prepare_channelwise_vnni followed by kvk_scores_channelwise_vnni for 4-bit per-channel key
+/// pages, bit for bit (`PageKernels.scoresChannelwiseVNNIReference`), on AVX2: the pieces are
+/// computed per tile of four query rows into the kernel's own scratch, and the exact int32 dots
+/// come from `vpmaddubsw` (int16 lanes, exact for these widths and head dims) and `vpmaddwd`.
+void kvk_scores_channelwise_int_avx2(const float *q, long R, long d, const uint16_t *params, const uint8_t *codes,
+                                     long rowBytes, long n, float scale, float *scores, long stride);
 
 // MARK: accumulate_avx2.c (KVK_CPU_AVX2; d a multiple of 16)
 
