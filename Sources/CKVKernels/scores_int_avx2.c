@@ -92,10 +92,10 @@ KVK_TARGET_AVX2 KVK_INLINE void int_scores_row_avx2(const int8_t *a, const float
     }
 }
 
-// Folds the query rows r0 ..< r0 + RT into the page's parameters and splits them (the arithmetic
-// of kvk_prepare_channelwise_vnni): pieces at a + (r − r0)·2d (π: within each 32-channel unit,
+// Folds the query rows r0 ..< r0 + RT into the page's parameters (scales sc, zeros ze as FP32,
+// natural order) and splits them (the arithmetic of kvk_prepare_channelwise_vnni): pieces at a + (r − r0)·2d (π: within each 32-channel unit,
 // channel 2k + h at 16h + k, the order of int_codes32_avx2), (σ0, σ1, zt, 0) at coef + 4(r − r0).
-KVK_TARGET_AVX2 KVK_INLINE void int_prepare_avx2(const float *q, long RT, long d, const uint16_t *params, int8_t *a, float *coef) {
+KVK_TARGET_AVX2 KVK_INLINE void int_prepare_avx2(const float *q, long RT, long d, const float *sc, const float *ze, int8_t *a, float *coef) {
     float qs[KVK_AVX2_INT_MAX_HEAD_DIM];
     const __m256i absMask = _mm256_set1_epi32(0x7FFFFFFF);
     for (long r = 0; r < RT; r++) {
@@ -107,8 +107,7 @@ KVK_TARGET_AVX2 KVK_INLINE void int_prepare_avx2(const float *q, long RT, long d
         for (long c = 0; c < d; c += 32) {
             __m256 x[4];
             for (int k = 0; k < 4; k++) {
-                __m256 s, z;
-                load_params8_avx2(params + 2 * (c + 8 * k), &s, &z);
+                const __m256 s = _mm256_loadu_ps(sc + c + 8 * k), z = _mm256_loadu_ps(ze + c + 8 * k);
                 const __m256 qv = _mm256_loadu_ps(qr + c + 8 * k);
                 x[k] = _mm256_mul_ps(qv, s);
                 if (k % 2 == 0) zl = _mm256_fmadd_ps(qv, z, zl);
@@ -178,10 +177,17 @@ KVK_TARGET_AVX2 KVK_INLINE void int_prepare_avx2(const float *q, long RT, long d
 KVK_TARGET_AVX2 KVK_INLINE void int_scores_all_avx2(const float *q, long R, long d, const uint16_t *params, const uint8_t *codes,
                                                     long rowBytes, long n, float scale, float *scores, long stride) {
     int8_t a[4 * 2 * KVK_AVX2_INT_MAX_HEAD_DIM] __attribute__((aligned(32)));
-    float coef[16];
+    float coef[16], sc[KVK_AVX2_INT_MAX_HEAD_DIM], ze[KVK_AVX2_INT_MAX_HEAD_DIM];
+    // The page's parameters as FP32 once for every query row (exact conversions).
+    for (long c = 0; c < d; c += 8) {
+        __m256 s, z;
+        load_params8_avx2(params + 2 * c, &s, &z);
+        _mm256_storeu_ps(sc + c, s);
+        _mm256_storeu_ps(ze + c, z);
+    }
     for (long r = 0; r < R; r += 4) {
         const long RT = R - r < 4 ? R - r : 4;
-        int_prepare_avx2(q + r * d, RT, d, params, a, coef);
+        int_prepare_avx2(q + r * d, RT, d, sc, ze, a, coef);
         float *out = scores + r * stride;
         switch (RT) {
         case 4: int_scores_tile_avx2(4, a, coef, d, codes, rowBytes, n, scale, out, stride); break;
