@@ -169,9 +169,16 @@ public struct Evaluation: Sendable {
         let store: KVStore
         do { store = try KVStore(storeConfiguration) } catch { throw .invalidSetting("store", error.description) }
         let id = store.addSequence()
+        // A windowed layer then releases what no later query can see, as a model's prefill does: what
+        // it still holds uncompressed is its FP16 reference (bytes and tier shares), as in `run`.
+        var referenceTokens = [Int](repeating: p, count: layerCount)
         do {
             for (l, layer) in dump.layers.enumerated() {
                 try store.append(id, layer: l, keys: rows(layer.keys, 0..<p), values: rows(layer.values, 0..<p))
+                if layer.slidingWindow != nil {
+                    store.releaseOutsideWindow(id, layer: l)
+                    referenceTokens[l] = store.tokenCounts(of: id, layer: l, kvHead: 0).values.reduce(0, +)
+                }
             }
         } catch { throw .store(error.description) }
 
@@ -186,9 +193,8 @@ public struct Evaluation: Sendable {
 
         // The compressed prompt cache: bytes, tiers, which tokens are still stored.
         let page = storeConfiguration.pageCapacity
-        // A windowed layer's FP16 reference is the window's tokens (what its budget counts).
         let fp16PageBytes = TierCosts(formats: storeConfiguration.tierFormats, headDim: d, pageCapacity: page).pageByteCount(.fp16)
-        let fp16PerStream = dump.layers.map { layer in (min(p, layer.slidingWindow ?? p) + page - 1) / page * fp16PageBytes }
+        let fp16PerStream = referenceTokens.map { n in (n + page - 1) / page * fp16PageBytes }
         var layerBytes = [Int](repeating: 0, count: layerCount)
         var layerTiers = [[Tier: Int]](repeating: [:], count: layerCount)
         var stored = [[[Bool]]]()  // [layer][kvHead][prompt token]
@@ -200,7 +206,7 @@ public struct Evaluation: Sendable {
                 let t = store.tokenTiers(of: id, layer: l, kvHead: h)
                 var mask = [Bool](repeating: false, count: p)
                 for (pos, tier) in zip(t.positions, t.tiers) { mask[Int(pos)] = true; counts[tier, default: 0] += 1 }
-                counts[.dropped, default: 0] += p - t.positions.count
+                counts[.dropped, default: 0] += max(0, referenceTokens[l] - t.positions.count)
                 perHead.append(mask)
             }
             layerTiers[l] = counts

@@ -35,7 +35,8 @@ func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings
     /// A windowed layer (W = 20) is evaluated over its window, in the store and in the FP64
     /// reference: `full` is then exact up to FP32 arithmetic within `ReferenceAttention`'s bound over
     /// the window only (the unwindowed reference differs by far more), keeps all the reference's
-    /// mass, and its FP16 bytes are the window's pages; the unwindowed layer is unchanged.
+    /// mass, and its FP16 reference is what the layer holds uncompressed after the prompt (the pages
+    /// a later query can see, as in a model's prefill); the unwindowed layer is unchanged.
     @Test func slidingWindowLayersAttendOverTheirWindow() throws {
         let base = syntheticDump(seed: 9)
         let w = 20
@@ -67,7 +68,10 @@ func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings
         #expect(unwindowedGap > 100 * Double(worstBound), "the window must matter in this test: gap \(unwindowedGap)")
         #expect(windowed.massKept == 1)
         let fp16Page = 16 * (2 * 2 * 16) + 48  // keys + values at FP16 plus the page's positions (16 slots)
-        #expect(windowed.fp16ByteCount == 2 * ((w + 15) / 16) * fp16Page && other.fp16ByteCount == 2 * (p / 16) * fp16Page)
+        // After the prompt the windowed layer keeps the pages holding p − W + 1 … p − 1 (whole pages of 16).
+        let held = p - (p - w + 1) / 16 * 16
+        #expect(held == 32 && windowed.fp16ByteCount == 2 * ((held + 15) / 16) * fp16Page && other.fp16ByteCount == 2 * (p / 16) * fp16Page)
+        #expect(windowed.tokenCounts[.fp16] == 2 * held && windowed.tokenCounts[.dropped] == 0 && windowed.ratio == 1)
         #expect(other.relErrMax < 1e-5)
     }
 
