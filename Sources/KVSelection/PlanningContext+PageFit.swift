@@ -77,7 +77,9 @@ extension PlanningContext {
         // 1. Trim. Options per tier: its least harmful units, as many as its last page holds, one
         // rung down or straight to their floor.
         var current = bytes(counts)
-        func floor(_ u: Int) -> Tier { ladder[u].last! }
+        // Each unit's top rung and floor, read once (the loops below scan every unit per page).
+        let tops = ladder.map { $0.first! }, floors = ladder.map { $0.last! }
+        func floor(_ u: Int) -> Tier { floors[u] }
         while current > limit {
             var best: (units: [Int], to: [Tier], saved: Int, harm: Double)?
             for t in Tier.stored where counts[t.rawValue] > 0 {
@@ -85,16 +87,13 @@ extension PlanningContext {
                 guard !movable.isEmpty else { continue }
                 let n = counts[t.rawValue], page = costs.pageCapacity(t)
                 let inLastPage = n % page == 0 ? page : n % page
-                for toFloor in [false, true] {
+                // When every movable unit's next rung is its floor, the second option is the first again.
+                let floorsAreNext = movable.allSatisfy { neighbours($0, ladder: ladder).down! == floor($0) }
+                for toFloor in floorsAreNext ? [false] : [false, true] {
                     func target(_ u: Int) -> Tier { toFloor ? floor(u) : neighbours(u, ladder: ladder).down! }
-                    // Harm keys computed once per unit (not per comparison), least harm first, ties by unit.
-                    var keyed = [(harm: Double, unit: Int)]()
-                    keyed.reserveCapacity(movable.count)
-                    for u in movable { keyed.append((scores[u] * (e(target(u)) - e(t)), u)) }
-                    keyed.sort { (a: (harm: Double, unit: Int), b: (harm: Double, unit: Int)) -> Bool in
-                        a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit
-                    }
-                    let ranked = keyed.lazy.map { $0.unit }
+                    // The least harmful units, least harm first, ties by unit: at most `inLastPage` of
+                    // them are taken (each holds a token at least), so only those are ranked.
+                    let ranked = Self.leastHarmful(movable, count: inLastPage) { scores[$0] * (e(target($0)) - e(t)) }
                     var taken: [Int] = [], targets: [Tier] = [], tokens = 0, harm = 0.0, trial = counts
                     for u in ranked where tokens < inLastPage {
                         let d = target(u)
@@ -138,7 +137,9 @@ extension PlanningContext {
             for u in units.indices {
                 // Every rung above the unit's tier: free moves may jump; a page is opened for the
                 // next rung only.
-                let t = unitTier(u), rungs = ladder[u]
+                let t = unitTier(u)
+                guard t != tops[u] else { continue }  // at its top rung already
+                let rungs = ladder[u]
                 guard let i = rungs.firstIndex(of: t), i > 0 else { continue }
                 for up in rungs[..<i].reversed() {
                     let gain = scores[u] * (e(t) - e(up))
@@ -192,6 +193,27 @@ extension PlanningContext {
         restoreScoreOrder(scores: scores)
     }
 
+    /// The `count` units of `units` with the least `harm` (computed once per unit), least first, ties
+    /// to the lower unit: the first `count` of `units` sorted by (harm, unit).
+    ///
+    /// - Complexity: O(n · count) worst case, O(n) when most units are worse than the count-th best so far.
+    static func leastHarmful(_ units: [Int], count: Int, harm: (Int) -> Double) -> [Int] {
+        var best: [(harm: Double, unit: Int)] = []
+        best.reserveCapacity(min(count, units.count) + 1)
+        func precedes(_ a: (harm: Double, unit: Int), _ b: (harm: Double, unit: Int)) -> Bool {
+            a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit
+        }
+        for u in units {
+            let key = (harm: harm(u), unit: u)
+            if best.count == count, let last = best.last, !precedes(key, last) { continue }
+            var i = best.count
+            while i > 0 && precedes(key, best[i - 1]) { i -= 1 }
+            best.insert(key, at: i)
+            if best.count > count { best.removeLast() }
+        }
+        return best.map(\.unit)
+    }
+
     /// Restores score order after the page fit, which trims and fills by pages and can leave a
     /// better-scored unit below a worse-scored one: among the middle units that are not KVCrush
     /// representatives, hold tokens of one current tier, and share it and a size, the tiers (with their roles) are handed out
@@ -202,14 +224,22 @@ extension PlanningContext {
         // Only units whose tokens all sit at one current tier trade places: for them a tier means the
         // same token counts whichever unit takes it.
         // Keyed by (current tier, size); groups are disjoint, so their order does not matter.
-        var groups: [Int: [Int]] = [:]
+        // A few keys (tiers × unit sizes): a list, not a dictionary.
+        var groups: [(key: Int, members: [Int])] = []
         for u in units.indices where roles[units[u].lowerBound] != .representative {
             let current = input.tiers[units[u].lowerBound]
             guard units[u].allSatisfy({ input.tiers[$0] == current }) else { continue }
-            groups[current.rawValue + Tier.allCases.count * units[u].count, default: []].append(u)
+            let key = current.rawValue + Tier.allCases.count * units[u].count
+            if let g = groups.firstIndex(where: { $0.key == key }) { groups[g].members.append(u) } else { groups.append((key, [u])) }
         }
         for (_, members) in groups where members.count > 1 {
-            let slots = members.map { (tier: unitTier($0), role: roles[units[$0].lowerBound]) }.sorted { $0.tier < $1.tier }
+            // By tier, stable (a counting sort: the tiers are few).
+            var slots: [(tier: Tier, role: TokenRole)] = []
+            slots.reserveCapacity(members.count)
+            let memberTiers = members.map { unitTier($0) }
+            for tier in Tier.allCases {
+                for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
+            }
             let ranked = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
             for (u, slot) in zip(ranked, slots) { assign(unit: u, tier: slot.tier, role: slot.role) }
         }
