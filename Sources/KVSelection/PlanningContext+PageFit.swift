@@ -93,7 +93,9 @@ extension PlanningContext {
                     func target(_ u: Int) -> Tier { toFloor ? floor(u) : neighbours(u, ladder: ladder).down! }
                     // The least harmful units, least harm first, ties by unit: at most `inLastPage` of
                     // them are taken (each holds a token at least), so only those are ranked.
-                    let ranked = Self.leastHarmful(movable, count: inLastPage) { scores[$0] * (e(target($0)) - e(t)) }
+                    let keyed = movable.map { (harm: scores[$0] * (e(target($0)) - e(t)), unit: $0) }
+                    let ranked = Self.first(inLastPage, of: keyed) { a, b in a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit }
+                        .lazy.map(\.unit)
                     var taken: [Int] = [], targets: [Tier] = [], tokens = 0, harm = 0.0, trial = counts
                     for u in ranked where tokens < inLastPage {
                         let d = target(u)
@@ -134,6 +136,9 @@ extension PlanningContext {
         while true {
             var free: (unit: Int, to: Tier, gain: Double)?
             var upInto = [[(unit: Int, gain: Double)]](repeating: [], count: Tier.allCases.count)
+            // Whether moving one token from tier a to tier b keeps the bytes (lane a·8 + b: 1 yes, 0 no,
+            // −1 not asked yet): for one-token units the answer depends on the two tiers alone.
+            var oneTokenFits = SIMD64<Int8>(repeating: -1)
             for u in units.indices {
                 // Every rung above the unit's tier: free moves may jump; a page is opened for the
                 // next rung only.
@@ -144,9 +149,21 @@ extension PlanningContext {
                 for up in rungs[..<i].reversed() {
                     let gain = scores[u] * (e(t) - e(up))
                     guard gain > 0 else { continue }
-                    var trial = counts
-                    move(u, to: up, &trial)
-                    if bytes(trial) <= current {
+                    let fits: Bool
+                    if units[u].count == 1 {
+                        let i = units[u].lowerBound, lane = tiers[i].rawValue * 8 + max(up, input.tiers[i]).rawValue
+                        if oneTokenFits[lane] < 0 {
+                            var trial = counts
+                            move(u, to: up, &trial)
+                            oneTokenFits[lane] = bytes(trial) <= current ? 1 : 0
+                        }
+                        fits = oneTokenFits[lane] == 1
+                    } else {
+                        var trial = counts
+                        move(u, to: up, &trial)
+                        fits = bytes(trial) <= current
+                    }
+                    if fits {
                         if free == nil || gain >= free!.gain { free = (u, up, gain) }  // ties: the later unit
                     } else if up == rungs[i - 1] {
                         upInto[up.rawValue].append((u, gain))
@@ -162,7 +179,8 @@ extension PlanningContext {
             // Opening a page of tier t: its best units up to a page's worth of tokens.
             var page: (units: [Int], to: Tier, added: Int, gain: Double)?
             for t in Tier.stored where !upInto[t.rawValue].isEmpty {
-                let ranked = upInto[t.rawValue].sorted { $0.gain != $1.gain ? $0.gain > $1.gain : $0.unit > $1.unit }
+                // Only a page's worth is taken (each unit holds a token at least): only those are ranked.
+                let ranked = Self.first(costs.pageCapacity(t), of: upInto[t.rawValue]) { $0.gain != $1.gain ? $0.gain > $1.gain : $0.unit > $1.unit }
                 var trial = counts, tokens = 0, gain = 0.0, taken: [Int] = []
                 for c in ranked where tokens < costs.pageCapacity(t) {
                     move(c.unit, to: t, &trial)
@@ -193,25 +211,21 @@ extension PlanningContext {
         restoreScoreOrder(scores: scores)
     }
 
-    /// The `count` units of `units` with the least `harm` (computed once per unit), least first, ties
-    /// to the lower unit: the first `count` of `units` sorted by (harm, unit).
+    /// The first `count` elements of `elements` sorted by `precedes` (a strict total order on them),
+    /// in that order: `elements.sorted(by: precedes).prefix(count)`, without sorting the rest.
     ///
-    /// - Complexity: O(n · count) worst case, O(n) when most units are worse than the count-th best so far.
-    static func leastHarmful(_ units: [Int], count: Int, harm: (Int) -> Double) -> [Int] {
-        var best: [(harm: Double, unit: Int)] = []
-        best.reserveCapacity(min(count, units.count) + 1)
-        func precedes(_ a: (harm: Double, unit: Int), _ b: (harm: Double, unit: Int)) -> Bool {
-            a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit
-        }
-        for u in units {
-            let key = (harm: harm(u), unit: u)
-            if best.count == count, let last = best.last, !precedes(key, last) { continue }
+    /// - Complexity: O(n · count) worst case, O(n) when most elements come after the count-th so far.
+    static func first<T>(_ count: Int, of elements: [T], by precedes: (T, T) -> Bool) -> [T] {
+        var best: [T] = []
+        best.reserveCapacity(min(count, elements.count) + 1)
+        for x in elements {
+            if best.count == count, let last = best.last, !precedes(x, last) { continue }
             var i = best.count
-            while i > 0 && precedes(key, best[i - 1]) { i -= 1 }
-            best.insert(key, at: i)
+            while i > 0 && precedes(x, best[i - 1]) { i -= 1 }
+            best.insert(x, at: i)
             if best.count > count { best.removeLast() }
         }
-        return best.map(\.unit)
+        return best
     }
 
     /// Restores score order after the page fit, which trims and fills by pages and can leave a
