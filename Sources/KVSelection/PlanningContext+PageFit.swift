@@ -132,14 +132,17 @@ extension PlanningContext {
         }
 
         // 2. Fill: free moves first (largest gain), then the page whose best units gain the most
-        // per byte it adds.
+        // per byte it adds. Units only move up here, so those below their top rung (the only ones
+        // that can move) are listed once, in unit order, and the list only shrinks.
+        var belowTop = units.indices.filter { unitTier($0) != tops[$0] }
         while true {
             var free: (unit: Int, to: Tier, gain: Double)?
             var upInto = [[(unit: Int, gain: Double)]](repeating: [], count: Tier.allCases.count)
             // Whether moving one token from tier a to tier b keeps the bytes (lane a·8 + b: 1 yes, 0 no,
             // −1 not asked yet): for one-token units the answer depends on the two tiers alone.
             var oneTokenFits = SIMD64<Int8>(repeating: -1)
-            for u in units.indices {
+            belowTop.removeAll { unitTier($0) == tops[$0] }
+            for u in belowTop {
                 // Every rung above the unit's tier: free moves may jump; a page is opened for the
                 // next rung only.
                 let t = unitTier(u)
