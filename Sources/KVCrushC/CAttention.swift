@@ -45,13 +45,10 @@ struct InputBuffer {
     }
 
     /// Refuses query rows with a non-finite value (the first in `[head][token][element]` order), or
-    /// whose scores could overflow FP32 against stored keys (|k| <= 65504): the store's softmax would
-    /// then return zero weights and outputs, not an error. |scale · q·k| <= scale · ‖q‖₁ · √d · 65504
-    /// for every tier (a rotation keeps ‖q‖₂, and ‖Rq‖₁ <= √d‖q‖₂ <= √d‖q‖₁), required below a
-    /// quarter of `Float.greatestFiniteMagnitude` (room for the reordered sums). Reads in place.
+    /// whose scores could overflow FP32 against stored keys: an L1 norm above
+    /// `KVStoreConfiguration.maximumQueryL1Norm` (where `KVStore.attend` would trap). Reads in place.
     func checkQueries(_ argument: String, _ c: KVStoreConfiguration) throws(CFailure) {
-        let d = headDim, limit = Double(Float.greatestFiniteMagnitude) / 4
-        let factor = Double(c.effectiveAttentionScale) * Double(d).squareRoot() * 65504
+        let d = headDim, limit = c.maximumQueryL1Norm
         for h in 0..<heads {
             for t in 0..<tokens {
                 var norm = 0.0
@@ -60,7 +57,7 @@ struct InputBuffer {
                     guard x.isFinite else { throw .value("\(argument)[head \(h)][token \(t)][element \(e)] is \(x); values must be finite") }
                     norm += Double(abs(x))
                 }
-                guard norm * factor <= limit else {
+                guard norm <= limit else {
                     throw .value("\(argument): query \(t) of head \(h) is so large (L1 norm \(norm)) that q.k can overflow FP32")
                 }
             }

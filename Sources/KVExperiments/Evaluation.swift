@@ -91,17 +91,17 @@ public struct Evaluation: Sendable {
             var scores = [Double](repeating: 0, count: s.tokenCount)
             let q0 = layer.queryOffset(head: head, position: p), k0 = layer.kvOffset(kvHead: kv, token: 0)
             for i in 0..<e {
-                let n = p + i + 1
+                let visible = layer.visibleRange(queryPosition: p + i)
                 var m = -Double.infinity
-                for j in 0..<n {
+                for j in visible {
                     var dot = 0.0
                     for c in 0..<d { dot += Double(layer.queries[q0 + i * d + c]) * Double(layer.keys[k0 + j * d + c]) }
                     scores[j] = dot * scale
                     m = max(m, scores[j])
                 }
                 var total = 0.0
-                for j in 0..<n { scores[j] = Foundation.exp(scores[j] - m); total += scores[j] }
-                for j in 0..<n {
+                for j in visible { scores[j] = Foundation.exp(scores[j] - m); total += scores[j] }
+                for j in visible {
                     let wj = scores[j] / total
                     if j < p { w[i * p + j] = wj }
                     for c in 0..<d { out[i * d + c] += wj * Double(layer.values[k0 + j * d + c]) }
@@ -141,8 +141,10 @@ public struct Evaluation: Sendable {
     /// The store configuration a run uses: one store layer per loaded dump layer.
     public var storeConfiguration: KVStoreConfiguration {
         let s = dump.shape
+        let windows = dump.layers.map(\.slidingWindow)
         return KVStoreConfiguration(layerCount: dump.layers.count, queryHeadCount: s.headCount, kvHeadCount: s.kvHeadCount,
-                                    headDim: s.headDim, pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats)
+                                    headDim: s.headDim, pageCapacity: settings.pageCapacity, tierFormats: settings.tierFormats,
+                                    layerSlidingWindows: windows.contains { $0 != nil } ? windows : nil)
     }
 
     /// Checks a configuration against the prompt: its sinks and recent window must fit in it.
@@ -167,9 +169,16 @@ public struct Evaluation: Sendable {
         let store: KVStore
         do { store = try KVStore(storeConfiguration) } catch { throw .invalidSetting("store", error.description) }
         let id = store.addSequence()
+        // A windowed layer then releases what no later query can see, as a model's prefill does: what
+        // it still holds uncompressed is its FP16 reference (bytes and tier shares), as in `run`.
+        var referenceTokens = [Int](repeating: p, count: layerCount)
         do {
             for (l, layer) in dump.layers.enumerated() {
                 try store.append(id, layer: l, keys: rows(layer.keys, 0..<p), values: rows(layer.values, 0..<p))
+                if layer.slidingWindow != nil {
+                    store.releaseOutsideWindow(id, layer: l)
+                    referenceTokens[l] = store.tokenCounts(of: id, layer: l, kvHead: 0).values.reduce(0, +)
+                }
             }
         } catch { throw .store(error.description) }
 
@@ -184,7 +193,8 @@ public struct Evaluation: Sendable {
 
         // The compressed prompt cache: bytes, tiers, which tokens are still stored.
         let page = storeConfiguration.pageCapacity
-        let fp16PerStream = (p + page - 1) / page * TierCosts(formats: storeConfiguration.tierFormats, headDim: d, pageCapacity: page).pageByteCount(.fp16)
+        let fp16PageBytes = TierCosts(formats: storeConfiguration.tierFormats, headDim: d, pageCapacity: page).pageByteCount(.fp16)
+        let fp16PerStream = referenceTokens.map { n in (n + page - 1) / page * fp16PageBytes }
         var layerBytes = [Int](repeating: 0, count: layerCount)
         var layerTiers = [[Tier: Int]](repeating: [:], count: layerCount)
         var stored = [[[Bool]]]()  // [layer][kvHead][prompt token]
@@ -196,7 +206,7 @@ public struct Evaluation: Sendable {
                 let t = store.tokenTiers(of: id, layer: l, kvHead: h)
                 var mask = [Bool](repeating: false, count: p)
                 for (pos, tier) in zip(t.positions, t.tiers) { mask[Int(pos)] = true; counts[tier, default: 0] += 1 }
-                counts[.dropped, default: 0] += p - t.positions.count
+                counts[.dropped, default: 0] += max(0, referenceTokens[l] - t.positions.count)
                 perHead.append(mask)
             }
             layerTiers[l] = counts
@@ -243,10 +253,10 @@ public struct Evaluation: Sendable {
         var all: [Tier: Int] = [:]
         for t in layerTiers { all.merge(t, uniquingKeysWith: +) }
         var out = [result(layer: nil, errors: errors.flatMap { $0 }, masses: masses.flatMap { $0 }, bytes: layerBytes.reduce(0, +),
-                          fp16: fp16PerStream * s.kvHeadCount * layerCount, tiers: all)]
+                          fp16: fp16PerStream.reduce(0, +) * s.kvHeadCount, tiers: all)]
         for (l, layer) in dump.layers.enumerated() {
             out.append(result(layer: layer.index, errors: errors[l], masses: masses[l], bytes: layerBytes[l],
-                              fp16: fp16PerStream * s.kvHeadCount, tiers: layerTiers[l]))
+                              fp16: fp16PerStream[l] * s.kvHeadCount, tiers: layerTiers[l]))
         }
         return out
     }

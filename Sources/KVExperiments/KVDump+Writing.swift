@@ -19,6 +19,7 @@ extension KVDump {
         }
         var fileMetadata = metadata
         fileMetadata["layers"] = layerIndices.map(String.init).joined(separator: ",")  // only those loaded
+        fileMetadata["sliding_windows"] = Self.windowList(layers)
         var writer = SafetensorsWriter(metadata: fileMetadata)
         for layer in layers {
             writer.add(tensor(layer.keys, shape.kvShape), named: "layers.\(layer.index).keys")

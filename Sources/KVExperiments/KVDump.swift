@@ -12,7 +12,9 @@ import Foundation
 ///
 /// and string metadata `format` = `kv-dump/1`, `model`, `layers` (comma list), `num_heads`,
 /// `num_kv_heads`, `head_dim`, `tokens`, `query_start`, plus free-form provenance, which is kept.
-/// (BF16 is accepted beside the documented F32 and F16.)
+/// (BF16 is accepted beside the documented F32 and F16.) Models with sliding-window layers (Gemma 3)
+/// add `sliding_windows`: a comma list in the order of `layers`, each a window in tokens or `none`;
+/// without it every layer is full causal attention.
 ///
 /// Loading checks every shape against the metadata and that every value is finite, and converts
 /// only the layers asked for.
@@ -68,6 +70,7 @@ public struct KVDump: Sendable {
         all["head_dim"] = String(shape.headDim)
         all["tokens"] = String(shape.tokenCount)
         all["query_start"] = String(shape.queryStart)
+        all["sliding_windows"] = Self.windowList(layers)
         self.model = model
         self.shape = shape
         self.layers = layers
@@ -122,12 +125,14 @@ public struct KVDump: Sendable {
             chosen = listed
         }
 
+        let windows = try Self.windowList(in: metadata, layerCount: listed.count)
         var loaded: [KVDumpLayer] = []
         for l in chosen {
             let keys = try Self.floats("layers.\(l).keys", shape: shape.kvShape, in: file)
             let values = try Self.floats("layers.\(l).values", shape: shape.kvShape, in: file)
             let queries = try Self.floats("layers.\(l).queries", shape: shape.queryShape, in: file)
-            loaded.append(KVDumpLayer(index: l, shape: shape, keys: keys, values: values, queries: queries))
+            loaded.append(KVDumpLayer(index: l, shape: shape, keys: keys, values: values, queries: queries,
+                                      slidingWindow: windows?[listed.firstIndex(of: l)!] ?? nil))
         }
 
         var tokens: [Int32]?
@@ -147,6 +152,27 @@ public struct KVDump: Sendable {
     }
 
     // MARK: Parsing helpers
+
+    /// The `sliding_windows` value of `layers` (`nil` when none has a window).
+    static func windowList(_ layers: [KVDumpLayer]) -> String? {
+        guard layers.contains(where: { $0.slidingWindow != nil }) else { return nil }
+        return layers.map { $0.slidingWindow.map(String.init) ?? "none" }.joined(separator: ",")
+    }
+
+    /// `sliding_windows`, one entry per listed layer (`nil` when absent).
+    private static func windowList(in metadata: [String: String], layerCount: Int) throws(KVDumpError) -> [Int?]? {
+        guard let text = metadata["sliding_windows"] else { return nil }
+        let expected = "a comma list of \(layerCount) windows (positive integers or none), one per listed layer"
+        var windows: [Int?] = []
+        for part in text.split(separator: ",", omittingEmptySubsequences: false) {
+            let t = part.trimmingCharacters(in: .whitespaces)
+            if t == "none" { windows.append(nil); continue }
+            guard let w = Int(t), w > 0 else { throw .invalidMetadata(key: "sliding_windows", value: text, expected: expected) }
+            windows.append(w)
+        }
+        guard windows.count == layerCount else { throw .invalidMetadata(key: "sliding_windows", value: text, expected: expected) }
+        return windows
+    }
 
     private static func integer(_ key: String, in metadata: [String: String]) throws(KVDumpError) -> Int {
         guard let text = metadata[key] else { throw .missingMetadata(key: key) }

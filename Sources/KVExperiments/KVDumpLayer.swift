@@ -20,12 +20,16 @@ public struct KVDumpLayer: Sendable {
     public let values: [Float]
     /// `[headCount, queryCount, headDim]`, row-major.
     public let queries: [Float]
+    /// The layer's sliding attention window W (a query at position q sees positions q − W + 1 … q),
+    /// or `nil` for full causal attention (metadata `sliding_windows`).
+    public let slidingWindow: Int?
 
     /// A layer from flat arrays.
     ///
     /// - Precondition: the arrays have `shape.kvElementCount`, `shape.kvElementCount` and
-    ///   `shape.queryElementCount` elements.
-    public init(index: Int, shape: KVDumpShape, keys: [Float], values: [Float], queries: [Float]) {
+    ///   `shape.queryElementCount` elements; a window is positive.
+    public init(index: Int, shape: KVDumpShape, keys: [Float], values: [Float], queries: [Float], slidingWindow: Int? = nil) {
+        precondition(slidingWindow.map { $0 > 0 } ?? true, "KVDumpLayer: sliding window \(slidingWindow!) must be positive")
         precondition(keys.count == shape.kvElementCount,
                      "KVDumpLayer: \(keys.count) keys, expected \(shape.kvShape)")
         precondition(values.count == shape.kvElementCount,
@@ -37,6 +41,12 @@ public struct KVDumpLayer: Sendable {
         self.keys = keys
         self.values = values
         self.queries = queries
+        self.slidingWindow = slidingWindow
+    }
+
+    /// The positions a query at `position` attends to: the last `slidingWindow` up to it, or all.
+    @inlinable public func visibleRange(queryPosition position: Int) -> Range<Int> {
+        (slidingWindow.map { max(0, position + 1 - $0) } ?? 0)..<(position + 1)
     }
 
     /// Offset in `keys` / `values` of the first element of KV head `kvHead` at `token`.

@@ -81,18 +81,8 @@ public final class LlamaModel: CausalLanguageModel {
             applyRoPE(&q, heads: h.headCount, count: n, cosines: cosines, sines: sines)
             applyRoPE(&k, heads: h.kvHeadCount, count: n, cosines: cosines, sines: sines)
             // The store reads q, k, v and writes the output in the projections' [token][head][d] order.
-            if let observer {
-                observer(LayerActivations(layer: l, firstPosition: first, tokenCount: n,
-                                          queries: MatrixKernels.transpose(q, outer: n, inner: h.headCount, d: d),
-                                          keys: MatrixKernels.transpose(k, outer: n, inner: h.kvHeadCount, d: d),
-                                          values: MatrixKernels.transpose(v, outer: n, inner: h.kvHeadCount, d: d)))
-            }
-            try store.append(id, layer: l, keys: k.span, values: v.span, layout: .tokenMajor)
-            var a = [Float](repeating: 0, count: q.count)
-            var attended = a.mutableSpan
-            let weights = store.attend(id, layer: l, queries: q.span, layout: .tokenMajor, into: &attended,
-                                       returnWeights: attentionObserver != nil, threadCount: threadCount)
-            if let weights { attentionObserver?(l, weights) }
+            let a = try attendThroughStore(store, id, layer: l, firstPosition: first, count: n, queries: q, keys: k, values: v,
+                                           observer: observer, attentionObserver: attentionObserver)
             let o = products.apply([block.output], to: a, count: n)[0]
             for i in 0..<x.count { x[i] += o[i] }
             let normed2 = MatrixKernels.rmsNorm(x, count: n, weight: block.feedForwardNorm, epsilon: h.rmsEpsilon)
@@ -103,16 +93,8 @@ public final class LlamaModel: CausalLanguageModel {
             let down = products.apply([block.down], to: gate, count: n)[0]
             for i in 0..<x.count { x[i] += down[i] }
         }
-        switch logits {
-        case .none: return []
-        case .last:
-            let last = Array(x[((n - 1) * e)...])
-            let normed = MatrixKernels.rmsNorm(last, count: 1, weight: weights.outputNorm, epsilon: h.rmsEpsilon)
-            return products.apply([weights.outputHead], to: normed, count: 1)[0]
-        case .all:
-            let normed = MatrixKernels.rmsNorm(x, count: n, weight: weights.outputNorm, epsilon: h.rmsEpsilon)
-            return products.apply([weights.outputHead], to: normed, count: n)[0]
-        }
+        return outputLogits(x, count: n, embedding: e, norm: weights.outputNorm, epsilon: h.rmsEpsilon, head: weights.outputHead,
+                            products: products, logits)
     }
 
     /// The index of the largest logit (the first if tied): the greedy choice.

@@ -77,7 +77,8 @@ extension KVStore {
     ///     stream when done with one. Results are identical for every thread count and assignment:
     ///     each stream is computed by one thread in a fixed order.
     /// - Returns: the weights if asked. A query that sees no token gets zeros in `output`.
-    /// - Precondition: the buffer sizes above (caller bugs trap with a message).
+    /// - Precondition: the buffer sizes above, and every query row finite with an L1 norm of at most
+    ///   `KVStoreConfiguration.maximumQueryL1Norm` (so no score overflows; caller bugs trap with a message).
     /// - Error: relative to exact attention over the *decoded* rows, the output differs only by
     ///   FP32 rounding (dot products within `RowCodec.dotErrorBound`, exp and sums in FP32) and, where
     ///   the kernel set runs them (`KeyScoring.channelwiseVNNI`, `ValueAccumulation.integer`), the
@@ -255,6 +256,17 @@ extension KVStore {
     func attend(_ blocks: [AttendBlock], layer: Int, returnWeights: Bool, threadCount: Int?) -> [[KVHeadWeights]]? {
         let c = configuration, d = c.headDim, g = c.groupSize
         precondition(0 <= layer && layer < c.layerCount, "KVStore.attend: layer \(layer) outside 0..<\(c.layerCount)")
+        // A non-finite query, or one so large that a score could overflow, would silently give zero
+        // weights and outputs: a caller bug (O(queries · headDim), against attention's O(queries · tokens · headDim)).
+        let limit = c.maximumQueryL1Norm
+        for r in blocks {
+            for h in 0..<r.queries.heads {
+                for t in 0..<r.queries.tokens {
+                    let norm = r.queries.l1Norm(head: h, token: t)
+                    precondition(norm <= limit, "KVStore.attend: query \(t) of head \(h) has L1 norm \(norm): not finite, or so large that q·k can overflow FP32 (at most \(limit))")
+                }
+            }
+        }
         // Snapshot the streams (page references) under the lock; compute outside it.
         let snapshots = blocks.map { r in
             let layerState = withSequence(r.sequence, "attend") { $0.layers[layer] }

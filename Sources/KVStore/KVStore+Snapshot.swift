@@ -118,9 +118,10 @@ extension KVStore {
     ///
     /// - Throws: `SnapshotError` if the file cannot be read, is not a valid snapshot, was written
     ///   with a different shape (`layerCount`, `kvHeadCount`, `headDim`, any layer's tier formats or
-    ///   page capacities, the layers rotated and the rotation seed: `.configurationMismatch`), or does
-    ///   not fit the byte limit. The store is then unchanged. A version 1 or 2 file is converted (see
-    ///   `SnapshotFormat`).
+    ///   page capacities, the layers rotated and the rotation seed, every layer's sliding window:
+    ///   `.configurationMismatch`), or does not fit the byte limit. The store is then unchanged. A
+    ///   version 1, 2 or 3 file is converted (see `SnapshotFormat`; a version 3 file has no windows,
+    ///   so it loads only into a store without them).
     @discardableResult
     public func loadSnapshot(from url: URL) throws(SnapshotError) -> [SequenceID] {
         try loadSnapshot(bytes: SnapshotFile.readAll(url.path))

@@ -103,6 +103,15 @@ public struct KVStoreConfiguration: Sendable, Hashable {
     /// The scale applied to scores.
     public var effectiveAttentionScale: Float { attentionScale ?? 1 / Float(headDim).squareRoot() }
 
+    /// The largest L1 norm a query row may have: stored keys are at most 65504 in magnitude, so
+    /// |scale · q·k| ≤ scale · ‖q‖₁ · √d · 65504 in every tier (a rotation keeps ‖q‖₂, and
+    /// ‖Rq‖₁ ≤ √d‖q‖₂ ≤ √d‖q‖₁), and below this norm that stays under a quarter of
+    /// `Float.greatestFiniteMagnitude` (room for reordered sums): no score overflows FP32. `attend`
+    /// traps on larger or non-finite queries; the C ABI refuses them with a status.
+    public var maximumQueryL1Norm: Double {
+        Double(Float.greatestFiniteMagnitude) / 4 / (Double(effectiveAttentionScale) * Double(headDim).squareRoot() * 65504)
+    }
+
     /// Checks every field.
     ///
     /// - Throws: `KVStoreConfigurationError` naming the first invalid field.

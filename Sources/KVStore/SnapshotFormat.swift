@@ -1,6 +1,6 @@
 import KVQuantization
 
-/// The snapshot file format, version 3 (versions 1 and 2 are read too, and converted). All integers
+/// The snapshot file format, version 4 (versions 1 to 3 are read too, and converted). All integers
 /// little-endian.
 ///
 ///     file    = header · section("CONF") · section("PAGE") · section("SEQS")      (nothing after)
@@ -11,6 +11,7 @@ import KVQuantization
 ///     CONF    = layerCount, queryHeadCount, kvHeadCount, headDim, pageCapacity (u64 each)
 ///               · hasByteLimit u8 · byteLimit i64 · hasScale u8 · scale f32 bits
 ///               · tiers · hasLayerFormats u8 · (layerCount × tiers, when hasLayerFormats = 1) · rotation
+///               · hasWindows u8 · (layerCount × window u32, 0: full attention; when hasWindows = 1)
 ///     tiers   = for each stored tier (fp16, int8, int4, int2): key format · value format
 ///               · page capacity u32 (0: the configuration's pageCapacity)
 ///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max) · code bits u8 (0, 2, 3, 4, 8)
@@ -28,7 +29,9 @@ import KVQuantization
 /// A page's positions are `base + offset`, offsets strictly ascending from 0 (the layout of
 /// `PagePositions`); each tier follows the invariants of `TierState` (checked when loading).
 ///
-/// Older versions, converted when read (and saved again as version 3):
+/// Older versions, converted when read (and saved again as version 4):
+/// - version 3: CONF without the sliding windows (read as none: `layerSlidingWindows` nil); the rest
+///   as version 4.
 /// - version 2: CONF without page capacities, per-layer formats and rotation (`tiers` = key and
 ///   value format only, formats of kinds 0–2 at 2, 4 or 8 bits; no hasLayerFormats; no rotation,
 ///   read as `RotationSettings.none`); a page = tier u8 · isStaging u8 · count u32 · count key rows ·
@@ -49,9 +52,9 @@ import KVQuantization
 enum SnapshotFormat {
     static let magic: [UInt8] = Array("KVCSNAP\n".utf8)
     /// The version written.
-    static let version: UInt32 = 3
+    static let version: UInt32 = 4
     /// The versions read.
-    static let readableVersions: ClosedRange<UInt32> = 1...3
+    static let readableVersions: ClosedRange<UInt32> = 1...4
     static let headerByteCount = 24
     static let sectionTags = ["CONF", "PAGE", "SEQS"]
     static let noPage: UInt32 = 0xFFFF_FFFF
@@ -102,6 +105,8 @@ struct SnapshotWriter {
         u8(c.layerTierFormats == nil ? 0 : 1)
         for f in c.layerTierFormats ?? [] { tiers(f) }
         rotation(c.rotation)
+        u8(c.layerSlidingWindows == nil ? 0 : 1)
+        for w in c.layerSlidingWindows ?? [] { u32(UInt32(w ?? 0)) }
     }
 
     mutating func tiers(_ f: TierFormats) {
@@ -236,10 +241,20 @@ struct SnapshotReader {
             for l in 0..<layerCount { layerFormats!.append(try tiers("layerTierFormats[\(l)]", version: version)) }
         }
         let rotation = version >= 3 ? try self.rotation(layerCount: layerCount) : .none
+        var windows: [Int?]?
+        if version >= 4, try flag("hasWindows") {
+            guard layerCount <= remaining / 4 else { throw fail("layerCount \(layerCount) windows do not fit the payload") }
+            windows = []
+            for l in 0..<layerCount {
+                let w = try u32("layerSlidingWindows[\(l)]")
+                windows!.append(w == 0 ? nil : Int(w))
+            }
+        }
         return KVStoreConfiguration(
             layerCount: layerCount, queryHeadCount: queryHeadCount, kvHeadCount: kvHeadCount, headDim: headDim,
             pageCapacity: pageCapacity, tierFormats: formats, layerTierFormats: layerFormats,
-            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil, rotation: rotation)
+            byteLimit: hasLimit ? Int(limit) : nil, attentionScale: hasScale ? scale : nil, rotation: rotation,
+            layerSlidingWindows: windows)
     }
 
     /// The rotation of a version 3 CONF: layers listed ascending, distinct, below `layerCount`.

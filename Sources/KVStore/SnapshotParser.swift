@@ -174,6 +174,11 @@ struct SnapshotParser {
         if (0..<c.layerCount).contains(where: { c.rotatesKeys(layer: $0) || c.rotatesValues(layer: $0) }) {
             try check("rotation.seed", t.rotation.seed, c.rotation.seed)
         }
+        // What a layer's queries see and which pages it may hold (a version 3 file has no windows).
+        for l in 0..<c.layerCount {
+            func name(_ w: Int?) -> String { w.map(String.init) ?? "none" }
+            try check("layerSlidingWindows[\(l)]", name(t.slidingWindow(layer: l)), name(c.slidingWindow(layer: l)))
+        }
         return c
     }
 

@@ -56,6 +56,25 @@ struct UnsafeCallerRows: @unchecked Sendable {
         return UnsafePointer(scratch)
     }
 
+    /// Σ|x| over row (`head`, `token`) in `Double`: infinite or NaN when an element is not finite.
+    func l1Norm(head: Int, token: Int) -> Double {
+        let r = row(head: head, token: token)
+        var sum = 0.0
+        switch element {
+        case .float:
+            let x = r.assumingMemoryBound(to: Float.self)
+            for i in 0..<headDim { sum += Double(abs(x[i])) }
+        case .half:
+            let x = r.assumingMemoryBound(to: UInt16.self)
+            // `halfToFloat` is exact for finite halves only: an all-ones exponent is ±inf or NaN.
+            for i in 0..<headDim {
+                if x[i] & 0x7C00 == 0x7C00 { return .infinity }
+                sum += Double(abs(Float16Bits.halfToFloat(x[i])))
+            }
+        }
+        return sum
+    }
+
     /// Whether `headMajorFloats` needs its scratch.
     var needsScratch: Bool { !(element == .float && layout.isHeadMajor(heads: heads, tokens: tokens)) }
 

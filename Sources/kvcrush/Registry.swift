@@ -15,7 +15,7 @@ struct Subcommand: Sendable {
 /// import this module without running its top-level code can use them.)
 enum Registry {
     static let subcommands: [Subcommand] = [EvalCommand.subcommand, FormatsCommand.subcommand, BenchCommand.subcommand, RunCommand.subcommand,
-                                           CalibrateCommand.subcommand, GenerateCommand.subcommand]
+                                           CalibrateCommand.subcommand, GenerateCommand.subcommand, DumpCommand.subcommand]
 
     /// The run with no arguments: the main job on the bundled fixture.
     static let defaultArguments = ["eval"]

@@ -32,6 +32,49 @@ func configuration(_ name: String, budget: Double? = nil, crush: KVCrushSettings
 }
 
 @Suite struct EvaluationTests {
+    /// A windowed layer (W = 20) is evaluated over its window, in the store and in the FP64
+    /// reference: `full` is then exact up to FP32 arithmetic within `ReferenceAttention`'s bound over
+    /// the window only (the unwindowed reference differs by far more), keeps all the reference's
+    /// mass, and its FP16 reference is what the layer holds uncompressed after the prompt (the pages
+    /// a later query can see, as in a model's prefill); the unwindowed layer is unchanged.
+    @Test func slidingWindowLayersAttendOverTheirWindow() throws {
+        let base = syntheticDump(seed: 9)
+        let w = 20
+        let dump = KVDump(model: "synthetic", shape: base.shape, layers: base.layers.enumerated().map { i, l in
+            KVDumpLayer(index: l.index, shape: l.shape, keys: l.keys, values: l.values, queries: l.queries, slidingWindow: i == 0 ? w : nil)
+        })
+        let evaluation = try Evaluation(dump: dump, settings: testSettings)
+        #expect(evaluation.storeConfiguration.layerSlidingWindows == [w, nil])
+        let results = try evaluation.run(configuration("full"))
+        let s = dump.shape, p = evaluation.promptTokenCount, d = s.headDim
+        var worstBound = 0.0, unwindowedGap = 0.0
+        let layer = dump.layers[0]
+        for h in 0..<s.headCount {
+            let kv = s.kvHead(forQueryHead: h)
+            let keys = Array(layer.keys(kvHead: kv)), values = Array(layer.values(kvHead: kv))
+            for i in 0..<32 {
+                let q = Array(layer.query(head: h, position: p + i))
+                let r = ReferenceAttention(q: q, keys: keys, values: values, visible: (0..<s.tokenCount).map { layer.visibleRange(queryPosition: p + i).contains($0) },
+                                           scale: 1 / Float(d).squareRoot(), pageCount: 2 * s.tokenCount / testSettings.pageCapacity)
+                let full = ReferenceAttention(q: q, keys: keys, values: values, visible: (0..<s.tokenCount).map { $0 <= p + i },
+                                              scale: 1 / Float(d).squareRoot(), pageCount: 2 * s.tokenCount / testSettings.pageCapacity)
+                let norm = r.output.reduce(0) { $0 + $1 * $1 }.squareRoot()
+                worstBound = max(worstBound, r.bound.reduce(0) { $0 + $1 * $1 }.squareRoot() / norm)
+                unwindowedGap = max(unwindowedGap, zip(r.output, full.output).reduce(0) { $0 + ($1.0 - $1.1) * ($1.0 - $1.1) }.squareRoot() / norm)
+            }
+        }
+        let windowed = results.first { $0.layer == 0 }!, other = results.first { $0.layer == 3 }!
+        #expect(windowed.relErrMax <= Double(worstBound), "relErr \(windowed.relErrMax) above the bound \(worstBound)")
+        #expect(unwindowedGap > 100 * Double(worstBound), "the window must matter in this test: gap \(unwindowedGap)")
+        #expect(windowed.massKept == 1)
+        let fp16Page = 16 * (2 * 2 * 16) + 48  // keys + values at FP16 plus the page's positions (16 slots)
+        // After the prompt the windowed layer keeps the pages holding p − W + 1 … p − 1 (whole pages of 16).
+        let held = p - (p - w + 1) / 16 * 16
+        #expect(held == 32 && windowed.fp16ByteCount == 2 * ((held + 15) / 16) * fp16Page && other.fp16ByteCount == 2 * (p / 16) * fp16Page)
+        #expect(windowed.tokenCounts[.fp16] == 2 * held && windowed.tokenCounts[.dropped] == 0 && windowed.ratio == 1)
+        #expect(other.relErrMax < 1e-5)
+    }
+
     /// `full` keeps every token at FP16. The dump is FP16-exact, so the store reads back exactly the
     /// reference's keys and values and the only error is FP32 arithmetic: every sample is within
     /// `ReferenceAttention`'s derived bound (‖bound‖ / ‖o‖ per sample). No token is lost, so

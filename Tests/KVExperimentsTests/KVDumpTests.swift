@@ -41,6 +41,32 @@ private func expectDumpError(
 }
 
 @Suite struct KVDumpTests {
+    /// Sliding windows travel in `sliding_windows` (one entry per listed layer, `none` for full
+    /// attention), survive writing a subset of layers, and a bad list is a metadata error.
+    @Test func slidingWindowsRoundTrip() throws {
+        let plain = try syntheticDump()
+        #expect(plain.metadata["sliding_windows"] == nil && plain.layers.allSatisfy { $0.slidingWindow == nil })
+        let layers = plain.layers.enumerated().map { i, l in
+            KVDumpLayer(index: l.index, shape: l.shape, keys: l.keys, values: l.values, queries: l.queries, slidingWindow: i == 0 ? 5 : nil)
+        }
+        let windowed = KVDump(model: "synthetic", shape: plain.shape, layers: layers)
+        #expect(windowed.metadata["sliding_windows"] == "5,none")
+        let file = try SafetensorsFile(data: windowed.safetensorsWriter().serialized())
+        #expect(try KVDump(file: file).layers.map(\.slidingWindow) == [5, nil])
+        #expect(try KVDump(file: file, layers: [3, 0]).layers.map(\.slidingWindow) == [nil, 5])
+        // A subset written again keeps only its own layers' windows.
+        let only3 = try KVDump(file: file, layers: [3])
+        #expect(only3.safetensorsWriter().metadata["sliding_windows"] == nil)
+        let only0 = try KVDump(file: SafetensorsFile(data: KVDump(file: file, layers: [0]).safetensorsWriter().serialized()))
+        #expect(only0.layers.map(\.slidingWindow) == [5] && only0.metadata["sliding_windows"] == "5")
+        #expect(windowed.layers[0].visibleRange(queryPosition: 13) == 9..<14 && windowed.layers[0].visibleRange(queryPosition: 2) == 0..<3)
+        #expect(windowed.layers[1].visibleRange(queryPosition: 13) == 0..<14)
+        let expected = "a comma list of 2 windows (positive integers or none), one per listed layer"
+        for bad in ["5", "5,none,7", "0,none", "-1,none", "five,none", ""] {
+            try expectDumpError(.invalidMetadata(key: "sliding_windows", value: bad, expected: expected)) { m, _ in m["sliding_windows"] = bad }
+        }
+    }
+
     @Test func writeThenLoadRoundTripsAtF32() throws {
         let dump = try syntheticDump()
         let url = SafetensorsTestFiles.temporaryURL("dump.safetensors")

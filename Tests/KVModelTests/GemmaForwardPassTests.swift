@@ -62,6 +62,52 @@ import TestSupport
         #expect(results[2].ratio <= 1 && results[1].ratio < 1)
     }
 
+    /// `KVDump(running:)` on the windowed model: every layer's keys and values in the dump's layout
+    /// are the rows the store holds (FP16-rounded; the global layer holds all 40 tokens, the local
+    /// ones at least their window), the queries are the observer's of the last 16 positions, the windows
+    /// travel in the file, and `eval`'s `full` on it attends over the same window as the store.
+    @Test func dumpsCarryTheWindowsAndEvalUsesThem() throws {
+        let tiny = try TinyGemma()
+        let model = try GemmaModel(file: tiny.file, threadCount: 1)
+        let tokens = (0..<40).map { Int32(($0 * 5 + 1) % TinyGemma.vocabulary) }
+        let dump = try KVDump(running: model, tokens: tokens, queryCount: 16, model: "tiny-gemma", chunkTokenCount: 8)
+        #expect(dump.layers.map(\.slidingWindow) == [TinyGemma.window, TinyGemma.window, nil])
+        #expect(dump.metadata["sliding_windows"] == "4,4,none" && dump.tokens == tokens && dump.shape.queryStart == 24)
+        let store = try KVStore(model.storeConfiguration())  // the dump's pages (attention's summation order)
+        let id = store.addSequence()
+        var observed = [Int: [LayerActivations]]()
+        for start in stride(from: 0, to: 40, by: 8) {
+            _ = try model.forward(Array(tokens[start..<(start + 8)]), sequence: id, in: store, logits: .none,
+                                  observer: { observed[$0.layer, default: []].append($0) }, attentionObserver: nil)
+        }
+        let d = TinyGemma.headDim
+        for layer in dump.layers {
+            let r = store.rows(id, layer: layer.index, kvHead: 0)
+            #expect(layer.slidingWindow != nil ? Set(r.positions).isSuperset(of: (36..<40).map(Int32.init)) : r.count == 40)
+            for (k, p) in r.positions.enumerated() {
+                let o = layer.kvOffset(kvHead: 0, token: Int(p))
+                #expect((0..<d).allSatisfy { Float(Float16(layer.keys[o + $0])) == r.keys[k * d + $0] && Float(Float16(layer.values[o + $0])) == r.values[k * d + $0] },
+                        "layer \(layer.index) position \(p)")
+            }
+            for a in observed[layer.index]! where a.firstPosition >= 24 {
+                for h in 0..<TinyGemma.heads {
+                    for t in 0..<a.tokenCount {
+                        let q = layer.query(head: h, position: a.firstPosition + t)
+                        let same = Array(q) == Array(a.queries[((h * a.tokenCount + t) * d)..<((h * a.tokenCount + t + 1) * d)])
+                        #expect(same, "layer \(layer.index) head \(h) position \(a.firstPosition + t)")
+                    }
+                }
+            }
+        }
+        // Written at F16 (so the store holds the dump exactly) and evaluated: `full` is exact up to
+        // FP32 arithmetic in every layer, windowed ones included, and keeps all the mass.
+        let reloaded = try KVDump(file: SafetensorsFile(data: dump.safetensorsWriter(storing: .f16).serialized()))
+        let evaluation = try Evaluation(dump: reloaded, settings: EvaluationSettings(observationWindow: 4, evaluationQueryCount: 8, pageCapacity: 4))
+        let results = try evaluation.run(EvaluationConfiguration(policy: try PolicyName(parsing: "full"), budget: nil, kvCrush: nil,
+                                                                 regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 2)))
+        for r in results { #expect(r.relErrMax < 1e-5 && r.massKept == 1, "layer \(String(describing: r.layer)): \(r.relErrMax)") }
+    }
+
     @Test func badFilesAreTypedErrors() throws {
         #expect(throws: LlamaModelError.missingTensor("blk.2.post_ffw_norm.weight")) {
             try GemmaModel(file: TinyGemma(skip: "blk.2.post_ffw_norm.weight").file)

@@ -112,4 +112,53 @@ import KVQuantization
         #expect(field([4, 0]) == "layerSlidingWindows[1]")
         #expect(field([nil, 512]) == nil)
     }
+
+    /// A windowed store's snapshot keeps its windows (version 4): restoring gives the same
+    /// configuration, rows and attention, and the restored store goes on evicting; loading it into a
+    /// store with other windows (or none), or a windowless snapshot into a windowed store, is a
+    /// `.configurationMismatch` naming the layer, and the store is unchanged.
+    @Test func snapshotsKeepTheWindows() throws {
+        var g = SeededGenerator(seed: 11)
+        let d = 8, w = 6
+        let config = KVStoreConfiguration(layerCount: 2, queryHeadCount: 4, kvHeadCount: 2, headDim: d, pageCapacity: 4,
+                                          layerSlidingWindows: [w, nil])
+        let store = try KVStore(config)
+        let id = store.addSequence()
+        for layer in 0..<2 { try store.append(id, layer: layer, keys: randomRows(2 * 19 * d, using: &g), values: randomRows(2 * 19 * d, using: &g)) }
+        store.releaseOutsideWindow(id, layer: 0)
+        let bytes = store.snapshotBytes()
+        #expect(bytes[8] == 4)
+        let restored = try KVStore.restoring(bytes: bytes)
+        #expect(restored.configuration.layerSlidingWindows == [w, nil])
+        #expect(restored.byteCount == store.byteCount && restored.snapshotBytes() == bytes)
+        let queries = randomRows(4 * d, using: &g)
+        for layer in 0..<2 {
+            for h in 0..<2 { #expect(restored.tokenTiers(of: id, layer: layer, kvHead: h).positions == store.tokenTiers(of: id, layer: layer, kvHead: h).positions) }
+            #expect(restored.attend(id, layer: layer, queries: queries, queryCount: 1).output == store.attend(id, layer: layer, queries: queries, queryCount: 1).output)
+        }
+        // The restored store still evicts: 12 more tokens leave at most W − 1 + 12 + a page in layer 0.
+        try restored.append(id, layer: 0, keys: randomRows(2 * 12 * d, using: &g), values: randomRows(2 * 12 * d, using: &g))
+        #expect(restored.tokenCounts(of: id, layer: 0, kvHead: 0).values.reduce(0, +) <= w - 1 + 12 + 3)
+        func mismatch(_ windows: [Int?]?, _ snapshot: [UInt8]) throws -> String? {
+            var c = config
+            c.layerSlidingWindows = windows
+            let other = try KVStore(c)
+            let before = other.snapshotBytes()
+            do { try other.loadSnapshot(bytes: snapshot); return nil } catch {
+                #expect(other.snapshotBytes() == before && other.sequences.isEmpty)
+                guard case .configurationMismatch(let field, _, _) = error else { return "\(error)" }
+                return field
+            }
+        }
+        #expect(try mismatch([w, nil], bytes) == nil)
+        #expect(try mismatch([w + 1, nil], bytes) == "layerSlidingWindows[0]")
+        #expect(try mismatch(nil, bytes) == "layerSlidingWindows[0]")
+        #expect(try mismatch([w, 3], bytes) == "layerSlidingWindows[1]")
+        var plain = config
+        plain.layerSlidingWindows = nil
+        let unwindowed = try KVStore(plain)
+        let other = unwindowed.addSequence()
+        try unwindowed.append(other, layer: 0, keys: randomRows(2 * d, using: &g), values: randomRows(2 * d, using: &g))
+        #expect(try mismatch([w, nil], unwindowed.snapshotBytes()) == "layerSlidingWindows[0]")
+    }
 }

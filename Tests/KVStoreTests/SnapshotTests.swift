@@ -228,18 +228,19 @@ struct SnapshotSections {
         return (snapshot, image)
     }
 
-    /// Version 1 and 2 files (`Fixtures/snapshot-v1`, `snapshot-v2`, written by that code) load,
+    /// Version 1, 2 and 3 files (`Fixtures/snapshot-v1`, `snapshot-v2`, `snapshot-v3`, written by that code) load,
     /// converted: the same sequences, positions, tiers and decoded keys and values as the code that
-    /// wrote them had, bit for bit, the same pages shared by forks; and they save again as version 3,
+    /// wrote them had, bit for bit, the same pages shared by forks; and they save again as version 4,
     /// which restores to the same rows and re-saves to the same bytes.
-    @Test func olderVersionsLoadConvertedAndSaveAsVersionThree() throws {
-        for (path, version) in [("snapshot-v1/mixed-tiers-forks", 1), ("snapshot-v2/mixed-tiers-forks", 2)] {
+    @Test func olderVersionsLoadConvertedAndSaveAsVersionFour() throws {
+        for (path, version) in [("snapshot-v1/mixed-tiers-forks", 1), ("snapshot-v2/mixed-tiers-forks", 2),
+                                ("snapshot-v3/mixed-tiers-forks", 3)] {
             let (old, image) = try Self.fixture(path)
             #expect(old[8] == UInt8(version), "\(path)")
             let restored = try KVStore.restoring(bytes: old)
             #expect(Self.image(restored) == image, "\(path): restored rows differ from the writer's")
             let new = restored.snapshotBytes()
-            #expect(new[8] == 3)
+            #expect(new[8] == 4)
             let again = try KVStore.restoring(bytes: new)
             #expect(Self.image(again) == image && again.snapshotBytes() == new, "\(path)")
             #expect(again.byteCount == restored.byteCount && again.pool.pagesInUse == restored.pool.pagesInUse)
@@ -314,9 +315,9 @@ struct SnapshotSections {
     @Test func wrongVersionAndWrongShapeAreNamed() throws {
         let (source, _) = try Self.sample()
         var sections = SnapshotSections(source.snapshotBytes())
-        sections.header[8] = 4
+        sections.header[8] = 5
         sections.header.replaceSubrange(20..<24, with: withUnsafeBytes(of: CRC32C.checksum(sections.header[0..<20]).littleEndian, Array.init))
-        #expect(throws: SnapshotError.unsupportedVersion(found: 4, supported: 1...3)) { try KVStore.restoring(bytes: sections.bytes) }
+        #expect(throws: SnapshotError.unsupportedVersion(found: 5, supported: 1...4)) { try KVStore.restoring(bytes: sections.bytes) }
 
         var c = Self.fixedConfig
         c.headDim = 32
@@ -389,9 +390,11 @@ struct SnapshotSections {
         #expect(rejected { $0.payloads[0][16] = 0 }.contains("kvHeadCount"))  // kvHeadCount = 0
         #expect(rejected { $0.payloads[0][15] = 0x40 }.contains("queryHeadCount must be in 1...65536"))  // 2⁶²: fuzzer-found
         #expect(rejected { $0.payloads[0][24] = 5 } != "accepted")  // headDim 5: the rows no longer fit the payload
-        // CONF ends with hasLayerFormats (0 here), then the rotation (none: 18 bytes).
-        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 19] = 2 }.contains("hasLayerFormats is 2"))
-        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 20] = 0x7F }.contains("pageCapacities[int2] must be in 1...65536"))
+        // CONF ends with hasLayerFormats (0 here), the rotation (none: 18 bytes), hasWindows (0).
+        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 20] = 2 }.contains("hasLayerFormats is 2"))
+        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 21] = 0x7F }.contains("pageCapacities[int2] must be in 1...65536"))
+        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 1] = 2 }.contains("hasWindows is 2"))
+        #expect(rejected { $0.payloads[0][$0.payloads[0].count - 1] = 1 }.contains("windows do not fit the payload"))
         // Page 0 holding 3 of its 4 slots (positions 0, 1, 2) before page 1 (4, 5): not packed.
         #expect(rejected { s in
             s.payloads[1][10] = 3

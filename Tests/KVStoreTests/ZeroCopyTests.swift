@@ -192,6 +192,40 @@ import KVSelection
         return (s, id)
     }
 
+    /// A non-finite query, or one whose scores could overflow FP32, is a caller bug: attention would
+    /// silently give zeros, so `attend` traps (FP32 and FP16 queries, every form); a query just under
+    /// `maximumQueryL1Norm` attends to a finite output.
+    @Test func nonFiniteOrOverflowingQueriesTrap() async {
+        let (s, id) = ZeroCopyTests.store()
+        let limit = s.configuration.maximumQueryL1Norm
+        var q = [Float](repeating: 0, count: 16)
+        q[0] = Float(limit * 0.99)
+        let output = s.attend(id, layer: 0, queries: q).output
+        #expect(output.allSatisfy { $0.isFinite })
+        await #expect(processExitsWith: .failure) {
+            let (s, id) = ZeroCopyTests.store()
+            var q = [Float](repeating: 0, count: 16)
+            q[3] = .nan
+            _ = s.attend(id, layer: 0, queries: q)
+        }
+        await #expect(processExitsWith: .failure) {
+            let (s, id) = ZeroCopyTests.store()
+            var q = [Float](repeating: 1, count: 16)
+            q[9] = Float(s.configuration.maximumQueryL1Norm)  // the row's norm exceeds the limit by 7
+            var out = [Float](repeating: 0, count: 16)
+            var o = out.mutableSpan
+            s.attend(id, layer: 0, queries: q.span, into: &o)
+        }
+        await #expect(processExitsWith: .failure) {
+            let (s, id) = ZeroCopyTests.store()
+            var q = [Float16](repeating: 0, count: 16)
+            q[15] = .infinity
+            var out = [Float](repeating: 0, count: 16)
+            var o = out.mutableSpan
+            s.attend(id, layer: 0, queries: q.span, layout: .tokenMajor, into: &o)
+        }
+    }
+
     /// Wrong buffer sizes are caller bugs: they trap with a message.
     @Test func sizeMisuseTraps() async {
         await #expect(processExitsWith: .failure) {
