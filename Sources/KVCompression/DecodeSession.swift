@@ -48,7 +48,8 @@ extension KVCompressor {
             let c = compressor.store.configuration
             precondition(weights.count == c.kvHeadCount && weights.indices.allSatisfy { weights[$0].kvHead == $0 },
                          "DecodeSession.record: one weights entry per KV head, in KV-head order")
-            let needed = Int(weights.lazy.compactMap(\.positions.last).max() ?? -1) + 1
+            var needed = 0
+            for w in weights { if let last = w.positions.last { needed = max(needed, Int(last) + 1) } }
             if needed > accumulators[layer].tokenCount { accumulators[layer].appendPositions(count: needed - accumulators[layer].tokenCount) }
             // Weights come from the store's softmax: finite and non-negative by construction.
             do {

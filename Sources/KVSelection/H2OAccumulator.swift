@@ -96,8 +96,20 @@ public struct H2OAccumulator: Sendable, Hashable {
             guard w.count == groupSize * queryCount * p.count else {
                 throw .weightCountMismatch(expected: groupSize * queryCount * p.count, actual: w.count)
             }
-            for (i, v) in w.enumerated() where !(v.isFinite && v >= 0) { throw .invalidWeight(index: i, value: v) }
-            for (a, b) in zip(p, p.dropFirst()) where !(a < b) { preconditionFailure("H2OAccumulator: stream positions must ascend") }
+            // One branch-free pass (v ≥ 0 and ≤ the largest finite: false for NaN and ±∞), then the
+            // first bad index only when there is one.
+            let bad = w.withUnsafeBufferPointer { w in
+                var bad: UInt8 = 0
+                for v in w { bad |= v >= 0 && v <= .greatestFiniteMagnitude ? 0 : 1 }
+                return bad != 0
+            }
+            if bad, let i = w.firstIndex(where: { !($0.isFinite && $0 >= 0) }) { throw .invalidWeight(index: i, value: w[i]) }
+            let ascending = p.withUnsafeBufferPointer { p in
+                var ok = true
+                for k in p.indices.dropFirst() where !(p[k - 1] < p[k]) { ok = false }
+                return ok
+            }
+            if !ascending { preconditionFailure("H2OAccumulator: stream positions must ascend") }
             precondition(p.first.map { $0 >= 0 } ?? true && Int(p.last ?? -1) < tokenCount, "H2OAccumulator: a position is not tracked")
         }
         guard queryCount > 0 else { return }

@@ -77,7 +77,9 @@ extension PlanningContext {
         // 1. Trim. Options per tier: its least harmful units, as many as its last page holds, one
         // rung down or straight to their floor.
         var current = bytes(counts)
-        func floor(_ u: Int) -> Tier { ladder[u].last! }
+        // Each unit's top rung and floor, read once (the loops below scan every unit per page).
+        let tops = ladder.map { $0.first! }, floors = ladder.map { $0.last! }
+        func floor(_ u: Int) -> Tier { floors[u] }
         while current > limit {
             var best: (units: [Int], to: [Tier], saved: Int, harm: Double)?
             for t in Tier.stored where counts[t.rawValue] > 0 {
@@ -85,16 +87,15 @@ extension PlanningContext {
                 guard !movable.isEmpty else { continue }
                 let n = counts[t.rawValue], page = costs.pageCapacity(t)
                 let inLastPage = n % page == 0 ? page : n % page
-                for toFloor in [false, true] {
+                // When every movable unit's next rung is its floor, the second option is the first again.
+                let floorsAreNext = movable.allSatisfy { neighbours($0, ladder: ladder).down! == floor($0) }
+                for toFloor in floorsAreNext ? [false] : [false, true] {
                     func target(_ u: Int) -> Tier { toFloor ? floor(u) : neighbours(u, ladder: ladder).down! }
-                    // Harm keys computed once per unit (not per comparison), least harm first, ties by unit.
-                    var keyed = [(harm: Double, unit: Int)]()
-                    keyed.reserveCapacity(movable.count)
-                    for u in movable { keyed.append((scores[u] * (e(target(u)) - e(t)), u)) }
-                    keyed.sort { (a: (harm: Double, unit: Int), b: (harm: Double, unit: Int)) -> Bool in
-                        a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit
-                    }
-                    let ranked = keyed.lazy.map { $0.unit }
+                    // The least harmful units, least harm first, ties by unit: at most `inLastPage` of
+                    // them are taken (each holds a token at least), so only those are ranked.
+                    let keyed = movable.map { (harm: scores[$0] * (e(target($0)) - e(t)), unit: $0) }
+                    let ranked = Self.first(inLastPage, of: keyed) { a, b in a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit }
+                        .lazy.map(\.unit)
                     var taken: [Int] = [], targets: [Tier] = [], tokens = 0, harm = 0.0, trial = counts
                     for u in ranked where tokens < inLastPage {
                         let d = target(u)
@@ -131,21 +132,41 @@ extension PlanningContext {
         }
 
         // 2. Fill: free moves first (largest gain), then the page whose best units gain the most
-        // per byte it adds.
+        // per byte it adds. Units only move up here, so those below their top rung (the only ones
+        // that can move) are listed once, in unit order, and the list only shrinks.
+        var belowTop = units.indices.filter { unitTier($0) != tops[$0] }
         while true {
             var free: (unit: Int, to: Tier, gain: Double)?
             var upInto = [[(unit: Int, gain: Double)]](repeating: [], count: Tier.allCases.count)
-            for u in units.indices {
+            // Whether moving one token from tier a to tier b keeps the bytes (lane a·8 + b: 1 yes, 0 no,
+            // −1 not asked yet): for one-token units the answer depends on the two tiers alone.
+            var oneTokenFits = SIMD64<Int8>(repeating: -1)
+            belowTop.removeAll { unitTier($0) == tops[$0] }
+            for u in belowTop {
                 // Every rung above the unit's tier: free moves may jump; a page is opened for the
                 // next rung only.
-                let t = unitTier(u), rungs = ladder[u]
+                let t = unitTier(u)
+                guard t != tops[u] else { continue }  // at its top rung already
+                let rungs = ladder[u]
                 guard let i = rungs.firstIndex(of: t), i > 0 else { continue }
                 for up in rungs[..<i].reversed() {
                     let gain = scores[u] * (e(t) - e(up))
                     guard gain > 0 else { continue }
-                    var trial = counts
-                    move(u, to: up, &trial)
-                    if bytes(trial) <= current {
+                    let fits: Bool
+                    if units[u].count == 1 {
+                        let i = units[u].lowerBound, lane = tiers[i].rawValue * 8 + max(up, input.tiers[i]).rawValue
+                        if oneTokenFits[lane] < 0 {
+                            var trial = counts
+                            move(u, to: up, &trial)
+                            oneTokenFits[lane] = bytes(trial) <= current ? 1 : 0
+                        }
+                        fits = oneTokenFits[lane] == 1
+                    } else {
+                        var trial = counts
+                        move(u, to: up, &trial)
+                        fits = bytes(trial) <= current
+                    }
+                    if fits {
                         if free == nil || gain >= free!.gain { free = (u, up, gain) }  // ties: the later unit
                     } else if up == rungs[i - 1] {
                         upInto[up.rawValue].append((u, gain))
@@ -161,7 +182,8 @@ extension PlanningContext {
             // Opening a page of tier t: its best units up to a page's worth of tokens.
             var page: (units: [Int], to: Tier, added: Int, gain: Double)?
             for t in Tier.stored where !upInto[t.rawValue].isEmpty {
-                let ranked = upInto[t.rawValue].sorted { $0.gain != $1.gain ? $0.gain > $1.gain : $0.unit > $1.unit }
+                // Only a page's worth is taken (each unit holds a token at least): only those are ranked.
+                let ranked = Self.first(costs.pageCapacity(t), of: upInto[t.rawValue]) { $0.gain != $1.gain ? $0.gain > $1.gain : $0.unit > $1.unit }
                 var trial = counts, tokens = 0, gain = 0.0, taken: [Int] = []
                 for c in ranked where tokens < costs.pageCapacity(t) {
                     move(c.unit, to: t, &trial)
@@ -192,6 +214,23 @@ extension PlanningContext {
         restoreScoreOrder(scores: scores)
     }
 
+    /// The first `count` elements of `elements` sorted by `precedes` (a strict total order on them),
+    /// in that order: `elements.sorted(by: precedes).prefix(count)`, without sorting the rest.
+    ///
+    /// - Complexity: O(n · count) worst case, O(n) when most elements come after the count-th so far.
+    static func first<T>(_ count: Int, of elements: [T], by precedes: (T, T) -> Bool) -> [T] {
+        var best: [T] = []
+        best.reserveCapacity(min(count, elements.count) + 1)
+        for x in elements {
+            if best.count == count, let last = best.last, !precedes(x, last) { continue }
+            var i = best.count
+            while i > 0 && precedes(x, best[i - 1]) { i -= 1 }
+            best.insert(x, at: i)
+            if best.count > count { best.removeLast() }
+        }
+        return best
+    }
+
     /// Restores score order after the page fit, which trims and fills by pages and can leave a
     /// better-scored unit below a worse-scored one: among the middle units that are not KVCrush
     /// representatives, hold tokens of one current tier, and share it and a size, the tiers (with their roles) are handed out
@@ -202,14 +241,22 @@ extension PlanningContext {
         // Only units whose tokens all sit at one current tier trade places: for them a tier means the
         // same token counts whichever unit takes it.
         // Keyed by (current tier, size); groups are disjoint, so their order does not matter.
-        var groups: [Int: [Int]] = [:]
+        // A few keys (tiers × unit sizes): a list, not a dictionary.
+        var groups: [(key: Int, members: [Int])] = []
         for u in units.indices where roles[units[u].lowerBound] != .representative {
             let current = input.tiers[units[u].lowerBound]
             guard units[u].allSatisfy({ input.tiers[$0] == current }) else { continue }
-            groups[current.rawValue + Tier.allCases.count * units[u].count, default: []].append(u)
+            let key = current.rawValue + Tier.allCases.count * units[u].count
+            if let g = groups.firstIndex(where: { $0.key == key }) { groups[g].members.append(u) } else { groups.append((key, [u])) }
         }
         for (_, members) in groups where members.count > 1 {
-            let slots = members.map { (tier: unitTier($0), role: roles[units[$0].lowerBound]) }.sorted { $0.tier < $1.tier }
+            // By tier, stable (a counting sort: the tiers are few).
+            var slots: [(tier: Tier, role: TokenRole)] = []
+            slots.reserveCapacity(members.count)
+            let memberTiers = members.map { unitTier($0) }
+            for tier in Tier.allCases {
+                for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
+            }
             let ranked = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
             for (u, slot) in zip(ranked, slots) { assign(unit: u, tier: slot.tier, role: slot.role) }
         }

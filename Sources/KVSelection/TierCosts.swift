@@ -90,8 +90,14 @@ public struct TierCosts: Sendable, Hashable {
     ///
     /// - Complexity: O(1).
     public func pagedByteCount(_ tier: Tier, tokenCount n: Int) -> Int {
-        guard tier != .dropped, n > 0 else { return 0 }
-        let i = tier.rawValue, p = capacities[i]
+        guard tier != .dropped else { return 0 }
+        return pagedByteCount(storedTier: tier.rawValue, tokenCount: n)
+    }
+
+    /// `pagedByteCount(_:tokenCount:)` of the stored tier with raw value `i`.
+    @inline(__always) private func pagedByteCount(storedTier i: Int, tokenCount n: Int) -> Int {
+        guard n > 0 else { return 0 }
+        let p = capacities[i]
         if pageWise[i] {
             return n / p * pageBytes[i] + (n % p > 0 ? partialPageBytes[i] : 0)
         }
@@ -125,8 +131,9 @@ public struct TierCosts: Sendable, Hashable {
 
     /// `pagedByteCount(counts:)` with the counts in lanes `Tier.rawValue` of a vector (no allocation).
     public func pagedByteCount(counts: SIMD8<Int>) -> Int {
+        // The stored tiers are raw values 0 ..< dropped's, in `Tier.stored` order.
         var total = 0
-        for t in Tier.stored { total += pagedByteCount(t, tokenCount: counts[t.rawValue]) }
+        for i in 0..<Tier.dropped.rawValue { total += pagedByteCount(storedTier: i, tokenCount: counts[i]) }
         return total
     }
 }

@@ -20,9 +20,13 @@ package enum TokenRanking {
     /// The indices of the `count` best scores (ties to the later index), in ascending index order.
     /// `count` larger than `scores.count` returns every index.
     ///
-    /// - Complexity: O(n log n).
+    /// - Complexity: O(n log n); O(n) when `count ≥ scores.count` (every index, no ranking needed).
     public static func topIndices(_ scores: [Float], count: Int) -> [Int] {
         precondition(count >= 0, "TokenRanking: count must be non-negative")
+        if count >= scores.count {
+            precondition(!scores.contains { $0.isNaN }, "TokenRanking: scores must not be NaN")
+            return Array(scores.indices)
+        }
         return descendingOrder(scores).prefix(count).sorted()
     }
 }

@@ -204,8 +204,7 @@ public final class KVStore: Sendable {
 
     /// One stream's stored positions (ascending) and tiers, without decoding anything.
     public func tokenTiers(of id: SequenceID, layer: Int, kvHead: Int) -> (positions: [Int32], tiers: [Tier]) {
-        let entries = withStream(id, layer, kvHead, "tokenTiers") { $0.entriesByPosition() }
-        return (entries.map(\.position), entries.map { Tier(rawValue: $0.tier)! })
+        withStream(id, layer, kvHead, "tokenTiers") { $0.positionsAndTiers() }
     }
 
     /// The most a stream's pages can exceed the per-token byte count a planner budgets

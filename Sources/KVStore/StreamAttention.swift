@@ -80,14 +80,15 @@ struct StreamAttention {
         let previousMaxima = rotatedOutput.map { _ in UnsafeMutablePointer<Float>.allocate(capacity: rows) }
         defer { rotatedQueries?.deallocate(); rotatedOutput?.deallocate(); previousMaxima?.deallocate() }
         // For weights: every visited token's position and tier, and its raw score per row
-        // (`[row][token]`, row stride `visitedCount`), in visiting order.
+        // (`[row][token]`, row stride `visitedCount`), in visiting order; one allocation.
         let visitedCount = returnWeights
             ? stream.tiers.reduce(0) { sum, tier in sum + tier.pages.reduce(0) { $0 + $1.count } + (tier.staging?.count ?? 0) } : 0
-        var visitedPositions = [Int32](), visitedTiers = [Tier]()
-        visitedPositions.reserveCapacity(visitedCount)
-        visitedTiers.reserveCapacity(visitedCount)
-        let visitedScores = UnsafeMutablePointer<Float>.allocate(capacity: rows * visitedCount)
+        let visitedScores = UnsafeMutableRawPointer.allocate(byteCount: visitedCount * (4 * rows + 4 + MemoryLayout<Tier>.stride), alignment: 64)
         defer { visitedScores.deallocate() }
+        let scoresOfVisited = visitedScores.bindMemory(to: Float.self, capacity: rows * visitedCount)
+        let visitedPositions = (visitedScores + 4 * rows * visitedCount).bindMemory(to: Int32.self, capacity: visitedCount)
+        let visitedTiers = (visitedScores + (4 * rows + 4) * visitedCount).bindMemory(to: Tier.self, capacity: visitedCount)
+        var visited = 0, lowestVisited = Int32.max, highestVisited = Int32.min
         // No software prefetch: a stream's pages are contiguous runs in the pool's slabs (see
         // `PagePool`), which the hardware prefetchers follow; prefetching measured slower.
         // Pages are visited tier by tier, a tier's pages (in address order, mostly) then its staging page.
@@ -113,10 +114,13 @@ struct StreamAttention {
                 }
             }
             if returnWeights {
-                let offset = visitedPositions.count
-                for j in 0..<n { visitedPositions.append(page.position(j)) }
-                visitedTiers.append(contentsOf: repeatElement(tc.tier, count: n))
-                for r in 0..<rows { (visitedScores + r * visitedCount + offset).update(from: S + r * cap, count: n) }
+                let base = page.basePosition, offsets = page.offsets
+                for j in 0..<n { visitedPositions[visited + j] = base + Int32(offsets[j]) }
+                (visitedTiers + visited).initialize(repeating: tc.tier, count: n)
+                for r in 0..<rows { (scoresOfVisited + r * visitedCount + visited).initialize(from: S + r * cap, count: n) }
+                lowestVisited = min(lowestVisited, base)
+                highestVisited = max(highestVisited, visitedPositions[visited + n - 1])
+                visited += n
             }
             // Online softmax, one page at a time: S becomes the page's weights.
             if let previousMaxima { previousMaxima.update(from: m, count: rows) }
@@ -149,29 +153,39 @@ struct StreamAttention {
         // Visiting order to position order: a stream holds each position once, so a slot per
         // position between the lowest and the highest orders them in O(tokens + span).
         let n = visitedCount
-        let low = visitedPositions.min() ?? 0, span = n == 0 ? 0 : Int(visitedPositions.max()! - low) + 1
-        var slot = [Int32](repeating: -1, count: span)
-        for (j, p) in visitedPositions.enumerated() {
-            precondition(slot[Int(p - low)] < 0, "StreamAttention: position \(p) stored twice in one stream")
-            slot[Int(p - low)] = Int32(j)
+        let low = lowestVisited, span = n == 0 ? 0 : Int(highestVisited - low) + 1
+        let order = UnsafeMutablePointer<Int32>.allocate(capacity: span)
+        defer { order.deallocate() }
+        order.initialize(repeating: -1, count: span)
+        for j in 0..<n {
+            let s = Int(visitedPositions[j] - low)
+            precondition(order[s] < 0, "StreamAttention: position \(visitedPositions[j]) stored twice in one stream")
+            order[s] = Int32(j)
         }
-        var positions = [Int32](), tiers = [Tier](), order = [Int](repeating: 0, count: n)
-        positions.reserveCapacity(n)
-        tiers.reserveCapacity(n)
-        for j in slot where j >= 0 {
-            order[positions.count] = Int(j)
-            positions.append(visitedPositions[Int(j)])
-            tiers.append(visitedTiers[Int(j)])
+        // Compacted: order[k] is the visit index of the k-th position.
+        var k = 0
+        for s in 0..<span where order[s] >= 0 {
+            order[k] = order[s]
+            k += 1
         }
-        var w = [Float](repeating: 0, count: rows * n)
-        w.withUnsafeMutableBufferPointer { w in
-            for r in 0..<rows where l[r] > 0 {
-                let scores = visitedScores + r * n, out = w.baseAddress! + r * n, mr = m[r], lr = l[r]
+        let positions = [Int32](unsafeUninitializedCapacity: n) { p, initialized in
+            for k in 0..<n { p[k] = visitedPositions[Int(order[k])] }
+            initialized = n
+        }
+        let tiers = [Tier](unsafeUninitializedCapacity: n) { t, initialized in
+            for k in 0..<n { t[k] = visitedTiers[Int(order[k])] }
+            initialized = n
+        }
+        let w = [Float](unsafeUninitializedCapacity: rows * n) { w, initialized in
+            for r in 0..<rows {
+                let scores = scoresOfVisited + r * n, out = w.baseAddress! + r * n, mr = m[r], lr = l[r]
+                guard lr > 0 else { out.initialize(repeating: 0, count: n); continue }
                 for k in 0..<n {
-                    let s = scores[order[k]]
-                    if s > -.infinity { out[k] = exp(s - mr) / lr }
+                    let s = scores[Int(order[k])]
+                    out[k] = s > -.infinity ? exp(s - mr) / lr : 0
                 }
             }
+            initialized = rows * n
         }
         return KVHeadWeights(kvHead: kvHead, positions: positions, tiers: tiers, weights: w, queryCount: queryCount)
     }

@@ -55,6 +55,36 @@ struct StreamState: Sendable {
         return entries
     }
 
+    /// Every stored token's position and tier (raw), ascending by position: `entriesByPosition`
+    /// without the page references, ordered by a slot per position (a stream holds each position
+    /// once) in O(tokens + span).
+    func positionsAndTiers() -> (positions: [Int32], tiers: [Tier]) {
+        var low = Int32.max, high = Int32.min, n = 0
+        for tier in tiers {
+            for page in tier.pages + (tier.staging.map { [$0] } ?? []) where page.count > 0 {
+                low = min(low, page.basePosition)
+                high = max(high, page.lastPosition)
+                n += page.count
+            }
+        }
+        guard n > 0 else { return ([], []) }
+        var slots = [Int8](repeating: -1, count: Int(high - low) + 1)
+        for (t, tier) in tiers.enumerated() {
+            for page in tier.pages + (tier.staging.map { [$0] } ?? []) {
+                let base = page.basePosition, offsets = page.offsets
+                for s in 0..<page.count { slots[Int(base - low) + Int(offsets[s])] = Int8(t) }
+            }
+        }
+        var positions = [Int32](), out = [Tier]()
+        positions.reserveCapacity(n)
+        out.reserveCapacity(n)
+        for (i, t) in slots.enumerated() where t >= 0 {
+            positions.append(low + Int32(i))
+            out.append(Tier(rawValue: Int(t))!)
+        }
+        return (positions, out)
+    }
+
     // MARK: Sliding-window eviction
 
     /// Releases every page (sealed or staging, of any tier) whose tokens all lie at positions

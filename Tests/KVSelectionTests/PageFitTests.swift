@@ -8,6 +8,26 @@ import TestSupport
 /// free slot in its last page could have moved into it (for row-wise formats every such move is
 /// free, so the fill would have made it).
 @Suite struct PageFitTests {
+    /// The trim's and the fill's partial ranking is the prefix of the full sort, with ties broken by
+    /// unit, zeros, counts of 0, 1 and more than the units, and units in any order.
+    @Test func partialRankingIsThePrefixOfTheFullSort() {
+        var g = SeededGenerator(seed: 90_017)
+        for trial in 0..<500 {
+            let n = Int.random(in: 0...80, using: &g)
+            let units = (0..<n).map { $0 * 3 + 1 }.shuffled(using: &g)
+            let harms = Dictionary(uniqueKeysWithValues: units.map { ($0, Double(Int.random(in: 0...5, using: &g)) / 4) })
+            let count = Int.random(in: 0...(n + 3), using: &g)
+            let expected = units.sorted { harms[$0]! != harms[$1]! ? harms[$0]! < harms[$1]! : $0 < $1 }.prefix(count)
+            let keyed = units.map { (harm: harms[$0]!, unit: $0) }
+            let first = PlanningContext.first(count, of: keyed) { a, b in a.harm != b.harm ? a.harm < b.harm : a.unit < b.unit }
+            #expect(first.map(\.unit) == Array(expected), "seed \(g.seed) trial \(trial)")
+            // The fill's order: most gain first, ties to the later unit.
+            let byGain = units.sorted { harms[$0]! != harms[$1]! ? harms[$0]! > harms[$1]! : $0 > $1 }.prefix(count)
+            let firstByGain = PlanningContext.first(count, of: keyed) { a, b in a.harm != b.harm ? a.harm > b.harm : a.unit > b.unit }
+            #expect(firstByGain.map(\.unit) == Array(byGain), "seed \(g.seed) trial \(trial)")
+        }
+    }
+
     @Test func roundingIsSpentAndTheBudgetHolds() throws {
         var g = SeededGenerator(seed: 90_001)
         var checked = 0, mixed = 0

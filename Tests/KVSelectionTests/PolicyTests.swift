@@ -9,6 +9,8 @@ import TestSupport
         #expect(TokenRanking.topIndices([1, 3, 3, 2], count: 1) == [2])
         #expect(TokenRanking.topIndices([0, 0, 0, 0], count: 2) == [2, 3])
         #expect(TokenRanking.topIndices([1, 2], count: 5) == [0, 1])
+        #expect(TokenRanking.topIndices([2, 1, 2], count: 3) == [0, 1, 2])
+        #expect(TokenRanking.topIndices([], count: 0) == [])
     }
 
     @Test func regionsSplitShortAndLongStreams() {

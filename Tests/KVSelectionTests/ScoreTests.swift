@@ -189,6 +189,17 @@ func close(_ a: [Float], _ b: [Float], tolerance: Float = 1e-5) -> Bool {
         #expect(throws: SelectionError.weightCountMismatch(expected: 2, actual: 1)) {
             try acc.add(streamCount: 1, groupSize: 2, queryCount: 1, positions: { _ in [1] }, weights: { _ in [0.5] })
         }
+        // The first bad weight is named, whichever kind: ∞, NaN, the largest finite and −0 are fine or not as they should be.
+        #expect(throws: SelectionError.invalidWeight(index: 3, value: .infinity)) {
+            try acc.add(streamCount: 1, groupSize: 2, queryCount: 1, positions: { _ in [0, 1] },
+                        weights: { _ in [-0.0, .greatestFiniteMagnitude, 0.5, .infinity] })
+        }
+        do {
+            try acc.add(streamCount: 1, groupSize: 2, queryCount: 1, positions: { _ in [1] }, weights: { _ in [0.5, .nan] })
+            Issue.record("NaN weight accepted")
+        } catch {
+            guard case .invalidWeight(1, let v) = error, v.isNaN else { Issue.record("\(error)"); return }
+        }
         #expect(acc.visibleQueryCounts == [0, 0] && acc.sum(head: 1, position: 1) == 0)
     }
 }
