@@ -93,7 +93,7 @@ public func kvcrushAppend(_ store: OpaquePointer?, _ sequence: UInt64, _ layer: 
             switch failure {
             case nil: break
             case .byteLimitExceeded?: throw CFailure(status: KVCRUSH_ERROR_BYTE_LIMIT, message: failure!.description)
-            case .invalidValue?: throw .value(failure!.description)
+            case .invalidValue?, .invalidQuery?: throw .value(failure!.description)
             }
         }
     }

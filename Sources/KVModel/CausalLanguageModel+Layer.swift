@@ -9,7 +9,9 @@ extension CausalLanguageModel {
     /// later query sees (a no-op elsewhere).
     ///
     /// - Returns: the attention output, `[token][head][headDim]`.
-    /// - Throws: `KVStoreError` if the store cannot take the keys and values.
+    /// - Throws: `KVStoreError` if the store cannot take the keys and values, or `.invalidQuery` if
+    ///   a query row is not finite or too large (weights that are finite can still overflow):
+    ///   checked before anything is appended, so the store is unchanged.
     func attendThroughStore(_ store: KVStore, _ id: SequenceID, layer l: Int, firstPosition first: Int, count n: Int,
                             queries q: [Float], keys k: [Float], values v: [Float], observer: ((LayerActivations) -> Void)?,
                             attentionObserver: ((Int, [KVHeadWeights]) -> Void)?) throws(KVStoreError) -> [Float] {
@@ -20,6 +22,7 @@ extension CausalLanguageModel {
                                       keys: MatrixKernels.transpose(k, outer: n, inner: s.kvHeadCount, d: d),
                                       values: MatrixKernels.transpose(v, outer: n, inner: s.kvHeadCount, d: d)))
         }
+        try store.validateQueries(q.span, layer: l, layout: .tokenMajor)
         try store.append(id, layer: l, keys: k.span, values: v.span, layout: .tokenMajor)
         var a = [Float](repeating: 0, count: q.count)
         var attended = a.mutableSpan

@@ -250,6 +250,38 @@ extension KVStore {
         }
     }
 
+    /// Checks queries as `attend` would, throwing instead of trapping: for callers whose queries
+    /// come from data they do not control (a model file's weights, a foreign runtime), so a bad row
+    /// is a typed error before anything is appended or attended. `queries` as for `attend`
+    /// (`queryHeadCount · queryCount · headDim` values in `layout`).
+    ///
+    /// - Throws: `KVStoreError.invalidQuery` naming the first row (in `[head][query]` order) that
+    ///   is not finite or whose L1 norm exceeds `KVStoreConfiguration.maximumQueryL1Norm`.
+    /// - Precondition: `queries.count` is a multiple of `queryHeadCount · headDim`; `layer` exists.
+    /// - Complexity: O(queries · headDim), read in place.
+    public func validateQueries(_ queries: Span<Float>, layer: Int, layout: KVBufferLayout = .headMajor) throws(KVStoreError) {
+        let c = configuration, rowSize = c.queryHeadCount * c.headDim
+        precondition(0 <= layer && layer < c.layerCount, "KVStore.validateQueries: layer \(layer) outside 0..<\(c.layerCount)")
+        precondition(queries.count % rowSize == 0, "KVStore.validateQueries: \(queries.count) values is not a whole number of \(c.queryHeadCount) × \(c.headDim) query rows")
+        let bad = queries.withUnsafeBufferPointer { q in
+            firstInvalidQuery(UnsafeCallerRows(q, layout: layout, heads: c.queryHeadCount, tokens: queries.count / rowSize, headDim: c.headDim))
+        }
+        if let bad { throw .invalidQuery(layer: layer, head: bad.head, token: bad.token, l1Norm: bad.norm) }
+    }
+
+    /// The first row (in `[head][token]` order) of `queries` that is not finite or whose L1 norm
+    /// exceeds `maximumQueryL1Norm`: the one rule behind `attend`'s precondition and `validateQueries`.
+    func firstInvalidQuery(_ queries: UnsafeCallerRows) -> (head: Int, token: Int, norm: Double)? {
+        let limit = configuration.maximumQueryL1Norm
+        for h in 0..<queries.heads {
+            for t in 0..<queries.tokens {
+                let norm = queries.l1Norm(head: h, token: t)
+                if !(norm <= limit) { return (h, t, norm) }
+            }
+        }
+        return nil
+    }
+
     /// The one attend path: every (block, KV head) stream spread over the threads, each reading
     /// its query group from and writing its output group to the caller's buffers (through a
     /// per-stream scratch where the layout or precision needs one).
@@ -258,13 +290,9 @@ extension KVStore {
         precondition(0 <= layer && layer < c.layerCount, "KVStore.attend: layer \(layer) outside 0..<\(c.layerCount)")
         // A non-finite query, or one so large that a score could overflow, would silently give zero
         // weights and outputs: a caller bug (O(queries · headDim), against attention's O(queries · tokens · headDim)).
-        let limit = c.maximumQueryL1Norm
         for r in blocks {
-            for h in 0..<r.queries.heads {
-                for t in 0..<r.queries.tokens {
-                    let norm = r.queries.l1Norm(head: h, token: t)
-                    precondition(norm <= limit, "KVStore.attend: query \(t) of head \(h) has L1 norm \(norm): not finite, or so large that q·k can overflow FP32 (at most \(limit))")
-                }
+            if let bad = firstInvalidQuery(r.queries) {
+                preconditionFailure("KVStore.attend: query \(bad.token) of head \(bad.head) has L1 norm \(bad.norm): not finite, or so large that q·k can overflow FP32 (at most \(c.maximumQueryL1Norm))")
             }
         }
         // Snapshot the streams (page references) under the lock; compute outside it.

@@ -100,7 +100,8 @@ func checkLoaders(_ file: GGUFFile) {
     guard let model else { return }
     let store = try! KVStore(model.storeConfiguration(pageCapacity: 4))
     let id = store.addSequence()
-    // Weights may be finite yet give keys or values outside FP16: the store refuses them (a typed error).
+    // Weights may be finite yet give keys or values outside FP16, or queries attention cannot score:
+    // the store refuses them (a typed error).
     guard let logits = try? model.forward([0], sequence: id, in: store, logits: .last, observer: nil, attentionObserver: nil) else { return }
     precondition(logits.count == model.cacheShape.vocabularySize, "\(logits.count) logits")
 }

@@ -143,6 +143,22 @@ import TestSupport
         #expect(throws: LlamaModelError.missingTensor("blk.1.ffn_up.weight")) { try LlamaModel(file: TinyLlama(skip: "blk.1.ffn_up.weight").file) }
     }
 
+    /// Finite weights can still give queries no attention can score (here a norm weight of 10³³):
+    /// the forward pass throws `KVStoreError.invalidQuery` before the layer's keys and values are
+    /// appended (the store is unchanged), where `attend` itself would trap.
+    @Test func overflowingQueriesAreTypedErrors() throws {
+        let model = try LlamaModel(file: TinyLlama(scaled: ["blk.0.attn_norm.weight": 1e33]).file, threadCount: 1)
+        let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
+        let id = store.addSequence()
+        #expect {
+            _ = try model.forward([1, 2, 3], sequence: id, in: store)
+        } throws: { error in
+            guard case .invalidQuery(layer: 0, head: 0, token: 0, let norm)? = error as? KVStoreError else { return false }
+            return !(norm <= store.configuration.maximumQueryL1Norm)
+        }
+        #expect(store.byteCount == 0 && store.nextPosition(of: id, layer: 0) == 0)
+    }
+
     /// Products of several matrices in one call equal one call each, whatever the thread count; a
     /// batch's rows equal one-vector FP32 products of each row.
     @Test func matrixProductsDoNotDependOnGroupingThreadsOrBatch() throws {

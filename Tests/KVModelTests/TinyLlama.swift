@@ -13,7 +13,8 @@ struct TinyLlama {
     let data: Data
     let file: GGUFFile
 
-    init(seed: UInt64 = 1, architecture: String = "llama", skip: String? = nil) throws {
+    /// `scaled` multiplies the named tensors' values (to build models whose activations overflow).
+    init(seed: UInt64 = 1, architecture: String = "llama", skip: String? = nil, scaled: [String: Float] = [:]) throws {
         var g = SeededGenerator(seed: seed)
         var w = GGUFWriter()
         w.set("general.architecture", .string(architecture))
@@ -27,7 +28,7 @@ struct TinyLlama {
         w.set("llama.rope.dimension_count", .uint32(UInt32(Self.headDim)))
         func random(_ n: Int, _ scale: Double) -> [Float] { (0..<n).map { _ in Float(g.nextGaussian() * scale) } }
         func add(_ name: String, _ shape: [Int], _ type: GGMLType, _ scale: Double, offset: Float = 0) {
-            let values = random(shape.reduce(1, *), scale).map { $0 + offset }
+            let values = random(shape.reduce(1, *), scale).map { ($0 + offset) * (scaled[name] ?? 1) }
             if name != skip { w.addTensor(name, shape: shape, type: type, values: values) }
         }
         let e = Self.embedding, d = Self.headDim

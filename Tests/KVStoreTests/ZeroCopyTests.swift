@@ -226,6 +226,50 @@ import KVSelection
         }
     }
 
+    /// `validateQueries` applies `attend`'s rule as a typed error, naming the first bad row in
+    /// `[head][query]` order in either layout, and passes rows `attend` accepts.
+    @Test func validateQueriesNamesTheFirstBadRow() throws {
+        let (s, id) = ZeroCopyTests.store()
+        let limit = s.configuration.maximumQueryL1Norm
+        // 2 query heads × 3 queries × 8, token-major: row (head h, query t) starts at (t·2 + h)·8.
+        var q = [Float](repeating: 0.5, count: 48)
+        q[(1 * 2 + 0) * 8 + 2] = Float(limit * 2)  // head 0, query 1: norm over the limit
+        q[(0 * 2 + 1) * 8 + 5] = .nan  // head 1, query 0
+        q[(2 * 2 + 0) * 8] = -.infinity  // head 0, query 2
+        #expect {
+            try s.validateQueries(q.span, layer: 0, layout: .tokenMajor)
+        } throws: { error in
+            guard case .invalidQuery(layer: 0, head: 0, token: 1, let norm)? = error as? KVStoreError else { return false }
+            return norm > limit && norm.isFinite
+        }
+        q[(1 * 2 + 0) * 8 + 2] = Float(limit * 0.99)
+        #expect {
+            try s.validateQueries(q.span, layer: 0, layout: .tokenMajor)
+        } throws: { error in
+            guard case .invalidQuery(layer: 0, head: 0, token: 2, let norm)? = error as? KVStoreError else { return false }
+            return norm.isInfinite
+        }
+        q[(2 * 2 + 0) * 8] = 0
+        #expect {
+            try s.validateQueries(q.span, layer: 0, layout: .tokenMajor)
+        } throws: { error in
+            guard case .invalidQuery(layer: 0, head: 1, token: 0, let norm)? = error as? KVStoreError else { return false }
+            return norm.isNaN
+        }
+        q[(0 * 2 + 1) * 8 + 5] = 0
+        try s.validateQueries(q.span, layer: 0, layout: .tokenMajor)
+        var out = [Float](repeating: 0, count: 48)
+        var o = out.mutableSpan
+        s.attend(id, layer: 0, queries: q.span, layout: .tokenMajor, queryPositions: [0, 1, 1], into: &o)
+        #expect(out.allSatisfy { $0.isFinite })
+        // Head-major order: head 1's first row is values 24..<32.
+        var h = [Float](repeating: 0, count: 48)
+        h[24] = .infinity
+        #expect(throws: KVStoreError.invalidQuery(layer: 0, head: 1, token: 0, l1Norm: .infinity)) {
+            try s.validateQueries(h.span, layer: 0)
+        }
+    }
+
     /// Wrong buffer sizes are caller bugs: they trap with a message.
     @Test func sizeMisuseTraps() async {
         await #expect(processExitsWith: .failure) {
