@@ -124,4 +124,33 @@ KVK_TARGET_AVX2 KVK_INLINE __m128 reduce4_avx2(__m256 a, __m256 b, __m256 c, __m
 }
 
 #endif // __x86_64__
+// MARK: integer-domain key scores (scores_vnni.c, scores_int_avx2.c)
+
+// The split of one prepared query row (PageKernels.prepareChannelwiseVNNIReference): from the row's
+// max |q_c·s_c| as a bit pattern (unsigned order is float order on |x|, ∞ and NaN above) and its zero
+// term zt, the piece scales σ0 = m/127, σ1 = σ0/254 (NaN for a non-finite row, 0 below 2⁻⁹⁶), written
+// with zt to coef as (σ0, σ1, zt, 0). Returns 0, with the row's 2d pieces at a0 zeroed, when σ0 is not
+// positive (nothing to split); else 1, and the caller writes the pieces.
+static inline int kvk_split_scales(uint32_t mbits, float zt, long d, float *coef, int8_t *a0, float *s0, float *s1) {
+    float m, sg0 = 0, sg1 = 0;
+    __builtin_memcpy(&m, &mbits, 4);
+    if (mbits > 0x7F7FFFFFu) {
+        sg0 = sg1 = NAN;
+    } else if (m >= 0x1p-96f) {
+        sg0 = m / 127.0f;
+        sg1 = sg0 / 254.0f;
+    }
+    coef[0] = sg0;
+    coef[1] = sg1;
+    coef[2] = zt;
+    coef[3] = 0;
+    *s0 = sg0;
+    *s1 = sg1;
+    if (!(sg0 > 0)) {
+        for (long c = 0; c < 2 * d; c++) a0[c] = 0;
+        return 0;
+    }
+    return 1;
+}
+
 #endif

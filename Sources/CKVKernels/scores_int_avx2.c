@@ -131,24 +131,9 @@ KVK_TARGET_AVX2 KVK_INLINE void int_prepare_avx2(const float *q, long RT, long d
         const __m128i m4 = _mm_max_epu32(_mm256_castsi256_si128(mx), _mm256_extracti128_si256(mx, 1));
         const __m128i m2 = _mm_max_epu32(m4, _mm_shuffle_epi32(m4, _MM_SHUFFLE(1, 0, 3, 2)));
         const uint32_t mbits = (uint32_t)_mm_cvtsi128_si32(_mm_max_epu32(m2, _mm_shuffle_epi32(m2, _MM_SHUFFLE(2, 3, 0, 1))));
-        float m;
-        __builtin_memcpy(&m, &mbits, 4);
         int8_t *a0 = a + r * 2 * d, *a1 = a0 + d;
-        float sg0 = 0, sg1 = 0;
-        if (mbits > 0x7F7FFFFFu) {
-            sg0 = sg1 = NAN;
-        } else if (m >= 0x1p-96f) {
-            sg0 = m / 127.0f;
-            sg1 = sg0 / 254.0f;
-        }
-        coef[4 * r] = sg0;
-        coef[4 * r + 1] = sg1;
-        coef[4 * r + 2] = zsum;
-        coef[4 * r + 3] = 0;
-        if (!(sg0 > 0)) {
-            for (long c = 0; c < 2 * d; c++) a0[c] = 0;
-            continue;
-        }
+        float sg0, sg1;
+        if (!kvk_split_scales(mbits, zsum, d, coef + 4 * r, a0, &sg0, &sg1)) continue;
         const __m256 i0 = _mm256_set1_ps(1.0f / sg0), i1 = _mm256_set1_ps(1.0f / sg1), ns0 = _mm256_set1_ps(-sg0);
         // rint(x·inv) by the magic number 1.5·2²³, as kvk_prepare_channelwise_vnni: fl(magic + x·inv)
         // is magic + rint(x·inv) exactly (|x·inv| < 127.5), so its bit pattern minus magic's is the

@@ -247,25 +247,9 @@ KVK_TARGET_AVX512_VNNI void kvk_prepare_channelwise_vnni(int bits, const float *
         __m128 z2 = _mm_add_ps(z4, _mm_movehl_ps(z4, z4));
         float zt = _mm_cvtss_f32(_mm_add_ss(z2, _mm_shuffle_ps(z2, z2, 1)));
         uint32_t mbits = (uint32_t)_mm512_reduce_max_epu32(mx);
-        int finite = mbits <= 0x7F7FFFFFu;
-        float m;
-        __builtin_memcpy(&m, &mbits, 4);
         int8_t *a0 = a + r * 2 * d, *a1 = a0 + d;
-        float s0 = 0, s1 = 0;
-        if (!finite) {
-            s0 = s1 = NAN;
-        } else if (m >= 0x1p-96f) {
-            s0 = m / 127.0f;
-            s1 = s0 / 254.0f;
-        }
-        coef[4 * r] = s0;
-        coef[4 * r + 1] = s1;
-        coef[4 * r + 2] = zt;
-        coef[4 * r + 3] = 0;
-        if (!(s0 > 0)) {
-            for (long c = 0; c < 2 * d; c++) a0[c] = 0;
-            continue;
-        }
+        float s0, s1;
+        if (!kvk_split_scales(mbits, zt, d, coef + 4 * r, a0, &s0, &s1)) continue;
         const __m512 i0 = _mm512_set1_ps(1.0f / s0), i1 = _mm512_set1_ps(1.0f / s1), nsv = _mm512_set1_ps(-s0);
         // rint(x·inv) by the magic number 1.5·2²³: fl(magic + x·inv) (one fma) is magic + rint(x·inv)
         // exactly for |x·inv| < 2²², so its low byte is the piece in two's complement. The clamps to
