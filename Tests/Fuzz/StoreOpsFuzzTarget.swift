@@ -103,6 +103,7 @@ public func storeOpsFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
                 switch error {
                 case .invalidValue: precondition((k + v).contains { !$0.isFinite || abs($0) > 65504 }, "a storable value was refused")
                 case .byteLimitExceeded: precondition(config.byteLimit != nil, "byte limit without a limit")
+                case .invalidQuery: preconditionFailure("append refused a query")
                 }
                 refused = true
             }
