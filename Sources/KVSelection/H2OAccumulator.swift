@@ -14,8 +14,8 @@ public struct H2OAccumulator: Sendable, Hashable {
     /// Number of positions tracked (`0 ..< tokenCount`).
     public private(set) var tokenCount: Int = 0
     /// Accumulated attention per head and position, `[heads][positions]` with row stride `capacity`.
-    private var sums: [Float] = []
-    private var capacity: Int = 0
+    private(set) var sums: [Float] = []
+    private(set) var capacity: Int = 0
     /// Number of queries whose weights covered each position.
     public private(set) var visibleQueryCounts: [Int] = []
     /// Per position, the `add(streamCount:…)` call that last counted it (so a position several
