@@ -238,8 +238,6 @@ void kvk_scores_lloydmax_avx2(int bits, const float *levels, const float *q, lon
 void kvk_accumulate_lloydmax_avx2(int bits, const float *levels, const float *w, long R, long stride, long n,
                                   const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
 
-#endif // __x86_64__
-
 // MARK: weights_avx2.c (KVK_CPU_AVX2)
 
 /// Normalised weights of one row in position order: out[k] = s > −∞ ? expf(s − m) / l : 0 for
@@ -248,6 +246,8 @@ void kvk_accumulate_lloydmax_avx2(int bits, const float *levels, const float *w,
 /// where s − m > 0); the division is IEEE float division. Equal bit for bit to
 /// `PageKernels.normalizedWeightsPortable` where Swift's `exp(Float)` is glibc's expf (Linux).
 void kvk_normalized_weights_avx2(const float *scores, const int32_t *order, long n, float m, float l, float *out);
+
+#endif // __x86_64__
 
 // MARK: matvec_avx2.c: weight kernels of the model runner (KVK_CPU_AVX2)
 //
