@@ -54,7 +54,9 @@ public struct ContinuationEvaluation {
         /// Wall-clock seconds of applying the policy to the prompt's cache (scoring, planning and
         /// `KVStore.apply`; 0 for policies that keep the cache as it is).
         public var compressSeconds: Double = 0
-        /// Wall-clock seconds of the continuation's decode steps, the decode session's work included.
+        /// Wall-clock seconds of the continuation's decode steps (the model's forward passes and the
+        /// decode session's work), not the scoring against the reference (log-softmax, KL divergence,
+        /// argmax), which every configuration but the reference would otherwise pay alone.
         public var decodeSeconds: Double = 0
         /// Of `decodeSeconds`, the seconds spent in the decode session after each step (re-planning
         /// and applying plans); 0 without a session.
@@ -174,9 +176,9 @@ public struct ContinuationEvaluation {
         let vocabulary = model.cacheShape.vocabularySize
         let steps = continuation.count - 1
         var logProbabilities = [Float](), top1 = [Int32]()
-        var nll = 0.0, kl = 0.0, agree = 0, peak = 0, sessionSeconds = 0.0
-        let t0 = Date()
+        var nll = 0.0, kl = 0.0, agree = 0, peak = 0, sessionSeconds = 0.0, seconds = 0.0
         for step in 0..<continuation.count {
+            let t0 = Date()
             let logits = try model.forward([continuation[step]], sequence: sequence, in: store, logits: step < steps ? .last : .none,
                                            observer: nil, attentionObserver: hook?.recordAttention)
             if let hook {
@@ -184,6 +186,7 @@ public struct ContinuationEvaluation {
                 try hook.afterStep()
                 sessionSeconds += Date().timeIntervalSince(t)
             }
+            seconds += Date().timeIntervalSince(t0)  // the step's model and session work, not its scoring
             peak = max(peak, store.byteCount(of: sequence))
             guard step < steps else { break }
             let logP = NextTokenStatistics.logSoftmax(logits[...])
@@ -200,7 +203,7 @@ public struct ContinuationEvaluation {
         }
         let perplexity = exp(nll / Double(steps))
         return DecodeFigures(perplexity: perplexity, negativeLogLikelihood: nll, klSum: kl, agreeCount: agree, peakByteCount: peak,
-                             seconds: Date().timeIntervalSince(t0), sessionSeconds: sessionSeconds,
+                             seconds: seconds, sessionSeconds: sessionSeconds,
                              reference: reference ?? Reference(logProbabilities: logProbabilities, top1: top1, perplexity: perplexity))
     }
 }

@@ -22,6 +22,7 @@ import CKVKernels
 /// | `kvk_accumulate_integer` | `accumulateInteger` | the reference | `accumulateIntegerReference` | bit-exact; the twin within the split bound documented on `accumulateInteger` |
 /// | `kvk_first_invalid`, `kvk_first_invalid_avx2` | `ValueCheck.firstInvalid` (`RowCodec.encode`, `ChannelwiseKeyCodec.encodePage`) | Swift SIMD | `ValueCheck.firstInvalidReference` | exact: the same first element |
 /// | `kvk_float_to_half`, `kvk_float_to_half_avx2` | `RowCodec.encode` of `.fp16` rows | `Float16Bits.floatToHalf` | `Float16Bits.floatToHalfReference` | bit-exact |
+/// | `kvk_normalized_weights_avx2` | `normalizedWeights` (`PageKernels+Weights.swift`) | `normalizedWeightsPortable` | the portable path | bit-exact where Swift's `exp(Float)` is glibc's `expf` (Linux); else within 1 ulp of the exp |
 ///
 /// The INT3 and Lloyd–Max kernels are in `PageKernels+Formats.swift` (their own table).
 ///

@@ -27,6 +27,9 @@ public struct BudgetPlanner: StreamPlanner {
     /// A planner with `configuration`.
     public init(configuration: PlannerConfiguration) { self.configuration = configuration }
 
+    /// Whether `plan` reads `input.queryHeadScores` under `budget`. Only for representatives (a positive `representativeShare`): their signatures.
+    public func readsQueryHeadScores(budget: ByteBudget) -> Bool { budget.representativeShare > 0 }
+
     /// Plans one stream within `budget`.
     ///
     /// - Throws: budget validation errors (`ByteBudget.validate`), and

@@ -14,8 +14,8 @@ public struct H2OAccumulator: Sendable, Hashable {
     /// Number of positions tracked (`0 ..< tokenCount`).
     public private(set) var tokenCount: Int = 0
     /// Accumulated attention per head and position, `[heads][positions]` with row stride `capacity`.
-    private var sums: [Float] = []
-    private var capacity: Int = 0
+    private(set) var sums: [Float] = []
+    private(set) var capacity: Int = 0
     /// Number of queries whose weights covered each position.
     public private(set) var visibleQueryCounts: [Int] = []
     /// Per position, the `add(streamCount:…)` call that last counted it (so a position several
@@ -123,7 +123,22 @@ public struct H2OAccumulator: Sendable, Hashable {
                             let row = sums.baseAddress! + (s * groupSize + g) * capacity
                             for q in 0..<queryCount {
                                 let wr = w.baseAddress! + (g * queryCount + q) * n
-                                for k in 0..<n { row[Int(p[k])] += wr[k] }
+                                // Positions ascend and are distinct, so p[k + 7] − p[k] = 7 means eight
+                                // consecutive ones: one SIMD8 add (the same eight additions).
+                                var k = 0
+                                while k + 8 <= n {
+                                    let first = Int(p[k])
+                                    if Int(p[k + 7]) - first == 7 {
+                                        let at = UnsafeMutableRawPointer(row + first)
+                                        let sum = at.loadUnaligned(as: SIMD8<Float>.self)
+                                            + UnsafeRawPointer(wr + k).loadUnaligned(as: SIMD8<Float>.self)
+                                        at.storeBytes(of: sum, as: SIMD8<Float>.self)
+                                    } else {
+                                        for j in k..<(k + 8) { row[Int(p[j])] += wr[j] }
+                                    }
+                                    k += 8
+                                }
+                                while k < n { row[Int(p[k])] += wr[k]; k += 1 }
                             }
                         }
                     }

@@ -32,6 +32,9 @@ public struct PlainPlanner: StreamPlanner {
         self.tier = tier
     }
 
+    /// Whether `plan` reads `input.queryHeadScores` under `budget`. Never: the plain plan has no representatives.
+    public func readsQueryHeadScores(budget: ByteBudget) -> Bool { false }
+
     /// Plans one stream within `budget`.
     ///
     /// - Throws: as `BudgetPlanner.plan`.

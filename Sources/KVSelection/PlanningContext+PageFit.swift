@@ -26,11 +26,18 @@ import KVQuantization
 ///
 /// - Complexity: O(T · m) per page trimmed or filled, for m middle units and T ≤ 5 tiers.
 extension PlanningContext {
-    /// The rung above and below unit `u`'s tier on its ladder.
-    private func neighbours(_ u: Int, ladder: [[Tier]]) -> (up: Tier?, down: Tier?) {
-        let t = unitTier(u), rungs = ladder[u]
-        guard let i = rungs.firstIndex(of: t) else { return (nil, nil) }
-        return (i > 0 ? rungs[i - 1] : nil, i + 1 < rungs.count ? rungs[i + 1] : nil)
+    /// A ladder as a set of tiers, bit `Tier.rawValue` (ladders are ascending and hold each tier
+    /// once, so the set says everything: rung order is bit order). The page fit reads ladders once
+    /// into these, so its scans over every unit touch no nested arrays.
+    private static func rungMask(_ rungs: [Tier]) -> Int {
+        assert(zip(rungs, rungs.dropFirst()).allSatisfy { $0 < $1 }, "PlanningContext.fitToPages: a ladder must ascend")
+        return rungs.reduce(0) { $0 | 1 << $1.rawValue }
+    }
+
+    /// The rung below `t` on the ladder `mask` (`t` on it), if any.
+    private static func rung(below t: Tier, in mask: Int) -> Tier? {
+        let above = mask & ~((2 << t.rawValue) - 1)
+        return above == 0 ? nil : Tier(rawValue: above.trailingZeroBitCount)!
     }
 
     /// The tier unit `u` is planned at: the best planned tier among its tokens (a unit is assigned
@@ -77,8 +84,11 @@ extension PlanningContext {
         // 1. Trim. Options per tier: its least harmful units, as many as its last page holds, one
         // rung down or straight to their floor.
         var current = bytes(counts)
-        // Each unit's top rung and floor, read once (the loops below scan every unit per page).
+        // Each unit's ladder, top rung and floor, read once (the loops below scan every unit per page).
+        let masks = ladder.map(Self.rungMask)
         let tops = ladder.map { $0.first! }, floors = ladder.map { $0.last! }
+        // The next rung down from unit u's tier (its tier is on its ladder whenever it can move down).
+        func down(_ u: Int) -> Tier? { Self.rung(below: unitTier(u), in: masks[u]) }
         func floor(_ u: Int) -> Tier { floors[u] }
         while current > limit {
             var best: (units: [Int], to: [Tier], saved: Int, harm: Double)?
@@ -88,9 +98,9 @@ extension PlanningContext {
                 let n = counts[t.rawValue], page = costs.pageCapacity(t)
                 let inLastPage = n % page == 0 ? page : n % page
                 // When every movable unit's next rung is its floor, the second option is the first again.
-                let floorsAreNext = movable.allSatisfy { neighbours($0, ladder: ladder).down! == floor($0) }
+                let floorsAreNext = movable.allSatisfy { down($0)! == floor($0) }
                 for toFloor in floorsAreNext ? [false] : [false, true] {
-                    func target(_ u: Int) -> Tier { toFloor ? floor(u) : neighbours(u, ladder: ladder).down! }
+                    func target(_ u: Int) -> Tier { toFloor ? floor(u) : down(u)! }
                     // The least harmful units, least harm first, ties by unit: at most `inLastPage` of
                     // them are taken (each holds a token at least), so only those are ranked.
                     let keyed = movable.map { (harm: scores[$0] * (e(target($0)) - e(t)), unit: $0) }
@@ -147,9 +157,15 @@ extension PlanningContext {
                 // next rung only.
                 let t = unitTier(u)
                 guard t != tops[u] else { continue }  // at its top rung already
-                let rungs = ladder[u]
-                guard let i = rungs.firstIndex(of: t), i > 0 else { continue }
-                for up in rungs[..<i].reversed() {
+                // The rungs above t, nearest first (bits below t's, highest first).
+                let mask = masks[u]
+                guard mask & (1 << t.rawValue) != 0 else { continue }
+                var above = mask & ((1 << t.rawValue) - 1)
+                guard above != 0 else { continue }
+                let nearest = Tier(rawValue: Int.bitWidth - 1 - above.leadingZeroBitCount)!
+                while above != 0 {
+                    let up = Tier(rawValue: Int.bitWidth - 1 - above.leadingZeroBitCount)!
+                    above &= ~(1 << up.rawValue)
                     let gain = scores[u] * (e(t) - e(up))
                     guard gain > 0 else { continue }
                     let fits: Bool
@@ -168,7 +184,7 @@ extension PlanningContext {
                     }
                     if fits {
                         if free == nil || gain >= free!.gain { free = (u, up, gain) }  // ties: the later unit
-                    } else if up == rungs[i - 1] {
+                    } else if up == nearest {
                         upInto[up.rawValue].append((u, gain))
                     }
                 }
@@ -257,8 +273,11 @@ extension PlanningContext {
             for tier in Tier.allCases {
                 for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
             }
-            let ranked = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
-            for (u, slot) in zip(ranked, slots) { assign(unit: u, tier: slot.tier, role: slot.role) }
+            // Best score first, ties: the later unit (a total order, so any sort gives this order);
+            // keyed by value, not through `scores`, which halves the sort's loads.
+            var ranked = members.map { (score: scores[$0], unit: $0) }
+            ranked.sort { $0.score != $1.score ? $0.score > $1.score : $0.unit > $1.unit }
+            for (r, slot) in zip(ranked, slots) { assign(unit: r.unit, tier: slot.tier, role: slot.role) }
         }
     }
 }

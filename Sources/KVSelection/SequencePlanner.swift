@@ -143,7 +143,20 @@ public struct SequencePlanner: Sendable {
             budget.amount = .byteCount(try budget.byteCount(fp16ByteCount: tokenCount * planner.configuration.costs.byteCount(.fp16)))
         }
         var plan = RetentionPlan()
+        // Per-query-head scores only for planners that read them (representatives' signatures).
+        var ownHeadsSuffice = !planner.readsQueryHeadScores(budget: budget) && policy.usesScores
+        if case .random = policy { ownHeadsSuffice = false }
         for (h, stream) in streams.enumerated() {
+            if ownHeadsSuffice {
+                // Only this KV head's query heads: the same host scores, bit for bit (`groupScores`).
+                let own = scores.groupScores(kvHead: h, groupSize: scores.headCount / kvHeadCount, at: stream.positions,
+                                             normalization: normalization, reduction: groupReduction)
+                let kvScores = ImportanceScores(headCount: 1, tokenCount: stream.positions.count, values: own)
+                let hostScores = policy.hostScores(positions: stream.positions, kvHeadScores: kvScores, kvHead: 0)
+                let input = StreamInput(positions: stream.positions, tiers: stream.tiers, hostScores: hostScores, queryHeadScores: nil)
+                plan.streams.append(try planner.plan(input, budget: budget).streamPlan(layer: layer, kvHead: h))
+                continue
+            }
             let queryScores = scores.scores(at: stream.positions, normalization: normalization)
             let hostScores: [Float]?
             if case .random(let seed) = policy {

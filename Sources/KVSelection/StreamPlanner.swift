@@ -6,6 +6,14 @@ public protocol StreamPlanner: Sendable {
     var configuration: PlannerConfiguration { get }
     /// Plans one stream within `budget`.
     func plan(_ input: StreamInput, budget: ByteBudget) throws(SelectionError) -> StreamAssignment
+    /// Whether `plan(_:budget:)` reads `input.queryHeadScores` under `budget`; when false a caller may
+    /// leave them out (`SequencePlanner.planDecode` then scores only the stream's own query heads).
+    /// Default: true.
+    func readsQueryHeadScores(budget: ByteBudget) -> Bool
+}
+
+extension StreamPlanner {
+    public func readsQueryHeadScores(budget: ByteBudget) -> Bool { true }
 }
 
 extension StreamPlanner {

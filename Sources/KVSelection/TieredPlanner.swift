@@ -81,6 +81,9 @@ public struct TieredPlanner: StreamPlanner {
         }
     }
 
+    /// Whether `plan` reads `input.queryHeadScores` under `budget`. Only for representatives (a positive `representativeShare`): their signatures.
+    public func readsQueryHeadScores(budget: ByteBudget) -> Bool { budget.representativeShare > 0 }
+
     /// Plans one stream within `budget`.
     ///
     /// - Throws: as `BudgetPlanner.plan`.

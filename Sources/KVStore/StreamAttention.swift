@@ -176,14 +176,13 @@ struct StreamAttention {
             for k in 0..<n { t[k] = visitedTiers[Int(order[k])] }
             initialized = n
         }
+        // exp(s − m) / l per weight (`PageKernels.normalizedWeights`: eight at a time on the C paths,
+        // the same bits as the scalar loop).
         let w = [Float](unsafeUninitializedCapacity: rows * n) { w, initialized in
             for r in 0..<rows {
-                let scores = scoresOfVisited + r * n, out = w.baseAddress! + r * n, mr = m[r], lr = l[r]
-                guard lr > 0 else { out.initialize(repeating: 0, count: n); continue }
-                for k in 0..<n {
-                    let s = scores[Int(order[k])]
-                    out[k] = s > -.infinity ? exp(s - mr) / lr : 0
-                }
+                let out = w.baseAddress! + r * n
+                guard l[r] > 0 else { out.initialize(repeating: 0, count: n); continue }
+                PageKernels.normalizedWeights(scores: scoresOfVisited + r * n, order: order, count: n, max: m[r], sum: l[r], into: out)
             }
             initialized = rows * n
         }

@@ -27,7 +27,8 @@ enum RunCommand {
             prediction of the first continued token included (llama.cpp's count; JSON: "perplexityWithFirst").
             The text starts with BOS when the model's file asks for it (Gemma 3; not SmolLM2).
             JSON also has "prefillSeconds" and per result "compressSeconds" (applying the policy to the
-            prompt's cache), "decodeSeconds" (the continuation, decode session included),
+            prompt's cache), "decodeSeconds" (the continuation's model steps, decode session included,
+            scoring against the reference not; tokens/s is --continue ÷ decodeSeconds),
             "decodeSessionSeconds" (its share of that) and "compressShare" (compressSeconds ÷
             (prefillSeconds + decodeSeconds)).
             --plot writes an SVG of KLD and Δppl against the actual bytes ratio (log scales), one line per

@@ -139,7 +139,7 @@ func close(_ a: [Float], _ b: [Float], tolerance: Float = 1e-5) -> Bool {
 
     /// Adding a layer's streams at once (`add(streamCount:…)`) gives the sums, bit for bit, and the
     /// visible counts of adding each query over the union of the streams' positions: streams with
-    /// overlapping, disjoint, empty or single positions, weights with zeros, 1–3 queries.
+    /// overlapping, disjoint, empty, single or mostly consecutive positions, weights with zeros, 1–3 queries.
     @Test func streamAddMatchesQueryByQueryAddOverTheUnion() throws {
         try forEachSeededCase(200, base: 4100) { g in
             let streams = Int.random(in: 1...4, using: &g), group = Int.random(in: 1...3, using: &g)
@@ -152,9 +152,11 @@ func close(_ a: [Float], _ b: [Float], tolerance: Float = 1e-5) -> Bool {
                 slow.appendPositions(count: grow)
                 tracked += grow
                 let positions: [[Int32]] = (0..<streams).map { _ in
-                    switch Int.random(in: 0..<5, using: &g) {
+                    switch Int.random(in: 0..<6, using: &g) {
                     case 0: return []
                     case 1: return tracked == 0 ? [] : [Int32.random(in: 0..<Int32(tracked), using: &g)]
+                    // Mostly consecutive runs (the eight-wide adds) with a few gaps.
+                    case 2: return (0..<Int32(tracked)).filter { _ in Double.random(in: 0..<1, using: &g) < 0.97 }
                     default: return (0..<Int32(tracked)).filter { _ in Double.random(in: 0..<1, using: &g) < 0.6 }
                     }
                 }

@@ -9,7 +9,7 @@
 // follow the source files: cpu.c, softmax.c, scores.c, scores_vnni.c, accumulate.c,
 // accumulate_integer.c, conversion.c, then softmax_avx2.c, scores_avx2.c, scores_int_avx2.c, accumulate_avx2.c,
 // conversion_avx2.c, encode_avx2.c (the write path on AVX2: `EncodeKernels`), int3_avx2.c and
-// lloydmax_avx2.c, then matvec_avx2.c (the model runner's weight kernels, called from KVModel's
+// lloydmax_avx2.c, weights_avx2.c, then matvec_avx2.c (the model runner's weight kernels, called from KVModel's
 // `WeightKernels` on its own `WeightKernelPath`).
 //
 // Layouts (d = headDim, all row-major):
@@ -237,6 +237,15 @@ void kvk_scores_lloydmax_avx2(int bits, const float *levels, const float *q, lon
 /// v_ji = fl(norm_j · L[code_ji]).
 void kvk_accumulate_lloydmax_avx2(int bits, const float *levels, const float *w, long R, long stride, long n,
                                   const uint8_t *rows, long rowBytes, long codeBytes, long d, float *out);
+
+// MARK: weights_avx2.c (KVK_CPU_AVX2)
+
+/// Normalised weights of one row in position order: out[k] = s > −∞ ? expf(s − m) / l : 0 for
+/// s = scores[order[k]], k < n (m the row's maximum score, l > 0 its softmax sum). The exp is glibc's
+/// expf algorithm in four double lanes, bit-identical to glibc's expf for every x ≤ 0 (libm's expf
+/// where s − m > 0); the division is IEEE float division. Equal bit for bit to
+/// `PageKernels.normalizedWeightsPortable` where Swift's `exp(Float)` is glibc's expf (Linux).
+void kvk_normalized_weights_avx2(const float *scores, const int32_t *order, long n, float m, float l, float *out);
 
 #endif // __x86_64__
 
