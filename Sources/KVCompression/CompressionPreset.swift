@@ -10,8 +10,12 @@ import KVStore
 /// (with a decode session to keep the budget while generating).
 ///
 /// Every preset uses the plain plan (`PlainPlanner`: SnapKV scores from the prompt's last 32
-/// queries, the top 2% of the middle at FP16, the next at INT4 until the budget is spent, the rest
-/// dropped; sinks 4 and recent window 32 at FP16), re-planned during decode every 16 new tokens.
+/// queries, the top 2% of the middle at INT8, the next at INT4 until the budget is spent, the rest
+/// dropped; sinks 4 and recent window 32 at INT8 — per-token rows in pages of 16 — once anything
+/// has to move; FP16 where budget is left over), re-planned during decode every 16 new tokens, the
+/// tokens since the last plan at FP16 (pages of 16). INT8 instead of FP16 for the protected tokens
+/// (`protecting(at: .fp16)` restores it) measured better at every preset (SmolLM2-135M, prompt
+/// 1536 + 512; README).
 /// The INT4 tier keeps keys per channel (KIVI style) and values as rotated Lloyd–Max codes with one
 /// FP16 norm per vector (the store rotates them by a randomised Walsh–Hadamard transform; head
 /// dims that are not powers of two are left unrotated, where the codes fit worse).
@@ -41,6 +45,10 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
     public let int4Key: StorageFormat, int4Value: StorageFormat
     /// During decode, new tokens between two plans of a layer.
     public let decodeReplanInterval: Int
+    /// The tier sinks, recent window and the plain plan's top share are kept at (`StreamRegions.tier`):
+    /// `.fp16`, or `.int8` (per-token INT8 rows in pages of 16, with FP16 pages of 16 for the decode
+    /// headroom, so neither small tier leaves a large page's slack).
+    public private(set) var protectedTier: Tier
     /// Per-layer INT4 formats and budget factors from a model's `SensitivityProfile`
     /// (`calibrated(with:expectedTokenCount:)`), or `nil` for the same formats in every layer.
     public private(set) var allocation: SensitivityProfile.Allocation?
@@ -50,13 +58,24 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
     /// The name, with `+cal` when calibrated: `4x`, `4x+cal`.
     public var description: String { allocation == nil ? name : name + "+cal" }
 
-    init(name: String, budget: Double, pageCapacity: Int, int4Key: StorageFormat, int4Value: StorageFormat, decodeReplanInterval: Int) {
+    init(name: String, budget: Double, pageCapacity: Int, int4Key: StorageFormat, int4Value: StorageFormat, decodeReplanInterval: Int,
+         protectedTier: Tier) {
         self.name = name
         self.budget = budget
         self.pageCapacity = pageCapacity
         self.int4Key = int4Key
         self.int4Value = int4Value
         self.decodeReplanInterval = decodeReplanInterval
+        self.protectedTier = protectedTier
+    }
+
+    /// This preset with its protected regions at `tier` (`.fp16` or `.int8`).
+    public func protecting(at tier: Tier) -> CompressionPreset {
+        precondition(tier == .fp16 || tier == .int8, "CompressionPreset.protecting: the protected tier must be fp16 or int8, got \(tier)")
+        precondition(allocation == nil, "CompressionPreset.protecting: choose the protected tier before calibrating")
+        var p = self
+        p.protectedTier = tier
+        return p
     }
 
     /// This preset with its INT4 tier's key and value formats chosen per layer from `profile`
@@ -73,12 +92,14 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
     /// - Precondition: `profile` is valid.
     public func calibrated(with profile: SensitivityProfile, expectedTokenCount: Int) -> CompressionPreset {
         var p = self
-        var a = profile.allocation(budget: budget, pageCapacity: pageCapacity, headroomTokenCount: decodeReplanInterval,
-                                   expectedTokenCount: expectedTokenCount)
+        let base = tierFormats(TierFormats.standard), regions = StreamRegions(tier: protectedTier)
+        var a = profile.allocation(budget: budget, base: base, pageCapacity: pageCapacity, regions: regions,
+                                   headroomTokenCount: decodeReplanInterval, expectedTokenCount: expectedTokenCount)
         if a.targetTokenByteCount < Double(profile.cheapestTokenByteCount(pageCapacity: pageCapacity)) {
             let own = profile.tokenByteCount(key: int4Key, value: int4Value, pageCapacity: pageCapacity)
-            a = profile.allocation(budget: budget, pageCapacity: pageCapacity, headroomTokenCount: decodeReplanInterval,
-                                   expectedTokenCount: expectedTokenCount, targetTokenByteCount: Double(own))
+            a = profile.allocation(budget: budget, base: base, pageCapacity: pageCapacity, regions: regions,
+                                   headroomTokenCount: decodeReplanInterval, expectedTokenCount: expectedTokenCount,
+                                   targetTokenByteCount: Double(own))
         }
         p.allocation = a
         p.calibratedRotation = profile.rotation()
@@ -109,13 +130,13 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
     /// The presets, least compression first.
     public static let all: [CompressionPreset] = [
         CompressionPreset(name: "2x", budget: 0.5, pageCapacity: 32, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int4),
-                          decodeReplanInterval: 16),
+                          decodeReplanInterval: 16, protectedTier: .int8),
         CompressionPreset(name: "4x", budget: 0.25, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
-                          decodeReplanInterval: 16),
+                          decodeReplanInterval: 16, protectedTier: .int8),
         CompressionPreset(name: "6x", budget: 1.0 / 6, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
-                          decodeReplanInterval: 16),
+                          decodeReplanInterval: 16, protectedTier: .int8),
         CompressionPreset(name: "8x", budget: 0.125, pageCapacity: 64, int4Key: .channelwise(.int4), int4Value: .lloydMax(.int3),
-                          decodeReplanInterval: 16),
+                          decodeReplanInterval: 16, protectedTier: .int8),
     ]
 
     /// The preset called `name` (with or without a `preset:` prefix), or `nil`.
@@ -129,8 +150,7 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
     public func configure(_ configuration: KVStoreConfiguration) -> KVStoreConfiguration {
         var c = configuration
         c.pageCapacity = pageCapacity
-        c.tierFormats.keys[.int4] = int4Key
-        c.tierFormats.values[.int4] = int4Value
+        c.tierFormats = tierFormats(c.tierFormats)
         c.rotation = RotationSettings(keys: .none, values: .all, seed: c.rotation.seed)
         if let allocation, let r = calibratedRotation {
             c.layerTierFormats = allocation.layerTierFormats(base: c.tierFormats)
@@ -139,11 +159,31 @@ public struct CompressionPreset: Sendable, Hashable, CustomStringConvertible {
         return c
     }
 
-    /// The policy: the plain plan at `budget`, named `preset:NAME`.
+    /// `base` with the preset's INT4 tier formats and, when the protected tier is INT8, its INT8 tier.
+    func tierFormats(_ base: TierFormats) -> TierFormats {
+        var f = base
+        f.keys[.int4] = int4Key
+        f.values[.int4] = int4Value
+        if protectedTier == .int8 {
+            // Per-token rows (the recent window moves every re-plan) in small pages: the INT8 tier
+            // holds the ~36 protected tokens and the top 2% of a stream, FP16 only the decode
+            // headroom, so pages of the INT4 tier's size would leave most of their slots as slack.
+            f.keys[.int8] = .int8
+            f.values[.int8] = .int8
+            f.pageCapacities[.int8] = 16
+            f.pageCapacities[.fp16] = 16
+        }
+        return f
+    }
+
+    /// The policy: the plain plan at `budget`, named `preset:NAME`; `regions` sizes the sinks and
+    /// window (their tier is the preset's `protectedTier`).
     public func policy(regions: StreamRegions = StreamRegions()) -> CachePolicy {
         let plain: PolicyName
         do { plain = try PolicyName(parsing: "plain") } catch { preconditionFailure("CompressionPreset: \(error)") }
-        var p = plain.cachePolicy(budget: budget, regions: regions)
+        var r = regions
+        r.tier = protectedTier
+        var p = plain.cachePolicy(budget: budget, regions: r)
         guard case .compress(var s) = p.action else { preconditionFailure("CompressionPreset: plain compresses") }
         s.decodeReplanInterval = decodeReplanInterval
         s.layerBudgetScales = allocation?.budgetScales

@@ -248,9 +248,10 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
     /// solved by dynamic programming over whole bytes).
     ///
     /// The middle tokens' share of the budget: a stream of `n = expectedTokenCount` tokens keeps
-    /// `h·n` tokens at FP16 (sinks, recent window, decode headroom, and `topShare` of the middle:
-    /// the plain plan's), so the rest may cost on average
-    /// `q = (budget − h)·F / (1 − h)` bytes per token, F the FP16 token's cost; an option keeping a
+    /// `h·n` tokens outside the allocated formats (the decode headroom at FP16; sinks, recent window
+    /// and `topShare` of the middle, the plain plan's, at `regions.tier`), costing `f` bytes per
+    /// stream token together, so the rest may cost on average `q = (budget·F − f) / (1 − h)` bytes
+    /// per token, F the FP16 token's cost (`q = (budget − h)·F / (1 − h)` when all of them are FP16); an option keeping a
     /// share `s` with formats costing `c` per INT4 token costs `⌈s·c⌉`. If even the cheapest option
     /// exceeds `q`, every layer gets it (the planner then drops the lowest-scored tokens).
     ///
@@ -274,11 +275,17 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
         precondition(targetTokenByteCount.map { $0.isFinite && $0 >= 0 } ?? true, "SensitivityProfile.allocation: bad target")
         do { try validate() } catch { preconditionFailure("SensitivityProfile.allocation: \(error)") }
         let options = options(base: base, pageCapacity: pageCapacity).filter { usingDrops || $0.drop == nil }
-        let fp16Cost = TierCosts(formats: base, headDim: headDim, pageCapacity: pageCapacity).byteCount(.fp16)
+        let costs = TierCosts(formats: base, headDim: headDim, pageCapacity: pageCapacity)
+        let fp16Cost = Double(costs.byteCount(.fp16)), protectedCost = Double(costs.byteCount(regions.tier))
         let n = Double(max(expectedTokenCount, 1))
-        let protected = Double(min(regions.sinkTokenCount + regions.recentTokenCount + headroomTokenCount, expectedTokenCount))
-        let h = min(1, (protected + topShare * max(0, n - protected)) / n)
-        let target = targetTokenByteCount ?? (h >= 1 ? 0 : (budget - h) * Double(fp16Cost) / (1 - h))
+        // Per token of the stream: the headroom's FP16 slots, the sinks, window and top share at the
+        // protected tier (`regions.tier`), the rest (share 1 − h) at the allocated formats.
+        let headroom = Double(min(headroomTokenCount, expectedTokenCount))
+        let regionCount = min(Double(regions.sinkTokenCount + regions.recentTokenCount), max(0, n - headroom))
+        let topCount = topShare * max(0, n - headroom - regionCount)
+        let h = min(1, (headroom + regionCount + topCount) / n)
+        let fixed = (headroom * fp16Cost + (regionCount + topCount) * protectedCost) / n
+        let target = targetTokenByteCount ?? (h >= 1 ? 0 : max(0, budget * fp16Cost - fixed) / (1 - h))
         let L = layerCount
         let capacity = Int((target * Double(L)).rounded(.down))
         let minCost = options.map(\.cost).min()!
@@ -318,7 +325,7 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
             for l in 0..<L { chosen[l] = cheapest.min { kld(options[$0], layer: l) < kld(options[$1], layer: l) }! }
         }
         let picked = chosen.map { options[$0] }
-        let layerCosts = picked.map { h * Double(fp16Cost) + (1 - h) * Double($0.cost) }
+        let layerCosts = picked.map { fixed + (1 - h) * Double($0.cost) }
         let mean = layerCosts.reduce(0, +) / Double(L)
         return Allocation(keyFormats: picked.map { StorageFormat(name: keys[$0.key].format)! },
                           valueFormats: picked.map { StorageFormat(name: values[$0.value].format)! },

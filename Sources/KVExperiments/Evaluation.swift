@@ -192,9 +192,9 @@ public struct Evaluation: Sendable {
         do { _ = try configuration.cachePolicy.apply(to: id, in: store, observation: observation) } catch { throw failed(error.description) }
 
         // The compressed prompt cache: bytes, tiers, which tokens are still stored.
-        let page = storeConfiguration.pageCapacity
-        let fp16PageBytes = TierCosts(formats: storeConfiguration.tierFormats, headDim: d, pageCapacity: page).pageByteCount(.fp16)
-        let fp16PerStream = referenceTokens.map { n in (n + page - 1) / page * fp16PageBytes }
+        // FP16 in whole pages of the FP16 tier's own capacity (a preset may give it smaller pages).
+        let costs = TierCosts(formats: storeConfiguration.tierFormats, headDim: d, pageCapacity: storeConfiguration.pageCapacity)
+        let fp16PerStream = referenceTokens.map { costs.pagedByteCount(.fp16, tokenCount: $0) }
         var layerBytes = [Int](repeating: 0, count: layerCount)
         var layerTiers = [[Tier: Int]](repeating: [:], count: layerCount)
         var stored = [[[Bool]]]()  // [layer][kvHead][prompt token]

@@ -1,7 +1,7 @@
 import KVQuantization
 
 /// The plain plan, a baseline every smarter planner must beat at equal bytes: sinks and the recent
-/// window at FP16, the best-scored `topShare` of the middle units at FP16 too, the next ones by score
+/// window at FP16 (`regions.tier`), the best-scored `topShare` of the middle units at that tier too, the next ones by score
 /// at `tier` until the budget is spent, the rest at the rest tier (dropped by default).
 ///
 /// Re-plans are stable: the budget is handed out walking the units in position order, and the page
@@ -19,7 +19,7 @@ import KVQuantization
 public struct PlainPlanner: StreamPlanner {
     /// Regions, costs, granularity and headroom.
     public var configuration: PlannerConfiguration
-    /// The share of the middle units kept at FP16 (default 2%).
+    /// The share of the middle units kept at `configuration.regions.tier` (default 2%).
     public var topShare: Double
     /// The tier of the next ones (default INT4).
     public var tier: Tier
@@ -43,12 +43,13 @@ public struct PlainPlanner: StreamPlanner {
         if let settled { return settled }
         let c = configuration.costs, p = configuration.granularity.unitTokenCount, rest = budget.restTier
         let scores = ctx.valueScores(input.hostScores)
+        let topTier = configuration.regions.tier
         // Position order (see the type's comment: stable re-plans).
         let order = TokenRanking.topIndices(scores.map(Float.init), count: ctx.units.count)
         var bytes = ctx.availableByteCount
         let top = Int((Double(ctx.units.count) * topShare).rounded(.down))
         for (rank, u) in order.enumerated() {
-            let target: Tier = rank < top ? .fp16 : tier
+            let target: Tier = rank < top ? topTier : tier
             let cost = p * (c.byteCount(max(target, ctx.currentWorstTier(unit: u))) - c.byteCount(max(rest, ctx.currentWorstTier(unit: u))))
             if cost <= bytes {
                 bytes -= cost
@@ -57,7 +58,9 @@ public struct PlainPlanner: StreamPlanner {
                 ctx.assign(unit: u, tier: rest, role: .rest)
             }
         }
-        let rungs: [Tier] = [.fp16, tier]
+        // FP16 stays a rung when the top share is at INT8: a budget the plan cannot spend otherwise
+        // (2x: everything fits at INT4 and INT8) raises the best units to FP16.
+        let rungs: [Tier] = topTier == .fp16 ? [.fp16, tier] : [.fp16, topTier, tier]
         let ladder = ctx.units.indices.map { u in ctx.ladder(unit: u, tiers: rungs, floor: rest, including: ctx.unitTier(u)) }
         ctx.fitToPages(limit: ctx.limit(representativeAllowance: 0), ladder: ladder, scores: scores, errorModel: .derived(from: c.formats))
         return ctx.finish(representativeAllowance: 0)

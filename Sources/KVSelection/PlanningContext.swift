@@ -45,6 +45,11 @@ struct PlanningContext {
         if !everythingFits && minimumRequired > budgetByteCount {
             throw .budgetBelowProtectedTokens(requiredByteCount: minimumRequired, budgetByteCount: budgetByteCount)
         }
+        if !everythingFits {  // compressing: the protected regions go to their tier (never up)
+            let t = configuration.regions.tier
+            for i in ranges.sinks { tiers[i] = max(t, tiers[i]) }
+            for i in ranges.recent { tiers[i] = max(t, tiers[i]) }
+        }
         floorFits = required <= budgetByteCount
         minimumRequiredByteCount = minimumRequired
         availableByteCount = max(0, budgetByteCount - required)

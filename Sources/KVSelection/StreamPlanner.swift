@@ -18,15 +18,16 @@ extension StreamPlanner {
 
 extension StreamPlanner {
     /// Bytes a stream must spend before any middle token is kept, in whole pages
-    /// (`TierCosts.pagedByteCount`): sinks and recent window at their current tiers, the headroom's
+    /// (`TierCosts.pagedByteCount`): sinks and recent window at `regions.tier` (or their current tier if lower), the headroom's
     /// slots at FP16, and (when the rest tier is stored) every middle token at the rest tier.
     public func requiredByteCount(_ input: StreamInput, restTier: Tier) -> Int {
         let c = configuration.costs
         let r = configuration.regions.split(tokenCount: input.tokenCount)
         var counts = [Int](repeating: 0, count: Tier.allCases.count)
         counts[Tier.fp16.rawValue] = configuration.headroomTokenCount
-        for i in r.sinks { counts[input.tiers[i].rawValue] += 1 }
-        for i in r.recent { counts[input.tiers[i].rawValue] += 1 }
+        let t = configuration.regions.tier
+        for i in r.sinks { counts[max(t, input.tiers[i]).rawValue] += 1 }
+        for i in r.recent { counts[max(t, input.tiers[i]).rawValue] += 1 }
         for i in r.middle { counts[max(restTier, input.tiers[i]).rawValue] += 1 }
         return c.pagedByteCount(counts: counts)
     }

@@ -105,7 +105,7 @@ enum EvalCommand {
                                       command: args.command)
         }
         let presets = try PresetOptions.resolve(options.presetNames, profile: profile, expectedTokenCount: evaluation.promptTokenCount,
-                                                command: args.command)
+                                                protectedTier: options.selection.protectedTier, command: args.command)
         let configurations = options.configurations
             + presets.map { EvaluationConfiguration(preset: $0.restricted(toLayers: dump.layerIndices), regions: options.selection.regions) }
         for c in configurations {

@@ -41,15 +41,16 @@ enum PresetOptions {
 
     /// The presets `names` name, `+cal` ones calibrated with `profile` for prompts of
     /// `expectedTokenCount` tokens.
-    static func resolve(_ names: [String], profile: SensitivityProfile?, expectedTokenCount: Int,
+    static func resolve(_ names: [String], profile: SensitivityProfile?, expectedTokenCount: Int, protectedTier: Tier? = nil,
                         command: String) throws(UsageError) -> [CompressionPreset] {
         var out = [CompressionPreset]()
         for name in names {
             let calibrated = name.hasSuffix("+cal")
-            guard let preset = CompressionPreset.named(calibrated ? String(name.dropLast(4)) : name) else {
+            guard var preset = CompressionPreset.named(calibrated ? String(name.dropLast(4)) : name) else {
                 throw UsageError(message: "unknown preset '\(name)': expected \(CompressionPreset.all.map(\.name).joined(separator: ", ")), each optionally with +cal",
                                  command: command)
             }
+            if let protectedTier { preset = preset.protecting(at: protectedTier) }
             guard calibrated else { out.append(preset); continue }
             guard let profile else { throw UsageError(message: "preset:\(name) needs --profile PROFILE.json (kvcrush calibrate)", command: command) }
             out.append(preset.calibrated(with: profile, expectedTokenCount: expectedTokenCount))

@@ -96,7 +96,8 @@ enum RunCommand {
         let profile = try profilePath.map { path throws in
             try PresetOptions.profile(at: path, layerCount: model.cacheShape.layerCount, headDim: model.cacheShape.headDim, command: "run")
         }
-        let presets = try PresetOptions.resolve(presetNames, profile: profile, expectedTokenCount: promptTokens, command: "run")
+        let presets = try PresetOptions.resolve(presetNames, profile: profile, expectedTokenCount: promptTokens,
+                                                protectedTier: options.protectedTier, command: "run")
         let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), command: "run")
         // One prefill per store: the policies' (formats from --formats), then each preset's own.
         let onlyReference = options.configurations.allSatisfy { $0.cachePolicy.action == .keep }

@@ -18,15 +18,16 @@ enum RunPolicyOptions {
         once per --budgets fraction (of the FP16 cache, sinks and recent window included; default
         0.5,0.25); +kvcrush policies once per --crush-share (default 0.3), --rep-format (int4) and
         --anchor (alternate); --seed seeds random and the random anchor; --sinks (4) and --recent (32)
-        set the tokens every stream keeps at FP16; --decode-replan N re-plans a layer after every N new
+        set the tokens every stream keeps at FP16 (or at --protected-tier int8 when compressing: per
+        token INT8, for policies and presets alike; each preset has its own default); --decode-replan N re-plans a layer after every N new
         tokens (default: the page capacity), each plan leaving N FP16 slots free inside the budget.
         """
 
     /// Reads the selection knobs and `--decode-budget`, and expands `names` into configurations.
     static func parse(_ names: [String], _ args: inout CommandLineArguments) throws(UsageError)
-        -> (configurations: [EvaluationConfiguration], keepsBudgetDuringDecode: Bool, regions: StreamRegions) {
+        -> (configurations: [EvaluationConfiguration], keepsBudgetDuringDecode: Bool, regions: StreamRegions, protectedTier: Tier?) {
         let decodeBudget = try args.value("decode-budget", default: true, expected: "on or off") { $0 == "on" ? true : $0 == "off" ? false : nil }
         let selection = try SelectionOptions.parse(&args, names: names, defaultPolicies: "", defaultBudgets: [0.5, 0.25], readsWindow: false)
-        return (selection.configurations, decodeBudget, selection.regions)
+        return (selection.configurations, decodeBudget, selection.regions, selection.protectedTier)
     }
 }

@@ -17,6 +17,9 @@ struct SelectionOptions {
     var observationWindow: Int
     var regions: StreamRegions
     var decodeReplanInterval: Int?
+    /// `--protected-tier` when given: the tier of `regions` (FP16 otherwise) and of every preset (each
+    /// preset's own otherwise).
+    var protectedTier: Tier?
 
     /// Every (policy, budget, KVCrush setting) combination to run.
     var configurations: [EvaluationConfiguration] {
@@ -48,6 +51,8 @@ struct SelectionOptions {
         }
         let sinks = try args.value("sinks", default: 4, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
         let recent = try args.value("recent", default: 32, expected: "a non-negative integer") { Int($0).flatMap { $0 >= 0 ? $0 : nil } }
+        let protectedTier: Tier? = try args.string("protected-tier") == nil ? nil
+            : args.value("protected-tier", default: Tier.fp16, expected: "fp16 or int8") { Tier(name: $0).flatMap { $0 == .fp16 || $0 == .int8 ? $0 : nil } }
         let replan: Int? = try args.string("decode-replan") == nil ? nil
             : args.value("decode-replan", default: 0, expected: "a positive integer") { Int($0).flatMap { $0 > 0 ? $0 : nil } }
         let budgets = try args.list("budgets", default: defaultBudgets, expected: "fractions in (0, 1]") {
@@ -67,6 +72,7 @@ struct SelectionOptions {
         }
         return SelectionOptions(policies: policies, budgets: budgets, crushShares: shares, representativeTiers: repTiers,
                                 anchors: anchors, seed: seed, observationWindow: window,
-                                regions: StreamRegions(sinkTokenCount: sinks, recentTokenCount: recent), decodeReplanInterval: replan)
+                                regions: StreamRegions(sinkTokenCount: sinks, recentTokenCount: recent, tier: protectedTier ?? .fp16),
+                                decodeReplanInterval: replan, protectedTier: protectedTier)
     }
 }

@@ -26,9 +26,19 @@ import KVStore
             #expect(c.layerCount == 3 && c.queryHeadCount == 8 && c.kvHeadCount == 2 && c.headDim == 64 && c.byteLimit == 1 << 30)
             #expect(c.pageCapacity == preset.pageCapacity)
             #expect(c.tierFormats.keyFormat(.int4) == preset.int4Key && c.tierFormats.valueFormat(.int4) == preset.int4Value)
+            #expect(c.tierFormats.keyFormat(.int2) == base.tierFormats.keyFormat(.int2) && c.tierFormats.valueFormat(.int2) == base.tierFormats.valueFormat(.int2))
+            // Protected tokens at INT8: per-token INT8 rows in pages of 16, FP16 (the decode headroom) in pages of 16.
+            #expect(preset.protectedTier == .int8)
+            #expect(c.tierFormats.keyFormat(.int8) == .int8 && c.tierFormats.valueFormat(.int8) == .int8)
+            #expect(c.pageCapacity(.int8, layer: 0) == 16 && c.pageCapacity(.fp16, layer: 0) == 16 && c.pageCapacity(.int4, layer: 0) == preset.pageCapacity)
+            #expect(preset.policy().compressionSettings?.regions.tier == .int8)
+            // At FP16 the INT8 tier and the page capacities are the base's.
+            let f = preset.protecting(at: .fp16), cf = f.configure(base)
             for t in [Tier.int8, .int2] {
-                #expect(c.tierFormats.keyFormat(t) == base.tierFormats.keyFormat(t) && c.tierFormats.valueFormat(t) == base.tierFormats.valueFormat(t))
+                #expect(cf.tierFormats.keyFormat(t) == base.tierFormats.keyFormat(t) && cf.tierFormats.valueFormat(t) == base.tierFormats.valueFormat(t))
             }
+            #expect(Tier.stored.allSatisfy { cf.pageCapacity($0, layer: 0) == f.pageCapacity })
+            #expect(f.policy().compressionSettings?.regions.tier == .fp16)
             #expect((0..<3).allSatisfy { c.rotatesValues(layer: $0) && !c.rotatesKeys(layer: $0) })
             // A head dim that is not a power of two keeps the formats, unrotated.
             let odd = preset.configure(KVStoreConfiguration(layerCount: 1, queryHeadCount: 2, kvHeadCount: 1, headDim: 48))

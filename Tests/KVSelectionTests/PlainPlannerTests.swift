@@ -22,6 +22,23 @@ import TestSupport
         #expect(try p.plan(stream(), budget: .bytes(1088 + 95)).tiers.filter { $0 == .int4 }.isEmpty)
     }
 
+    @Test func protectedRegionsAndTopShareAtINT8WhenCompressing() throws {
+        let config = PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 1, recentTokenCount: 1, tier: .int8),
+                                          formats: .grouped, pageCapacity: 1)
+        let c = config.costs
+        #expect(c.byteCount(.int8) < c.byteCount(.fp16) && c.byteCount(.int4) < c.byteCount(.int8))
+        let p = PlainPlanner(configuration: config, topShare: 0.2)
+        // Sink, recent and the top 20% (m0, m1) at INT8, then m2…m6 at INT4, m7…m9 dropped.
+        let budget = 4 * c.byteCount(.int8) + 5 * c.byteCount(.int4)
+        let a = try p.plan(stream(), budget: .bytes(budget))
+        #expect(a.tiers == [.int8, .int8, .int8] + [Tier](repeating: .int4, count: 5) + [.dropped, .dropped, .dropped, .int8])
+        #expect(a.byteCount == budget)
+        // Everything fits: nothing moves, the regions stay FP16.
+        #expect(try p.plan(stream(), budget: .bytes(12 * c.byteCount(.fp16))).tiers == [Tier](repeating: .fp16, count: 12))
+        // The bytes the regions need are counted at INT8: a budget for just them compresses.
+        #expect(p.requiredByteCount(stream(), restTier: .dropped) == 2 * c.byteCount(.int8))
+    }
+
     @Test func propertiesOverSeededProblems() {
         var g = SeededGenerator(seed: 5150)
         var planned = 0

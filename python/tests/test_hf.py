@@ -146,9 +146,9 @@ def test_generate_uncompressed_and_compressed():
     assert torch.equal(again, reference[:, :516])
 
 
-def fp16_page_bytes(head_dim, page, preset=None):
-    """Bytes of one FP16 page of one stream (a scratch store's first page)."""
-    s = kvcrush.Store(1, 1, 1, head_dim, page_capacity=page, preset=preset)
+def fp16_page_bytes(head_dim, page):
+    """Bytes of one FP16 page of `page` slots of one stream (a scratch store's first page)."""
+    s = kvcrush.Store(1, 1, 1, head_dim, page_capacity=page)
     seq = s.add_sequence()
     x = np.zeros((1, 1, head_dim), np.float32)
     s.append(seq, 0, x, x)
@@ -164,8 +164,10 @@ def test_compressed_cache_stays_within_budget_every_step(policy, budget, page):
     layers, kv_heads, head_dim = 2, 2, 32
     preset = policy[len("preset:"):] if policy.startswith("preset:") else None
     fraction = budget if budget is not None else kvcrush.presets()[preset][0]
-    page_bytes = fp16_page_bytes(head_dim, page, preset)
-    slack = layers * kv_heads * 4 * page_bytes
+    # Presets keep FP16 (the decode headroom) in pages of 16 slots (and INT8 too), INT4 in pages of `page`.
+    fp16_page = 16 if preset else page
+    page_bytes = fp16_page_bytes(head_dim, fp16_page)
+    slack = layers * kv_heads * 4 * fp16_page_bytes(head_dim, page)
     ids = tokens(512 + 96)
     cache = KVCrushCache(policy=policy, budget=budget)
     worst = 0.0
@@ -173,7 +175,7 @@ def test_compressed_cache_stays_within_budget_every_step(policy, budget, page):
         model(ids[:, :512], cache=cache)
         for t in range(512, ids.shape[1] + 1):
             n = cache.get_seq_length()
-            fp16 = layers * kv_heads * math.ceil(n / page) * page_bytes
+            fp16 = layers * kv_heads * math.ceil(n / fp16_page) * page_bytes
             assert cache.byte_count <= fraction * fp16 + slack, f"{n} tokens: {cache.byte_count} bytes > {fraction} x {fp16} + {slack}"
             worst = max(worst, cache.byte_count / fp16)
             if t < ids.shape[1]:
