@@ -28,6 +28,34 @@ import TestSupport
         }
     }
 
+    /// `restoreScoreOrder`'s packed integer keys sort exactly as its (score, unit) tuples: best score
+    /// first, ties (−0 and +0 included) to the later unit; scores that are not exactly a finite
+    /// `Float` fall back to the tuples.
+    @Test func packedScoreKeysSortAsTheTuples() {
+        var g = SeededGenerator(seed: 90_023)
+        let specials: [Float] = [0, -0.0, 1, -1, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .greatestFiniteMagnitude,
+                                 -.greatestFiniteMagnitude, .leastNormalMagnitude, 1.5, 1e-30]
+        for trial in 0..<400 {
+            let n = Int.random(in: 0...300, using: &g)
+            let scores: [Double] = (0..<n).map { _ in
+                switch Int.random(in: 0...3, using: &g) {
+                case 0: return Double(specials.randomElement(using: &g)!)
+                case 1: return Double(Float(Int.random(in: -4...4, using: &g)) / 4)
+                default: return Double(Float.random(in: -1e6...1e6, using: &g))
+                }
+            }
+            let members = Array(0..<n).shuffled(using: &g).prefix(Int.random(in: 0...n, using: &g)).map { $0 }
+            let expected = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
+            guard let keys = PlanningContext.packedScoreKeys(members, scores: scores) else {
+                Issue.record("seed \(g.seed) trial \(trial): Float scores refused"); continue
+            }
+            #expect(keys.sorted(by: >).map { Int($0 & 0xFFFF_FFFF) } == expected, "seed \(g.seed) trial \(trial)")
+        }
+        #expect(PlanningContext.packedScoreKeys([0, 1], scores: [0.1, 1]) == nil, "0.1 is no Float")
+        #expect(PlanningContext.packedScoreKeys([0], scores: [.infinity]) == nil)
+        #expect(PlanningContext.packedScoreKeys([0], scores: [.nan]) == nil)
+    }
+
     @Test func roundingIsSpentAndTheBudgetHolds() throws {
         var g = SeededGenerator(seed: 90_001)
         var checked = 0, mixed = 0
