@@ -247,6 +247,55 @@ extension PlanningContext {
         return best
     }
 
+    /// The (tier, role) slots of a group, by tier, stable (a counting sort: the tiers are few).
+    static func slots(_ members: [Int], _ memberTiers: [Tier], roles: [TokenRole], units: [Range<Int>]) -> [(tier: Tier, role: TokenRole)] {
+        var slots: [(tier: Tier, role: TokenRole)] = []
+        slots.reserveCapacity(members.count)
+        for tier in Tier.allCases {
+            for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
+        }
+        return slots
+    }
+
+    /// Whether handing a group's slots out by `keys` (descending) changes nothing: for tiers
+    /// t < t' both present, every key of tier t exceeds every key of tier t' (so each tier's slots go
+    /// to the units holding it), and the units of each tier share one role (so the roles within a
+    /// tier cannot trade places either).
+    ///
+    /// - Complexity: O(n), no allocation.
+    static func isInScoreOrder(keys: [UInt64], tiers: [Tier], roles: [TokenRole]) -> Bool {
+        let n = Tier.allCases.count
+        precondition(n <= 8, "PlanningContext.isInScoreOrder: more tiers than lanes")
+        var lo = SIMD8<UInt64>(repeating: .max), hi = SIMD8<UInt64>(repeating: 0), present = SIMD8<UInt8>()
+        var roleMismatch = false
+        var seenRole = SIMD8<UInt8>(), roleCode = SIMD8<UInt8>()
+        for k in keys.indices {
+            let t = tiers[k].rawValue, key = keys[k]
+            lo[t] = min(lo[t], key)
+            hi[t] = max(hi[t], key)
+            present[t] = 1
+            let r = Self.roleCode(roles[k])
+            if seenRole[t] == 0 { seenRole[t] = 1; roleCode[t] = r } else if roleCode[t] != r { roleMismatch = true }
+        }
+        guard !roleMismatch else { return false }
+        var previousLow: UInt64?
+        for t in 0..<n where present[t] != 0 {
+            if let p = previousLow, p <= hi[t] { return false }
+            previousLow = lo[t]
+        }
+        return true
+    }
+
+    static func roleCode(_ r: TokenRole) -> UInt8 {
+        switch r {
+        case .sink: 0
+        case .recent: 1
+        case .kept: 2
+        case .representative: 3
+        case .rest: 4
+        }
+    }
+
     /// Per unit of `members`, one `UInt64` whose descending order is `restoreScoreOrder`'s: best
     /// score first, ties to the later unit. The high half maps the score's `Float` bits to an
     /// order-preserving unsigned key (−0 taken as +0, as `==` does), the low half is the unit.
@@ -283,29 +332,33 @@ extension PlanningContext {
         // A few keys (tiers × unit sizes): a list, not a dictionary.
         var groups: [(key: Int, members: [Int])] = []
         for u in units.indices where roles[units[u].lowerBound] != .representative {
-            let current = input.tiers[units[u].lowerBound]
-            guard units[u].allSatisfy({ input.tiers[$0] == current }) else { continue }
-            let key = current.rawValue + Tier.allCases.count * units[u].count
-            if let g = groups.firstIndex(where: { $0.key == key }) { groups[g].members.append(u) } else { groups.append((key, [u])) }
+            let r = units[u], current = input.tiers[r.lowerBound]
+            var uniform = true
+            for i in r where input.tiers[i] != current { uniform = false; break }
+            guard uniform else { continue }
+            let key = current.rawValue + Tier.allCases.count * r.count
+            var g = 0
+            while g < groups.count, groups[g].key != key { g += 1 }
+            if g < groups.count { groups[g].members.append(u) } else { groups.append((key, [u])) }
         }
         for (_, members) in groups where members.count > 1 {
-            // By tier, stable (a counting sort: the tiers are few).
-            var slots: [(tier: Tier, role: TokenRole)] = []
-            slots.reserveCapacity(members.count)
             let memberTiers = members.map { unitTier($0) }
-            for tier in Tier.allCases {
-                for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
-            }
             // Best score first, ties: the later unit (a total order, so any sort gives this order);
             // keyed by value, not through `scores`, which halves the sort's loads.
             if let keys = Self.packedScoreKeys(members, scores: scores) {
+                // Already in score order (every unit of a tier ranks before every unit of a later
+                // tier, and each tier's units share a role): the hand-out below would give every
+                // unit the tier and role it has. Measured, most decode re-plans' groups are.
+                if Self.isInScoreOrder(keys: keys, tiers: memberTiers, roles: members.map { roles[units[$0].lowerBound] }) { continue }
                 // The same order as below, on one integer per unit (the host scores are sums of
                 // `Float`s: measured, the tuple sort was a fifth of a decode re-plan).
+                let slots = Self.slots(members, memberTiers, roles: roles, units: units)
                 var sorted = keys
                 sorted.sort(by: >)
                 for (key, slot) in zip(sorted, slots) { assign(unit: Int(truncatingIfNeeded: key & 0xFFFF_FFFF), tier: slot.tier, role: slot.role) }
                 continue
             }
+            let slots = Self.slots(members, memberTiers, roles: roles, units: units)
             var ranked = members.map { (score: scores[$0], unit: $0) }
             ranked.sort { $0.score != $1.score ? $0.score > $1.score : $0.unit > $1.unit }
             for (r, slot) in zip(ranked, slots) { assign(unit: r.unit, tier: slot.tier, role: slot.role) }

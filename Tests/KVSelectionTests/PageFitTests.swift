@@ -56,6 +56,40 @@ import TestSupport
         #expect(PlanningContext.packedScoreKeys([0], scores: [.nan]) == nil)
     }
 
+    /// `restoreScoreOrder` skips a group exactly when its hand-out would change nothing: whenever
+    /// `isInScoreOrder` says so, ranking by key and handing the (tier, role) slots out best first
+    /// gives every unit the tier and role it has; and a group in score order with one role per tier
+    /// is recognised.
+    @Test func scoreOrderCheckMatchesTheHandOut() {
+        var g = SeededGenerator(seed: 90_029)
+        let tiers = Tier.allCases, roles: [TokenRole] = [.kept, .rest]
+        var skipped = 0
+        for trial in 0..<2000 {
+            let n = Int.random(in: 1...40, using: &g)
+            let keys = (0..<n).map { UInt64(Int.random(in: 0...12, using: &g)) << 32 | UInt64($0) }
+            var memberTiers = (0..<n).map { _ in tiers.randomElement(using: &g)! }
+            var memberRoles = (0..<n).map { _ in roles.randomElement(using: &g)! }
+            if Bool.random(using: &g) {
+                // An ordered group: tiers handed out by rank, one role per tier (sometimes).
+                let ranked = keys.indices.sorted { keys[$0] > keys[$1] }
+                let counts = memberTiers.sorted { $0.rawValue < $1.rawValue }
+                for (r, k) in ranked.enumerated() { memberTiers[k] = counts[r] }
+                if Bool.random(using: &g) { for k in 0..<n { memberRoles[k] = memberTiers[k].rawValue % 2 == 0 ? .kept : .rest } }
+            }
+            // The hand-out: slots by tier, stable in member order; best key first.
+            var slots: [(Tier, TokenRole)] = []
+            for t in tiers { for k in 0..<n where memberTiers[k] == t { slots.append((t, memberRoles[k])) } }
+            let ranked = keys.indices.sorted { keys[$0] > keys[$1] }
+            var unchanged = true
+            for (r, k) in ranked.enumerated() where slots[r].0 != memberTiers[k] || slots[r].1 != memberRoles[k] { unchanged = false }
+            let check = PlanningContext.isInScoreOrder(keys: keys, tiers: memberTiers, roles: memberRoles)
+            if check { skipped += 1; #expect(unchanged, "seed \(g.seed) trial \(trial)") }
+            let oneRolePerTier = tiers.allSatisfy { t in Set(memberRoles.indices.filter { memberTiers[$0] == t }.map { memberRoles[$0] }).count <= 1 }
+            if unchanged && oneRolePerTier { #expect(check, "seed \(g.seed) trial \(trial): an ordered group not recognised") }
+        }
+        #expect(skipped > 200, "seed \(g.seed): too few ordered groups drawn (\(skipped))")
+    }
+
     @Test func roundingIsSpentAndTheBudgetHolds() throws {
         var g = SeededGenerator(seed: 90_001)
         var checked = 0, mixed = 0
