@@ -50,8 +50,13 @@ extension PlanningContext {
 
     /// Token counts per tier of the current plan (lane `Tier.rawValue`), headroom slots included in FP16.
     func plannedCounts() -> SIMD8<Int> {
+        // Counted in a stack buffer: a SIMD lane picked at run time is a store and a reload per token.
         var counts = SIMD8<Int>()
-        for t in tiers { counts[t.rawValue] += 1 }
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 8) { c in
+            c.initialize(repeating: 0)
+            for t in tiers { c[t.rawValue] += 1 }
+            for k in 0..<8 { counts[k] = c[k] }
+        }
         counts[Tier.fp16.rawValue] += configuration.headroomTokenCount
         return counts
     }
@@ -265,25 +270,28 @@ extension PlanningContext {
     /// - Complexity: O(n), no allocation.
     static func isInScoreOrder(keys: [UInt64], tiers: [Tier], roles: [TokenRole]) -> Bool {
         let n = Tier.allCases.count
-        precondition(n <= 8, "PlanningContext.isInScoreOrder: more tiers than lanes")
-        var lo = SIMD8<UInt64>(repeating: .max), hi = SIMD8<UInt64>(repeating: 0), present = SIMD8<UInt8>()
-        var roleMismatch = false
-        var seenRole = SIMD8<UInt8>(), roleCode = SIMD8<UInt8>()
-        for k in keys.indices {
-            let t = tiers[k].rawValue, key = keys[k]
-            lo[t] = min(lo[t], key)
-            hi[t] = max(hi[t], key)
-            present[t] = 1
-            let r = Self.roleCode(roles[k])
-            if seenRole[t] == 0 { seenRole[t] = 1; roleCode[t] = r } else if roleCode[t] != r { roleMismatch = true }
+        // Per tier: least and greatest key, whether present, its role (stack buffers: a SIMD lane
+        // picked at run time costs a store and a reload).
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 2 * n) { bounds in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n) { role in
+                let lo = bounds.baseAddress!, hi = lo + n
+                lo.initialize(repeating: .max, count: n)
+                hi.initialize(repeating: 0, count: n)
+                role.initialize(repeating: .max)  // .max: tier absent
+                for k in keys.indices {
+                    let t = tiers[k].rawValue, key = keys[k], r = roleCode(roles[k])
+                    if key < lo[t] { lo[t] = key }
+                    if key > hi[t] { hi[t] = key }
+                    if role[t] == .max { role[t] = r } else if role[t] != r { return false }
+                }
+                var previousLow: UInt64?
+                for t in 0..<n where role[t] != .max {
+                    if let p = previousLow, p <= hi[t] { return false }
+                    previousLow = lo[t]
+                }
+                return true
+            }
         }
-        guard !roleMismatch else { return false }
-        var previousLow: UInt64?
-        for t in 0..<n where present[t] != 0 {
-            if let p = previousLow, p <= hi[t] { return false }
-            previousLow = lo[t]
-        }
-        return true
     }
 
     static func roleCode(_ r: TokenRole) -> UInt8 {
