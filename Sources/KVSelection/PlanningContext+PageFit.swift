@@ -333,7 +333,10 @@ extension PlanningContext {
     /// again best first to the best-scored (ties: the later unit). Counts per tier are unchanged, so
     /// the paged bytes are too, and for a fixed count per tier this ordering minimises Σ score·e
     /// (rearrangement inequality).
-    mutating func restoreScoreOrder(scores: [Double]) {
+    ///
+    /// `skippingOrderedGroups` (default on) leaves a group already in score order as it is
+    /// (`isInScoreOrder`); off, every group is ranked and handed out (the tests hold the two equal).
+    mutating func restoreScoreOrder(scores: [Double], skippingOrderedGroups: Bool = true) {
         // Only units whose tokens all sit at one current tier trade places: for them a tier means the
         // same token counts whichever unit takes it.
         // Keyed by (current tier, size); groups are disjoint, so their order does not matter.
@@ -357,7 +360,7 @@ extension PlanningContext {
                 // Already in score order (every unit of a tier ranks before every unit of a later
                 // tier, and each tier's units share a role): the hand-out below would give every
                 // unit the tier and role it has. Measured, most decode re-plans' groups are.
-                if Self.isInScoreOrder(keys: keys, tiers: memberTiers, roles: members.map { roles[units[$0].lowerBound] }) { continue }
+                if skippingOrderedGroups, Self.isInScoreOrder(keys: keys, tiers: memberTiers, roles: members.map { roles[units[$0].lowerBound] }) { continue }
                 // The same order as below, on one integer per unit (the host scores are sums of
                 // `Float`s: measured, the tuple sort was a fifth of a decode re-plan).
                 let slots = Self.slots(members, memberTiers, roles: roles, units: units)

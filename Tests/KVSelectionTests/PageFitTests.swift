@@ -90,6 +90,47 @@ import TestSupport
         #expect(skipped > 200, "seed \(g.seed): too few ordered groups drawn (\(skipped))")
     }
 
+    /// The fast path equals the full pass: on random decode-like streams (current tiers mixed, a plan
+    /// of random or score-ordered tiers and roles, tied and signed-zero scores, token and page
+    /// units), `restoreScoreOrder` skipping ordered groups leaves exactly the tiers and roles that
+    /// ranking every group does.
+    @Test func skippingOrderedGroupsEqualsTheFullHandOut() throws {
+        var g = SeededGenerator(seed: 90_031)
+        var identical = 0
+        for trial in 0..<600 {
+            let n = Int.random(in: 1...400, using: &g)
+            let unit = [1, 1, 4, 16].randomElement(using: &g)!
+            let regions = StreamRegions(sinkTokenCount: Int.random(in: 0...4, using: &g), recentTokenCount: Int.random(in: 0...20, using: &g))
+            let config = PlannerConfiguration(headDim: 64, regions: regions, pageCapacity: 16, granularity: unit == 1 ? .token : .page(tokenCount: unit))
+            let current = (0..<n).map { _ in [Tier.fp16, .fp16, .int8, .int4].randomElement(using: &g)! }
+            let host: [Float] = (0..<n).map { _ in
+                switch Int.random(in: 0...3, using: &g) {
+                case 0: return -0.0
+                case 1: return Float(Int.random(in: 0...6, using: &g)) / 2
+                default: return Float.random(in: 0...10, using: &g)
+                }
+            }
+            let input = StreamInput(positions: (0..<n).map { Int32($0) }, tiers: current, hostScores: host, queryHeadScores: nil)
+            var ctx = try PlanningContext(input, config, ByteBudget(.fractionOfFP16(1)), required: 0, minimumRequired: 0)
+            let scores = ctx.valueScores(host)
+            let ordered = Bool.random(using: &g)
+            let ranked = ctx.units.indices.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
+            for (r, u) in ranked.enumerated() {
+                let worst = ctx.currentWorstTier(unit: u)
+                let tier: Tier = ordered ? [Tier.fp16, .int8, .int4, .dropped][min(3, 4 * r / max(1, ranked.count))]
+                    : Tier.allCases.randomElement(using: &g)!
+                let role: TokenRole = ordered ? (tier == .dropped ? .rest : .kept) : [.kept, .rest].randomElement(using: &g)!
+                ctx.assign(unit: u, tier: max(tier, worst), role: role)
+            }
+            var fast = ctx, full = ctx
+            fast.restoreScoreOrder(scores: scores)
+            full.restoreScoreOrder(scores: scores, skippingOrderedGroups: false)
+            #expect(fast.tiers == full.tiers && fast.roles == full.roles, "seed \(g.seed) trial \(trial) n \(n) unit \(unit) ordered \(ordered)")
+            if fast.tiers == ctx.tiers && fast.roles == ctx.roles { identical += 1 }
+        }
+        #expect(identical > 50, "seed \(g.seed): too few plans already in order (\(identical))")
+    }
+
     @Test func roundingIsSpentAndTheBudgetHolds() throws {
         var g = SeededGenerator(seed: 90_001)
         var checked = 0, mixed = 0
