@@ -266,4 +266,20 @@ KVK_TARGET_ENCODE_AVX2 void kvk_encode_grouped_avx2(int bits, long groupSize, co
     }
 }
 
+// Lloyd–Max codes: code i = the number of the `count` thresholds strictly below x[i] / norm (the
+// thresholds ascend, so that is the level search; counted branch-free, one compare per threshold).
+// Twin: RowCodec.levelCode, and the Swift SIMD loop of EncodeKernels.lloydMaxCodes.
+KVK_TARGET_ENCODE_AVX2 void kvk_encode_lloydmax_codes_avx2(const float *x, long count8, float norm, const float *thresholds,
+                                                           int thresholdCount, uint32_t *codes) {
+    const __m256 n = _mm256_set1_ps(norm);
+    for (long i = 0; i + 8 <= count8; i += 8) {
+        const __m256 z = _mm256_div_ps(_mm256_loadu_ps(x + i), n);
+        __m256i c = _mm256_setzero_si256();
+        // A true compare is all ones (−1): subtracting it counts.
+        for (int k = 0; k < thresholdCount; k++)
+            c = _mm256_sub_epi32(c, _mm256_castps_si256(_mm256_cmp_ps(z, _mm256_set1_ps(thresholds[k]), _CMP_GT_OQ)));
+        _mm256_storeu_si256((__m256i *)(codes + i), c);
+    }
+}
+
 #endif

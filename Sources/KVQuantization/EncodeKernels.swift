@@ -112,6 +112,38 @@ import ucrt
         for r in 0..<count { codec.encodeGrouped(w, x + r * codec.headDim, into: rows + r * codec.rowByteCount) }
     }
 
+    /// Lloyd–Max level codes of `count8` values (a multiple of 8): `codes[i]` = the number of the
+    /// first `thresholdCount` lanes of `thresholds` (ascending) strictly below `x[i] / norm`, exactly
+    /// `RowCodec.levelCode` of that quotient, on every path (`kvk_encode_lloydmax_codes_avx2`, or
+    /// `lloydMaxCodesPortable`).
+    ///
+    /// - Precondition: `norm > 0`; the values finite (not checked).
+    @usableFromInline package static func lloydMaxCodes(_ x: UnsafePointer<Float>, count8: Int, norm: Float, thresholds: SIMD16<Float>,
+                                                        thresholdCount: Int, into codes: UnsafeMutablePointer<UInt32>, path: Path = current) {
+        #if arch(x86_64)
+        if path == .avx2 {
+            return withUnsafeBytes(of: thresholds) { t in
+                kvk_encode_lloydmax_codes_avx2(x, count8, norm, t.baseAddress!.assumingMemoryBound(to: Float.self), Int32(thresholdCount), codes)
+            }
+        }
+        #endif
+        lloydMaxCodesPortable(x, count8: count8, norm: norm, thresholds: thresholds, thresholdCount: thresholdCount, into: codes)
+    }
+
+    /// The Swift SIMD path of `lloydMaxCodes`: eight quotients at a time, one compare per threshold.
+    @usableFromInline package static func lloydMaxCodesPortable(_ x: UnsafePointer<Float>, count8: Int, norm: Float, thresholds: SIMD16<Float>,
+                                                                thresholdCount: Int, into codes: UnsafeMutablePointer<UInt32>) {
+        let raw = UnsafeRawPointer(x), out = UnsafeMutableRawPointer(codes), n8 = SIMD8<Float>(repeating: norm)
+        var i = 0
+        while i + 8 <= count8 {
+            let z = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) / n8
+            var c = SIMD8<UInt32>()
+            for k in 0..<thresholdCount { c &+= SIMD8<UInt32>(repeating: 0).replacing(with: 1, where: z .> SIMD8(repeating: thresholds[k])) }
+            out.storeBytes(of: c, toByteOffset: 4 * i, as: SIMD8<UInt32>.self)
+            i += 8
+        }
+    }
+
     /// A page of `tokenCount` storable keys quantised per channel by `codec`.
     package static func encodeChannelwise(_ codec: ChannelwiseKeyCodec, _ x: UnsafePointer<Float>, tokenCount: Int,
                                           codes: UnsafeMutableRawPointer, params: UnsafeMutableRawPointer, path: Path = current) {

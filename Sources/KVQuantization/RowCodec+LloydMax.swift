@@ -46,15 +46,22 @@ extension RowCodec {
             while i < headDim { CodePacking.store(w, c, row, element: i); i += 1 }
             return
         }
-        let raw = UnsafeRawPointer(x), n8 = SIMD8<Float>(repeating: n), top = (1 << w.bits) - 1
-        var i = 0
-        while i + 8 <= headDim {
-            let z = raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) / n8
-            var c = SIMD8<UInt32>()
-            for k in 0..<top { c &+= SIMD8<UInt32>(repeating: 0).replacing(with: 1, where: z .> SIMD8(repeating: thresholdTable[k])) }
-            CodePacking.store8(w, c, row, element: i)
-            i += 8
+        let top = (1 << w.bits) - 1
+        if fullChunks > 0 {
+            // The level search of eight values at a time (`EncodeKernels.lloydMaxCodes`: AVX2 where it
+            // runs; measured, the Swift loop compiled to scalar compares, 15% of a decode re-plan).
+            withUnsafeTemporaryAllocation(of: UInt32.self, capacity: fullChunks) { codes in
+                let c = codes.baseAddress!
+                EncodeKernels.lloydMaxCodes(x, count8: fullChunks, norm: n, thresholds: thresholdTable, thresholdCount: top, into: c)
+                let raw = UnsafeRawPointer(c)
+                var i = 0
+                while i < fullChunks {
+                    CodePacking.store8(w, raw.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<UInt32>.self), row, element: i)
+                    i += 8
+                }
+            }
         }
+        var i = fullChunks
         while i < headDim { CodePacking.store(w, levelCode(x[i] / n, w), row, element: i); i += 1 }
     }
 

@@ -50,8 +50,13 @@ extension PlanningContext {
 
     /// Token counts per tier of the current plan (lane `Tier.rawValue`), headroom slots included in FP16.
     func plannedCounts() -> SIMD8<Int> {
+        // Counted in a stack buffer: a SIMD lane picked at run time is a store and a reload per token.
         var counts = SIMD8<Int>()
-        for t in tiers { counts[t.rawValue] += 1 }
+        withUnsafeTemporaryAllocation(of: Int.self, capacity: 8) { c in
+            c.initialize(repeating: 0)
+            for t in tiers { c[t.rawValue] += 1 }
+            for k in 0..<8 { counts[k] = c[k] }
+        }
         counts[Tier.fp16.rawValue] += configuration.headroomTokenCount
         return counts
     }
@@ -247,34 +252,124 @@ extension PlanningContext {
         return best
     }
 
+    /// The (tier, role) slots of a group, by tier, stable (a counting sort: the tiers are few).
+    static func slots(_ members: [Int], _ memberTiers: [Tier], roles: [TokenRole], units: [Range<Int>]) -> [(tier: Tier, role: TokenRole)] {
+        var slots: [(tier: Tier, role: TokenRole)] = []
+        slots.reserveCapacity(members.count)
+        for tier in Tier.allCases {
+            for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
+        }
+        return slots
+    }
+
+    /// Whether handing a group's slots out by `keys` (descending) changes nothing: for tiers
+    /// t < t' both present, every key of tier t exceeds every key of tier t' (so each tier's slots go
+    /// to the units holding it), and the units of each tier share one role (so the roles within a
+    /// tier cannot trade places either).
+    ///
+    /// - Complexity: O(n), no allocation.
+    static func isInScoreOrder(keys: [UInt64], tiers: [Tier], roles: [TokenRole]) -> Bool {
+        let n = Tier.allCases.count
+        // Per tier: least and greatest key, whether present, its role (stack buffers: a SIMD lane
+        // picked at run time costs a store and a reload).
+        return withUnsafeTemporaryAllocation(of: UInt64.self, capacity: 2 * n) { bounds in
+            withUnsafeTemporaryAllocation(of: UInt8.self, capacity: n) { role in
+                let lo = bounds.baseAddress!, hi = lo + n
+                lo.initialize(repeating: .max, count: n)
+                hi.initialize(repeating: 0, count: n)
+                role.initialize(repeating: .max)  // .max: tier absent
+                for k in keys.indices {
+                    let t = tiers[k].rawValue, key = keys[k], r = roleCode(roles[k])
+                    if key < lo[t] { lo[t] = key }
+                    if key > hi[t] { hi[t] = key }
+                    if role[t] == .max { role[t] = r } else if role[t] != r { return false }
+                }
+                var previousLow: UInt64?
+                for t in 0..<n where role[t] != .max {
+                    if let p = previousLow, p <= hi[t] { return false }
+                    previousLow = lo[t]
+                }
+                return true
+            }
+        }
+    }
+
+    static func roleCode(_ r: TokenRole) -> UInt8 {
+        switch r {
+        case .sink: 0
+        case .recent: 1
+        case .kept: 2
+        case .representative: 3
+        case .rest: 4
+        }
+    }
+
+    /// Per unit of `members`, one `UInt64` whose descending order is `restoreScoreOrder`'s: best
+    /// score first, ties to the later unit. The high half maps the score's `Float` bits to an
+    /// order-preserving unsigned key (−0 taken as +0, as `==` does), the low half is the unit.
+    /// `nil` when some score is not exactly a finite `Float` (or a unit needs more than 32 bits): the
+    /// caller then sorts tuples.
+    static func packedScoreKeys(_ members: [Int], scores: [Double]) -> [UInt64]? {
+        var keys = [UInt64]()
+        keys.reserveCapacity(members.count)
+        for u in members {
+            let s = scores[u], f = Float(s)
+            guard Double(f) == s, f.isFinite, u >= 0, u <= Int(UInt32.max) else { return nil }
+            keys.append(UInt64(orderedBits(f)) << 32 | UInt64(u))
+        }
+        return keys
+    }
+
+    /// An unsigned key ordered as `f` is (`a < b` iff `orderedBits(a) < orderedBits(b)`, and
+    /// `orderedBits(-0) == orderedBits(+0)`), for finite `f`.
+    static func orderedBits(_ f: Float) -> UInt32 {
+        let b = (f + 0).bitPattern  // −0 + 0 = +0
+        return b & 0x8000_0000 != 0 ? ~b : b | 0x8000_0000
+    }
+
     /// Restores score order after the page fit, which trims and fills by pages and can leave a
     /// better-scored unit below a worse-scored one: among the middle units that are not KVCrush
     /// representatives, hold tokens of one current tier, and share it and a size, the tiers (with their roles) are handed out
     /// again best first to the best-scored (ties: the later unit). Counts per tier are unchanged, so
     /// the paged bytes are too, and for a fixed count per tier this ordering minimises Σ score·e
     /// (rearrangement inequality).
-    mutating func restoreScoreOrder(scores: [Double]) {
+    ///
+    /// `skippingOrderedGroups` (default on) leaves a group already in score order as it is
+    /// (`isInScoreOrder`); off, every group is ranked and handed out (the tests hold the two equal).
+    mutating func restoreScoreOrder(scores: [Double], skippingOrderedGroups: Bool = true) {
         // Only units whose tokens all sit at one current tier trade places: for them a tier means the
         // same token counts whichever unit takes it.
         // Keyed by (current tier, size); groups are disjoint, so their order does not matter.
         // A few keys (tiers × unit sizes): a list, not a dictionary.
         var groups: [(key: Int, members: [Int])] = []
         for u in units.indices where roles[units[u].lowerBound] != .representative {
-            let current = input.tiers[units[u].lowerBound]
-            guard units[u].allSatisfy({ input.tiers[$0] == current }) else { continue }
-            let key = current.rawValue + Tier.allCases.count * units[u].count
-            if let g = groups.firstIndex(where: { $0.key == key }) { groups[g].members.append(u) } else { groups.append((key, [u])) }
+            let r = units[u], current = input.tiers[r.lowerBound]
+            var uniform = true
+            for i in r where input.tiers[i] != current { uniform = false; break }
+            guard uniform else { continue }
+            let key = current.rawValue + Tier.allCases.count * r.count
+            var g = 0
+            while g < groups.count, groups[g].key != key { g += 1 }
+            if g < groups.count { groups[g].members.append(u) } else { groups.append((key, [u])) }
         }
         for (_, members) in groups where members.count > 1 {
-            // By tier, stable (a counting sort: the tiers are few).
-            var slots: [(tier: Tier, role: TokenRole)] = []
-            slots.reserveCapacity(members.count)
             let memberTiers = members.map { unitTier($0) }
-            for tier in Tier.allCases {
-                for (u, t) in zip(members, memberTiers) where t == tier { slots.append((tier, roles[units[u].lowerBound])) }
-            }
             // Best score first, ties: the later unit (a total order, so any sort gives this order);
             // keyed by value, not through `scores`, which halves the sort's loads.
+            if let keys = Self.packedScoreKeys(members, scores: scores) {
+                // Already in score order (every unit of a tier ranks before every unit of a later
+                // tier, and each tier's units share a role): the hand-out below would give every
+                // unit the tier and role it has. Measured, most decode re-plans' groups are.
+                if skippingOrderedGroups, Self.isInScoreOrder(keys: keys, tiers: memberTiers, roles: members.map { roles[units[$0].lowerBound] }) { continue }
+                // The same order as below, on one integer per unit (the host scores are sums of
+                // `Float`s: measured, the tuple sort was a fifth of a decode re-plan).
+                let slots = Self.slots(members, memberTiers, roles: roles, units: units)
+                var sorted = keys
+                sorted.sort(by: >)
+                for (key, slot) in zip(sorted, slots) { assign(unit: Int(truncatingIfNeeded: key & 0xFFFF_FFFF), tier: slot.tier, role: slot.role) }
+                continue
+            }
+            let slots = Self.slots(members, memberTiers, roles: roles, units: units)
             var ranked = members.map { (score: scores[$0], unit: $0) }
             ranked.sort { $0.score != $1.score ? $0.score > $1.score : $0.unit > $1.unit }
             for (r, slot) in zip(ranked, slots) { assign(unit: r.unit, tier: slot.tier, role: slot.role) }

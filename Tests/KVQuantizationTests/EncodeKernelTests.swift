@@ -34,6 +34,38 @@ import TestSupport
         }
     }
 
+    /// The Lloyd–Max level search (`EncodeKernels.lloydMaxCodes`, AVX2 and Swift SIMD) against the
+    /// scalar `RowCodec.levelCode`, at 2, 3 and 4 bits: random rows, quotients exactly on a threshold
+    /// and one ulp either side, signed zeros, huge and tiny norms.
+    @Test(arguments: EncodeKernels.available)
+    func lloydMaxCodesMatchTheScalarLevelSearch(_ path: EncodeKernels.Path) throws {
+        var g = SeededGenerator(seed: 811)
+        for w in [CodeWidth.int2, .int3, .int4] {
+            let codec = try RowCodec(.lloydMax(w), headDim: 64)
+            let thresholds = LloydMaxLevels.thresholds(w), top = (1 << w.bits) - 1
+            for trial in 0..<300 {
+                let count8 = 8 * Int.random(in: 1...24, using: &g)
+                let norm: Float = [1, 0.125, 3.7, 1e-6, 6e4, Float.random(in: 0.01...10, using: &g)].randomElement(using: &g)!
+                var x = Self.row(count8, using: &g).values
+                for i in x.indices where Int.random(in: 0..<4, using: &g) == 0 {
+                    // A quotient on a threshold or next to it (x = t·norm may itself round: the codes
+                    // are compared on x / norm whatever it is).
+                    let t = thresholds.randomElement(using: &g)! * norm
+                    x[i] = [t, t.nextUp, t.nextDown, 0, -0.0].randomElement(using: &g)!
+                }
+                var fast = [UInt32](repeating: .max, count: count8)
+                x.withUnsafeBufferPointer { xb in
+                    fast.withUnsafeMutableBufferPointer { out in
+                        EncodeKernels.lloydMaxCodes(xb.baseAddress!, count8: count8, norm: norm, thresholds: codec.thresholdTable,
+                                                    thresholdCount: top, into: out.baseAddress!, path: path)
+                    }
+                }
+                let reference = x.map { codec.levelCode($0 / norm, w) }
+                #expect(fast == reference, "\(path) \(w) trial \(trial) seed \(g.seed)")
+            }
+        }
+    }
+
     @Test(arguments: EncodeKernels.available)
     func fp16ConversionsAreExact(_ path: EncodeKernels.Path) {
         // Every finite half pattern decodes as `Float(Float16)`.

@@ -28,6 +28,109 @@ import TestSupport
         }
     }
 
+    /// `restoreScoreOrder`'s packed integer keys sort exactly as its (score, unit) tuples: best score
+    /// first, ties (−0 and +0 included) to the later unit; scores that are not exactly a finite
+    /// `Float` fall back to the tuples.
+    @Test func packedScoreKeysSortAsTheTuples() {
+        var g = SeededGenerator(seed: 90_023)
+        let specials: [Float] = [0, -0.0, 1, -1, .leastNonzeroMagnitude, -.leastNonzeroMagnitude, .greatestFiniteMagnitude,
+                                 -.greatestFiniteMagnitude, .leastNormalMagnitude, 1.5, 1e-30]
+        for trial in 0..<400 {
+            let n = Int.random(in: 0...300, using: &g)
+            let scores: [Double] = (0..<n).map { _ in
+                switch Int.random(in: 0...3, using: &g) {
+                case 0: return Double(specials.randomElement(using: &g)!)
+                case 1: return Double(Float(Int.random(in: -4...4, using: &g)) / 4)
+                default: return Double(Float.random(in: -1e6...1e6, using: &g))
+                }
+            }
+            let members = Array(0..<n).shuffled(using: &g).prefix(Int.random(in: 0...n, using: &g)).map { $0 }
+            let expected = members.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
+            guard let keys = PlanningContext.packedScoreKeys(members, scores: scores) else {
+                Issue.record("seed \(g.seed) trial \(trial): Float scores refused"); continue
+            }
+            #expect(keys.sorted(by: >).map { Int($0 & 0xFFFF_FFFF) } == expected, "seed \(g.seed) trial \(trial)")
+        }
+        #expect(PlanningContext.packedScoreKeys([0, 1], scores: [0.1, 1]) == nil, "0.1 is no Float")
+        #expect(PlanningContext.packedScoreKeys([0], scores: [.infinity]) == nil)
+        #expect(PlanningContext.packedScoreKeys([0], scores: [.nan]) == nil)
+    }
+
+    /// `restoreScoreOrder` skips a group exactly when its hand-out would change nothing: whenever
+    /// `isInScoreOrder` says so, ranking by key and handing the (tier, role) slots out best first
+    /// gives every unit the tier and role it has; and a group in score order with one role per tier
+    /// is recognised.
+    @Test func scoreOrderCheckMatchesTheHandOut() {
+        var g = SeededGenerator(seed: 90_029)
+        let tiers = Tier.allCases, roles: [TokenRole] = [.kept, .rest]
+        var skipped = 0
+        for trial in 0..<2000 {
+            let n = Int.random(in: 1...40, using: &g)
+            let keys = (0..<n).map { UInt64(Int.random(in: 0...12, using: &g)) << 32 | UInt64($0) }
+            var memberTiers = (0..<n).map { _ in tiers.randomElement(using: &g)! }
+            var memberRoles = (0..<n).map { _ in roles.randomElement(using: &g)! }
+            if Bool.random(using: &g) {
+                // An ordered group: tiers handed out by rank, one role per tier (sometimes).
+                let ranked = keys.indices.sorted { keys[$0] > keys[$1] }
+                let counts = memberTiers.sorted { $0.rawValue < $1.rawValue }
+                for (r, k) in ranked.enumerated() { memberTiers[k] = counts[r] }
+                if Bool.random(using: &g) { for k in 0..<n { memberRoles[k] = memberTiers[k].rawValue % 2 == 0 ? .kept : .rest } }
+            }
+            // The hand-out: slots by tier, stable in member order; best key first.
+            var slots: [(Tier, TokenRole)] = []
+            for t in tiers { for k in 0..<n where memberTiers[k] == t { slots.append((t, memberRoles[k])) } }
+            let ranked = keys.indices.sorted { keys[$0] > keys[$1] }
+            var unchanged = true
+            for (r, k) in ranked.enumerated() where slots[r].0 != memberTiers[k] || slots[r].1 != memberRoles[k] { unchanged = false }
+            let check = PlanningContext.isInScoreOrder(keys: keys, tiers: memberTiers, roles: memberRoles)
+            if check { skipped += 1; #expect(unchanged, "seed \(g.seed) trial \(trial)") }
+            let oneRolePerTier = tiers.allSatisfy { t in Set(memberRoles.indices.filter { memberTiers[$0] == t }.map { memberRoles[$0] }).count <= 1 }
+            if unchanged && oneRolePerTier { #expect(check, "seed \(g.seed) trial \(trial): an ordered group not recognised") }
+        }
+        #expect(skipped > 200, "seed \(g.seed): too few ordered groups drawn (\(skipped))")
+    }
+
+    /// The fast path equals the full pass: on random decode-like streams (current tiers mixed, a plan
+    /// of random or score-ordered tiers and roles, tied and signed-zero scores, token and page
+    /// units), `restoreScoreOrder` skipping ordered groups leaves exactly the tiers and roles that
+    /// ranking every group does.
+    @Test func skippingOrderedGroupsEqualsTheFullHandOut() throws {
+        var g = SeededGenerator(seed: 90_031)
+        var identical = 0
+        for trial in 0..<600 {
+            let n = Int.random(in: 1...400, using: &g)
+            let unit = [1, 1, 4, 16].randomElement(using: &g)!
+            let regions = StreamRegions(sinkTokenCount: Int.random(in: 0...4, using: &g), recentTokenCount: Int.random(in: 0...20, using: &g))
+            let config = PlannerConfiguration(headDim: 64, regions: regions, pageCapacity: 16, granularity: unit == 1 ? .token : .page(tokenCount: unit))
+            let current = (0..<n).map { _ in [Tier.fp16, .fp16, .int8, .int4].randomElement(using: &g)! }
+            let host: [Float] = (0..<n).map { _ in
+                switch Int.random(in: 0...3, using: &g) {
+                case 0: return -0.0
+                case 1: return Float(Int.random(in: 0...6, using: &g)) / 2
+                default: return Float.random(in: 0...10, using: &g)
+                }
+            }
+            let input = StreamInput(positions: (0..<n).map { Int32($0) }, tiers: current, hostScores: host, queryHeadScores: nil)
+            var ctx = try PlanningContext(input, config, ByteBudget(.fractionOfFP16(1)), required: 0, minimumRequired: 0)
+            let scores = ctx.valueScores(host)
+            let ordered = Bool.random(using: &g)
+            let ranked = ctx.units.indices.sorted { scores[$0] != scores[$1] ? scores[$0] > scores[$1] : $0 > $1 }
+            for (r, u) in ranked.enumerated() {
+                let worst = ctx.currentWorstTier(unit: u)
+                let tier: Tier = ordered ? [Tier.fp16, .int8, .int4, .dropped][min(3, 4 * r / max(1, ranked.count))]
+                    : Tier.allCases.randomElement(using: &g)!
+                let role: TokenRole = ordered ? (tier == .dropped ? .rest : .kept) : [.kept, .rest].randomElement(using: &g)!
+                ctx.assign(unit: u, tier: max(tier, worst), role: role)
+            }
+            var fast = ctx, full = ctx
+            fast.restoreScoreOrder(scores: scores)
+            full.restoreScoreOrder(scores: scores, skippingOrderedGroups: false)
+            #expect(fast.tiers == full.tiers && fast.roles == full.roles, "seed \(g.seed) trial \(trial) n \(n) unit \(unit) ordered \(ordered)")
+            if fast.tiers == ctx.tiers && fast.roles == ctx.roles { identical += 1 }
+        }
+        #expect(identical > 50, "seed \(g.seed): too few plans already in order (\(identical))")
+    }
+
     @Test func roundingIsSpentAndTheBudgetHolds() throws {
         var g = SeededGenerator(seed: 90_001)
         var checked = 0, mixed = 0

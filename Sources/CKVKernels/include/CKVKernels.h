@@ -210,6 +210,11 @@ void kvk_encode_grouped_avx2(int bits, long groupSize, const float *x, long n, l
 void kvk_encode_channelwise_avx2(int bits, const float *x, long n, long d, uint8_t *codes, long rowBytes,
                                  uint16_t *params);
 
+/// Lloyd–Max level codes of count8 values (a multiple of 8): codes[i] = the number of the
+/// thresholdCount ascending thresholds t with x[i] / norm > t (norm > 0, x finite). As `RowCodec.levelCode`.
+void kvk_encode_lloydmax_codes_avx2(const float *x, long count8, float norm, const float *thresholds, int thresholdCount,
+                                    uint32_t *codes);
+
 // MARK: int3_avx2.c, lloydmax_avx2.c (KVK_CPU_AVX2; d a multiple of 8)
 //
 // The kernels of the INT3 and Lloyd–Max formats. They run on the avx2 kernel path and on the avx512 one
