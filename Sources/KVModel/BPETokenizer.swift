@@ -8,6 +8,14 @@ import KVQuantization
 /// `tokenizer.ggml.merges`, and each resulting symbol looked up in `tokenizer.ggml.tokens`. Special
 /// tokens in the text are not recognised (they are encoded as ordinary text); add them by id.
 ///
+/// Merging is GPT-2's `bpe()`: repeatedly the lowest-ranked adjacent pair is found and every
+/// occurrence of it merged, left to right. It runs on a priority queue of pairs (all pairs of one
+/// rank are merged before pairs that merging creates are considered), so a piece of n bytes costs
+/// O(n log n), not O(n²); `encodeReference` is the direct quadratic form, kept as its twin.
+/// Symbols, tokens and merges are matched by their exact Unicode scalars (not by `String`'s
+/// canonical equivalence): a token or merge with characters outside the byte-to-unicode alphabet
+/// is never produced by encoding.
+///
 /// Decoding maps each token's characters back to bytes and the bytes to UTF-8 (invalid sequences
 /// become U+FFFD); control tokens decode to their own text.
 public struct BPETokenizer: Sendable {
@@ -22,8 +30,23 @@ public struct BPETokenizer: Sendable {
     /// Whether the file asks for a BOS token at the start of a prompt (`tokenizer.ggml.add_bos_token`).
     public let addsBOS: Bool
 
+    /// Token text → id (the first id of a repeated text), for `id(of:)`.
     let ids: [String: Int32]
-    let mergeRanks: [String: Int]
+    /// Encoding's tables, keyed by raw bytes (the byte-to-unicode alphabet undone) and filled only
+    /// from tokens and merges written wholly in that alphabet: token bytes → id (first id of a
+    /// repeated text); the id of each single byte's token; a merge's two symbols → rank (its first
+    /// index); the longest merge, in bytes.
+    let symbolIDs: [ArraySlice<UInt8>: Int32]
+    let byteIDs: [Int32?]
+    let mergeRanks: [MergeKey: Int]
+    let longestMerge: Int
+
+    /// A merge's two symbols as raw bytes: `bytes` is left then right, `split` the left's length.
+    struct MergeKey: Hashable {
+        var bytes: ArraySlice<UInt8>
+        var split: Int
+    }
+
     /// GPT-2's table: byte → printable character, and back.
     static let byteToCharacter: [Character] = {
         var bs = Array(33...126) + Array(161...172) + Array(174...255)
@@ -43,6 +66,24 @@ public struct BPETokenizer: Sendable {
         for (b, c) in byteToCharacter.enumerated() { m[c] = UInt8(b) }
         return m
     }()
+    /// The table's inverse by Unicode scalar value (every character of the table is one scalar
+    /// below U+0144); -1 outside the alphabet.
+    static let scalarToByte: [Int16] = {
+        var t = [Int16](repeating: -1, count: 0x144)
+        for (b, c) in byteToCharacter.enumerated() { t[Int(c.unicodeScalars.first!.value)] = Int16(b) }
+        return t
+    }()
+
+    /// The raw bytes `text` spells in the byte-to-unicode alphabet, or nil if a scalar is outside it.
+    static func rawBytes<S: StringProtocol>(_ text: S) -> [UInt8]? {
+        var out = [UInt8]()
+        out.reserveCapacity(text.unicodeScalars.count)
+        for u in text.unicodeScalars {
+            guard u.value < 0x144, case let b = scalarToByte[Int(u.value)], b >= 0 else { return nil }
+            out.append(UInt8(b))
+        }
+        return out
+    }
 
     /// Builds the tokenizer of `file`.
     ///
@@ -79,11 +120,27 @@ public struct BPETokenizer: Sendable {
         self.eosToken = eosToken
         self.addsBOS = addsBOS
         var ids = [String: Int32](minimumCapacity: tokens.count)
-        for (i, t) in tokens.enumerated() where ids[t] == nil { ids[t] = Int32(i) }
+        var symbols = [ArraySlice<UInt8>: Int32](minimumCapacity: tokens.count)
+        for (i, t) in tokens.enumerated() {
+            if ids[t] == nil { ids[t] = Int32(i) }
+            if let raw = Self.rawBytes(t), symbols[raw[...]] == nil { symbols[raw[...]] = Int32(i) }
+        }
         self.ids = ids
-        var ranks = [String: Int](minimumCapacity: merges.count)
-        for (i, m) in merges.enumerated() where ranks[m] == nil { ranks[m] = i }
+        symbolIDs = symbols
+        byteIDs = (0..<256).map { symbols[[UInt8($0)][...]] }
+        var ranks = [MergeKey: Int](minimumCapacity: merges.count)
+        var longest = 0
+        for (i, m) in merges.enumerated() {
+            let parts = m.split(separator: " ", omittingEmptySubsequences: false)
+            guard parts.count == 2, let left = Self.rawBytes(parts[0]), let right = Self.rawBytes(parts[1]) else { continue }
+            let key = MergeKey(bytes: (left + right)[...], split: left.count)
+            if ranks[key] == nil {
+                ranks[key] = i
+                longest = max(longest, left.count + right.count)
+            }
+        }
         mergeRanks = ranks
+        longestMerge = longest
     }
 
     /// The token ids of `text` (no BOS added; prepend `bosToken` yourself if `addsBOS`).
@@ -91,47 +148,86 @@ public struct BPETokenizer: Sendable {
     /// A symbol missing from the vocabulary (a broken vocabulary) is encoded byte by byte, and a
     /// byte missing too is skipped.
     public func encode(_ text: String) -> [Int32] {
+        let bytes = Array(text.utf8)
         var out = [Int32]()
-        var cache = [String: [Int32]]()
-        for piece in preTokenizer.split(text) {
-            if let hit = cache[piece] { out += hit; continue }
-            let ids = encodePiece(piece)
-            cache[piece] = ids
-            out += ids
+        out.reserveCapacity(bytes.count / 2)
+        var cache = [ArraySlice<UInt8>: Range<Int>]()  // a piece's bytes → where its ids are in `out`
+        for r in preTokenizer.byteRanges(text) {
+            let piece = bytes[r]
+            if let hit = cache[piece] { out.append(contentsOf: out[hit]); continue }
+            let start = out.count
+            encodePiece(piece, into: &out)
+            cache[piece] = start..<out.count
         }
         return out
     }
 
-    /// BPE of one pre-tokenized piece.
-    func encodePiece(_ piece: String) -> [Int32] {
-        var symbols = piece.utf8.map { String(Self.byteToCharacter[Int($0)]) }
-        while symbols.count > 1 {
-            var best = Int.max, at = -1
-            for i in 0..<(symbols.count - 1) {
-                if let r = mergeRanks[symbols[i] + " " + symbols[i + 1]], r < best { best = r; at = i }
-            }
-            guard at >= 0 else { break }
-            let left = symbols[at], right = symbols[at + 1]
-            var merged = [String]()
-            merged.reserveCapacity(symbols.count)
-            var i = 0
-            while i < symbols.count {
-                if i + 1 < symbols.count, symbols[i] == left, symbols[i + 1] == right {
-                    merged.append(left + right)
-                    i += 2
-                } else {
-                    merged.append(symbols[i])
-                    i += 1
+    /// A pair of adjacent symbols in the merge queue: the merge's rank, the left symbol (its index,
+    /// which is its first byte's offset in the piece) and the right one, and the right one's end
+    /// when the pair was queued (a changed end, or a changed neighbour, makes the entry stale).
+    struct Bigram: Comparable {
+        var rank: Int
+        var left: Int
+        var right: Int
+        var rightEnd: Int
+
+        static func < (a: Bigram, b: Bigram) -> Bool { a.rank != b.rank ? a.rank < b.rank : a.left < b.left }
+    }
+
+    /// BPE of one pre-tokenized piece (its raw bytes), appended to `out`.
+    func encodePiece(_ piece: ArraySlice<UInt8>, into out: inout [Int32]) {
+        let n = piece.count, base = piece.startIndex
+        guard n > 1 else {
+            if let b = piece.first, let id = byteIDs[Int(b)] { out.append(id) }
+            return
+        }
+        // Symbol i covers piece bytes i..<end[i] (offsets from `base`); end -1 once merged away.
+        var end = Array(1...n)
+        var next = Array(1...n)  // n: none
+        var prev = Array(-1..<(n - 1))
+        var queue = BinaryHeap<Bigram>()
+        func enqueue(_ l: Int, _ r: Int) {
+            let e = end[r]
+            guard e - l <= longestMerge,
+                  let rank = mergeRanks[MergeKey(bytes: piece[(base + l)..<(base + e)], split: r - l)] else { return }
+            queue.push(Bigram(rank: rank, left: l, right: r, rightEnd: e))
+        }
+        func isCurrent(_ b: Bigram) -> Bool { end[b.left] >= 0 && next[b.left] == b.right && end[b.right] == b.rightEnd }
+        for i in 0..<(n - 1) { enqueue(i, i + 1) }
+        var created = [(Int, Int)]()
+        while let top = queue.pop() {
+            guard isCurrent(top) else { continue }
+            // Every occurrence of this rank's pair, left to right; pairs the merges create wait
+            // until the rank is done (GPT-2's pass), and a merged symbol never re-forms the pair.
+            var b = top
+            while true {
+                let l = b.left, r = b.right
+                end[l] = end[r]
+                end[r] = -1
+                next[l] = next[r]
+                if next[l] < n { prev[next[l]] = l }
+                if prev[l] >= 0 { created.append((prev[l], l)) }
+                if next[l] < n { created.append((l, next[l])) }
+                var found = false
+                while let t = queue.first, t.rank == top.rank {
+                    _ = queue.pop()
+                    if isCurrent(t) { b = t; found = true; break }
                 }
+                if !found { break }
             }
-            symbols = merged
+            for (l, r) in created where end[l] >= 0 && next[l] == r { enqueue(l, r) }
+            created.removeAll(keepingCapacity: true)
         }
-        var out = [Int32]()
-        for s in symbols {
-            if let id = ids[s] { out.append(id); continue }
-            for ch in s { if let id = ids[String(ch)] { out.append(id) } }
+        var i = 0
+        while i < n {
+            let symbol = piece[(base + i)..<(base + end[i])]
+            if let id = symbolIDs[symbol] {
+                out.append(id)
+            } else {
+                for b in symbol { if let id = byteIDs[Int(b)] { out.append(id) } }
+            }
+            i = next[i]
         }
-        return out
     }
 
     /// The text of `ids`. Traps on an id outside the vocabulary (a caller bug).

@@ -35,14 +35,25 @@ public enum PreTokenizer: Sendable, Hashable {
 
     /// The pieces of `text`, in order; their concatenation is `text`.
     public func split(_ text: String) -> [String] {
+        let bytes = Array(text.utf8)
+        return byteRanges(text).map { String(decoding: bytes[$0], as: UTF8.self) }
+    }
+
+    /// The pieces of `text` as ranges of its UTF-8 bytes (`Array(text.utf8)`), in order: `split`
+    /// without building a string per piece.
+    func byteRanges(_ text: String) -> [Range<Int>] {
         let scalars = Array(text.unicodeScalars)
         let classes = scalars.map(Self.classify)
-        var pieces = [String]()
-        func emit(_ r: Range<Int>) {
-            var s = String.UnicodeScalarView()
-            s.append(contentsOf: scalars[r])
-            pieces.append(String(s))
+        var offsets = [Int]()
+        offsets.reserveCapacity(scalars.count + 1)
+        var o = 0
+        for s in scalars {
+            offsets.append(o)
+            o += UTF8.width(s)
         }
+        offsets.append(o)
+        var ranges = [Range<Int>]()
+        func emit(_ r: Range<Int>) { ranges.append(offsets[r.lowerBound]..<offsets[r.upperBound]) }
         switch self {
         case .gpt2:
             Self.gpt2(classes, scalars, 0..<scalars.count, emit)
@@ -55,7 +66,7 @@ public enum PreTokenizer: Sendable, Hashable {
             }
             if start < scalars.count { Self.gpt2(classes, scalars, start..<scalars.count, emit) }
         }
-        return pieces
+        return ranges
     }
 
     /// GPT-2's pattern over `range` (the range is matched on its own: its end is the text's end).

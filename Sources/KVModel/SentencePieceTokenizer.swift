@@ -11,7 +11,9 @@ import KVQuantization
 ///    it starts the text or follows a user-defined token), its spaces become `▁` (U+2581), and it is
 ///    split into UTF-8 characters.
 /// 3. Repeatedly, of all adjacent pairs whose concatenation is a piece, the pair with the highest
-///    piece score (ties: the leftmost) is merged.
+///    piece score (ties: the leftmost) is merged. Like llama.cpp, on a priority queue of pairs: a
+///    fragment of n bytes costs O(n log n), not O(n²) (`encodeReference` is the direct quadratic
+///    form, kept as its twin). A NaN score ranks below every other score.
 /// 4. Each final symbol is its piece's id, or, if no piece has its text (a lone character outside
 ///    the vocabulary), the ids of its bytes' `<0xXX>` pieces.
 ///
@@ -32,7 +34,9 @@ public struct SentencePieceTokenizer: Sendable {
     public let addsSpacePrefix: Bool
 
     /// Piece text (UTF-8 bytes) → id (the first id of a repeated text).
-    let ids: [[UInt8]: Int32]
+    let ids: [ArraySlice<UInt8>: Int32]
+    /// The longest piece, in bytes (longer pairs are not looked up).
+    let longestPiece: Int
     /// The id of `<0xXX>` for each byte, where present.
     let byteTokens: [Int32?]
     /// The byte of each id in `byteTokens` (decoding's inverse, O(1) per token).
@@ -87,12 +91,14 @@ public struct SentencePieceTokenizer: Sendable {
         self.eosToken = eosToken
         self.addsBOS = addsBOS
         self.addsSpacePrefix = addsSpacePrefix
-        var ids = [[UInt8]: Int32](minimumCapacity: tokens.count)
+        var ids = [ArraySlice<UInt8>: Int32](minimumCapacity: tokens.count)
+        var longest = 0
         var bytes = [Int32?](repeating: nil, count: 256)
         var user = [(bytes: [UInt8], id: Int32)]()
         for (i, t) in tokens.enumerated() {
             let b = Array(t.utf8)
-            if ids[b] == nil { ids[b] = Int32(i) }
+            if ids[b[...]] == nil { ids[b[...]] = Int32(i) }
+            longest = max(longest, b.count)
             if tokenTypes[i] == Self.byte, b.count == 6, t.hasPrefix("<0x"), t.hasSuffix(">"),
                let v = UInt8(t.dropFirst(3).dropLast(), radix: 16), bytes[Int(v)] == nil {
                 bytes[Int(v)] = Int32(i)
@@ -100,6 +106,7 @@ public struct SentencePieceTokenizer: Sendable {
             if tokenTypes[i] == Self.userDefinedType, !b.isEmpty { user.append((b, Int32(i))) }
         }
         self.ids = ids
+        longestPiece = longest
         byteTokens = bytes
         var values = [Int32: UInt8]()
         for (b, id) in bytes.enumerated() { if let id { values[id] = UInt8(b) } }
@@ -115,7 +122,10 @@ public struct SentencePieceTokenizer: Sendable {
     }
 
     /// The token ids of `text` (no BOS added; prepend `bosToken` yourself if `addsBOS`).
-    public func encode(_ text: String) -> [Int32] {
+    public func encode(_ text: String) -> [Int32] { encode(text, reference: false) }
+
+    /// `encode`, steps 2–4 by `encodeEscaped` or (`reference`) by `encodeEscapedReference`.
+    func encode(_ text: String, reference: Bool) -> [Int32] {
         var fragments = [Fragment.text(ArraySlice(Array(text.utf8)))]
         for (needle, id) in userDefined {
             var next = [Fragment]()
@@ -149,7 +159,7 @@ public struct SentencePieceTokenizer: Sendable {
                 escaped.reserveCapacity(raw.count + 3)
                 if addsSpacePrefix && afterSpecial { escaped += [0xE2, 0x96, 0x81] }
                 for b in raw { if b == 0x20 { escaped += [0xE2, 0x96, 0x81] } else { escaped.append(b) } }
-                encodeEscaped(escaped, into: &out)
+                if reference { encodeEscapedReference(escaped, into: &out) } else { encodeEscaped(escaped, into: &out) }
                 afterSpecial = false
             }
         }
@@ -169,29 +179,56 @@ public struct SentencePieceTokenizer: Sendable {
             symbols.append(o..<end)
             o = end
         }
-        // pairScore[i]: the score of merging symbols i and i + 1, nil if their text is no piece.
-        func score(_ a: Range<Int>, _ b: Range<Int>) -> Float? {
-            ids[Array(text[a.lowerBound..<b.upperBound])].map { scores[Int($0)] }
+        // Symbol i covers text[start[i]..<end[i]]; merged away: end -1; next/prev: neighbours (m: none).
+        let m = symbols.count
+        let start = symbols.map(\.lowerBound)
+        var end = symbols.map(\.upperBound)
+        var next = Array(1...m), prev = Array(-1..<(m - 1))
+        var queue = BinaryHeap<Bigram>()
+        func enqueue(_ l: Int, _ r: Int) {
+            let size = end[r] - start[l]
+            guard size <= longestPiece, let id = ids[text[start[l]..<end[r]]] else { return }
+            let score = scores[Int(id)]
+            queue.push(Bigram(score: score.isNaN ? -.infinity : score, nan: score.isNaN, left: l, right: r, size: size))
         }
-        var pairScores = (0..<max(0, symbols.count - 1)).map { score(symbols[$0], symbols[$0 + 1]) }
-        while true {
-            var best = -1, bestScore = -Float.infinity
-            for (i, s) in pairScores.enumerated() {
-                if let s, best < 0 || s > bestScore { best = i; bestScore = s }
-            }
-            guard best >= 0 else { break }
-            symbols[best] = symbols[best].lowerBound..<symbols[best + 1].upperBound
-            symbols.remove(at: best + 1)
-            pairScores.remove(at: best)
-            if best > 0 { pairScores[best - 1] = score(symbols[best - 1], symbols[best]) }
-            if best < pairScores.count { pairScores[best] = score(symbols[best], symbols[best + 1]) }
+        for i in 0..<(m - 1) { enqueue(i, i + 1) }
+        while let b = queue.pop() {
+            let l = b.left, r = b.right
+            // Stale: the left symbol was merged away or has another neighbour, or the right one grew.
+            guard end[l] >= 0, next[l] == r, end[r] - start[l] == b.size else { continue }
+            end[l] = end[r]
+            end[r] = -1
+            next[l] = next[r]
+            if next[l] < m { prev[next[l]] = l }
+            if prev[l] >= 0 { enqueue(prev[l], l) }
+            if next[l] < m { enqueue(l, next[l]) }
         }
-        for s in symbols {
-            if let id = ids[Array(text[s])] {
+        var i = 0
+        while i < m {
+            let s = text[start[i]..<end[i]]
+            if let id = ids[s] {
                 out.append(id)
             } else {
-                for b in text[s] { if let id = byteTokens[Int(b)] { out.append(id) } }
+                for b in s { if let id = byteTokens[Int(b)] { out.append(id) } }
             }
+            i = next[i]
+        }
+    }
+
+    /// A pair of adjacent symbols in the merge queue: the merged piece's score (NaN as -∞, after
+    /// every -∞), the left and right symbols (indices, in text order) and the merged length when
+    /// queued. Queue order: highest score first, then leftmost.
+    struct Bigram: Comparable {
+        var score: Float
+        var nan: Bool
+        var left: Int
+        var right: Int
+        var size: Int
+
+        static func < (a: Bigram, b: Bigram) -> Bool {
+            if a.score != b.score { return a.score > b.score }
+            if a.nan != b.nan { return !a.nan }
+            return a.left < b.left
         }
     }
 
@@ -217,5 +254,5 @@ public struct SentencePieceTokenizer: Sendable {
     }
 
     /// The id of the token whose text is exactly `token`.
-    public func id(of token: String) -> Int32? { ids[Array(token.utf8)] }
+    public func id(of token: String) -> Int32? { ids[Array(token.utf8)[...]] }
 }

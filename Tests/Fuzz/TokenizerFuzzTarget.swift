@@ -6,6 +6,7 @@
 //
 // (missing parts are empty). The tokenizer is built from those pieces directly and, with flag 0x40,
 // also through a GGUF file carrying them (`loadTokenizer`), which must encode the same. Encoding must not trap and give ids in the vocabulary;
+// texts up to `maxReferenceBytes` must encode as the encoders' quadratic twins (`encodeReference`) do;
 // decoding any ids must not trap; and where it must hold, decode(encode(text)) is the text:
 // - BPE whenever every byte of the text has its single-character token (flag 0x04 adds all 256);
 // - SentencePiece with all 256 `<0xXX>` byte tokens (flag 0x04), token types limited to normal,
@@ -16,8 +17,11 @@ import Foundation
 import KVQuantization
 @testable import KVModel
 
-/// Text bytes encoded per input at most (both encoders are quadratic in a piece's length).
+/// Text bytes encoded per input at most (the encoders are O(n log n) in a piece's length; this
+/// bounds the time per input).
 let maxTextBytes = 4096
+/// Texts up to this many bytes are also encoded by the quadratic twins, which must agree.
+let maxReferenceBytes = 512
 
 struct TokenizerInput {
     var sentencePiece = false, digits = false, allBytes = false, plainTypes = false, spacePrefix = false, byteAlphabet = false, viaGGUF = false
@@ -56,7 +60,9 @@ public func tokenizerFuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     return 0
 }
 
-func checkRoundTrip<T: TextTokenizer>(_ t: T, vocabulary: Int, _ text: String, expected: String?) {
+/// Encodes `text`, checks the ids and the round trip, decodes the whole vocabulary; the ids.
+@discardableResult
+func checkRoundTrip<T: TextTokenizer>(_ t: T, vocabulary: Int, _ text: String, expected: String?) -> [Int32] {
     let ids = t.encode(text)
     precondition(ids.allSatisfy { $0 >= 0 && Int($0) < vocabulary }, "an id outside the vocabulary of \(vocabulary)")
     let decoded = t.decode(ids)
@@ -65,6 +71,7 @@ func checkRoundTrip<T: TextTokenizer>(_ t: T, vocabulary: Int, _ text: String, e
         precondition(Array(decoded.utf8) == Array(expected.utf8), "decode(encode(\(text.debugDescription))) = \(decoded.debugDescription), ids \(ids)")
     }
     _ = t.decode((0..<Int32(vocabulary)).reversed())
+    return ids
 }
 
 /// The same tokenizer read back from a GGUF file must encode the same way.
@@ -86,7 +93,10 @@ func bpe(_ input: TokenizerInput) {
     let t = try! BPETokenizer(tokens: tokens, merges: merges, preTokenizer: pre)
     let covered = Set(tokens)
     let identity = input.text.utf8.allSatisfy { covered.contains(String(alphabet[Int($0)])) }
-    checkRoundTrip(t, vocabulary: tokens.count, input.text, expected: identity ? input.text : nil)
+    let ids = checkRoundTrip(t, vocabulary: tokens.count, input.text, expected: identity ? input.text : nil)
+    if input.text.utf8.count <= maxReferenceBytes {
+        precondition(t.encodeReference(input.text) == ids, "the quadratic BPE twin encodes differently")
+    }
     guard input.viaGGUF else { return }
     var w = GGUFWriter()
     w.set("tokenizer.ggml.model", .string("gpt2"))
@@ -94,7 +104,7 @@ func bpe(_ input: TokenizerInput) {
     w.set("tokenizer.ggml.tokens", .array(elementType: .string, tokens.map { .string($0) }))
     w.set("tokenizer.ggml.merges", .array(elementType: .string, merges.map { .string($0) }))
     guard let u = viaGGUF(w) as? BPETokenizer else { preconditionFailure("a valid BPE vocabulary was refused") }
-    precondition(u.encode(input.text) == t.encode(input.text), "the GGUF-read tokenizer encodes differently")
+    precondition(u.encode(input.text) == ids, "the GGUF-read tokenizer encodes differently")
 }
 
 func sentencePiece(_ input: TokenizerInput) {
@@ -119,7 +129,10 @@ func sentencePiece(_ input: TokenizerInput) {
     if input.allBytes, input.plainTypes, !has("\u{2581}"), !has("<0x") {
         if !input.spacePrefix { expected = input.text } else if !types.contains(4) { expected = " " + input.text }
     }
-    checkRoundTrip(t, vocabulary: tokens.count, input.text, expected: expected)
+    let ids = checkRoundTrip(t, vocabulary: tokens.count, input.text, expected: expected)
+    if input.text.utf8.count <= maxReferenceBytes {
+        precondition(t.encodeReference(input.text) == ids, "the quadratic SentencePiece twin encodes differently")
+    }
     guard input.viaGGUF else { return }
     var w = GGUFWriter()
     w.set("tokenizer.ggml.model", .string("llama"))
@@ -128,7 +141,7 @@ func sentencePiece(_ input: TokenizerInput) {
     w.set("tokenizer.ggml.token_type", .array(elementType: .int32, types.map { .int32($0) }))
     w.set("tokenizer.ggml.add_space_prefix", .bool(input.spacePrefix))
     guard let u = viaGGUF(w) as? SentencePieceTokenizer else { preconditionFailure("a valid SentencePiece vocabulary was refused") }
-    precondition(u.encode(input.text) == t.encode(input.text), "the GGUF-read tokenizer encodes differently")
+    precondition(u.encode(input.text) == ids, "the GGUF-read tokenizer encodes differently")
 }
 
 extension String {
