@@ -6,15 +6,7 @@ extension SentencePieceTokenizer {
     /// `encodeEscaped`, quadratic: each merge scans every pair's score and removes from arrays.
     func encodeEscapedReference(_ text: [UInt8], into out: inout [Int32]) {
         guard !text.isEmpty else { return }
-        var symbols = [Range<Int>]()
-        var o = 0
-        while o < text.count {
-            let lead = text[o]
-            let length = lead < 0x80 ? 1 : lead >> 5 == 0b110 ? 2 : lead >> 4 == 0b1110 ? 3 : lead >> 3 == 0b11110 ? 4 : 1
-            let end = min(text.count, o + length)
-            symbols.append(o..<end)
-            o = end
-        }
+        var symbols = Self.characterRanges(text)
         // pairScores[i]: the score of merging symbols i and i + 1 (NaN as -∞, below every -∞: the
         // queue's order), nil if their text is no piece.
         func score(_ a: Range<Int>, _ b: Range<Int>) -> (Float, Bool)? {

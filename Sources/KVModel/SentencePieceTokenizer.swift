@@ -166,10 +166,9 @@ public struct SentencePieceTokenizer: Sendable {
         return out
     }
 
-    /// Steps 2–4 on one fragment whose spaces are already `▁`.
-    func encodeEscaped(_ text: [UInt8], into out: inout [Int32]) {
-        guard !text.isEmpty else { return }
-        // Symbols: byte ranges of UTF-8 characters (a truncated sequence ends at the text's end).
+    /// The byte ranges of `text`'s UTF-8 characters, in order (a truncated sequence ends at the text's
+    /// end; a stray continuation byte is one symbol): the symbols both encoders start from.
+    static func characterRanges(_ text: [UInt8]) -> [Range<Int>] {
         var symbols = [Range<Int>]()
         var o = 0
         while o < text.count {
@@ -179,6 +178,13 @@ public struct SentencePieceTokenizer: Sendable {
             symbols.append(o..<end)
             o = end
         }
+        return symbols
+    }
+
+    /// Steps 2–4 on one fragment whose spaces are already `▁`.
+    func encodeEscaped(_ text: [UInt8], into out: inout [Int32]) {
+        guard !text.isEmpty else { return }
+        let symbols = Self.characterRanges(text)
         // Symbol i covers text[start[i]..<end[i]]; merged away: end -1; next/prev: neighbours (m: none).
         let m = symbols.count
         let start = symbols.map(\.lowerBound)
