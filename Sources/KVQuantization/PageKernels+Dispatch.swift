@@ -19,7 +19,7 @@ extension PageKernels {
         guard runsFP32Kernels(headDim: d, on: kernels) else { return false }
         switch format {
         case .fp16: return true
-        case .channelwise, .lloydMax, .grouped(.int3, _): return false
+        case .channelwise, .mixedChannelwise, .lloydMax, .grouped(.int3, _): return false
         case .grouped(let w, let g):
             let block = w == .int8 ? 16 : w == .int4 ? 32 : 64
             return g % block == 0 && d % g == 0 && d / g <= 32
@@ -85,7 +85,7 @@ extension PageKernels {
         guard runsAVX2Kernels(headDim: d, on: kernels) else { return false }
         switch format {
         case .fp16: return true
-        case .channelwise, .lloydMax, .grouped(.int3, _): return false
+        case .channelwise, .mixedChannelwise, .lloydMax, .grouped(.int3, _): return false
         case .grouped(_, let g): return g % 16 == 0 && d % g == 0
         }
     }
@@ -111,6 +111,9 @@ package enum KeyScoring: Sendable, Hashable {
     case lloydMax
     /// Grouped keys: `RowCodec.dot` per query row and key row, on every path.
     case grouped
+    /// Mixed-width per-channel keys: `MixedChannelwiseKeyCodec.scores`, each segment by its own
+    /// per-channel scoring.
+    case mixedChannelwise
 
     /// The scoring of keys stored as `format` with `headDim` elements: per-channel keys by integer
     /// dots wherever they run (VNNI; INT4 on AVX2), else in FP32.
@@ -126,6 +129,7 @@ package enum KeyScoring: Sendable, Hashable {
                 self = .channelwise
             }
         case .grouped: self = .grouped
+        case .mixedChannelwise: self = .mixedChannelwise
         }
     }
 }

@@ -254,7 +254,7 @@ package enum PageKernels {
             case .grouped(let width, let g):
                 return kvk_accumulate_grouped(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
                                               codec.rowByteCount, width.packedByteCount(codes: d), d, out)
-            case .channelwise, .lloydMax:
+            case .channelwise, .mixedChannelwise, .lloydMax:
                 break
             }
         }
@@ -265,7 +265,7 @@ package enum PageKernels {
             case .grouped(let width, let g):
                 return kvk_accumulate_grouped_avx2(Int32(width.bits), g, w, rowCount, stride, tokenCount, rows.assumingMemoryBound(to: UInt8.self),
                                                    codec.rowByteCount, codec.codeByteCount, d, out)
-            case .channelwise, .lloydMax:
+            case .channelwise, .mixedChannelwise, .lloydMax:
                 break
             }
         }

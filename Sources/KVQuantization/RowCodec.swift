@@ -65,7 +65,7 @@ public struct RowCodec: Sendable, Hashable {
             levels = LloydMaxLevels.table(w)
             thresholds = SIMD16(repeating: .infinity)
             for (i, v) in LloydMaxLevels.thresholds(w).enumerated() { thresholds[i] = v }
-        case .channelwise:
+        case .channelwise, .mixedChannelwise:
             throw .notRowWise(format)
         }
         lloydMaxWidth = lm

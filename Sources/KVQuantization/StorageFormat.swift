@@ -37,6 +37,11 @@ public enum CodeWidth: Int, Sendable, Hashable, CaseIterable, CustomStringConver
 ///     .lloydMax(b)           one row:  | codes: ⌈d·b/8⌉ bytes | norm Float16 |              ⌈d·b/8⌉ + 2 bytes
 ///     (b = 2, 3, 4)                     element i is norm · L_b[code i] (`LloydMaxLevels`)
 ///
+///     .mixedChannelwise(m)   one page of n tokens: | segment 1: n rows | segment 2: n rows | … | zeros |
+///     (keys only, per head)  | d × (scale, zero) Float16, in segment order |    n · m.rowByteCount bytes
+///                                       of codes; a segment holds the channels of one width, widest
+///                                       first (`ChannelWidths`, `MixedChannelwiseKeyCodec`)
+///
 /// Codes are packed as a little-end-first bit stream (`CodePacking`): eight codes take exactly b
 /// bytes, so groups (multiples of 8 elements) start on byte boundaries at every width, 3 bits
 /// included.
@@ -58,6 +63,10 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
     /// whose coordinates are near-Gaussian; it works on any data (with larger errors where the
     /// coordinates are not).
     case lloydMax(CodeWidth)
+    /// Per-channel keys (as `.channelwise`) with a width per channel and KV head (`ChannelWidths`):
+    /// channels that matter more to the scores get more bits, at a fixed number of code bytes per
+    /// token. Keys only; the widths are calibrated on a model (`ChannelWidths.allocate`).
+    case mixedChannelwise(ChannelWidths)
 
     /// The default INT8 format: groups of 64 (chosen from the measured error table in the README).
     public static let int8 = StorageFormat.grouped(.int8, groupSize: 64)
@@ -71,14 +80,23 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
         switch self {
         case .fp16: nil
         case .grouped(let w, _), .channelwise(let w), .lloydMax(let w): w
+        case .mixedChannelwise(let m): m.widths.joined().max { $0.bits < $1.bits }
         }
     }
 
-    /// Bits per stored element before parameters (16 for FP16).
-    public var bitsPerCode: Int { codeWidth?.bits ?? 16 }
+    /// Bits per stored element before parameters (16 for FP16; the average for mixed widths, rounded up).
+    public var bitsPerCode: Int {
+        if case .mixedChannelwise(let m) = self { return Int(m.averageBits.rounded(.up)) }
+        return codeWidth?.bits ?? 16
+    }
 
     /// True for formats whose parameters are shared by the tokens of a page.
-    public var isPageWise: Bool { if case .channelwise = self { true } else { false } }
+    public var isPageWise: Bool {
+        switch self {
+        case .channelwise, .mixedChannelwise: true
+        default: false
+        }
+    }
 
     /// Checks that the format is usable for head vectors of `headDim` elements.
     ///
@@ -93,6 +111,7 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
             throw .invalidGroupSize(g)
         }
         if case .lloydMax(let w) = self, w == .int8 { throw .unsupportedWidth(self) }
+        if case .mixedChannelwise(let m) = self, m.headDim != headDim { throw .widthsDoNotMatch(self, headDim: headDim) }
     }
 
     /// Bytes of one token's row, excluding page-wise parameters (exact).
@@ -109,13 +128,14 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
             return w.packedByteCount(codes: d)
         case .lloydMax(let w):
             return w.packedByteCount(codes: d) + 2
+        case .mixedChannelwise(let m):
+            return m.rowByteCount
         }
     }
 
-    /// Bytes of parameters shared by a whole page (exact): `4·d` for channelwise keys, else 0.
+    /// Bytes of parameters shared by a whole page (exact): `4·d` for (mixed) channelwise keys, else 0.
     public func pageParameterByteCount(headDim d: Int) -> Int {
-        if case .channelwise = self { return 4 * d }
-        return 0
+        isPageWise ? 4 * d : 0
     }
 
     /// Bytes of one page of `pageCapacity` rows of this format, excluding positions (exact).
@@ -138,11 +158,13 @@ public enum StorageFormat: Sendable, Hashable, CustomStringConvertible {
         case .grouped(let w, let g): "\(w)/g\(g)"
         case .channelwise(let w): "\(w)/channel"
         case .lloydMax(let w): "lm\(w.bits)"
+        case .mixedChannelwise(let m): m.description
         }
     }
 
     /// The format a `description` names: `fp16`, `int8/g64`, `int4/channel`, `int3/g32`, `lm3`, …
-    /// (`nil` for anything else; the result still needs `validate(headDim:)`).
+    /// (`nil` for anything else, `mix…/channel` included: its widths are not in its name; the result
+    /// still needs `validate(headDim:)`).
     public init?(name: String) {
         if name == "fp16" { self = .fp16; return }
         if name.hasPrefix("lm"), let b = Int(name.dropFirst(2)), let w = CodeWidth(rawValue: b) { self = .lloydMax(w); return }
@@ -162,6 +184,8 @@ public enum FormatError: Error, Equatable, Sendable, CustomStringConvertible {
     case notRowWise(StorageFormat)
     /// A code width the format does not exist at (Lloyd–Max codes at 8 bits).
     case unsupportedWidth(StorageFormat)
+    /// Mixed channel widths given for another head dim.
+    case widthsDoNotMatch(StorageFormat, headDim: Int)
 
     public var description: String {
         switch self {
@@ -169,6 +193,8 @@ public enum FormatError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalidGroupSize(let g): "groupSize must be a positive multiple of 8 (got \(g))"
         case .notRowWise(let f): "\(f) quantises across the tokens of a page; a per-token format is required here"
         case .unsupportedWidth(let f): "\(f): Lloyd–Max codes exist at 2, 3 and 4 bits"
+        case .widthsDoNotMatch(let f, let d):
+            if case .mixedChannelwise(let m) = f { "\(f) has widths for head dim \(m.headDim), not \(d)" } else { "\(f) does not fit head dim \(d)" }
         }
     }
 }

@@ -84,7 +84,7 @@ extension KVStore {
                 throw .invalidValue(layer: layer, kvHead: e.head, token: e.token, element: e.element, e.error)
             }
         }
-        let layout = codecs[layer][0].layout, limit = c.byteLimit, pool = pool
+        let layout = codecs[layer][0][0].layout, limit = c.byteLimit, pool = pool
         let result: KVStoreError? = state.withLock { s in
             guard var sequence = s.sequences[id] else { preconditionFailure("KVStore.append: unknown sequence \(id)") }
             s.sequences[id] = nil  // hold the only reference while mutating (copy-on-write stays exact)

@@ -320,7 +320,7 @@ extension KVStore {
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, queryScratch + outputScratch)) { scratch in
                 let q = block.queries.headMajorFloats(firstHead: h * g, headCount: g, scratch: scratch.baseAddress!)
                 let o = block.output.headMajorRows(firstHead: h * g, scratch: scratch.baseAddress! + queryScratch)
-                let w = StreamAttention(configuration: c, codecs: codecs, rotations: rotations, stream: layerState.streams[h], kvHead: h,
+                let w = StreamAttention(configuration: c, codecs: codecs[h], rotations: rotations, stream: layerState.streams[h], kvHead: h,
                                         queries: q, queryCount: block.queries.tokens, queryPositions: positions,
                                         returnWeights: returnWeights, layer: layer)
                     .run(into: o)

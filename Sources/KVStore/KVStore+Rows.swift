@@ -35,8 +35,8 @@ extension KVStore {
         let value = UnsafeMutableBufferPointer<Float>.allocate(capacity: d)
         defer { key.deallocate(); value.deallocate() }
         for e in entries {
-            codecs[layer][e.tier].decodeKey(e.page, e.slot, into: key.baseAddress!)
-            codecs[layer][e.tier].decodeValue(e.page, e.slot, into: value.baseAddress!)
+            codecs[layer][kvHead][e.tier].decodeKey(e.page, e.slot, into: key.baseAddress!)
+            codecs[layer][kvHead][e.tier].decodeValue(e.page, e.slot, into: value.baseAddress!)
             rotations.convert(key.baseAddress!, values: false, from: e.tier, to: 0)
             rotations.convert(value.baseAddress!, values: true, from: e.tier, to: 0)
             try body(StoredToken(position: e.position, tier: Tier(rawValue: e.tier)!), UnsafeBufferPointer(key), UnsafeBufferPointer(value))

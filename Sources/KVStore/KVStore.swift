@@ -39,7 +39,7 @@ public final class KVStore: Sendable {
     /// The pool every page comes from (its `bytesInUse` is `byteCount`).
     public let pool: PagePool
     /// `[layer][tier]`.
-    let codecs: [[TierCodecs]]
+    let codecs: [[[TierCodecs]]]
     let state: StateLock<StoreState>
 
     struct StoreState: Sendable {
@@ -68,15 +68,15 @@ public final class KVStore: Sendable {
         state = StateLock(StoreState())
     }
 
-    /// The codecs of every (layer, tier); layers with equal formats share one set.
-    static func codecs(_ c: KVStoreConfiguration) -> [[TierCodecs]] {
-        var made = [TierFormats: [TierCodecs]]()
+    /// The codecs of every (layer, KV head, tier); layers with equal formats share one set.
+    static func codecs(_ c: KVStoreConfiguration) -> [[[TierCodecs]]] {
+        var made = [TierFormats: [[TierCodecs]]]()
         return (0..<c.layerCount).map { l in
             let f = c.tierFormats(layer: l)
             if let done = made[f] { return done }
-            let tiers = Tier.stored.map { TierCodecs(tier: $0, layer: l, configuration: c) }
-            made[f] = tiers
-            return tiers
+            let heads = (0..<c.kvHeadCount).map { h in Tier.stored.map { TierCodecs(tier: $0, layer: l, kvHead: h, configuration: c) } }
+            made[f] = heads
+            return heads
         }
     }
 
@@ -147,7 +147,7 @@ public final class KVStore: Sendable {
                 precondition(seen.insert([sp.layer, sp.kvHead]).inserted,
                              "KVStore.apply: the plan names layer \(sp.layer) KV head \(sp.kvHead) twice")
                 let p = sequence.layers[sp.layer].streams[sp.kvHead].prepare(
-                    sp.moves, codecs: codecs[sp.layer], context: "sequence \(id) layer \(sp.layer) KV head \(sp.kvHead)")
+                    sp.moves, codecs: codecs[sp.layer][sp.kvHead], context: "sequence \(id) layer \(sp.layer) KV head \(sp.kvHead)")
                 allocated += p.allocatedBytes
                 freed += p.freedBytes
                 prepared.append((sp.layer, sp.kvHead, p))
@@ -156,7 +156,7 @@ public final class KVStore: Sendable {
                 return .byteLimitExceeded(requestedBytes: allocated - freed, availableBytes: max(0, limit - pool.bytesInUse))
             }
             for (layer, head, p) in prepared {
-                sequence.layers[layer].streams[head].execute(p, codecs: codecs[layer], rotations: LayerRotations(layer: layer, configuration: c), pool: pool)
+                sequence.layers[layer].streams[head].execute(p, codecs: codecs[layer][head], rotations: LayerRotations(layer: layer, configuration: c), pool: pool)
             }
             return nil
         }
@@ -222,7 +222,7 @@ public final class KVStore: Sendable {
     public func slackByteBound(layer: Int, spanning positionSpan: Int = 1) -> Int {
         precondition(0 <= layer && layer < configuration.layerCount, "KVStore.slackByteBound: layer \(layer) outside 0..<\(configuration.layerCount)")
         let pagesPerTier = 1 + max(0, positionSpan - 1) / (PagePositions.maxSpan + 1)
-        return codecs[layer].reduce(0) { $0 + pagesPerTier * max($1.layout.byteCount, $1.stagingLayout?.byteCount ?? 0) }
+        return codecs[layer][0].reduce(0) { $0 + pagesPerTier * max($1.layout.byteCount, $1.stagingLayout?.byteCount ?? 0) }
     }
 
     /// Bytes of one stream's pages.

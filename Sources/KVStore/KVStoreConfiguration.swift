@@ -130,12 +130,12 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         guard pageCapacity > 0, pageCapacity <= 65536 else { throw bad("pageCapacity", "must be in 1...65536, got \(pageCapacity)") }
         if let limit = byteLimit, limit < 0 { throw bad("byteLimit", "must not be negative, got \(limit)") }
         if let s = attentionScale, !(s.isFinite && s > 0) { throw bad("attentionScale", "must be finite and positive, got \(s)") }
-        try Self.validate(tierFormats, named: "tierFormats", headDim: headDim)
+        try Self.validate(tierFormats, named: "tierFormats", headDim: headDim, kvHeadCount: kvHeadCount)
         if let perLayer = layerTierFormats {
             guard perLayer.count == layerCount else {
                 throw bad("layerTierFormats", "must have one entry per layer (\(layerCount)), got \(perLayer.count)")
             }
-            for (l, f) in perLayer.enumerated() { try Self.validate(f, named: "layerTierFormats[\(l)]", headDim: headDim) }
+            for (l, f) in perLayer.enumerated() { try Self.validate(f, named: "layerTierFormats[\(l)]", headDim: headDim, kvHeadCount: kvHeadCount) }
         }
         if let windows = layerSlidingWindows {
             guard windows.count == layerCount else {
@@ -152,7 +152,7 @@ public struct KVStoreConfiguration: Sendable, Hashable {
         }
     }
 
-    private static func validate(_ formats: TierFormats, named name: String, headDim: Int) throws(KVStoreConfigurationError) {
+    private static func validate(_ formats: TierFormats, named name: String, headDim: Int, kvHeadCount: Int) throws(KVStoreConfigurationError) {
         func bad(_ field: String, _ rule: String) -> KVStoreConfigurationError { .invalidField(field, rule) }
         for tier in Tier.stored {
             guard let k = formats.keys[tier] else { throw bad("\(name).keys[\(tier)]", "is missing") }
@@ -163,6 +163,9 @@ public struct KVStoreConfiguration: Sendable, Hashable {
                 throw bad("\(name)[fp16]", "the FP16 tier must store keys and values as .fp16")
             }
             if v.isPageWise { throw bad("\(name).values[\(tier)]", "values cannot be channelwise") }
+            if case .mixedChannelwise(let m) = k, m.kvHeadCount != kvHeadCount {
+                throw bad("\(name).keys[\(tier)]", "\(k) has widths for \(m.kvHeadCount) KV heads, not \(kvHeadCount)")
+            }
         }
         for (tier, p) in formats.pageCapacities.sorted(by: { $0.key < $1.key }) {
             guard tier != .dropped else { throw bad("\(name).pageCapacities[dropped]", "names a tier that stores nothing") }

@@ -14,8 +14,10 @@ import KVQuantization
 ///               · hasWindows u8 · (layerCount × window u32, 0: full attention; when hasWindows = 1)
 ///     tiers   = for each stored tier (fp16, int8, int4, int2): key format · value format
 ///               · page capacity u32 (0: the configuration's pageCapacity)
-///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max) · code bits u8 (0, 2, 3, 4, 8)
-///               · groupSize u32 (grouped only, else 0)
+///     format  = kind u8 (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max, 4 mixed channelwise)
+///               · code bits u8 (0, 2, 3, 4, 8; 0 for mixed) · groupSize u32 (grouped only; the row's
+///               code bytes for mixed; else 0) · for mixed only: kvHeads u32 · headDim u32 · widths
+///               (kvHeads × headDim code bits u8, per head in channel order)
 ///     rotation = seed u64 · key layers · value layers
 ///     layers  = kind u8 (0 none, 1 all, 2 only) · count u32 · layer u32* (only: ascending, distinct)
 ///     PAGE    = pageCount u32 · page*
@@ -90,6 +92,9 @@ struct SnapshotWriter {
         case .grouped(let w, let g): u8(1); u8(UInt8(w.bits)); u32(UInt32(g))
         case .channelwise(let w): u8(2); u8(UInt8(w.bits)); u32(0)
         case .lloydMax(let w): u8(3); u8(UInt8(w.bits)); u32(0)
+        case .mixedChannelwise(let m):
+            u8(4); u8(0); u32(UInt32(m.rowByteCount)); u32(UInt32(m.kvHeadCount)); u32(UInt32(m.headDim))
+            for head in m.widths { for w in head { u8(UInt8(w.bits)) } }
         }
     }
 
@@ -212,8 +217,27 @@ struct SnapshotReader {
         case 3:
             guard group == 0 else { throw fail("\(what) is Lloyd–Max with a group size") }
             return .lloydMax(try width())
+        case 4:
+            guard bits == 0 else { throw fail("\(what) is mixed channelwise with \(bits)-bit codes") }
+            let heads = Int(try u32("\(what) KV heads")), d = Int(try u32("\(what) head dim"))
+            guard heads >= 1, d >= 1, heads <= remaining, d <= remaining / heads else {
+                throw fail("\(what) has widths for \(heads) KV heads of \(d) channels, more than the payload holds")
+            }
+            var widths = [[CodeWidth]]()
+            for h in 0..<heads {
+                var head = [CodeWidth]()
+                for ch in 0..<d {
+                    let b = try u8("\(what) width of KV head \(h) channel \(ch)")
+                    guard let w = CodeWidth(rawValue: Int(b)) else { throw fail("\(what) KV head \(h) channel \(ch) has \(b)-bit codes (2, 3, 4 or 8 exist)") }
+                    head.append(w)
+                }
+                widths.append(head)
+            }
+            let need = widths.map(ChannelWidths.segmentByteCount).max()!
+            guard Int(group) >= need, Int(group) <= 4 * d else { throw fail("\(what) has \(group) code bytes per row; its widths need \(need)...\(4 * d)") }
+            return .mixedChannelwise(ChannelWidths(widths: widths, rowByteCount: Int(group)))
         default:
-            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max)")
+            throw fail("\(what) kind \(kind) is unknown (0 fp16, 1 grouped, 2 channelwise, 3 Lloyd–Max, 4 mixed channelwise)")
         }
     }
 

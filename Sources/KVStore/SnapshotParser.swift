@@ -63,7 +63,9 @@ struct SnapshotParser {
         try header(raw)
         let payloads = try sections(raw)
         let c = try configuration(payloads[0], target: target)
-        let codecs = KVStore.codecs(c)
+        // Pages are checked by their layer's layouts, which every KV head shares (only mixed-width
+        // key codecs differ between heads, and the parser copies their bytes).
+        let codecs = KVStore.codecs(c).map { $0[0] }
         var pages: [SnapshotPage]
         var (nextID, sequences) = try sequenceReferences(payloads[2], configuration: c)
         if version >= 3 {
@@ -242,10 +244,13 @@ struct SnapshotParser {
                 if let keyCodec = staging ? tc.fp16 : tc.keyRows, !halvesAreFinite(base + s * kr, keyCodec) { return "slot \(s): the key" }
                 if !halvesAreFinite(base + keyBytes + s * vr, tc.values) { return "slot \(s): the value" }
             }
-            if !staging, let k = tc.keyChannels {
-                for ch in 0..<k.headDim {
-                    let a = k.parameters(ofChannel: ch, in: base + keyBytes + valueBytes)
-                    if !isFinite(a.scaleBits) || !isFinite(a.zeroBits) { return "key channel \(ch): the page parameters" }
+            if !staging, tc.isPageWise {
+                // (scale, zero) FP16 pairs per channel (in stored order for mixed widths).
+                let params = base + keyBytes + valueBytes
+                for ch in 0..<layout.headDim {
+                    let scale = UInt16(littleEndian: params.loadUnaligned(fromByteOffset: 4 * ch, as: UInt16.self))
+                    let zero = UInt16(littleEndian: params.loadUnaligned(fromByteOffset: 4 * ch + 2, as: UInt16.self))
+                    if !isFinite(scale) || !isFinite(zero) { return "key channel \(ch): the page parameters" }
                 }
             }
             return nil

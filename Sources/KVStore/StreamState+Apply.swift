@@ -335,7 +335,7 @@ extension StreamState {
             if isStaging {
                 c.fp16.encodeRowsUnchecked(keys, count: size, into: page.keyRow(0))
             } else {
-                c.keyChannels!.encodePageUnchecked(keys, tokenCount: size, codes: page.keyRow(0), params: page.keyParameters)
+                c.encodeSealedKeys(keys, tokenCount: size, into: page)
             }
             writeValues(chunk, tier: t, into: page, old: old, oldStaging: oldStaging, codecs: codecs, rotations: rotations, scratch: &scratch)
             writePositions(chunk, into: page, at: 0)

@@ -2,8 +2,8 @@ import KVQuantization
 
 /// Everything needed to read and write one tier's pages: their layouts, codecs and read kernels.
 ///
-/// A tier whose key format is page-wise (`.channelwise`) keeps full pages sealed (quantised per
-/// channel once all `capacity` tokens are known) and the rest in one *staging* page whose keys are
+/// A tier whose key format is page-wise (`.channelwise`, `.mixedChannelwise`) keeps full pages sealed
+/// (quantised per channel once all `capacity` tokens are known) and the rest in one *staging* page whose keys are
 /// FP16 (KIVI's residual): the staging page is that tier's page slack.
 ///
 /// The kernels the read path uses for the tier are chosen here, once, when the store is created
@@ -17,8 +17,10 @@ struct TierCodecs: Sendable {
     let stagingLayout: PageLayout?
     /// Key codec for row-wise key formats.
     let keyRows: RowCodec?
-    /// Key codec for page-wise key formats.
+    /// Key codec for page-wise key formats of one width.
     let keyChannels: ChannelwiseKeyCodec?
+    /// Key codec for mixed-width per-channel keys (this KV head's widths).
+    let keyMixed: MixedChannelwiseKeyCodec?
     let values: RowCodec
     let fp16: RowCodec
     /// How keys of the tier's (sealed) pages are scored.
@@ -28,9 +30,10 @@ struct TierCodecs: Sendable {
     /// How the tier's value rows are accumulated.
     let valueAccumulation: ValueAccumulation
 
-    /// The codecs of `tier` in `layer` (formats `c.tierFormats(layer:)`, page capacity
-    /// `c.pageCapacity(tier, layer:)`). The configuration must be valid.
-    init(tier: Tier, layer: Int, configuration c: KVStoreConfiguration) {
+    /// The codecs of `tier` in `layer` for KV head `kvHead` (formats `c.tierFormats(layer:)`, page
+    /// capacity `c.pageCapacity(tier, layer:)`; only mixed-width keys differ between heads). The
+    /// configuration must be valid.
+    init(tier: Tier, layer: Int, kvHead: Int, configuration c: KVStoreConfiguration) {
         let formats = c.tierFormats(layer: layer), capacity = c.pageCapacity(tier, layer: layer)
         let kf = formats.keyFormat(tier), vf = formats.valueFormat(tier)
         self.tier = tier
@@ -41,23 +44,30 @@ struct TierCodecs: Sendable {
         // The configuration was validated: these cannot fail.
         values = try! RowCodec(vf, headDim: c.headDim)
         fp16 = try! RowCodec(.fp16, headDim: c.headDim)
-        if case .channelwise(let w) = kf {
-            keyChannels = try! ChannelwiseKeyCodec(w, headDim: c.headDim)
+        keyChannels = if case .channelwise(let w) = kf { try! ChannelwiseKeyCodec(w, headDim: c.headDim) } else { nil }
+        keyMixed = if case .mixedChannelwise(let m) = kf { MixedChannelwiseKeyCodec(m, kvHead: kvHead) } else { nil }
+        if kf.isPageWise {
             keyRows = nil
             stagingLayout = PageLayout(keyFormat: .fp16, valueFormat: vf, headDim: c.headDim, capacity: capacity)
         } else {
             keyRows = try! RowCodec(kf, headDim: c.headDim)
-            keyChannels = nil
             stagingLayout = nil
         }
     }
 
-    var isPageWise: Bool { keyChannels != nil }
+    var isPageWise: Bool { keyRows == nil }
+
+    /// Quantises the `tokenCount` keys `x` into a sealed page of this (page-wise) tier.
+    func encodeSealedKeys(_ x: UnsafePointer<Float>, tokenCount n: Int, into page: Page) {
+        if let m = keyMixed { m.encodePageUnchecked(x, tokenCount: n, codes: page.keyRow(0), params: page.keyParameters) }
+        else { keyChannels!.encodePageUnchecked(x, tokenCount: n, codes: page.keyRow(0), params: page.keyParameters) }
+    }
 
     /// Decodes the key of `slot` in `page` (a sealed page of this tier, or its staging page).
     func decodeKey(_ page: Page, _ slot: Int, into out: UnsafeMutablePointer<Float>) {
         if page.layout == layout {
             if let k = keyRows { k.decode(page.keyRow(slot), into: out) }
+            else if let m = keyMixed { m.decode(slot: slot, tokenCount: page.count, codes: page.keyRow(0), params: page.keyParameters, into: out) }
             else { keyChannels!.decode(page.keyRow(slot), params: page.keyParameters, into: out) }
         } else {
             fp16.decode(page.keyRow(slot), into: out)
@@ -74,7 +84,9 @@ struct TierCodecs: Sendable {
     func decodeKeys(_ page: Page, _ slot: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
         if page.layout == layout {
             if let k = keyRows { k.decodeRows(page.keyRow(slot), count: count, into: out) }
-            else { keyChannels!.decodeRows(page.keyRow(slot), count: count, params: page.keyParameters, into: out) }
+            else if let m = keyMixed {
+                m.decodeRows(slot: slot, count: count, tokenCount: page.count, codes: page.keyRow(0), params: page.keyParameters, into: out)
+            } else { keyChannels!.decodeRows(page.keyRow(slot), count: count, params: page.keyParameters, into: out) }
         } else {
             fp16.decodeRows(page.keyRow(slot), count: count, into: out)
         }
@@ -90,7 +102,8 @@ extension TierCodecs {
     /// pages of up to `pageCapacity` tokens (the larger of the key kernels' and the value kernels').
     func workCount(rowCount: Int, pageCapacity: Int) -> Int {
         let d = values.headDim
-        return max((rowCount + 1) * (d + 1), PageKernels.accumulateWorkCount(values, tokenCount: pageCapacity))
+        let keys = keyMixed?.scoreWorkCount(rowCount: rowCount, pageCapacity: pageCapacity) ?? (rowCount + 1) * (d + 1)
+        return max(keys, PageKernels.accumulateWorkCount(values, tokenCount: pageCapacity))
     }
 
     /// `scores[r·stride + j] = scale · (q_r · key_j)` for the `rowCount` query rows `q` (`headDim`
@@ -117,6 +130,9 @@ extension TierCodecs {
         case .lloydMax:
             PageKernels.scoresLloydMax(keyRows!, q, rowCount: rows, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S,
                                        stride: cap, work: work)
+        case .mixedChannelwise:
+            keyMixed!.scores(q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters, tokenCount: n, scale: scale, into: S,
+                             stride: cap, work: work)
         case .grouped:
             let keys = keyRows!
             for j in 0..<n { for r in 0..<rows { S[r * cap + j] = keys.dot(q + r * d, page.keyRow(j)) * scale } }

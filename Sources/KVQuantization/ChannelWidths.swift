@@ -1,0 +1,124 @@
+/// Per-channel code widths of a `.mixedChannelwise` key format: for each KV head of a layer, one
+/// `CodeWidth` per channel, and the bytes of codes every token row takes (the same for every head).
+///
+/// Channels with the same width form a *segment*. Segments are stored widest first (8, 4, 3, 2 bits),
+/// each holding its channels in ascending order, as a block of its own code rows
+/// (`MixedChannelwiseKeyCodec`): a segment of n channels takes `width.packedByteCount(codes: n)`
+/// bytes per token, and a head's segments together at most `rowByteCount` (the rest is zero).
+///
+/// Widths come from a measured allocation (`allocate`): channels whose range times query energy is
+/// large get more bits. They are a property of the model, calibrated once (`kvcrush calibrate`).
+public struct ChannelWidths: Sendable, Hashable, CustomStringConvertible {
+    /// `widths[kvHead][channel]`.
+    public let widths: [[CodeWidth]]
+    /// Bytes of one token's codes (all segments, padding included), the same for every head.
+    public let rowByteCount: Int
+
+    /// Widths given per KV head and channel; `rowByteCount` defaults to the largest head's segments.
+    ///
+    /// - Precondition: at least one head, every head the same channel count ≥ 1, and every head's
+    ///   segments fit in `rowByteCount`.
+    public init(widths: [[CodeWidth]], rowByteCount: Int? = nil) {
+        precondition(!widths.isEmpty && !widths[0].isEmpty && widths.allSatisfy { $0.count == widths[0].count },
+                     "ChannelWidths: every KV head needs the same positive number of channel widths")
+        let need = widths.map(Self.segmentByteCount).max()!
+        let bytes = rowByteCount ?? need
+        precondition(bytes >= need, "ChannelWidths: the segments need \(need) bytes per row, more than \(bytes)")
+        self.widths = widths
+        self.rowByteCount = bytes
+    }
+
+    /// Channels per head.
+    public var headDim: Int { widths[0].count }
+    /// KV heads.
+    public var kvHeadCount: Int { widths.count }
+    /// Code bits per element, padding included: `8·rowByteCount / headDim`.
+    public var averageBits: Double { Double(8 * rowByteCount) / Double(headDim) }
+
+    /// The widths a format stores segments in, widest first.
+    public static let segmentOrder: [CodeWidth] = [.int8, .int4, .int3, .int2]
+
+    /// Bytes of one row of a head's segments: Σ over widths of `packedByteCount(codes: n_width)`.
+    public static func segmentByteCount(_ head: [CodeWidth]) -> Int {
+        segmentOrder.reduce(0) { sum, w in sum + w.packedByteCount(codes: head.lazy.filter { $0 == w }.count) }
+    }
+
+    /// `mix3.5/channel` (the average bits; two allocations with the same average print alike).
+    public var description: String {
+        let b = averageBits
+        let text = b == b.rounded() ? String(Int(b)) : String(format2(b))
+        return "mix\(text)/channel"
+    }
+
+    private func format2(_ x: Double) -> String {
+        var s = String((x * 100).rounded() / 100)
+        while s.hasSuffix("0") { s.removeLast() }
+        if s.hasSuffix(".") { s.removeLast() }
+        return s
+    }
+}
+
+extension ChannelWidths {
+    /// The allocation that minimises the predicted score error of each KV head,
+    ///
+    ///     Σ_c weight_c · (range_c / (2^b_c − 1))²,
+    ///
+    /// (`range_c`: the typical range of channel c over a page's tokens, e.g. the RMS over pages;
+    /// `weight_c`: the query energy E[q_c²] of the head's query group) under `rowByteCount` bytes of
+    /// codes per token, widths from `candidates`, in units of `granularity` channels of adjacent
+    /// importance (weight·range²; units of 8 keep each segment a multiple of 8 channels, the SIMD
+    /// width of the per-channel kernels).
+    ///
+    /// Greedy reverse water-filling: every unit starts at the narrowest candidate; the upgrade with the
+    /// largest error reduction per added bit that still fits is taken until none fits. Deterministic
+    /// (ties go to the more important unit).
+    ///
+    /// - Precondition: `ranges` and `weights` have one entry per head, `headDim` each, finite and
+    ///   ≥ 0; `granularity` divides `headDim`; the narrowest candidate fits in `rowByteCount`.
+    /// - Complexity: O(heads · (d/g)² · |candidates|).
+    public static func allocate(ranges: [[Double]], weights: [[Double]], rowByteCount: Int,
+                                candidates: [CodeWidth] = [.int2, .int3, .int4, .int8], granularity: Int = 8) -> ChannelWidths {
+        precondition(!ranges.isEmpty && ranges.count == weights.count, "ChannelWidths.allocate: one range and weight vector per head")
+        let d = ranges[0].count
+        precondition(d > 0 && granularity > 0 && d % granularity == 0, "ChannelWidths.allocate: granularity \(granularity) must divide \(d)")
+        let ladder = candidates.sorted { $0.bits < $1.bits }
+        precondition(!ladder.isEmpty && Set(ladder).count == ladder.count, "ChannelWidths.allocate: distinct candidates")
+        var out = [[CodeWidth]]()
+        for (r, w) in zip(ranges, weights) {
+            precondition(r.count == d && w.count == d && (r + w).allSatisfy { $0.isFinite && $0 >= 0 },
+                         "ChannelWidths.allocate: ranges and weights must be finite, ≥ 0, \(d) per head")
+            let importance = (0..<d).map { w[$0] * r[$0] * r[$0] }
+            let order = (0..<d).sorted { importance[$0] != importance[$1] ? importance[$0] > importance[$1] : $0 < $1 }
+            let units = d / granularity
+            let unitImportance = (0..<units).map { u in order[(u * granularity)..<((u + 1) * granularity)].reduce(0) { $0 + importance[$1] } }
+            var level = [Int](repeating: 0, count: units)
+            var counts = [CodeWidth: Int]()
+            counts[ladder[0]] = d
+            func bytes(_ c: [CodeWidth: Int]) -> Int { c.reduce(0) { $0 + $1.key.packedByteCount(codes: $1.value) } }
+            precondition(bytes(counts) <= rowByteCount, "ChannelWidths.allocate: \(rowByteCount) bytes cannot hold \(d) \(ladder[0]) codes")
+            func error(_ u: Int, _ l: Int) -> Double {
+                let m = Double(ladder[l].maxCode)
+                return unitImportance[u] / (m * m)
+            }
+            while true {
+                var best: (gain: Double, unit: Int)? = nil
+                for u in 0..<units where level[u] + 1 < ladder.count {
+                    var c = counts
+                    c[ladder[level[u]], default: 0] -= granularity
+                    c[ladder[level[u] + 1], default: 0] += granularity
+                    guard bytes(c) <= rowByteCount else { continue }
+                    let gain = (error(u, level[u]) - error(u, level[u] + 1)) / Double(ladder[level[u] + 1].bits - ladder[level[u]].bits)
+                    if best == nil || gain > best!.gain { best = (gain, u) }
+                }
+                guard let b = best else { break }
+                counts[ladder[level[b.unit]], default: 0] -= granularity
+                counts[ladder[level[b.unit] + 1], default: 0] += granularity
+                level[b.unit] += 1
+            }
+            var head = [CodeWidth](repeating: ladder[0], count: d)
+            for u in 0..<units { for c in order[(u * granularity)..<((u + 1) * granularity)] { head[c] = ladder[level[u]] } }
+            out.append(head)
+        }
+        return ChannelWidths(widths: out, rowByteCount: rowByteCount)
+    }
+}
