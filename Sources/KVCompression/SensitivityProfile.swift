@@ -21,7 +21,12 @@ import KVSelection
 ///      "layerCount": 30, "headDim": 64, "pageCapacity": 64, "rotatesKeys": false, "rotatesValues": true,
 ///      "keys": [{"format": "int4/channel", "kld": [… one per layer …]}, …],
 ///      "values": [{"format": "lm3", "kld": […]}, …],
-///      "drops": [{"keptShare": 0.5, "kld": […]}, …]}                     ("drops" may be absent)
+///      "drops": [{"keptShare": 0.5, "kld": […]}, …],                     ("drops" may be absent)
+///      "keyChannels": {"pageCapacity": 64, "queryEnergy": [[[…]]], "rangeRMS": [[[…]]], …}}  (may be absent)
+///
+/// A key candidate named `mixB/channel` (`mix4/channel`, `mix3.5/channel`) is the mixed-width
+/// per-channel format at B bits per element whose widths each layer allocates from `keyChannels`
+/// (`keyFormat(named:layer:)`).
 public struct SensitivityProfile: Sendable, Hashable, Codable {
     /// One candidate format's measured cost in every layer.
     public struct Entry: Sendable, Hashable, Codable {
@@ -66,9 +71,13 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
     public var keys: [Entry], values: [Entry]
     /// Kept shares with their measurements (empty: allocations never plan to drop).
     public var drops: [Drop]
+    /// The keys' channel statistics on the calibration text, from which `mixB/channel` candidates
+    /// take their widths (nil: no mixed candidates).
+    public var keyChannels: KeyChannelStatistics?
 
     public init(model: String, text: String, promptTokenCount: Int, continuationTokenCount: Int, layerCount: Int, headDim: Int,
-                pageCapacity: Int, rotatesKeys: Bool, rotatesValues: Bool, keys: [Entry], values: [Entry], drops: [Drop] = []) {
+                pageCapacity: Int, rotatesKeys: Bool, rotatesValues: Bool, keys: [Entry], values: [Entry], drops: [Drop] = [],
+                keyChannels: KeyChannelStatistics? = nil) {
         self.model = model
         self.text = text
         self.promptTokenCount = promptTokenCount
@@ -81,11 +90,12 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
         self.keys = keys
         self.values = values
         self.drops = drops
+        self.keyChannels = keyChannels
     }
 
     enum CodingKeys: String, CodingKey {
         case version, model, text, promptTokenCount, continuationTokenCount, layerCount, headDim, pageCapacity, rotatesKeys, rotatesValues
-        case keys, values, drops
+        case keys, values, drops, keyChannels
     }
 
     public init(from decoder: any Decoder) throws {
@@ -103,6 +113,17 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
         keys = try c.decode([Entry].self, forKey: .keys)
         values = try c.decode([Entry].self, forKey: .values)
         drops = try c.decodeIfPresent([Drop].self, forKey: .drops) ?? []
+        keyChannels = try c.decodeIfPresent(KeyChannelStatistics.self, forKey: .keyChannels)
+    }
+
+    /// The format key candidate `name` stands for in `layer`: `StorageFormat(name:)`, or for
+    /// `mixB/channel` the mixed widths `keyChannels` allocates to the layer at B bits (nil without
+    /// `keyChannels` or for a bit count that is not a whole number of bytes per row).
+    public func keyFormat(named name: String, layer: Int) -> StorageFormat? {
+        if let b = KeyChannelStatistics.mixedBits(named: name) {
+            return keyChannels?.widths(layer: layer, averageBits: b).map { .mixedChannelwise($0) }
+        }
+        return StorageFormat(name: name)
     }
 
     /// Checks what a file could get wrong: the version, positive shape fields, at least one key and
@@ -114,15 +135,22 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
         guard headDim > 0, headDim <= 4096 else { throw .invalid("headDim must be in 1...4096, got \(headDim)") }
         guard pageCapacity > 0, pageCapacity <= 65536 else { throw .invalid("pageCapacity must be in 1...65536, got \(pageCapacity)") }
         guard promptTokenCount > 0, continuationTokenCount > 0 else { throw .invalid("token counts must be positive") }
+        if let k = keyChannels, let why = k.problem(layerCount: layerCount, headDim: headDim) { throw .invalid("keyChannels: \(why)") }
         for (role, entries) in [("keys", keys), ("values", values)] {
             guard !entries.isEmpty else { throw .invalid("\(role) has no candidate formats") }
-            var seen = Set<StorageFormat>()
+            var seen = Set<String>()
             for e in entries {
-                guard let f = StorageFormat(name: e.format) else { throw .invalid("\(role): unknown format '\(e.format)'") }
+                let parsed = role == "keys" ? keyFormat(named: e.format, layer: 0) : StorageFormat(name: e.format)
+                guard let f = parsed else {
+                    if KeyChannelStatistics.mixedBits(named: e.format) != nil {
+                        throw .invalid("\(role): \(e.format) needs keyChannels and a whole number of code bytes per row")
+                    }
+                    throw .invalid("\(role): unknown format '\(e.format)'")
+                }
                 guard f != .fp16 else { throw .invalid("\(role): fp16 is not a candidate (it is the reference)") }
                 do { try f.validate(headDim: headDim) } catch { throw .invalid("\(role): \(e.format): \(error)") }
                 guard role == "keys" || !f.isPageWise else { throw .invalid("values: \(e.format) is per channel (keys only)") }
-                guard seen.insert(f).inserted else { throw .invalid("\(role): \(e.format) appears twice") }
+                guard seen.insert(f.description).inserted else { throw .invalid("\(role): \(e.format) appears twice") }
                 guard e.kld.count == layerCount else {
                     throw .invalid("\(role): \(e.format) has \(e.kld.count) measurements for \(layerCount) layers")
                 }
@@ -213,7 +241,8 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
         let shares: [(Int?, Double)] = [(nil, 1)] + drops.enumerated().map { ($0.offset, $0.element.keptShare) }
         for ki in keys.indices {
             for vi in values.indices {
-                let cost = tokenByteCount(key: StorageFormat(name: keys[ki].format)!, value: StorageFormat(name: values[vi].format)!,
+                // Every layer's mixed widths take the same bytes: layer 0's stand for all.
+                let cost = tokenByteCount(key: keyFormat(named: keys[ki].format, layer: 0)!, value: StorageFormat(name: values[vi].format)!,
                                           base: base, pageCapacity: pageCapacity)
                 for (di, share) in shares {
                     out.append(Option(key: ki, value: vi, drop: di, keptShare: share, cost: Int((share * Double(cost)).rounded(.up))))
@@ -327,7 +356,7 @@ public struct SensitivityProfile: Sendable, Hashable, Codable {
         let picked = chosen.map { options[$0] }
         let layerCosts = picked.map { fixed + (1 - h) * Double($0.cost) }
         let mean = layerCosts.reduce(0, +) / Double(L)
-        return Allocation(keyFormats: picked.map { StorageFormat(name: keys[$0.key].format)! },
+        return Allocation(keyFormats: picked.enumerated().map { keyFormat(named: keys[$1.key].format, layer: $0)! },
                           valueFormats: picked.map { StorageFormat(name: values[$0.value].format)! },
                           keptShares: picked.map(\.keptShare), budgetScales: layerCosts.map { $0 / mean },
                           predictedKLD: (0..<L).reduce(0) { $0 + kld(picked[$1], layer: $1) },

@@ -53,12 +53,15 @@ public struct SensitivityCalibration {
     ///   - progress: called with a line per store and per layer.
     /// - Precondition: `promptTokenCount ≥ 1`, `continuationTokenCount ≥ 2` and both fit in `tokens`;
     ///   candidates are not FP16, valid for the head dim, values not per channel.
+    ///   - mixedKeyBits: average bits of mixed-width per-channel key candidates (`mixB/channel`): the
+    ///     prompt's `KeyChannelStatistics` are measured first and each layer's widths allocated from
+    ///     them; the profile keeps the statistics.
     public func run(tokens: [Int32], promptTokenCount: Int, continuationTokenCount: Int,
-                    keyFormats: [StorageFormat], valueFormats: [StorageFormat], modelName: String, textName: String,
-                    progress: ((String) -> Void)? = nil) throws -> SensitivityProfile {
+                    keyFormats: [StorageFormat], mixedKeyBits: [Double] = [], valueFormats: [StorageFormat], modelName: String,
+                    textName: String, progress: ((String) -> Void)? = nil) throws -> SensitivityProfile {
         precondition(promptTokenCount >= 1 && continuationTokenCount >= 2 && promptTokenCount + continuationTokenCount <= tokens.count,
                      "SensitivityCalibration.run: \(promptTokenCount) + \(continuationTokenCount) tokens do not fit in \(tokens.count)")
-        precondition(!keyFormats.isEmpty && !valueFormats.isEmpty, "SensitivityCalibration.run: no candidate formats")
+        precondition(!(keyFormats.isEmpty && mixedKeyBits.isEmpty) && !valueFormats.isEmpty, "SensitivityCalibration.run: no candidate formats")
         precondition(!(keyFormats + valueFormats).contains(.fp16), "SensitivityCalibration.run: fp16 is the reference, not a candidate")
         precondition(!valueFormats.contains { $0.isPageWise }, "SensitivityCalibration.run: values cannot be per channel")
         let base = model.storeConfiguration(pageCapacity: pageCapacity)
@@ -68,20 +71,41 @@ public struct SensitivityCalibration {
         let continuation = Array(tokens[promptTokenCount..<(promptTokenCount + continuationTokenCount)])
         let middle = regions.split(tokenCount: promptTokenCount).middle
         var reference: ContinuationEvaluation.Reference?
-        var keyKLD = [[Double]](repeating: [Double](repeating: 0, count: layers), count: keyFormats.count)
         var valueKLD = [[Double]](repeating: [Double](repeating: 0, count: layers), count: valueFormats.count)
         let slots: [Tier] = [.int8, .int4, .int2]
+        var keyChannels: KeyChannelStatistics?
+        if !mixedKeyBits.isEmpty {
+            keyChannels = try KeyChannelStatistics(running: model, tokens: prompt, pageCapacity: pageCapacity,
+                                                   skippedTokenCount: regions.sinkTokenCount, chunkTokenCount: chunkTokenCount)
+        }
+        // Each candidate's format per layer (mixed widths differ between layers).
+        let keyCandidates: [(name: String, layers: [StorageFormat])] = keyFormats.map { f in (f.description, Array(repeating: f, count: layers)) }
+            + mixedKeyBits.map { b in
+                let perLayer = (0..<layers).map { l -> StorageFormat in
+                    guard let w = keyChannels!.widths(layer: l, averageBits: b) else {
+                        preconditionFailure("SensitivityCalibration.run: \(b) bits is not a whole number of bytes per row of \(base.headDim)")
+                    }
+                    return .mixedChannelwise(w)
+                }
+                return (perLayer[0].description, perLayer)
+            }
+        let valueCandidates = valueFormats.map { f in (name: f.description, layers: Array(repeating: f, count: layers)) }
+        var keyKLD = [[Double]](repeating: [Double](repeating: 0, count: layers), count: keyCandidates.count)
         for measuringValues in [false, true] {
-            let candidates = measuringValues ? valueFormats : keyFormats
+            let candidates = measuringValues ? valueCandidates : keyCandidates
             for first in stride(from: 0, to: candidates.count, by: slots.count) {
                 let group = Array(candidates[first..<min(first + slots.count, candidates.count)])
                 var c = base
-                for (i, tier) in slots.enumerated() {
-                    let f = group[min(i, group.count - 1)]
-                    c.tierFormats.keys[tier] = measuringValues ? .fp16 : f
-                    c.tierFormats.values[tier] = measuringValues ? f : .fp16
-                }
                 c.tierFormats.pageCapacities = [:]
+                c.layerTierFormats = (0..<layers).map { l in
+                    var t = c.tierFormats
+                    for (i, tier) in slots.enumerated() {
+                        let f = group[min(i, group.count - 1)].layers[l]
+                        t.keys[tier] = measuringValues ? .fp16 : f
+                        t.values[tier] = measuringValues ? f : .fp16
+                    }
+                    return t
+                }
                 c.rotation = RotationSettings(keys: !measuringValues && rotatesKeys ? .all : .none,
                                               values: measuringValues && rotatesValues ? .all : .none)
                 let store = try KVStore(c)
@@ -108,7 +132,7 @@ public struct SensitivityCalibration {
                         let d = try evaluation.decode(continuation, sequence: fork, in: store, hook: nil, reference: reference)
                         let kld = max(0, d.klSum / Double(continuationTokenCount - 1))
                         if measuringValues { valueKLD[first + i][layer] = kld } else { keyKLD[first + i][layer] = kld }
-                        line += String(format: " %@ %.6f", f.description, kld)
+                        line += String(format: " %@ %.6f", f.name, kld)
                     }
                     progress?(line)
                 }
@@ -150,8 +174,8 @@ public struct SensitivityCalibration {
         return SensitivityProfile(
             model: modelName, text: textName, promptTokenCount: promptTokenCount, continuationTokenCount: continuationTokenCount,
             layerCount: layers, headDim: base.headDim, pageCapacity: pageCapacity, rotatesKeys: rotatesKeys, rotatesValues: rotatesValues,
-            keys: zip(keyFormats, keyKLD).map { SensitivityProfile.Entry(format: $0.0.description, kld: $0.1) },
+            keys: zip(keyCandidates, keyKLD).map { SensitivityProfile.Entry(format: $0.0.name, kld: $0.1) },
             values: zip(valueFormats, valueKLD).map { SensitivityProfile.Entry(format: $0.0.description, kld: $0.1) },
-            drops: zip(keptShares, dropKLD).map { SensitivityProfile.Drop(keptShare: $0.0, kld: $0.1) })
+            drops: zip(keptShares, dropKLD).map { SensitivityProfile.Drop(keptShare: $0.0, kld: $0.1) }, keyChannels: keyChannels)
     }
 }

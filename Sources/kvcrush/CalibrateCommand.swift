@@ -12,7 +12,7 @@ enum CalibrateCommand {
         help: """
             usage: kvcrush calibrate --model FILE.gguf --text FILE --output PROFILE.json
                                      [--prompt-tokens 1024] [--continue 128] [--page 64]
-                                     [--keys int8/channel,int4/channel,int3/channel] [--values lm4,lm3,lm2]
+                                     [--keys int8/channel,int4/channel,int3/channel[,mix4/channel,mix3.5/channel]] [--values lm4,lm3,lm2]
                                      [--drops 0.75,0.5,0.25] [--rotate values|keys|keys+values|none] [--threads N]
 
             Prefills the first --prompt-tokens tokens of the text at FP16; then, for every layer and
@@ -24,6 +24,10 @@ enum CalibrateCommand {
             32 queries, at FP16) and drops the rest. Costs layers × (keys + values + drops)
             continuations: about 15 minutes for SmolLM2-135M at the defaults.
             --rotate (default values) says which quantised side the store rotates, as in run.
+            A key candidate mixB/channel is per-channel keys with a width (2, 3, 4 or 8 bits) per channel
+            and KV head at B bits per element on average: the prompt's query energy and per-page key
+            ranges are measured first (kept in the profile as keyChannels) and each layer's widths
+            allocated from them (`ChannelWidths.allocate`).
 
             The profile is JSON (`SensitivityProfile`): `run --profile FILE --presets 4x` then picks each
             layer's INT4 key and value formats and kept share to minimise the summed KLD within the
@@ -41,10 +45,14 @@ enum CalibrateCommand {
         let threads = try args.value("threads", default: ProcessInfo.processInfo.activeProcessorCount, expected: "a positive integer") {
             Int($0).flatMap { $0 > 0 ? $0 : nil }
         }
-        let keys = try args.list("keys", default: [StorageFormat.channelwise(.int8), .channelwise(.int4), .channelwise(.int3)],
-                                 expected: "key format names (int4/channel, int4/g32, lm3, …; not fp16)") { n in
-            StorageFormat(name: n).flatMap { $0 == .fp16 ? nil : $0 }
+        // A key name is a format, or mixB/channel (mixed widths at B bits per element, allocated per layer).
+        let keyNames = try args.list("keys", default: ["int8/channel", "int4/channel", "int3/channel"],
+                                     expected: "key format names (int4/channel, int4/g32, lm3, mix3.5/channel, …; not fp16)") { n -> String? in
+            if let b = KeyChannelStatistics.mixedBits(named: n) { return b >= 2 && b <= 8 ? n : nil }
+            return StorageFormat(name: n).flatMap { $0 == .fp16 ? nil : n }
         }
+        let keys = keyNames.compactMap { KeyChannelStatistics.mixedBits(named: $0) == nil ? StorageFormat(name: $0) : nil }
+        let mixedBits = keyNames.compactMap(KeyChannelStatistics.mixedBits(named:))
         let values = try args.list("values", default: [StorageFormat.lloydMax(.int4), .lloydMax(.int3), .lloydMax(.int2)],
                                    expected: "value format names (lm3, int4/g32, …; not fp16 or per channel)") { n in
             StorageFormat(name: n).flatMap { $0 == .fp16 || $0.isPageWise ? nil : $0 }
@@ -65,6 +73,9 @@ enum CalibrateCommand {
                 throw UsageError(message: "format \(f) does not suit head dim \(model.cacheShape.headDim): \(error)", command: "calibrate")
             }
         }
+        for b in mixedBits where (b * Double(model.cacheShape.headDim) / 8).rounded() != b * Double(model.cacheShape.headDim) / 8 {
+            throw UsageError(message: "mix\(b)/channel: \(b) bits × head dim \(model.cacheShape.headDim) is not a whole number of bytes", command: "calibrate")
+        }
         let tokens = try loadTokenizer(file: file).encodePrompt(try String(contentsOf: URL(fileURLWithPath: textPath), encoding: .utf8))
         guard promptTokens + continueTokens <= tokens.count else {
             throw UsageError(message: "the text has \(tokens.count) tokens, fewer than --prompt-tokens + --continue = \(promptTokens + continueTokens)", command: "calibrate")
@@ -75,7 +86,7 @@ enum CalibrateCommand {
         calibration.rotatesValues = rotate.contains("values")
         calibration.keptShares = drops
         let profile = try calibration.run(tokens: tokens, promptTokenCount: promptTokens, continuationTokenCount: continueTokens,
-                                          keyFormats: keys, valueFormats: values,
+                                          keyFormats: keys, mixedKeyBits: mixedBits, valueFormats: values,
                                           modelName: URL(fileURLWithPath: modelPath).lastPathComponent,
                                           textName: URL(fileURLWithPath: textPath).lastPathComponent) { line in
             FileHandle.standardError.write(Data("kvcrush calibrate: \(line)\n".utf8))

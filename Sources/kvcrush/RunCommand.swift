@@ -98,12 +98,16 @@ enum RunCommand {
         }
         let presets = try PresetOptions.resolve(presetNames, profile: profile, expectedTokenCount: promptTokens,
                                                 protectedTier: options.protectedTier, command: "run")
-        let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), command: "run")
+        let storeConfiguration = try StoreFormatOptions.apply(storeFormats, to: model.storeConfiguration(pageCapacity: page), profile: profile,
+                                                              command: "run")
+        // Presets bring their own formats: they start from the configuration without --formats' mixed keys.
+        var presetBase = storeConfiguration
+        if !storeFormats.mixedKeys.isEmpty { presetBase.layerTierFormats = nil }
         // One prefill per store: the policies' (formats from --formats), then each preset's own.
         let onlyReference = options.configurations.allSatisfy { $0.cachePolicy.action == .keep }
         var runs = presets.isEmpty || !onlyReference ? [(storeConfiguration, options.configurations)] : []
         for preset in presets {
-            runs.append((preset.configure(storeConfiguration), [EvaluationConfiguration(preset: preset, regions: options.regions)]))
+            runs.append((preset.configure(presetBase), [EvaluationConfiguration(preset: preset, regions: options.regions)]))
         }
         var prefill: ContinuationEvaluation.Prefill?
         var results = [ContinuationEvaluation.Result]()
@@ -121,7 +125,7 @@ enum RunCommand {
         }
         guard let prefill else { preconditionFailure("kvcrush run: no run") }
         let modelName = URL(fileURLWithPath: modelPath).lastPathComponent, textName = URL(fileURLWithPath: textPath).lastPathComponent
-        let store = describe(storeConfiguration) + presets.map { "; preset:\($0) " + describe($0.configure(storeConfiguration)) }.joined()
+        let store = describe(storeConfiguration) + presets.map { "; preset:\($0) " + describe($0.configure(presetBase)) }.joined()
         let rendered: String
         switch format {
         case "csv": rendered = csv(results)
