@@ -44,17 +44,14 @@ public struct ChannelWidths: Sendable, Hashable, CustomStringConvertible {
     }
 
     /// `mix3.5/channel` (the average bits; two allocations with the same average print alike).
-    public var description: String {
-        let b = averageBits
-        let text = b == b.rounded() ? String(Int(b)) : String(format2(b))
-        return "mix\(text)/channel"
-    }
+    public var description: String { Self.name(averageBits: averageBits) }
 
-    private func format2(_ x: Double) -> String {
-        var s = String((x * 100).rounded() / 100)
+    /// `mix4/channel`, `mix3.5/channel`, … (the average to at most two decimals).
+    public static func name(averageBits b: Double) -> String {
+        if b == b.rounded() { return "mix\(Int(b))/channel" }
+        var s = String((b * 100).rounded() / 100)
         while s.hasSuffix("0") { s.removeLast() }
-        if s.hasSuffix(".") { s.removeLast() }
-        return s
+        return "mix\(s)/channel"
     }
 }
 
