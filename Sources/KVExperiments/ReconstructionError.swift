@@ -57,8 +57,8 @@ public struct ReconstructionError: Sendable, Hashable {
     public var variant: Variant
     /// The format measured (for mixed widths, the layer's allocation).
     public var format: StorageFormat
-    /// For keys: ‖S − Ŝ‖_F / ‖S‖_F of the attention logits q·k over the dump's queries (each query
-    /// head against its KV head's tokens); nil for values.
+    /// For keys measured with `scoreErrors`: ‖S − Ŝ‖_F / ‖S‖_F of the attention logits q·k over the
+    /// dump's queries (each query head against its KV head's tokens); nil otherwise.
     public var scoreRelativeError: Double?
     /// ‖X − X̂‖_F / ‖X‖_F over every head and token of the layer.
     public var relativeFrobenius: Double
@@ -89,10 +89,11 @@ public struct ReconstructionError: Sendable, Hashable {
     /// or values, clamp to ±65504, quantise, decode and rotate back: the error is measured on the
     /// original vectors.
     ///
-    /// Mixed-width variants (`Variant.mixed`) take each layer's widths from `mixedWidths`. Keys also
-    /// get `scoreRelativeError`.
+    /// Mixed-width variants (`Variant.mixed`) take each layer's widths from `mixedWidths`. With
+    /// `scoreErrors`, keys also get `scoreRelativeError` (O(heads · queries · tokens · headDim) more
+    /// per key variant and layer).
     public static func measure(_ dump: KVDump, variants: [Variant], rotationSeed: UInt64 = 0,
-                               mixedWidths: MixedWidthSource = .dump) throws -> [ReconstructionError] {
+                               mixedWidths: MixedWidthSource = .dump, scoreErrors: Bool = false) throws -> [ReconstructionError] {
         let s = dump.shape, d = s.headDim
         var out = [ReconstructionError]()
         for layer in dump.layers {
@@ -126,7 +127,7 @@ public struct ReconstructionError: Sendable, Hashable {
                     let perHead = zip(headNum, headDen).map { $1 == 0 ? 0 : ($0 / $1).squareRoot() }
                     out.append(ReconstructionError(
                         layer: layer.index, tensor: tensor, variant: v, format: format,
-                        scoreRelativeError: tensor == "keys" ? scoreError(layer, keys: data, decoded: decoded, shape: s) : nil,
+                        scoreRelativeError: tensor == "keys" && scoreErrors ? scoreError(layer, keys: data, decoded: decoded, shape: s) : nil,
                         relativeFrobenius: den == 0 ? 0 : (num / den).squareRoot(),
                         meanHeadRelativeFrobenius: perHead.reduce(0, +) / Double(max(perHead.count, 1)),
                         maxAbsolute: maxErr, maxMagnitude: maxMag,

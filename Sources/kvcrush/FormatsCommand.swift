@@ -52,7 +52,7 @@ enum FormatsCommand {
             widthNote = "mixed widths from the key statistics of " + URL(fileURLWithPath: profilePath).lastPathComponent + " (" + profile.text + ")"
         }
         let rows = try ReconstructionError.measure(dump, variants: ReconstructionError.allVariants(pageCapacities: pages), rotationSeed: seed,
-                                                   mixedWidths: source)
+                                                   mixedWidths: source, scoreErrors: true)
         let d = dump.shape.headDim
         let rotationNote = HadamardRotation.isSupported(dimension: d)
             ? "rotation: randomised Walsh–Hadamard, seed \(seed) (head dim \(d) is a power of two)"

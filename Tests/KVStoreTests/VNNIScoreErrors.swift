@@ -13,7 +13,7 @@ extension KVStore {
         let entries = withStream(id, layer, kvHead, "vnniScoreErrors") { $0.entriesByPosition() }
         let rq = LayerRotations(layer: layer, configuration: configuration).keys.map { $0.rotated(q) } ?? q
         return entries.map { e in
-            let tc = codecs[layer][e.tier]
+            let tc = codecs[layer][kvHead][e.tier]
             guard let channels = tc.keyChannels, e.page.layout == tc.layout, tc.keyScoring == .channelwiseVNNI else { return 0 }
             return (e.tier > 0 ? rq : q).withUnsafeBufferPointer { qp in
                 PageKernels.channelwiseVNNIErrorBound(channels, qp.baseAddress!, row: e.page.keyRow(e.slot),
