@@ -154,6 +154,20 @@ struct SnapshotParser {
                 throw .configurationMismatch(field: field, store: a.description, snapshot: b.description)
             }
         }
+        // Formats by value: two mixed-width formats with the same bytes per row have the same name
+        // (`mix3.5/channel`) but read each other's pages wrongly; the message then names the first
+        // (KV head, channel) whose width differs.
+        func checkFormat(_ field: String, _ a: StorageFormat, _ b: StorageFormat) throws(SnapshotError) {
+            guard a != b else { return }
+            var store = a.description, snapshot = b.description
+            if store == snapshot, case .mixedChannelwise(let x) = a, case .mixedChannelwise(let y) = b,
+               let h = x.widths.indices.first(where: { x.widths[$0] != y.widths[$0] }),
+               let ch = x.widths[h].indices.first(where: { x.widths[h][$0] != y.widths[h][$0] }) {
+                store += " (KV head \(h) channel \(ch): \(x.widths[h][ch]))"
+                snapshot += " (KV head \(h) channel \(ch): \(y.widths[h][ch]))"
+            }
+            throw .configurationMismatch(field: field, store: store, snapshot: snapshot)
+        }
         try check("layerCount", t.layerCount, c.layerCount)
         try check("kvHeadCount", t.kvHeadCount, c.kvHeadCount)
         try check("headDim", t.headDim, c.headDim)
@@ -162,8 +176,8 @@ struct SnapshotParser {
             let a = t.tierFormats(layer: l), b = c.tierFormats(layer: l)
             let name = t.layerTierFormats == nil && c.layerTierFormats == nil ? "tierFormats" : "layerTierFormats[\(l)]"
             for tier in Tier.stored {
-                try check("\(name).keys[\(tier)]", a.keyFormat(tier), b.keyFormat(tier))
-                try check("\(name).values[\(tier)]", a.valueFormat(tier), b.valueFormat(tier))
+                try checkFormat("\(name).keys[\(tier)]", a.keyFormat(tier), b.keyFormat(tier))
+                try checkFormat("\(name).values[\(tier)]", a.valueFormat(tier), b.valueFormat(tier))
                 try check(name == "tierFormats" && a.pageCapacities.isEmpty && b.pageCapacities.isEmpty ? "pageCapacity" : "\(name).pageCapacities[\(tier)]",
                           t.pageCapacity(tier, layer: l), c.pageCapacity(tier, layer: l))
             }

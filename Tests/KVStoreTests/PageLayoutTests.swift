@@ -54,7 +54,7 @@ import KVSelection
         // (pages of 8: 2).
         let moves = (0..<90).map { p in StreamPlan.Move(position: Int32(p), tier: p < 60 ? .int4 : p < 80 ? .int8 : .int2) }
         try store.apply(RetentionPlan(streams: [StreamPlan(layer: 0, kvHead: 0, moves: moves), StreamPlan(layer: 0, kvHead: 1, moves: moves)]), to: id)
-        let codecs = store.codecs[0][0]
+        let codecs = store.codecs[0][0]  // KV head 0: only mixed-width keys differ between heads
         for h in 0..<2 {
             #expect(store.pageCounts(of: id, layer: 0, kvHead: h) == [.fp16: 2, .int8: 2, .int4: 2, .int2: 3])
             #expect(store.tokenCounts(of: id, layer: 0, kvHead: h) == [.fp16: 11, .int8: 20, .int4: 60, .int2: 10])

@@ -181,7 +181,7 @@ import KVExperiments
                         #expect(rows.values == expected.flatMap(\.value.value), "\(context): values are row-wise, exact")
                         var bytes = 0
                         for t in Tier.stored {
-                            let n = expected.filter { $0.value.tier == t }.count, c = store.codecs[layer][0][t.rawValue], p = c.layout.capacity
+                            let n = expected.filter { $0.value.tier == t }.count, c = store.codecs[layer][h][t.rawValue], p = c.layout.capacity
                             bytes += c.isPageWise ? n / p * c.layout.byteCount + (n % p > 0 ? c.stagingLayout!.byteCount : 0)
                                 : (n + p - 1) / p * c.layout.byteCount
                         }
