@@ -1,3 +1,4 @@
+import Foundation
 import KVQuantization
 
 /// The expected relative error of keeping a token at each tier, for `TieredPlanner`'s cost model.
@@ -36,6 +37,8 @@ public struct TierErrorModel: Sendable, Hashable {
     /// The default errors derived from `formats` (see the type's discussion).
     public static func derived(from formats: TierFormats) -> TierErrorModel {
         func e(_ f: StorageFormat) -> Double {
+            // Mixed widths: the step of a uniform code at their average bits (not of their widest channel).
+            if case .mixedChannelwise(let m) = f { return 1 / ((pow(2, m.averageBits) - 1) * 3.4641016151377544) }
             guard let w = f.codeWidth else { return 0 }
             return 1 / (Double(w.maxCode) * 3.4641016151377544)  // √12
         }
@@ -50,3 +53,4 @@ public struct TierErrorModel: Sendable, Hashable {
     /// `e_t` for `tier` (1 for `.dropped`).
     public func relativeError(_ tier: Tier) -> Double { errors[tier.rawValue] }
 }
+

@@ -129,4 +129,17 @@ import KVStore
             #expect(seen == n)
         }
     }
+
+    /// The planners' derived error model costs mixed keys by their average bits, not their widest channel.
+    @Test func tierErrorModelUsesTheAverageBits() throws {
+        let w = try #require(Self.statistics(layers: 1, heads: 3, seed: 9).widths(layer: 0, averageBits: 3.5))
+        #expect(w.widths.joined().contains(.int8))
+        func error(_ key: StorageFormat) -> Double {
+            var f = TierFormats.standard
+            f.keys[.int4] = key
+            return TierErrorModel.derived(from: f).relativeError(.int4)
+        }
+        let mixed = error(.mixedChannelwise(w))
+        #expect(error(.channelwise(.int4)) < mixed && mixed < error(.channelwise(.int3)))
+    }
 }
