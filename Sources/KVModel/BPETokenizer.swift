@@ -77,7 +77,7 @@ public struct BPETokenizer: Sendable {
     /// The raw bytes `text` spells in the byte-to-unicode alphabet, or nil if a scalar is outside it.
     static func rawBytes<S: StringProtocol>(_ text: S) -> [UInt8]? {
         var out = [UInt8]()
-        out.reserveCapacity(text.unicodeScalars.count)
+        out.reserveCapacity(text.utf8.count)  // at least the scalar count, and O(1) (counting scalars is a pass)
         for u in text.unicodeScalars {
             guard u.value < 0x144, case let b = scalarToByte[Int(u.value)], b >= 0 else { return nil }
             out.append(UInt8(b))
