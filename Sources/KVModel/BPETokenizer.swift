@@ -77,7 +77,7 @@ public struct BPETokenizer: Sendable {
     /// The raw bytes `text` spells in the byte-to-unicode alphabet, or nil if a scalar is outside it.
     static func rawBytes<S: StringProtocol>(_ text: S) -> [UInt8]? {
         var out = [UInt8]()
-        out.reserveCapacity(text.unicodeScalars.count)
+        out.reserveCapacity(text.utf8.count)  // at least the scalar count, and O(1) (counting scalars is a pass)
         for u in text.unicodeScalars {
             guard u.value < 0x144, case let b = scalarToByte[Int(u.value)], b >= 0 else { return nil }
             out.append(UInt8(b))
@@ -121,13 +121,19 @@ public struct BPETokenizer: Sendable {
         self.addsBOS = addsBOS
         var ids = [String: Int32](minimumCapacity: tokens.count)
         var symbols = [ArraySlice<UInt8>: Int32](minimumCapacity: tokens.count)
+        // `symbols[[b]]` for every byte b, filled as `symbols` is (the first id of a one-byte symbol),
+        // without a lookup (and an array) per byte afterwards.
+        var single = [Int32?](repeating: nil, count: 256)
         for (i, t) in tokens.enumerated() {
             if ids[t] == nil { ids[t] = Int32(i) }
-            if let raw = Self.rawBytes(t), symbols[raw[...]] == nil { symbols[raw[...]] = Int32(i) }
+            if let raw = Self.rawBytes(t), symbols[raw[...]] == nil {
+                symbols[raw[...]] = Int32(i)
+                if raw.count == 1 { single[Int(raw[0])] = Int32(i) }
+            }
         }
         self.ids = ids
         symbolIDs = symbols
-        byteIDs = (0..<256).map { symbols[[UInt8($0)][...]] }
+        byteIDs = single
         var ranks = [MergeKey: Int](minimumCapacity: merges.count)
         var longest = 0
         for (i, m) in merges.enumerated() {
@@ -154,7 +160,9 @@ public struct BPETokenizer: Sendable {
         var cache = [ArraySlice<UInt8>: Range<Int>]()  // a piece's bytes → where its ids are in `out`
         for r in preTokenizer.byteRanges(text) {
             let piece = bytes[r]
-            if let hit = cache[piece] { out.append(contentsOf: out[hit]); continue }
+            // Element by element: `append(contentsOf: out[hit])` would hold a slice of `out`'s own
+            // buffer, so the append could not grow it in place and copied the whole output per hit.
+            if let hit = cache[piece] { for k in hit { out.append(out[k]) }; continue }
             let start = out.count
             encodePiece(piece, into: &out)
             cache[piece] = start..<out.count

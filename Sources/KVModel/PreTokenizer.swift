@@ -25,6 +25,13 @@ public enum PreTokenizer: Sendable, Hashable {
     enum Class { case letter, number, space, other }
 
     static func classify(_ s: Unicode.Scalar) -> Class {
+        s.value < 0x80 ? asciiClasses[Int(s.value)] : classifyByProperties(s)
+    }
+
+    /// `classifyByProperties` of the 128 ASCII scalars (most text), looked up instead of queried.
+    static let asciiClasses: [Class] = (0..<0x80).map { classifyByProperties(Unicode.Scalar(UInt8($0))) }
+
+    static func classifyByProperties(_ s: Unicode.Scalar) -> Class {
         if s.properties.isWhitespace { return .space }
         switch s.properties.generalCategory {
         case .uppercaseLetter, .lowercaseLetter, .titlecaseLetter, .modifierLetter, .otherLetter: return .letter

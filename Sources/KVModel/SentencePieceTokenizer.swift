@@ -157,8 +157,10 @@ public struct SentencePieceTokenizer: Sendable {
             case .text(let raw):
                 var escaped = [UInt8]()
                 escaped.reserveCapacity(raw.count + 3)
-                if addsSpacePrefix && afterSpecial { escaped += [0xE2, 0x96, 0x81] }
-                for b in raw { if b == 0x20 { escaped += [0xE2, 0x96, 0x81] } else { escaped.append(b) } }
+                // `▁` is E2 96 81 (appended byte by byte: no array per space).
+                func appendSpace() { escaped.append(0xE2); escaped.append(0x96); escaped.append(0x81) }
+                if addsSpacePrefix && afterSpecial { appendSpace() }
+                for b in raw { if b == 0x20 { appendSpace() } else { escaped.append(b) } }
                 if reference { encodeEscapedReference(escaped, into: &out) } else { encodeEscaped(escaped, into: &out) }
                 afterSpecial = false
             }
