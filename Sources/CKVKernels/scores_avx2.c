@@ -2,12 +2,31 @@
 // (AVX2 + FMA + F16C). Contracts: include/CKVKernels.h; Swift twins: PageKernels.scoresReference,
 // PageKernels.scoresChannelwiseReference.
 //
-// Rows are read in 16-element units (d a multiple of 16, `load_unit_avx2`) and query rows in
-// tiles of up to 4, so each key row is converted to FP32 once per tile (a GQA group, a prefill
+// Rows are read in 16-element units (`load_unit_avx2`; per-channel codes may end in one 8-element
+// half unit, `load_half_avx2`, so their d need only be a multiple of 8) and query rows in tiles of up to 4, so each key row is converted to FP32 once per tile (a GQA group, a prefill
 // chunk), with the tile's accumulators in registers (two per row: 16 ymm registers in all).
 #include "internal.h"
 
 #if defined(__x86_64__)
+
+// The half unit of 8 elements at c0 (c0 a multiple of 16, the row's last 8 elements), in the order
+// kvk_prepare_channelwise_avx2 stores the query's last 8: natural, except at 4 bits (low nibbles,
+// elements c0 + 0, 2, 4, 6, then high nibbles, c0 + 1, 3, 5, 7). Reads exactly the half unit's bytes.
+KVK_TARGET_AVX2 KVK_INLINE __m256 load_half_avx2(int bits, const void *row, long c0) {
+    if (bits == 0) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c0)));
+    if (bits == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)row + c0))));
+    if (bits == 4) {
+        int32_t w;
+        __builtin_memcpy(&w, (const uint8_t *)row + c0 / 2, 4);
+        const __m128i x = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(w));
+        const __m128i lo = _mm_and_si128(x, _mm_set1_epi32(0x0F)), hi = _mm_srli_epi32(x, 4);
+        return _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
+    }
+    uint16_t w;
+    __builtin_memcpy(&w, (const uint8_t *)row + c0 / 4, 2);
+    const __m256i x = _mm256_set1_epi32(w);
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), _mm256_set1_epi32(3)));
+}
 
 // RT query rows (1–4) against every token, one token at a time.
 KVK_TARGET_AVX2 KVK_INLINE void scores_tile_avx2(int bits, int RT, const float *q, const float *zt, long d, const uint8_t *rows,
@@ -16,13 +35,18 @@ KVK_TARGET_AVX2 KVK_INLINE void scores_tile_avx2(int bits, int RT, const float *
         const uint8_t *row = rows + j * rowBytes;
         __m256 acc[4][2];
         for (int r = 0; r < RT; r++) { acc[r][0] = _mm256_setzero_ps(); acc[r][1] = _mm256_setzero_ps(); }
-        for (long c0 = 0; c0 < d; c0 += 16) {
+        long c0 = 0;
+        for (; c0 + 16 <= d; c0 += 16) {
             __m256 v[2];
             load_unit_avx2(bits, row, c0, v);
             for (int r = 0; r < RT; r++) {
                 acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * d + c0), v[0], acc[r][0]);
                 acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * d + c0 + 8), v[1], acc[r][1]);
             }
+        }
+        if (c0 < d) {
+            const __m256 v = load_half_avx2(bits, row, c0);
+            for (int r = 0; r < RT; r++) acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + r * d + c0), v, acc[r][0]);
         }
         __m256 a[4];
         for (int r = 0; r < 4; r++) a[r] = r < RT ? _mm256_add_ps(acc[r][0], acc[r][1]) : _mm256_setzero_ps();
@@ -40,7 +64,8 @@ KVK_TARGET_AVX2 KVK_INLINE void scores_row4_avx2(int bits, const float *q, const
     for (; j + 4 <= n; j += 4) {
         __m256 acc[4][2];
         for (int t = 0; t < 4; t++) { acc[t][0] = _mm256_setzero_ps(); acc[t][1] = _mm256_setzero_ps(); }
-        for (long c0 = 0; c0 < d; c0 += 16) {
+        long c0 = 0;
+        for (; c0 + 16 <= d; c0 += 16) {
             const __m256 q0 = _mm256_loadu_ps(q + c0), q1 = _mm256_loadu_ps(q + c0 + 8);
             for (int t = 0; t < 4; t++) {
                 __m256 v[2];
@@ -48,6 +73,10 @@ KVK_TARGET_AVX2 KVK_INLINE void scores_row4_avx2(int bits, const float *q, const
                 acc[t][0] = _mm256_fmadd_ps(q0, v[0], acc[t][0]);
                 acc[t][1] = _mm256_fmadd_ps(q1, v[1], acc[t][1]);
             }
+        }
+        if (c0 < d) {
+            const __m256 q0 = _mm256_loadu_ps(q + c0);
+            for (int t = 0; t < 4; t++) acc[t][0] = _mm256_fmadd_ps(q0, load_half_avx2(bits, rows + (j + t) * rowBytes, c0), acc[t][0]);
         }
         __m128 s4 = reduce4_avx2(_mm256_add_ps(acc[0][0], acc[0][1]), _mm256_add_ps(acc[1][0], acc[1][1]),
                                  _mm256_add_ps(acc[2][0], acc[2][1]), _mm256_add_ps(acc[3][0], acc[3][1]));
@@ -91,7 +120,8 @@ KVK_TARGET_AVX2 void kvk_prepare_channelwise_avx2(int bits, const float *q, long
         const float *qr = q + r * d;
         float *out = qs + r * d;
         __m256 z = _mm256_setzero_ps();
-        for (long c = 0; c < d; c += 16) {
+        long c = 0;
+        for (; c + 16 <= d; c += 16) {
             __m256 s0, z0, s1, z1;
             load_params8_avx2(params + 2 * c, &s0, &z0);
             load_params8_avx2(params + 2 * c + 16, &s1, &z1);
@@ -110,6 +140,15 @@ KVK_TARGET_AVX2 void kvk_prepare_channelwise_avx2(int bits, const float *q, long
                 _mm256_storeu_ps(out + c, a);
                 _mm256_storeu_ps(out + c + 8, b);
             }
+        }
+        if (c < d) {  // the last 8 channels: load_half_avx2's order
+            __m256 s0, z0;
+            load_params8_avx2(params + 2 * c, &s0, &z0);
+            const __m256 q0 = _mm256_loadu_ps(qr + c);
+            __m256 a = _mm256_mul_ps(q0, s0);
+            z = _mm256_fmadd_ps(q0, z0, z);
+            if (bits == 4) a = _mm256_permutevar8x32_ps(a, _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7));
+            _mm256_storeu_ps(out + c, a);
         }
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(z), _mm256_extractf128_ps(z, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));

@@ -61,6 +61,14 @@ extension PageKernels {
         kernels.avx2 && d > 0 && d % 16 == 0
     }
 
+    /// Whether `kvk_prepare_channelwise_avx2` + `kvk_scores_channelwise_avx2` run for per-channel key
+    /// pages of `headDim` where the AVX-512 ones do not: AVX2 kernels in the kernel set and headDim a
+    /// multiple of 8 (16-element units and at most one 8-element half unit; the segments of
+    /// mixed-width keys are multiples of 8).
+    static func runsAVX2ChannelwiseKernels(headDim d: Int, on kernels: KernelSet = .current) -> Bool {
+        kernels.avx2 && d > 0 && d % 8 == 0
+    }
+
     /// Whether the AVX2 kernels of the INT3 and Lloyd–Max formats (`int3_avx2.c`,
     /// `lloydmax_avx2.c`; `PageKernels+Formats.swift`) run for rows of `headDim` elements: AVX2
     /// kernels in the kernel set (the `avx2` path, or `avx512`: the AVX-512 kernels do not take these

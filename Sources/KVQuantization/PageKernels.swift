@@ -130,7 +130,7 @@ package enum PageKernels {
     /// (`PreparedChannelwise`, block-permuted for the accelerated kernel), then scores all
     /// `tokenCount` code rows: `scores[r·stride + j] = scale · (Σ_c (q_c·scale_c)·code_jc + Σ_c q_c·zero_c)`.
     /// `work` holds at least `(rowCount + 1)·(headDim + 1)` floats (scratch). AVX-512 for head dims
-    /// that are multiples of 64, AVX2 for multiples of 16, else the tiled Swift kernel (its own unit
+    /// that are multiples of 64, AVX2 for multiples of 8, else the tiled Swift kernel (its own unit
     /// order).
     public static func scoresChannelwise(_ codec: ChannelwiseKeyCodec, _ q: UnsafePointer<Float>, rowCount: Int,
                                          codes: UnsafeRawPointer, params: UnsafeRawPointer, tokenCount: Int, scale: Float,
@@ -147,7 +147,7 @@ package enum PageKernels {
             return kvk_scores_channelwise(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,
                                           tokenCount, scale, scores, stride)
         }
-        if runsAVX2Kernels(headDim: d) {
+        if runsAVX2ChannelwiseKernels(headDim: d) {
             let bits = Int32(codec.width.bits), qs = work, zt = work + rowCount * d
             kvk_prepare_channelwise_avx2(bits, q, rowCount, d, params.assumingMemoryBound(to: UInt16.self), qs, zt)
             return kvk_scores_channelwise_avx2(bits, qs, zt, rowCount, d, codes.assumingMemoryBound(to: UInt8.self), codec.rowByteCount,

@@ -20,6 +20,10 @@ struct BenchLayer {
         var threadCounts: [Int], tierNames: [String], seconds: Double, quick: Bool, llcBytes: Int
         /// The store's tier formats and rotation (`--formats`, `--rotate`; default the standard formats, no rotation).
         var tierFormats = TierFormats.standard, rotation = RotationSettings.none
+        /// Tiers with mixed-width keys at these average bits (`--formats int4=mix3.5/channel:…`): each
+        /// shape gets a seeded synthetic allocation (speed depends on the segments' sizes, not on which
+        /// channels they hold).
+        var mixedKeys = [Tier: Double]()
         var minReps: Int { quick ? 3 : 7 }
         var maxReps: Int { quick ? 10 : 100_000 }
         var rounds: Int { quick ? 1 : 5 }
@@ -45,7 +49,19 @@ struct BenchLayer {
         self.tokens = n
         self.settings = settings
         let kv = shape.kvHeads, d = shape.headDim, qh = kv * shape.group
-        config = KVStoreConfiguration(layerCount: 1, queryHeadCount: qh, kvHeadCount: kv, headDim: d, tierFormats: settings.tierFormats,
+        var formats = settings.tierFormats
+        for (tier, bits) in settings.mixedKeys.sorted(by: { $0.key < $1.key }) {
+            // Channel importance spread over four decades, as RoPE'd keys' outlier channels are.
+            var u = [Float](repeating: 0, count: kv * d)
+            u.withUnsafeMutableBufferPointer { BenchHarness.fillRandom($0.baseAddress!, kv * d, seed: 5) }
+            let importance = (0..<kv).map { h in (0..<d).map { c in pow(10, 2 * (Double(u[h * d + c]) + 1)) } }
+            let ones = [[Double]](repeating: [Double](repeating: 1, count: d), count: kv)
+            guard (bits * Double(d) / 8).rounded() == bits * Double(d) / 8 else {
+                throw UsageError(message: "--formats: mix\(bits)/channel is not a whole number of bytes at head dim \(d) (\(shape.name))", command: "bench")
+            }
+            formats.keys[tier] = .mixedChannelwise(ChannelWidths.allocate(ranges: ones, weights: importance, rowByteCount: Int(bits * Double(d) / 8)))
+        }
+        config = KVStoreConfiguration(layerCount: 1, queryHeadCount: qh, kvHeadCount: kv, headDim: d, tierFormats: formats,
                                       rotation: settings.rotation)
         store = try KVStore(config)
         sequence = store.addSequence()
@@ -283,3 +299,4 @@ struct BenchLayer {
         return side
     }
 }
+

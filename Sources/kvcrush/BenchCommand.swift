@@ -61,9 +61,6 @@ enum BenchCommand {
         let shapeNames = try args.list("shapes", default: BenchLayer.shapes.map(\.name), expected: "shape names") { n in BenchLayer.shapes.contains { $0.name == n } ? n : nil }
         let tierNames = try args.list("tiers", default: ["mix", "fp16", "int8", "int4"], expected: "mix, fp16, int8, int4, int2") { ["mix", "fp16", "int8", "int4", "int2"].contains($0) ? $0 : nil }
         let storeFormats = try StoreFormatOptions.parse(&args)
-        guard storeFormats.mixedKeys.isEmpty else {
-            throw UsageError(message: "--formats: mixed keys (mix…/channel) take their widths from a profile; bench has none (use run --profile)", command: "bench")
-        }
         let jsonFile = args.string("json-file")
         let seconds = try args.value("seconds", default: quick ? 0.05 : 0.4, expected: "seconds per case") { Double($0).flatMap { $0 > 0 ? $0 : nil } }
         try args.finish()
@@ -73,7 +70,8 @@ enum BenchCommand {
         let probe = BenchHarness.Probe(llcBytes: llc, threadCounts: threadCounts, reps: quick ? 3 : 9)
         log("read bandwidth: " + threadCounts.map { "\($0) thread(s) \(String(format: "%.1f", probe.startGBs[$0]!)) GB/s" }.joined(separator: ", "))
         let settings = BenchLayer.Settings(threadCounts: threadCounts, tierNames: tierNames, seconds: seconds, quick: quick, llcBytes: llc,
-                                           tierFormats: storeFormats.formats, rotation: storeFormats.rotation)
+                                           tierFormats: storeFormats.formats, rotation: storeFormats.rotation,
+                                           mixedKeys: storeFormats.mixedKeys.compactMapValues(KeyChannelStatistics.mixedBits(named:)))
         var report = BenchReport(bandwidthGBs: probe.startGBs, probeBytes: probe.byteCount, llcBytes: llc, threadCounts: threadCounts)
         // The side costs (planning, append, quantisation) are measured on the MHA layer of 16k tokens
         // (or the largest count run).

@@ -7,9 +7,9 @@ enum StoreFormatOptions {
         int2); unnamed tiers keep the defaults (per-channel keys; values in groups of 64 at INT8, 32
         below). Format names: int8/g64, int4/g32, int3/g32, int2/g32, … (groups), int4/channel,
         int3/channel, … (keys per channel across a page), lm4, lm3, lm2 (Lloyd–Max levels with one
-        FP16 norm per vector; meant for rotated tiers), fp16; with --profile (run), also mixB/channel keys
-        (a width per channel and KV head at B bits per element, allocated per layer from the profile's
-        key statistics, `kvcrush calibrate --keys mix4/channel`). Example: --formats int4=int4/channel:lm3.
+        FP16 norm per vector; meant for rotated tiers), fp16, and mixB/channel keys (a width per channel
+        and KV head at B bits per element: in run, allocated per layer from --profile's key statistics,
+        `kvcrush calibrate --keys mix4/channel`; in bench, a seeded synthetic allocation). Example: --formats int4=int4/channel:lm3.
         --rotate keys|values|keys+values|none (default none) keeps the quantised tiers of every layer
         rotated by a randomised Walsh–Hadamard transform (signs from --rotation-seed, default 0);
         head dims that are not powers of two are never rotated.

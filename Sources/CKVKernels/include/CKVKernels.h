@@ -145,14 +145,15 @@ void kvk_exp_avx2(const float *x, float *out, long count);
 /// As kvk_softmax_page, with 8-lane partial sums for l.
 void kvk_softmax_page_avx2(float *s, long R, long n, long stride, float *m, float *l, float *out, long d);
 
-// MARK: scores_avx2.c (KVK_CPU_AVX2; d a multiple of 16)
+// MARK: scores_avx2.c (KVK_CPU_AVX2; d a multiple of 16, or of 8 for the channelwise entries)
 
 /// As kvk_scores_fp16.
 void kvk_scores_fp16_avx2(const float *q, long R, long d, const uint16_t *keys, long n, float scale,
                           float *scores, long stride);
 
 /// As kvk_prepare_channelwise, with the unit order of the AVX2 kernels: π is the identity for 8 and
-/// 2 bits; for 4 bits, within each 16-channel unit, channel 2k+h goes to 8h+k. zt by 8-lane partial sums.
+/// 2 bits; for 4 bits, within each 16-channel unit, channel 2k+h goes to 8h+k, and within a last
+/// 8-channel half unit (d ≡ 8 mod 16) to 4h+k. zt by 8-lane partial sums.
 void kvk_prepare_channelwise_avx2(int bits, const float *q, long R, long d, const uint16_t *params,
                                   float *qs, float *zt);
 
