@@ -212,10 +212,17 @@ public struct ReconstructionError: Sendable, Hashable {
         var y = [Float](repeating: 0, count: x.count)
         try x.withUnsafeBufferPointer { xp in
             try y.withUnsafeMutableBufferPointer { yp in
-                if case .mixedChannelwise(let m) = format {
+                // Per-channel keys of one width are the one-segment case of mixed widths (same bytes, same decode).
+                let heads = rows / tokensPerHead
+                let widths: ChannelWidths? = switch format {
+                case .mixedChannelwise(let m): m
+                case .channelwise(let w): ChannelWidths(widths: Array(repeating: Array(repeating: w, count: d), count: heads))
+                default: nil
+                }
+                if let m = widths {
                     var codes = [UInt8](repeating: 0, count: pageCapacity * m.rowByteCount)
                     var params = [UInt8](repeating: 0, count: 4 * d)
-                    for head in 0..<(rows / tokensPerHead) {
+                    for head in 0..<heads {
                         let codec = MixedChannelwiseKeyCodec(m, kvHead: head)
                         var start = 0
                         while start < tokensPerHead {
@@ -225,26 +232,6 @@ public struct ReconstructionError: Sendable, Hashable {
                                     try codec.encodePage(xp.baseAddress! + base, tokenCount: n, codes: cp.baseAddress!, params: pp.baseAddress!)
                                     codec.decodeRows(slot: 0, count: n, tokenCount: n, codes: cp.baseAddress!, params: pp.baseAddress!,
                                                      into: yp.baseAddress! + base)
-                                }
-                            }
-                            start += n
-                        }
-                    }
-                } else if case .channelwise(let w) = format {
-                    let codec = try ChannelwiseKeyCodec(w, headDim: d)
-                    var codes = [UInt8](repeating: 0, count: pageCapacity * codec.rowByteCount)
-                    var params = [UInt8](repeating: 0, count: codec.parameterByteCount)
-                    for head in 0..<(rows / tokensPerHead) {
-                        var start = 0
-                        while start < tokensPerHead {
-                            let n = min(pageCapacity, tokensPerHead - start), base = (head * tokensPerHead + start) * d
-                            try codes.withUnsafeMutableBytes { cp in
-                                try params.withUnsafeMutableBytes { pp in
-                                    try codec.encodePage(xp.baseAddress! + base, tokenCount: n, codes: cp.baseAddress!, params: pp.baseAddress!)
-                                    for t in 0..<n {
-                                        codec.decode(cp.baseAddress! + t * codec.rowByteCount, params: pp.baseAddress!,
-                                                     into: yp.baseAddress! + base + t * d)
-                                    }
                                 }
                             }
                             start += n

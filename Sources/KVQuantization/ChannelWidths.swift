@@ -1,3 +1,9 @@
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
 /// Per-channel code widths of a `.mixedChannelwise` key format: for each KV head of a layer, one
 /// `CodeWidth` per channel, and the bytes of codes every token row takes (the same for every head).
 ///
@@ -8,11 +14,20 @@
 ///
 /// Widths come from a measured allocation (`allocate`): channels whose range times query energy is
 /// large get more bits. They are a property of the model, calibrated once (`kvcrush calibrate`).
+///
+/// The value is a handle: the widths are interned for the process's lifetime (one entry per distinct
+/// allocation, a few hundred bytes), so `StorageFormat` stays a trivial value that the read path
+/// copies without reference counting (holding the arrays inline cost 5–12% of a decode step in
+/// `kvcrush bench` through the layouts and codecs that contain formats). Equal widths give equal
+/// handles.
 public struct ChannelWidths: Sendable, Hashable, CustomStringConvertible {
+    /// The interned entry's index.
+    let id: Int32
+
     /// `widths[kvHead][channel]`.
-    public let widths: [[CodeWidth]]
+    public var widths: [[CodeWidth]] { ChannelWidthsRegistry.shared.entry(id).widths }
     /// Bytes of one token's codes (all segments, padding included), the same for every head.
-    public let rowByteCount: Int
+    public var rowByteCount: Int { ChannelWidthsRegistry.shared.entry(id).rowByteCount }
 
     /// Widths given per KV head and channel; `rowByteCount` defaults to the largest head's segments.
     ///
@@ -24,14 +39,13 @@ public struct ChannelWidths: Sendable, Hashable, CustomStringConvertible {
         let need = widths.map(Self.segmentByteCount).max()!
         let bytes = rowByteCount ?? need
         precondition(bytes >= need, "ChannelWidths: the segments need \(need) bytes per row, more than \(bytes)")
-        self.widths = widths
-        self.rowByteCount = bytes
+        id = ChannelWidthsRegistry.shared.intern(.init(widths: widths, rowByteCount: bytes))
     }
 
     /// Channels per head.
-    public var headDim: Int { widths[0].count }
+    public var headDim: Int { ChannelWidthsRegistry.shared.entry(id).widths[0].count }
     /// KV heads.
-    public var kvHeadCount: Int { widths.count }
+    public var kvHeadCount: Int { ChannelWidthsRegistry.shared.entry(id).widths.count }
     /// Code bits per element, padding included: `8·rowByteCount / headDim`.
     public var averageBits: Double { Double(8 * rowByteCount) / Double(headDim) }
 
@@ -118,4 +132,44 @@ extension ChannelWidths {
         }
         return ChannelWidths(widths: out, rowByteCount: rowByteCount)
     }
+}
+
+/// The interned contents of every `ChannelWidths` made in the process (behind a pthread mutex, which
+/// ThreadSanitizer sees). Only codec construction and validation read it, never the read path.
+final class ChannelWidthsRegistry: @unchecked Sendable {
+    struct Entry: Hashable {
+        var widths: [[CodeWidth]]
+        var rowByteCount: Int
+    }
+
+    static let shared = ChannelWidthsRegistry()
+
+    private let mutex: UnsafeMutablePointer<pthread_mutex_t>
+    private var entries = [Entry]()
+    private var index = [Entry: Int32]()
+
+    private init() {
+        mutex = .allocate(capacity: 1)
+        let status = pthread_mutex_init(mutex, nil)
+        precondition(status == 0, "ChannelWidthsRegistry: pthread_mutex_init failed with \(status)")
+    }
+
+    private func locked<T>(_ body: () -> T) -> T {
+        pthread_mutex_lock(mutex)
+        defer { pthread_mutex_unlock(mutex) }
+        return body()
+    }
+
+    func intern(_ e: Entry) -> Int32 {
+        locked {
+            if let i = index[e] { return i }
+            precondition(entries.count < Int(Int32.max), "ChannelWidthsRegistry: too many distinct widths")
+            let i = Int32(entries.count)
+            entries.append(e)
+            index[e] = i
+            return i
+        }
+    }
+
+    func entry(_ id: Int32) -> Entry { locked { entries[Int(id)] } }
 }

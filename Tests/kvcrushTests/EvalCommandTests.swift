@@ -73,7 +73,8 @@ import KVExperiments
     @Test func runsPresets() throws {
         var g = SeededGenerator(seed: 10)
         let t = 1088
-        let shape = try KVDumpShape(headCount: 2, kvHeadCount: 1, headDim: 64, tokenCount: t, queryStart: t - 64)
+        // SmolLM2's KV heads: the profile's mixed-width keys have widths per KV head of that model.
+        let shape = try KVDumpShape(headCount: 3, kvHeadCount: 3, headDim: 64, tokenCount: t, queryStart: t - 64)
         func tensor(_ n: Int) -> [Float] { (0..<n).map { _ in Float(g.nextGaussian()) } }
         let dump = KVDump(model: "tiny", shape: shape, layers: [
             KVDumpLayer(index: 2, shape: shape, keys: tensor(shape.kvElementCount), values: tensor(shape.kvElementCount),
