@@ -9,25 +9,6 @@
 
 #if defined(__x86_64__)
 
-// The half unit of 8 elements at c0 (c0 a multiple of 16, the row's last 8 elements), in the order
-// kvk_prepare_channelwise_avx2 stores the query's last 8: natural, except at 4 bits (low nibbles,
-// elements c0 + 0, 2, 4, 6, then high nibbles, c0 + 1, 3, 5, 7). Reads exactly the half unit's bytes.
-KVK_TARGET_AVX2 KVK_INLINE __m256 load_half_avx2(int bits, const void *row, long c0) {
-    if (bits == 0) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)row + c0)));
-    if (bits == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64((const __m128i *)((const uint8_t *)row + c0))));
-    if (bits == 4) {
-        int32_t w;
-        __builtin_memcpy(&w, (const uint8_t *)row + c0 / 2, 4);
-        const __m128i x = _mm_cvtepu8_epi32(_mm_cvtsi32_si128(w));
-        const __m128i lo = _mm_and_si128(x, _mm_set1_epi32(0x0F)), hi = _mm_srli_epi32(x, 4);
-        return _mm256_cvtepi32_ps(_mm256_set_m128i(hi, lo));
-    }
-    uint16_t w;
-    __builtin_memcpy(&w, (const uint8_t *)row + c0 / 4, 2);
-    const __m256i x = _mm256_set1_epi32(w);
-    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(x, _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)), _mm256_set1_epi32(3)));
-}
-
 // RT query rows (1–4) against every token, one token at a time.
 KVK_TARGET_AVX2 KVK_INLINE void scores_tile_avx2(int bits, int RT, const float *q, const float *zt, long d, const uint8_t *rows,
                                                  long rowBytes, long n, float scale, float *scores, long stride) {

@@ -172,4 +172,19 @@ final class ChannelWidthsRegistry: @unchecked Sendable {
     }
 
     func entry(_ id: Int32) -> Entry { locked { entries[Int(id)] } }
+
+    /// Mixed-width codecs built once per (widths, KV head) for `KernelSet.current`, kept for the
+    /// process's lifetime like the widths themselves (`MixedChannelwiseKeyCodec.shared`).
+    private var codecs = [SIMD2<Int32>: MixedChannelwiseKeyCodec.Shared]()
+
+    func sharedCodec(_ id: Int32, kvHead: Int, make: () -> MixedChannelwiseKeyCodec.Shared) -> MixedChannelwiseKeyCodec.Shared {
+        let key = SIMD2(id, Int32(kvHead))
+        if let c = locked({ codecs[key] }) { return c }
+        let made = make()  // outside the lock: building the codec reads the widths through `entry`
+        return locked {
+            if let c = codecs[key] { return c }
+            codecs[key] = made
+            return made
+        }
+    }
 }

@@ -1,3 +1,5 @@
+import CKVKernels
+
 /// Per-channel keys of one KV head with a code width per channel (`StorageFormat.mixedChannelwise`):
 /// the channels of each width form a segment, and each segment is stored and read exactly as a
 /// `ChannelwiseKeyCodec` page of its own channels, so every per-channel kernel serves it.
@@ -12,9 +14,12 @@
 /// first n·rowByteCount code bytes, as rows of any page format do.
 ///
 /// Error bound per element: that of `AffineParameters.errorBound` with the channel's parameters and
-/// width. Scores: the sum over segments of each segment's per-channel score, each within its kernel's
-/// bound (`PageKernels.scoresChannelwise`, `scoresChannelwiseVNNI`, `scoresChannelwiseInt3`), plus one
-/// rounding per added segment.
+/// width. Scores: where `fusedScoring` holds (two or more segments, each a multiple of 8 channels,
+/// and the AVX2 kernels in the kernel set), one FP32 pass over every segment's codes per token
+/// (`kvk_scores_mixed_avx2`), within the per-channel FP32 kernel's bound for the whole head;
+/// elsewhere the sum over segments of each segment's per-channel score, each within its kernel's
+/// bound (`PageKernels.scoresChannelwise`, `scoresChannelwiseVNNI`, `scoresChannelwiseInt3`), plus
+/// one rounding per added segment.
 public struct MixedChannelwiseKeyCodec: Sendable, Hashable {
     /// The channels of one width.
     public struct Segment: Sendable, Hashable {
@@ -36,6 +41,14 @@ public struct MixedChannelwiseKeyCodec: Sendable, Hashable {
     public let segments: [Segment]
     /// Code bytes per token the segments use (≤ rowByteCount).
     public let usedRowByteCount: Int
+    /// Whether `scores` runs the fused kernel (`kvk_prepare_mixed_avx2` + `kvk_scores_mixed_avx2`):
+    /// two or more segments, each a multiple of 8 channels, and the AVX2 kernels in the kernel set.
+    /// One segment is scored exactly as the per-channel format of its width.
+    package let fusedScoring: Bool
+    /// `channels` as the fused kernel reads them.
+    fileprivate let channels32: [Int32]
+    /// (bits, channel count, code bytes per row, row offset) per segment, for the fused kernel.
+    fileprivate let segmentTable: [Int32]
 
     /// The codec of KV head `kvHead` of `widths`.
     public init(_ widths: ChannelWidths, kvHead: Int, kernels: KernelSet = .current) {
@@ -56,6 +69,51 @@ public struct MixedChannelwiseKeyCodec: Sendable, Hashable {
         self.channels = channels
         self.segments = segments
         usedRowByteCount = offset
+        channels32 = channels.map { Int32($0) }
+        segmentTable = segments.flatMap { [Int32($0.codec.width.bits), Int32($0.codec.headDim), Int32($0.codec.rowByteCount), Int32($0.rowOffset)] }
+        fusedScoring = segments.count > 1 && segments.allSatisfy { $0.codec.headDim % 8 == 0 }
+            && PageKernels.runsFormatAVX2Kernels(headDim: headDim, on: kernels)
+    }
+
+    /// A codec that lives as long as the process, for holders that must stay trivially copyable (the
+    /// store's per-tier codecs reference it `unowned(unsafe)`: no reference counting on the read path).
+    public final class Shared: @unchecked Sendable {
+        public let codec: MixedChannelwiseKeyCodec
+        private let fused: Bool
+        private let headDim: Int, segmentCount: Int
+        /// The channel order (headDim values), then the segment table (4 per segment): immutable, never freed.
+        private let tables: UnsafeMutablePointer<Int32>
+
+        init(_ codec: MixedChannelwiseKeyCodec) {
+            self.codec = codec
+            fused = codec.fusedScoring
+            headDim = codec.headDim
+            segmentCount = codec.segments.count
+            let t = codec.channels32 + codec.segmentTable
+            tables = .allocate(capacity: t.count)
+            tables.initialize(from: t, count: t.count)
+        }
+
+        /// `codec.scores`, reading the fused kernel's tables from process-lifetime storage (no
+        /// reference counting per call).
+        public func scores(_ q: UnsafePointer<Float>, rowCount: Int, codes: UnsafeRawPointer, params: UnsafeRawPointer,
+                           tokenCount n: Int, scale: Float, into scores: UnsafeMutablePointer<Float>, stride: Int,
+                           work: UnsafeMutablePointer<Float>) {
+            if fused {
+                MixedChannelwiseKeyCodec.fusedScores(q, rowCount: rowCount, headDim: headDim, channels: tables, segments: tables + headDim,
+                                                     segmentCount: segmentCount, codes: codes, params: params, tokenCount: n, scale: scale,
+                                                     into: scores, stride: stride, work: work)
+            } else {
+                codec.scores(q, rowCount: rowCount, codes: codes, params: params, tokenCount: n, scale: scale, into: scores, stride: stride,
+                             work: work)
+            }
+        }
+    }
+
+    /// The codec of KV head `kvHead` of `widths` for `KernelSet.current`, built once per process and
+    /// never freed (as `ChannelWidths` are interned).
+    public static func shared(_ widths: ChannelWidths, kvHead: Int) -> Shared {
+        ChannelWidthsRegistry.shared.sharedCodec(widths.id, kvHead: kvHead) { Shared(MixedChannelwiseKeyCodec(widths, kvHead: kvHead)) }
     }
 
     /// The largest segment's channel count.
@@ -137,13 +195,23 @@ public struct MixedChannelwiseKeyCodec: Sendable, Hashable {
     }
 
     /// `scores[r·stride + j] = scale · (q_r · k̂_j)` for `rowCount` query rows `q` (`headDim` each, in
-    /// channel order) and the `tokenCount` keys of a page: the queries are gathered into stored order
-    /// once, each segment is scored by its kernel (`Segment.scoring`) and the segments' scores are
-    /// added in segment order. `work` holds `scoreWorkCount(rowCount:pageCapacity:)` floats for
+    /// channel order) and the `tokenCount` keys of a page. With `fusedScoring`, one pass per token over
+    /// every segment's codes (the query folded into the parameters in stored order); otherwise the
+    /// queries are gathered into stored order once, each segment is scored by its kernel
+    /// (`Segment.scoring`) and the segments' scores are added in segment order. `work` holds `scoreWorkCount(rowCount:pageCapacity:)` floats for
     /// pages of up to `stride` slots.
     public func scores(_ q: UnsafePointer<Float>, rowCount: Int, codes: UnsafeRawPointer, params: UnsafeRawPointer,
                        tokenCount n: Int, scale: Float, into scores: UnsafeMutablePointer<Float>, stride: Int,
                        work: UnsafeMutablePointer<Float>) {
+        if fusedScoring {
+            return segmentTable.withUnsafeBufferPointer { st in
+                channels32.withUnsafeBufferPointer { ch in
+                    Self.fusedScores(q, rowCount: rowCount, headDim: headDim, channels: ch.baseAddress!, segments: st.baseAddress!,
+                                     segmentCount: segments.count, codes: codes, params: params, tokenCount: n, scale: scale, into: scores,
+                                     stride: stride, work: work)
+                }
+            }
+        }
         let gathered = work, partial = work + rowCount * headDim, kernelWork = partial + rowCount * stride
         for s in segments {
             let m = s.codec.headDim, qs = gathered + rowCount * s.start
@@ -167,6 +235,20 @@ public struct MixedChannelwiseKeyCodec: Sendable, Hashable {
                 for r in 0..<rowCount { for j in 0..<n { scores[r * stride + j] += partial[r * stride + j] } }
             }
         }
+    }
+
+    /// The fused kernel of `scores` (`fusedScoring`) for the codec's channel order and segment table
+    /// (`channels32`, `segmentTable`); `work` holds rowCount·(headDim + 1) floats.
+    static func fusedScores(_ q: UnsafePointer<Float>, rowCount: Int, headDim: Int, channels: UnsafePointer<Int32>, segments: UnsafePointer<Int32>,
+                            segmentCount: Int, codes: UnsafeRawPointer, params: UnsafeRawPointer, tokenCount n: Int, scale: Float,
+                            into scores: UnsafeMutablePointer<Float>, stride: Int, work: UnsafeMutablePointer<Float>) {
+        #if arch(x86_64)
+        let qs = work, zt = work + rowCount * headDim
+        kvk_prepare_mixed_avx2(q, rowCount, headDim, channels, params.assumingMemoryBound(to: UInt16.self), segments, segmentCount, qs, zt)
+        kvk_scores_mixed_avx2(qs, zt, rowCount, headDim, segments, segmentCount, codes.assumingMemoryBound(to: UInt8.self), n, scale, scores, stride)
+        #else
+        preconditionFailure("MixedChannelwiseKeyCodec: the fused kernel is x86-64 only")
+        #endif
     }
 
     /// Scalar reference of `scores`: `scale · Σ_segments Σ_c q_c·(zero_c + scale_c·code_c)`, each

@@ -19,8 +19,10 @@ struct TierCodecs: Sendable {
     let keyRows: RowCodec?
     /// Key codec for page-wise key formats of one width.
     let keyChannels: ChannelwiseKeyCodec?
-    /// Key codec for mixed-width per-channel keys (this KV head's widths).
-    let keyMixed: MixedChannelwiseKeyCodec?
+    /// Key codec for mixed-width per-channel keys (this KV head's widths): process-lifetime codecs
+    /// (`MixedChannelwiseKeyCodec.shared`) referenced without counting, so that `TierCodecs` stays a
+    /// trivial value the read path copies for free.
+    unowned(unsafe) let mixedKeys: MixedChannelwiseKeyCodec.Shared?
     let values: RowCodec
     let fp16: RowCodec
     /// How keys of the tier's (sealed) pages are scored.
@@ -45,7 +47,7 @@ struct TierCodecs: Sendable {
         values = try! RowCodec(vf, headDim: c.headDim)
         fp16 = try! RowCodec(.fp16, headDim: c.headDim)
         keyChannels = if case .channelwise(let w) = kf { try! ChannelwiseKeyCodec(w, headDim: c.headDim) } else { nil }
-        keyMixed = if case .mixedChannelwise(let m) = kf { MixedChannelwiseKeyCodec(m, kvHead: kvHead) } else { nil }
+        mixedKeys = if case .mixedChannelwise(let m) = kf { MixedChannelwiseKeyCodec.shared(m, kvHead: kvHead) } else { nil }
         if kf.isPageWise {
             keyRows = nil
             stagingLayout = PageLayout(keyFormat: .fp16, valueFormat: vf, headDim: c.headDim, capacity: capacity)
@@ -59,7 +61,7 @@ struct TierCodecs: Sendable {
 
     /// Quantises the `tokenCount` keys `x` into a sealed page of this (page-wise) tier.
     func encodeSealedKeys(_ x: UnsafePointer<Float>, tokenCount n: Int, into page: Page) {
-        if let m = keyMixed { m.encodePageUnchecked(x, tokenCount: n, codes: page.keyRow(0), params: page.keyParameters) }
+        if let m = mixedKeys?.codec { m.encodePageUnchecked(x, tokenCount: n, codes: page.keyRow(0), params: page.keyParameters) }
         else { keyChannels!.encodePageUnchecked(x, tokenCount: n, codes: page.keyRow(0), params: page.keyParameters) }
     }
 
@@ -67,7 +69,7 @@ struct TierCodecs: Sendable {
     func decodeKey(_ page: Page, _ slot: Int, into out: UnsafeMutablePointer<Float>) {
         if page.layout == layout {
             if let k = keyRows { k.decode(page.keyRow(slot), into: out) }
-            else if let m = keyMixed { m.decode(slot: slot, tokenCount: page.count, codes: page.keyRow(0), params: page.keyParameters, into: out) }
+            else if let m = mixedKeys?.codec { m.decode(slot: slot, tokenCount: page.count, codes: page.keyRow(0), params: page.keyParameters, into: out) }
             else { keyChannels!.decode(page.keyRow(slot), params: page.keyParameters, into: out) }
         } else {
             fp16.decode(page.keyRow(slot), into: out)
@@ -84,7 +86,7 @@ struct TierCodecs: Sendable {
     func decodeKeys(_ page: Page, _ slot: Int, count: Int, into out: UnsafeMutablePointer<Float>) {
         if page.layout == layout {
             if let k = keyRows { k.decodeRows(page.keyRow(slot), count: count, into: out) }
-            else if let m = keyMixed {
+            else if let m = mixedKeys?.codec {
                 m.decodeRows(slot: slot, count: count, tokenCount: page.count, codes: page.keyRow(0), params: page.keyParameters, into: out)
             } else { keyChannels!.decodeRows(page.keyRow(slot), count: count, params: page.keyParameters, into: out) }
         } else {
@@ -102,7 +104,7 @@ extension TierCodecs {
     /// pages of up to `pageCapacity` tokens (the larger of the key kernels' and the value kernels').
     func workCount(rowCount: Int, pageCapacity: Int) -> Int {
         let d = values.headDim
-        let keys = keyMixed?.scoreWorkCount(rowCount: rowCount, pageCapacity: pageCapacity) ?? (rowCount + 1) * (d + 1)
+        let keys = mixedKeys?.codec.scoreWorkCount(rowCount: rowCount, pageCapacity: pageCapacity) ?? (rowCount + 1) * (d + 1)
         return max(keys, PageKernels.accumulateWorkCount(values, tokenCount: pageCapacity))
     }
 
@@ -131,7 +133,7 @@ extension TierCodecs {
             PageKernels.scoresLloydMax(keyRows!, q, rowCount: rows, keys: page.keyRow(0), tokenCount: n, scale: scale, into: S,
                                        stride: cap, work: work)
         case .mixedChannelwise:
-            keyMixed!.scores(q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters, tokenCount: n, scale: scale, into: S,
+            mixedKeys!.scores(q, rowCount: rows, codes: page.keyRow(0), params: page.keyParameters, tokenCount: n, scale: scale, into: S,
                              stride: cap, work: work)
         case .grouped:
             let keys = keyRows!

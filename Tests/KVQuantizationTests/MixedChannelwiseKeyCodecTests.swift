@@ -15,15 +15,15 @@ import TestSupport
     static let dims = [1, 7, 8, 12, 20, 63, 64, 96, 128]
 
     /// Random widths for one head: independent per channel from a random subset of the widths, or
-    /// blocks of 16/32/64 channels per width (scattered over the channels), or one width.
+    /// blocks of 8/16/32/64 channels per width (scattered over the channels), or one width.
     static func randomHead(_ d: Int, using g: inout SeededGenerator) -> [CodeWidth] {
         switch Int.random(in: 0..<3, using: &g) {
         case 0:
             var pool = CodeWidth.allCases.filter { _ in Bool.random(using: &g) }
             if pool.isEmpty { pool = [.int4] }
             return (0..<d).map { _ in pool.randomElement(using: &g)! }
-        case 1 where d % 16 == 0:
-            let block = [16, 32, 64].filter { d % $0 == 0 }.randomElement(using: &g)!
+        case 1 where d % 8 == 0:  // blocks of 8 give segments ending in a half unit (8 mod 16 channels)
+            let block = [8, 16, 32, 64].filter { d % $0 == 0 }.randomElement(using: &g)!
             var head = [CodeWidth]()
             for _ in 0..<(d / block) { head += [CodeWidth](repeating: CodeWidth.allCases.randomElement(using: &g)!, count: block) }
             return head.shuffled(using: &g)
@@ -253,10 +253,11 @@ import TestSupport
     }
 
     @Test func scoresWithinTheSegmentsKernelBounds() throws {
-        var seen = [KeyScoring: Int]()  // the scorings met: the process's kernel path must be exercised
+        var seen = [KeyScoring: Int](), fused = 0  // the scorings met: the process's kernel path must be exercised
         try forEachSeededCase(120, base: 13_300) { g in
             let (page, context) = try Self.randomPage(dims: Self.dims + [64, 128, 128, 192], using: &g)
             for s in page.codec.segments { seen[s.scoring, default: 0] += 1 }
+            if page.codec.fusedScoring { fused += 1 }
             let rows = Int.random(in: 1...5, using: &g), stride = page.n + Int.random(in: 0...3, using: &g)
             let q = Self.randomQueries(rows, page.codec.headDim, using: &g), scale = Float.random(in: 0.05...1, using: &g)
             Self.expectScoresWithinBounds(page, q, rows: rows, stride: stride, scale: scale, "\(context) rows \(rows)")
@@ -264,7 +265,8 @@ import TestSupport
         // The process's kernel path was exercised: integer-domain segments where it has them (VNNI:
         // multiples of 64; AVX2: INT4 in multiples of 32), the per-channel FP32 and INT3 kernels always.
         let k = KernelSet.current
-        print("MixedChannelwiseKeyCodecTests: kernel path \(k.path), segment scorings \(seen.sorted { "\($0.key)" < "\($1.key)" })")
+        print("MixedChannelwiseKeyCodecTests: kernel path \(k.path), segment scorings \(seen.sorted { "\($0.key)" < "\($1.key)" }), fused pages \(fused)")
+        #expect((fused > 0) == k.avx2, "\(k): \(fused) pages scored by the fused kernel")
         #expect(((seen[.channelwiseVNNI] ?? 0) > 0) == (k.vnniScores || k.avx2), "\(k): \(seen)")
         #expect((seen[.channelwise] ?? 0) > 0 && (seen[.channelwiseInt3] ?? 0) > 0, "\(seen)")
     }
@@ -289,6 +291,11 @@ import TestSupport
         #expect(MixedChannelwiseKeyCodec(widths, kvHead: 1, kernels: .portable).segments.last!.scoring == .channelwiseInt3)
         #expect(MixedChannelwiseKeyCodec(widths, kvHead: 0, kernels: all).segments.map(\.scoring) == [.channelwise, .channelwiseVNNI, .channelwise])
         #expect(MixedChannelwiseKeyCodec(widths, kvHead: 0, kernels: avx2).segments.map(\.scoring) == [.channelwise, .channelwiseVNNI, .channelwise])
+        // The fused kernel: on both x86 paths, never on the portable one, never for one segment.
+        #expect(MixedChannelwiseKeyCodec(widths, kvHead: 0, kernels: all).fusedScoring)
+        #expect(MixedChannelwiseKeyCodec(widths, kvHead: 0, kernels: avx2).fusedScoring)
+        #expect(!MixedChannelwiseKeyCodec(widths, kvHead: 0, kernels: .portable).fusedScoring)
+        #expect(!MixedChannelwiseKeyCodec(ChannelWidths(widths: [[CodeWidth](repeating: .int4, count: 64)]), kvHead: 0, kernels: all).fusedScoring)
         // The store's format-level choice for the whole head.
         #expect(KeyScoring(keyFormat: .mixedChannelwise(widths), headDim: 128, kernels: all) == .mixedChannelwise)
     }

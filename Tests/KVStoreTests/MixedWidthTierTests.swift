@@ -133,8 +133,8 @@ import KVQuantization
             for h in 0..<2 {
                 #expect(store.pageCounts(of: id, layer: 0, kvHead: h)[.int4]! >= 3, "d \(d): sealed mixed pages expected")
                 let tc = store.codecs[0][h][Tier.int4.rawValue]
-                #expect(tc.keyScoring == .mixedChannelwise && tc.keyMixed!.channels != store.codecs[0][1 - h][Tier.int4.rawValue].keyMixed!.channels)
-                scorings.formUnion(tc.keyMixed!.segments.map(\.scoring))
+                #expect(tc.keyScoring == .mixedChannelwise && tc.mixedKeys!.codec.channels != store.codecs[0][1 - h][Tier.int4.rawValue].mixedKeys!.codec.channels)
+                scorings.formUnion(tc.mixedKeys!.codec.segments.map(\.scoring))
             }
             for queryCount in [1, 3] {
                 let q = randomRows(c.queryHeadCount * queryCount * d, using: &g)

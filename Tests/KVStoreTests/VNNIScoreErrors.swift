@@ -17,7 +17,7 @@ extension KVStore {
         let rq = LayerRotations(layer: layer, configuration: configuration).keys.map { $0.rotated(q) } ?? q
         return entries.map { e in
             let tc = codecs[layer][kvHead][e.tier]
-            if let mixed = tc.keyMixed, e.page.layout == tc.layout {
+            if let mixed = tc.mixedKeys?.codec, e.page.layout == tc.layout {
                 // Mixed-width keys: the whole bound of the segment sum (every segment's kernel bound
                 // and the additions), on top of the reference's FP32 term.
                 return (e.tier > 0 ? rq : q).withUnsafeBufferPointer { qp in

@@ -43,11 +43,18 @@ extension MixedChannelwiseKeyCodec {
     ///   at most γ_{K−1}·Σ_k |s_k|.
     ///
     /// So |score − S| ≤ Σ_k B_k + γ_{K−1}·Σ_k (|S_k| + B_k).
+    ///
+    /// The fused kernel (`fusedScoring`, fast path only) is one per-channel FP32 dot over all d stored
+    /// channels, so its bound is the FP32 one above for the whole head: scale·γ_{d+4}·Σ_k M_k·(1 + u) + u·|Σ_k S_k|.
     public func scoreErrorBound(_ q: UnsafePointer<Float>, slot: Int, tokenCount n: Int, codes: UnsafeRawPointer,
                                 params: UnsafeRawPointer, scale: Float, reference: Bool = false) -> Double {
         let u = 0x1p-24
         func gamma(_ k: Int) -> Double { Double(k) * u / (1 - Double(k) * u) }
         let terms = segmentTerms(q, slot: slot, tokenCount: n, codes: codes, params: params, scale: scale)
+        if !reference && fusedScoring {
+            let exact = terms.reduce(0) { $0 + $1.exact }, magnitude = terms.reduce(0) { $0 + $1.magnitude }
+            return Double(scale) * gamma(headDim + 4) * magnitude * (1 + u) + u * abs(exact)
+        }
         var total = 0.0, mass = 0.0
         withUnsafeTemporaryAllocation(of: Float.self, capacity: largestSegment) { buffer in
             let g = buffer.baseAddress!

@@ -233,6 +233,21 @@ void kvk_scores_channelwise_int3_avx2(const float *qs, const float *zt, long R, 
 void kvk_accumulate_int3_avx2(long groupSize, const float *w, long R, long stride, long n, const uint8_t *rows,
                               long rowBytes, long codeBytes, long d, float *out);
 
+/// Mixed-width per-channel keys (`MixedChannelwiseKeyCodec`), d a multiple of 8: qs[r·d + π(j)] =
+/// q_r[channels[j]]·scale_j and zt[r] = Σ_j q_r[channels[j]]·zero_j, with the page's (scale, zero) FP16
+/// pairs in stored order (`params`, 2·d values). π is the identity except inside INT4 segments, where
+/// each 16-channel unit holds its even, then its odd channels, and a final 8-channel half unit
+/// 0, 2, 4, 6, 1, 3, 5, 7 (the order kvk_scores_mixed_avx2 unpacks codes in). `segments` as there.
+void kvk_prepare_mixed_avx2(const float *q, long R, long d, const int32_t *channels, const uint16_t *params,
+                            const int32_t *segments, long segmentCount, float *qs, float *zt);
+
+/// scores[r·stride + j] = fl(fl(Σ_c qs_r[c]·code_jc + zt[r])·scale) over all d stored channels of a
+/// mixed-width page of n tokens, in one pass per token: `segments` holds segmentCount quadruples
+/// (bits ∈ {2, 3, 4, 8}, channel count (a multiple of 8), code bytes per row, row offset), in stored
+/// order; segment k's code row j is at codes + n·rowOffset_k + j·rowBytes_k.
+void kvk_scores_mixed_avx2(const float *qs, const float *zt, long R, long d, const int32_t *segments, long segmentCount,
+                           const uint8_t *codes, long n, float scale, float *scores, long stride);
+
 /// scores[r·stride + j] = fl(fl(fl(Σ_c q_rc·L[code_jc])·norm_j)·scale) for Lloyd–Max rows of `bits`
 /// (2, 3 or 4) with the 16-entry level table `levels` (lanes ≥ 2^bits unused) and the row's FP16
 /// norm at `codeBytes`.
