@@ -8,7 +8,9 @@ import KVExperiments
 
 /// The fuzz targets' seed corpora (Fixtures/fuzz): every snapshot seed restores and every
 /// safetensors seed parses, so the fuzzers start from valid inputs. With
-/// `KVCRUSH_WRITE_FUZZ_SEEDS=1` the seeds are written first (after a format change).
+/// `KVCRUSH_WRITE_FUZZ_SEEDS=1` the seeds are written first (after a format change). The
+/// `legacy-v3-*` snapshot seeds are the same stores as written by format version 3, kept so the
+/// fuzzer reaches the legacy parser too (they are not rewritten).
 @Suite struct FuzzSeedTests {
     static let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("Fixtures/fuzz")
@@ -30,6 +32,25 @@ import KVExperiments
         }
         let (fixed, _) = try SnapshotTests.sample(seed: 4)
         seeds.append(("mixed-tiers-forks", fixed.snapshotBytes()))
+        // The newer format kinds: mixed-width keys (their widths in the file), INT3 per-channel keys
+        // with rotated Lloyd–Max values, and per-layer sliding windows.
+        let shaped: [(String, KVStoreConfiguration)] = [
+            ("mixed-width-keys", MixedWidthTierTests.configuration(20)),
+            ("int3-keys-rotated-lloydmax", KVStoreConfiguration(
+                layerCount: 1, queryHeadCount: 2, kvHeadCount: 1, headDim: 16, pageCapacity: 4,
+                tierFormats: TierFormats(keys: [.fp16: .fp16, .int8: .channelwise(.int8), .int4: .channelwise(.int3), .int2: .int2],
+                                         values: [.fp16: .fp16, .int8: .int8, .int4: .lloydMax(.int3), .int2: .int2]),
+                rotation: RotationSettings(keys: .all, values: .all, seed: 3))),
+            ("sliding-windows", {
+                var c = KVStoreConfiguration(layerCount: 2, queryHeadCount: 2, kvHeadCount: 1, headDim: 8, pageCapacity: 4)
+                c.layerSlidingWindows = [6, nil]
+                return c
+            }()),
+        ]
+        for (name, config) in shaped {
+            let (store, _) = try randomPopulatedStore(config, steps: 12, using: &g)
+            seeds.append((name, store.snapshotBytes()))
+        }
         return seeds
     }
 
