@@ -490,4 +490,226 @@ KVK_TARGET_WEIGHTS void kvk_matmul_f32_avx2(const float *w, long wStride, long r
     }
 }
 
+// MARK: matrix × many 16-bit-activation vectors (prefill, on packed integer panels)
+
+// The panel layout (`kvk_weights_pack_q16_avx2`): rows in groups of 16; per group and piece b
+// (32 columns), `codes` holds 16 steps s of 16 rows × 2 int16, element k = 2s + e of row r at
+// [b][s][r][e] (512 int16), and `params` 48 floats: a0[16], a1[16], c[16] (row r's scale of the
+// piece's first and second half, its affine offset). So one 512-bit load is the pair (2s, 2s+1) of
+// 16 rows, and a 256-bit load the pair of 8 rows.
+#define KVK_Q16_GROUP 16
+
+KVK_TARGET_WEIGHTS void kvk_weights_pack_q16_avx2(int type, const void *w, long rowBytes, long rows, long columns,
+                                                   int16_t *codes, float *params) {
+    const long pieces = columns / 32;
+    const long groups = (rows + KVK_Q16_GROUP - 1) / KVK_Q16_GROUP;
+    const int affine = !signed_codes(type);
+    for (long g = 0; g < groups; g++) {
+        for (long r = 0; r < KVK_Q16_GROUP; r++) {
+            const long o = g * KVK_Q16_GROUP + r;
+            for (long b = 0; b < pieces; b++) {
+                int16_t *dst = codes + ((g * pieces + b) * 16 * KVK_Q16_GROUP + r) * 2;
+                float *pr = params + (g * pieces + b) * 3 * KVK_Q16_GROUP;
+                if (o >= rows) {
+                    for (int s = 0; s < 16; s++) { dst[s * 2 * KVK_Q16_GROUP] = 0; dst[s * 2 * KVK_Q16_GROUP + 1] = 0; }
+                    pr[r] = 0; pr[KVK_Q16_GROUP + r] = 0; pr[2 * KVK_Q16_GROUP + r] = 0;
+                    continue;
+                }
+                kvk_codes32 k = codes32(type, (const uint8_t *)w + o * rowBytes, b);
+                __m128i lo = _mm256_castsi256_si128(k.q), hi = _mm256_extracti128_si256(k.q, 1);
+                __m256i w0 = affine ? _mm256_cvtepu8_epi16(lo) : _mm256_cvtepi8_epi16(lo);
+                __m256i w1 = affine ? _mm256_cvtepu8_epi16(hi) : _mm256_cvtepi8_epi16(hi);
+                int32_t pairs[16];
+                _mm256_storeu_si256((__m256i *)pairs, w0);
+                _mm256_storeu_si256((__m256i *)(pairs + 8), w1);
+                for (int s = 0; s < 16; s++) __builtin_memcpy(dst + s * 2 * KVK_Q16_GROUP, pairs + s, 4);
+                pr[r] = k.a0;
+                pr[KVK_Q16_GROUP + r] = k.a1;
+                pr[2 * KVK_Q16_GROUP + r] = k.c;
+            }
+        }
+    }
+}
+
+// Per token block b of 32: m = max |x|, sx = Σ x (lanes: ((v0 + v1) + v2) + v3, then hsum8), and
+// if m or sx is not finite dx = NaN, codes 0; if m < 2⁻⁹⁶ dx = 0, codes 0; else dx = m/32767,
+// codes rne(x·fl(32767/m)). `ActivationBlocks.init` is the twin.
+KVK_TARGET_WEIGHTS void kvk_quantize_q16_avx2(const float *x, long count, long columns, int16_t *xq, float *dx, float *sx) {
+    const long pieces = columns / 32;
+    const __m256 absMask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    for (long t = 0; t < count; t++) {
+        for (long b = 0; b < pieces; b++) {
+            const float *p = x + t * columns + 32 * b;
+            int16_t *q = xq + t * columns + 32 * b;
+            __m256 v[4];
+            for (int i = 0; i < 4; i++) v[i] = _mm256_loadu_ps(p + 8 * i);
+            const __m256 lanes = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(v[0], v[1]), v[2]), v[3]);
+            const __m256 mv = _mm256_max_ps(_mm256_max_ps(_mm256_and_ps(v[0], absMask), _mm256_and_ps(v[1], absMask)),
+                                            _mm256_max_ps(_mm256_and_ps(v[2], absMask), _mm256_and_ps(v[3], absMask)));
+            __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(mv), _mm256_extractf128_ps(mv, 1));
+            m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+            const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+            const float sum = hsum8(lanes);
+            sx[t * pieces + b] = sum;
+            const __m256i zero = _mm256_setzero_si256();
+            if (!__builtin_isfinite(m) || !__builtin_isfinite(sum)) {
+                dx[t * pieces + b] = __builtin_nanf("");
+                _mm256_storeu_si256((__m256i *)q, zero); _mm256_storeu_si256((__m256i *)(q + 16), zero);
+                continue;
+            }
+            if (!(m >= 0x1p-96f)) {
+                dx[t * pieces + b] = 0;
+                _mm256_storeu_si256((__m256i *)q, zero); _mm256_storeu_si256((__m256i *)(q + 16), zero);
+                continue;
+            }
+            dx[t * pieces + b] = m / 32767.0f;
+            const __m256 inverse = _mm256_set1_ps(32767.0f / m);
+            __m256i c[4];
+            for (int i = 0; i < 4; i++) c[i] = _mm256_cvtps_epi32(_mm256_mul_ps(v[i], inverse));
+            // packs interleaves the 128-bit halves: (0..3, 8..11, 4..7, 12..15) → permute back.
+            _mm256_storeu_si256((__m256i *)q, _mm256_permute4x64_epi64(_mm256_packs_epi32(c[0], c[1]), 0xD8));
+            _mm256_storeu_si256((__m256i *)(q + 16), _mm256_permute4x64_epi64(_mm256_packs_epi32(c[2], c[3]), 0xD8));
+        }
+    }
+}
+
+// AVX2: 8 rows (half h of a group) × T tokens. Per piece: I = Σ_s madd(codes pair s, x pair s) over
+// 16 steps (8 per half for Q6_K), acc = fma(cvt(I), a·dx, acc); then off = fma(c, sx, off) over the
+// pieces, y = acc + off.
+#define KVK_Q16_TILE_AVX2(T)                                                                                     \
+    KVK_W_INLINE void q16_tile_avx2_##T(const int halves, const int affine, long pieces, const int16_t *codes,      \
+                                        const float *params, const int16_t *xq, long columns, const float *dx,      \
+                                        const float *sx, float *y, long yStride, long valid) {                      \
+        __m256 acc[T], off[T];                                                                                  \
+        for (int t = 0; t < T; t++) { acc[t] = _mm256_setzero_ps(); off[t] = _mm256_setzero_ps(); }            \
+        for (long b = 0; b < pieces; b++) {                                                                     \
+            const int16_t *cb = codes + b * 16 * 2 * KVK_Q16_GROUP;                                              \
+            const float *pb = params + b * 3 * KVK_Q16_GROUP;                                                    \
+            for (int h = 0; h < 2; h++) {                                                                       \
+                if (h == 1 && !halves) break;                                                                   \
+                const int s0 = halves ? 8 * h : 0, s1 = halves ? s0 + 8 : 16;                                   \
+                __m256i I[T];                                                                                   \
+                for (int t = 0; t < T; t++) I[t] = _mm256_setzero_si256();                                      \
+                for (int s = s0; s < s1; s++) {                                                                 \
+                    const __m256i wv = _mm256_loadu_si256((const __m256i *)(cb + s * 2 * KVK_Q16_GROUP));       \
+                    for (int t = 0; t < T; t++) {                                                               \
+                        int32_t pair; __builtin_memcpy(&pair, xq + t * columns + 32 * b + 2 * s, 4);            \
+                        I[t] = _mm256_add_epi32(I[t], _mm256_madd_epi16(wv, _mm256_set1_epi32(pair)));          \
+                    }                                                                                           \
+                }                                                                                               \
+                const __m256 a = _mm256_loadu_ps(pb + h * KVK_Q16_GROUP);                                       \
+                for (int t = 0; t < T; t++)                                                                     \
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(I[t]),                                          \
+                                             _mm256_mul_ps(a, _mm256_set1_ps(dx[t * pieces + b])), acc[t]);     \
+            }                                                                                                   \
+        }                                                                                                       \
+        if (affine)                                                                                             \
+            for (long b = 0; b < pieces; b++) {                                                                 \
+                const __m256 c = _mm256_loadu_ps(params + b * 3 * KVK_Q16_GROUP + 2 * KVK_Q16_GROUP);           \
+                for (int t = 0; t < T; t++) off[t] = _mm256_fmadd_ps(c, _mm256_set1_ps(sx[t * pieces + b]), off[t]); \
+            }                                                                                                   \
+        for (int t = 0; t < T; t++) {                                                                           \
+            float out[8];                                                                                       \
+            _mm256_storeu_ps(out, _mm256_add_ps(acc[t], off[t]));                                               \
+            for (long r = 0; r < valid; r++) y[t * yStride + r] = out[r];                                       \
+        }                                                                                                       \
+    }
+KVK_Q16_TILE_AVX2(4)
+KVK_Q16_TILE_AVX2(1)
+#undef KVK_Q16_TILE_AVX2
+
+// The products of a packed panel of `rows` rows with `count` quantised tokens:
+// y[t·yStride + r] for r < rows, t < count.
+KVK_TARGET_WEIGHTS void kvk_weights_matmul_q16_avx2(int type, long rows, long columns, const int16_t *codes, const float *params,
+                                                     const int16_t *xq, const float *dx, const float *sx, long count,
+                                                     float *y, long yStride) {
+    const long pieces = columns / 32, groups = (rows + KVK_Q16_GROUP - 1) / KVK_Q16_GROUP;
+    const int halves = type == KVK_GGML_Q6_K, affine = !signed_codes(type);
+    for (long t = 0; t < count;) {
+        const int T = count - t >= 4 ? 4 : 1;
+        for (long g = 0; g < groups; g++) {
+            for (int h = 0; h < 2; h++) {
+                const long first = g * KVK_Q16_GROUP + 8 * h;
+                if (first >= rows) break;
+                const long valid = rows - first < 8 ? rows - first : 8;
+                // Half h's rows: 8 int16 pairs at offset 16·h of each step, its params at +8·h.
+                const int16_t *cg = codes + g * pieces * 16 * 2 * KVK_Q16_GROUP + 16 * h;
+                const float *pg = params + g * pieces * 3 * KVK_Q16_GROUP + 8 * h;
+                const int16_t *xt = xq + t * columns;
+                float *yt = y + t * yStride + first;
+                if (T == 4) q16_tile_avx2_4(halves, affine, pieces, cg, pg, xt, columns, dx + t * pieces, sx + t * pieces, yt, yStride, valid);
+                else q16_tile_avx2_1(halves, affine, pieces, cg, pg, xt, columns, dx + t * pieces, sx + t * pieces, yt, yStride, valid);
+            }
+        }
+        t += T;
+    }
+}
+
+// AVX-512 VNNI: the same sums, 16 rows per register, vpdpwssd (exact int32 accumulation of the
+// same products), so the bits equal the AVX2 kernel's.
+#define KVK_TARGET_Q16_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,f16c")))
+#define KVK_Q16_TILE_VNNI(T)                                                                                     \
+    KVK_TARGET_Q16_VNNI static inline __attribute__((always_inline)) void q16_tile_vnni_##T(                        \
+        const int halves, const int affine, long pieces, const int16_t *codes, const float *params,               \
+        const int16_t *xq, long columns, const float *dx, const float *sx, float *y, long yStride, long valid) {  \
+        __m512 acc[T];                                                                                          \
+        for (int t = 0; t < T; t++) acc[t] = _mm512_setzero_ps();                                               \
+        for (long b = 0; b < pieces; b++) {                                                                     \
+            const int16_t *cb = codes + b * 16 * 2 * KVK_Q16_GROUP;                                              \
+            const float *pb = params + b * 3 * KVK_Q16_GROUP;                                                    \
+            const int16_t *xb = xq + 32 * b;                                                                    \
+            for (int h = 0; h < 2; h++) {                                                                       \
+                if (h == 1 && !halves) break;                                                                   \
+                const int s0 = halves ? 8 * h : 0, s1 = halves ? s0 + 8 : 16;                                   \
+                __m512i I[T];                                                                                   \
+                for (int t = 0; t < T; t++) I[t] = _mm512_setzero_si512();                                      \
+                for (int s = s0; s < s1; s++) {                                                                 \
+                    const __m512i wv = _mm512_loadu_si512((const void *)(cb + s * 2 * KVK_Q16_GROUP));          \
+                    for (int t = 0; t < T; t++) {                                                               \
+                        int32_t pair; __builtin_memcpy(&pair, xb + t * columns + 2 * s, 4);                     \
+                        I[t] = _mm512_dpwssd_epi32(I[t], wv, _mm512_set1_epi32(pair));                          \
+                    }                                                                                           \
+                }                                                                                               \
+                const __m512 a = _mm512_loadu_ps(pb + h * KVK_Q16_GROUP);                                       \
+                for (int t = 0; t < T; t++)                                                                     \
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(I[t]),                                          \
+                                             _mm512_mul_ps(a, _mm512_set1_ps(dx[t * pieces + b])), acc[t]);     \
+            }                                                                                                   \
+        }                                                                                                       \
+        __m512 off[T];                                                                                          \
+        for (int t = 0; t < T; t++) off[t] = _mm512_setzero_ps();                                               \
+        if (affine)                                                                                             \
+            for (long b = 0; b < pieces; b++) {                                                                 \
+                const __m512 c = _mm512_loadu_ps(params + b * 3 * KVK_Q16_GROUP + 2 * KVK_Q16_GROUP);           \
+                for (int t = 0; t < T; t++) off[t] = _mm512_fmadd_ps(c, _mm512_set1_ps(sx[t * pieces + b]), off[t]); \
+            }                                                                                                   \
+        const __mmask16 keep = (__mmask16)(valid >= 16 ? 0xFFFF : ((1u << valid) - 1));                         \
+        for (int t = 0; t < T; t++) _mm512_mask_storeu_ps(y + t * yStride, keep, _mm512_add_ps(acc[t], off[t])); \
+    }
+KVK_Q16_TILE_VNNI(8)
+KVK_Q16_TILE_VNNI(4)
+KVK_Q16_TILE_VNNI(1)
+#undef KVK_Q16_TILE_VNNI
+
+KVK_TARGET_Q16_VNNI void kvk_weights_matmul_q16_vnni(int type, long rows, long columns, const int16_t *codes, const float *params,
+                                                      const int16_t *xq, const float *dx, const float *sx, long count,
+                                                      float *y, long yStride) {
+    const long pieces = columns / 32, groups = (rows + KVK_Q16_GROUP - 1) / KVK_Q16_GROUP;
+    const int halves = type == KVK_GGML_Q6_K, affine = !signed_codes(type);
+    for (long t = 0; t < count;) {
+        const int T = count - t >= 8 ? 8 : count - t >= 4 ? 4 : 1;
+        for (long g = 0; g < groups; g++) {
+            const long first = g * KVK_Q16_GROUP, valid = rows - first;
+            const int16_t *cg = codes + g * pieces * 16 * 2 * KVK_Q16_GROUP;
+            const float *pg = params + g * pieces * 3 * KVK_Q16_GROUP;
+            const int16_t *xt = xq + t * columns;
+            float *yt = y + t * yStride + first;
+            if (T == 8) q16_tile_vnni_8(halves, affine, pieces, cg, pg, xt, columns, dx + t * pieces, sx + t * pieces, yt, yStride, valid);
+            else if (T == 4) q16_tile_vnni_4(halves, affine, pieces, cg, pg, xt, columns, dx + t * pieces, sx + t * pieces, yt, yStride, valid);
+            else q16_tile_vnni_1(halves, affine, pieces, cg, pg, xt, columns, dx + t * pieces, sx + t * pieces, yt, yStride, valid);
+        }
+        t += T;
+    }
+}
+
 #endif // __x86_64__

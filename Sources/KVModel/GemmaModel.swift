@@ -20,13 +20,13 @@ import KVStore
 /// sequence's length (`KVStoreConfiguration.layerSlidingWindows`).
 ///
 /// Matrix products are `LlamaModel`'s (`MatrixProducts`, on the file's blocks, `threadCount`
-/// threads, 16-bit decode activations unless `quantizesDecodeActivations` is off).
+/// threads, 16-bit activations unless `quantizesActivations` is off).
 public final class GemmaModel: CausalLanguageModel {
     /// The model's shape.
     public let hyperparameters: GemmaHyperparameters
     public let threadCount: Int
-    /// As `LlamaModel.quantizesDecodeActivations`.
-    public let quantizesDecodeActivations: Bool
+    /// As `LlamaModel.quantizesActivations`.
+    public let quantizesActivations: Bool
     let weights: GemmaWeights
     let products: MatrixProducts
     let globalFrequencies: [Double]
@@ -36,23 +36,23 @@ public final class GemmaModel: CausalLanguageModel {
     ///
     /// - Throws: `LlamaModelError` for another architecture, missing or misshapen tensors, bad
     ///   hyperparameters or non-finite weights.
-    public init(file: GGUFFile, threadCount: Int? = nil, quantizesDecodeActivations: Bool = true) throws(LlamaModelError) {
+    public init(file: GGUFFile, threadCount: Int? = nil, quantizesActivations: Bool = true) throws(LlamaModelError) {
         let h = try GemmaHyperparameters(file: file)
         hyperparameters = h
         self.threadCount = max(1, threadCount ?? ProcessInfo.processInfo.activeProcessorCount)
-        self.quantizesDecodeActivations = quantizesDecodeActivations
+        self.quantizesActivations = quantizesActivations
         weights = try GemmaWeights(file: file, hyperparameters: h)
-        products = MatrixProducts(file: file, threadCount: self.threadCount, quantizesDecodeActivations: quantizesDecodeActivations,
+        products = MatrixProducts(file: file, threadCount: self.threadCount, quantizesActivations: quantizesActivations,
                                   path: .current)
         globalFrequencies = MatrixKernels.inverseFrequencies(theta: h.ropeTheta, headDim: h.headDim)
         localFrequencies = MatrixKernels.inverseFrequencies(theta: h.localRopeTheta, headDim: h.headDim)
     }
 
     /// Loads the model in the GGUF file at `url`.
-    public convenience init(contentsOf url: URL, threadCount: Int? = nil, quantizesDecodeActivations: Bool = true) throws(LlamaModelError) {
+    public convenience init(contentsOf url: URL, threadCount: Int? = nil, quantizesActivations: Bool = true) throws(LlamaModelError) {
         let file: GGUFFile
         do { file = try GGUFFile(contentsOf: url) } catch { throw .file(error) }
-        try self.init(file: file, threadCount: threadCount, quantizesDecodeActivations: quantizesDecodeActivations)
+        try self.init(file: file, threadCount: threadCount, quantizesActivations: quantizesActivations)
     }
 
     public var cacheShape: ModelCacheShape {

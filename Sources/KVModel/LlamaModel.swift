@@ -12,20 +12,23 @@ import KVStore
 /// from the store (`nextPosition`), so a compressed cache keeps the original positions.
 ///
 /// Weights stay in the file's blocks (memory-mapped, see `LlamaWeights`); matrix products run on
-/// them (`MatrixProducts`), split over `threadCount` threads: multi-token chunks in FP32 on the
-/// dequantised weights, one-token steps with 16-bit activations unless `quantizesDecodeActivations`
-/// is off.
+/// them (`MatrixProducts`), split over `threadCount` threads, with 16-bit activations (integer
+/// products on the blocks' codes) unless `quantizesActivations` is off (then FP32 on the
+/// dequantised weights).
 public final class LlamaModel: CausalLanguageModel {
     /// The model's shape.
     public let hyperparameters: LlamaHyperparameters
     /// Threads for matrix products and attention.
     public let threadCount: Int
-    /// Whether one-token forward passes (decode steps) quantise the activations entering each block-
-    /// quantised matrix to 16 bits per 32 values for integer dot products (llama.cpp uses 8 bits):
-    /// about twice as fast as FP32 on the blocks, with an error per product of about 2⁻¹⁶ of each
-    /// block's largest activation (bound: `WeightKernels.quantizedDotReference`). Off, a one-token
-    /// pass computes exactly what the same token computes inside a batch.
-    public let quantizesDecodeActivations: Bool
+    /// Whether forward passes quantise the activations entering each block-quantised matrix to 16
+    /// bits per 32 values for integer dot products (llama.cpp uses 8 bits): one-token steps
+    /// (`WeightKernels.quantizedDotReference`) and multi-token chunks (`quantizedPanelDotReference`,
+    /// the same quantisation, one integer sum per 32 values) run about twice as fast as FP32 on the
+    /// blocks, with an error per product of about 2⁻¹⁶ of each block's largest activation (the two
+    /// differ from each other only by FP32 summation order). Off, every pass is FP32 on the
+    /// dequantised weights and a one-token pass computes exactly what the same token computes
+    /// inside a batch.
+    public let quantizesActivations: Bool
     let weights: LlamaWeights
     let products: MatrixProducts
     /// cos/sin of position·θ^(−2j/D) are computed per call in Double, then rounded to Float.
@@ -35,23 +38,23 @@ public final class LlamaModel: CausalLanguageModel {
     ///
     /// - Throws: `LlamaModelError` for an unsupported architecture, missing or misshapen tensors,
     ///   bad hyperparameters or non-finite weights.
-    public init(file: GGUFFile, threadCount: Int? = nil, quantizesDecodeActivations: Bool = true) throws(LlamaModelError) {
+    public init(file: GGUFFile, threadCount: Int? = nil, quantizesActivations: Bool = true) throws(LlamaModelError) {
         let h = try LlamaHyperparameters(file: file)
         hyperparameters = h
         self.threadCount = max(1, threadCount ?? ProcessInfo.processInfo.activeProcessorCount)
-        self.quantizesDecodeActivations = quantizesDecodeActivations
+        self.quantizesActivations = quantizesActivations
         weights = try LlamaWeights(file: file, hyperparameters: h)
-        products = MatrixProducts(file: file, threadCount: self.threadCount, quantizesDecodeActivations: quantizesDecodeActivations,
+        products = MatrixProducts(file: file, threadCount: self.threadCount, quantizesActivations: quantizesActivations,
                                   path: .current)
         let d = h.headDim
         inverseFrequencies = (0..<(d / 2)).map { j in pow(Double(h.ropeTheta), -2 * Double(j) / Double(d)) }
     }
 
     /// Loads the model in the GGUF file at `url`.
-    public convenience init(contentsOf url: URL, threadCount: Int? = nil, quantizesDecodeActivations: Bool = true) throws(LlamaModelError) {
+    public convenience init(contentsOf url: URL, threadCount: Int? = nil, quantizesActivations: Bool = true) throws(LlamaModelError) {
         let file: GGUFFile
         do { file = try GGUFFile(contentsOf: url) } catch { throw .file(error) }
-        try self.init(file: file, threadCount: threadCount, quantizesDecodeActivations: quantizesDecodeActivations)
+        try self.init(file: file, threadCount: threadCount, quantizesActivations: quantizesActivations)
     }
 
     public var cacheShape: ModelCacheShape {

@@ -55,4 +55,34 @@ extension WeightKernels {
         }
         return ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7])) + off
     }
+
+    /// The prefill product of one row (its `pieces`, `GGUFDequantizer.piece` of each 32 values) with
+    /// one 16-bit-quantised vector (`ActivationBlocks.quantize`: `codes`, and per piece b `scales[b]`
+    /// = dx_b, `sums[b]`), written plainly. Per piece b in order:
+    ///
+    ///     I_b = Σ_j q_j·code_j                                  (exact in Int32: |I| ≤ 32·128·32767 < 2³¹)
+    ///     acc = fma(fl(I_b), fl(a·dx_b), acc)                   (Q6_K: per half, I_b0 with a_0, then I_b1 with a_1)
+    ///     off = fma(c_b, sums[b], off)                          (affine types)
+    ///     y = acc + off
+    ///
+    /// Error against Σ_j w_j·x_j: the activations' rounding as in `quantizedDotReference` (at most
+    /// Σ_j |ŵ_j|·(dx_b/2 + 3ε|x_j|), about 2⁻¹⁶ of a block's largest activation times Σ|ŵ|), the
+    /// weights' FP32 rounding 2ε·Σ_j (|ŵ_j| + |c_j|)·|x_j|, plus fl(I_b) (ε·|I_b|) and the FP32 sums
+    /// γ_{2B+2}·(Σ_b |a·dx_b·I_b| + Σ_b |c_b|·(|sums_b| + γ_35·Σ_j|x_j|)) over B pieces.
+    static func quantizedPanelDotReference(_ pieces: [WeightPiece], codes: UnsafePointer<Int16>, scales: UnsafePointer<Float>,
+                                           sums: UnsafePointer<Float>, splitsHalves: Bool) -> Float {
+        var acc: Float = 0, off: Float = 0
+        for (b, piece) in pieces.enumerated() {
+            var half = [Int32](repeating: 0, count: 2)
+            for j in 0..<32 { half[j / 16] += piece.codes[j] * Int32(codes[32 * b + j]) }
+            if splitsHalves {
+                acc = acc.addingProduct(Float(half[0]), piece.lowScale * scales[b])
+                acc = acc.addingProduct(Float(half[1]), piece.highScale * scales[b])
+            } else {
+                acc = acc.addingProduct(Float(half[0] + half[1]), piece.lowScale * scales[b])
+            }
+            if let c = piece.offset { off = off.addingProduct(c, sums[b]) }
+        }
+        return acc + off
+    }
 }

@@ -2,21 +2,26 @@ import CKVKernels
 import Foundation
 import KVQuantization
 
-/// Which implementation of the weight kernels runs: the AVX2 C kernels (`matvec_avx2.c`) or Swift.
+/// Which implementation of the weight kernels runs: the AVX2 C kernels (`matvec_avx2.c`), the same
+/// with the AVX-512 VNNI prefill product (`avx512`), or Swift.
 ///
-/// Both compute the same bits (the arithmetic is defined once, by the twins in
+/// All compute the same bits (the arithmetic is defined once, by the twins in
 /// `WeightKernels+Reference.swift`, fused multiply-adds included), so the path changes speed only.
-/// `current` is `avx2` when the CPU has AVX2, FMA and F16C, unless `KVCRUSH_KERNELS=portable`
-/// asks for Swift only. (Until `KernelPath` has an `avx2` case, `portable` is also the default path
-/// of a CPU without AVX-512, so only the explicit setting turns these kernels off.)
+/// `current` is the first of `available` (`avx512` when the CPU has AVX-512 F/BW/VL/DQ and VNNI,
+/// else `avx2` when it has AVX2, FMA and F16C), unless `KVCRUSH_KERNELS=portable` asks for Swift
+/// only. (Until `KernelPath` has an `avx2` case, `portable` is also the default path of a CPU
+/// without AVX-512, so only the explicit setting turns these kernels off.)
 enum WeightKernelPath: String, Sendable, Hashable, CaseIterable {
+    case avx512
     case avx2
     case portable
 
-    /// The paths this CPU runs (`portable` always).
+    /// The paths this CPU runs (`portable` always), fastest first.
     static let available: [WeightKernelPath] = {
         #if arch(x86_64)
-        CPUFeatures.detected.contains(.avx2) ? [.avx2, .portable] : [.portable]
+        let cpu = CPUFeatures.detected
+        guard cpu.contains(.avx2) else { return [.portable] }
+        return cpu.isSuperset(of: [.avx512, .avx512VNNI]) ? [.avx512, .avx2, .portable] : [.avx2, .portable]
         #else
         [.portable]
         #endif
@@ -24,10 +29,14 @@ enum WeightKernelPath: String, Sendable, Hashable, CaseIterable {
 
     /// The path of this process.
     static let current: WeightKernelPath = {
-        guard available.contains(.avx2) else { return .portable }
-        if KernelPath.current != .portable { return .avx2 }
-        return ProcessInfo.processInfo.environment[KernelPath.environmentVariable] == KernelPath.portable.rawValue ? .portable : .avx2
+        let best = available[0]
+        guard best != .portable else { return .portable }
+        if KernelPath.current != .portable { return best }
+        return ProcessInfo.processInfo.environment[KernelPath.environmentVariable] == KernelPath.portable.rawValue ? .portable : best
     }()
+
+    /// Whether the AVX2 C kernels run (on `avx2` and on `avx512`, whose other kernels are AVX2's).
+    var runsC: Bool { self != .portable }
 }
 
 /// Rows of a weight matrix as its file stores them, lent for the duration of a closure (never kept;
@@ -71,7 +80,20 @@ struct ActivationBlocks {
         codes = [Int16](repeating: 0, count: x.count)
         scales = [Float](repeating: 0, count: blocks)
         sums = [Float](repeating: 0, count: blocks)
-        let raw = UnsafeRawPointer(x.baseAddress!)
+        codes.withUnsafeMutableBufferPointer { q in
+            scales.withUnsafeMutableBufferPointer { d in
+                sums.withUnsafeMutableBufferPointer { s in
+                    Self.quantize(x.baseAddress!, blocks: blocks, codes: q.baseAddress!, scales: d.baseAddress!, sums: s.baseAddress!)
+                }
+            }
+        }
+    }
+
+    /// The quantisation of `blocks` blocks of 32 values at `x` into `codes` (32 per block), `scales`
+    /// and `sums` (one per block), as described on the type: the definition `kvk_quantize_q16_avx2` twins.
+    static func quantize(_ x: UnsafePointer<Float>, blocks: Int, codes: UnsafeMutablePointer<Int16>,
+                         scales: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>) {
+        let raw = UnsafeRawPointer(x)
         for b in 0..<blocks {
             var lanes = SIMD8<Float>(), m: Float = 0
             for i in 0..<4 {
@@ -80,17 +102,53 @@ struct ActivationBlocks {
                 for l in 0..<8 { m = max(m, v[l].magnitude) }
             }
             sums[b] = WeightKernels.sum8(lanes)
+            (codes + 32 * b).update(repeating: 0, count: 32)
             // A NaN or ±∞ among the values makes the sum non-finite (as does a sum that overflows).
             if !m.isFinite || !sums[b].isFinite {
                 scales[b] = .nan
                 continue
             }
-            guard m >= 0x1p-96 else { continue }
-            scales[b] = m / Self.codeLimit
-            let inverse = Self.codeLimit / m
+            guard m >= 0x1p-96 else { scales[b] = 0; continue }
+            scales[b] = m / codeLimit
+            let inverse = codeLimit / m
             for j in 0..<32 { codes[32 * b + j] = Int16((x[32 * b + j] * inverse).rounded(.toNearestOrEven)) }
         }
     }
+
+    /// `count` vectors of `columns` values at `x` (`[count][columns]`), quantised as `quantize` each:
+    /// codes `[count][columns]`, scales and sums `[count][columns/32]` (C on `path.runsC`).
+    static func quantize(_ x: UnsafePointer<Float>, count: Int, columns: Int, codes: UnsafeMutablePointer<Int16>,
+                         scales: UnsafeMutablePointer<Float>, sums: UnsafeMutablePointer<Float>, path: WeightKernelPath) {
+        precondition(columns % 32 == 0, "ActivationBlocks.quantize: \(columns) values are not blocks of 32")
+        #if arch(x86_64)
+        if path.runsC { return kvk_quantize_q16_avx2(x, count, columns, codes, scales, sums) }
+        #endif
+        let p = columns / 32
+        for t in 0..<count {
+            quantize(x + t * columns, blocks: p, codes: codes + t * columns, scales: scales + t * p, sums: sums + t * p)
+        }
+    }
+}
+
+/// Scratch of one thread's integer prefill product: a packed panel of up to `rows` rows
+/// (`kvk_weights_pack_q16_avx2`'s layout).
+struct QuantizedPanel {
+    let codes: UnsafeMutablePointer<Int16>
+    let params: UnsafeMutablePointer<Float>
+
+    /// Int16 codes and floats a panel of `rows` rows of `columns` takes.
+    static func sizes(rows: Int, columns: Int) -> (codes: Int, params: Int) {
+        let groups = (rows + 15) / 16, p = columns / 32
+        return (groups * p * 512, groups * p * 48)
+    }
+
+    init(rows: Int, columns: Int) {
+        let n = Self.sizes(rows: rows, columns: columns)
+        codes = .allocate(capacity: n.codes)
+        params = .allocate(capacity: n.params)
+    }
+
+    func deallocate() { codes.deallocate(); params.deallocate() }
 }
 
 /// The kernels of the weight products on the file's blocks, each on the AVX2 C kernels or in Swift
@@ -102,6 +160,7 @@ struct ActivationBlocks {
 /// | `multiplyVector` | FP32 dots in 8 lanes (`dotReference`) | `kvk_weights_matvec_avx2` |
 /// | `multiplyQuantizedVector` | 16-bit activations (`quantizedDotReference`) | `kvk_weights_matvec_q16_avx2` |
 /// | `multiply` | FP32 dots in 8 lanes, tiles of rows × vectors | `kvk_matmul_f32_avx2` |
+/// | `multiplyQuantized` | 16-bit activations, one sum per piece (`quantizedPanelDotReference`) | `kvk_weights_matmul_q16_avx2`, `_vnni` |
 ///
 /// Shapes are caller's business (checked by `MatrixProducts`); these trust them.
 enum WeightKernels {
@@ -115,7 +174,7 @@ enum WeightKernels {
     static func dequantize(_ w: UnsafeWeightRows, first: Int, count: Int, into out: UnsafeMutablePointer<Float>, stride: Int,
                            path: WeightKernelPath = .current) {
         #if arch(x86_64)
-        if path == .avx2 {
+        if path.runsC {
             return kvk_weights_dequantize_avx2(Int32(w.type.rawValue), w.base + first * w.rowByteCount, w.rowByteCount, count, w.columns, out, stride)
         }
         #endif
@@ -128,7 +187,7 @@ enum WeightKernels {
     static func multiplyVector(_ w: UnsafeWeightRows, first: Int, count: Int, x: UnsafePointer<Float>, into y: UnsafeMutablePointer<Float>,
                                path: WeightKernelPath = .current) {
         #if arch(x86_64)
-        if path == .avx2 {
+        if path.runsC {
             return kvk_weights_matvec_avx2(Int32(w.type.rawValue), w.base + first * w.rowByteCount, w.rowByteCount, count, w.columns, x, y)
         }
         #endif
@@ -146,7 +205,7 @@ enum WeightKernels {
                                         into y: UnsafeMutablePointer<Float>, path: WeightKernelPath = .current) {
         precondition(w.type.isBlockQuantized && x.codes.count == w.columns, "WeightKernels.multiplyQuantizedVector: \(w.type) rows of \(w.columns) and \(x.codes.count) activations")
         #if arch(x86_64)
-        if path == .avx2 {
+        if path.runsC {
             return x.codes.withUnsafeBufferPointer { q in
                 kvk_weights_matvec_q16_avx2(Int32(w.type.rawValue), w.base + first * w.rowByteCount, w.rowByteCount, count, w.columns,
                                            q.baseAddress!, x.scales, x.sums, y)
@@ -162,7 +221,7 @@ enum WeightKernels {
     static func multiply(_ w: UnsafePointer<Float>, wStride: Int, rows: Int, columns c: Int, x: UnsafePointer<Float>, xStride: Int,
                          count: Int, into y: UnsafeMutablePointer<Float>, yStride: Int, path: WeightKernelPath = .current) {
         #if arch(x86_64)
-        if path == .avx2 { return kvk_matmul_f32_avx2(w, wStride, rows, c, x, xStride, count, y, yStride) }
+        if path.runsC { return kvk_matmul_f32_avx2(w, wStride, rows, c, x, xStride, count, y, yStride) }
         #endif
         let c8 = c & ~7
         @inline(__always) func load(_ p: UnsafePointer<Float>, _ i: Int) -> SIMD8<Float> {
@@ -204,6 +263,38 @@ enum WeightKernels {
         while o < rows {
             for t in 0..<count { y[t * yStride + o] = dot(w + o * wStride, x + t * xStride, c) }
             o += 1
+        }
+    }
+
+    /// `y[t·yStride + r]` = the 16-bit-activation prefill product of row `first + r` (r < count) and
+    /// vector t < tokens (`quantizedPanelDotReference`): x's codes `[tokens][columns]`, scales and
+    /// sums `[tokens][columns/32]` (`ActivationBlocks.quantize`). Block types only; `panel` must hold
+    /// `count` rows. C: the rows packed into `panel`, then 8 × 4 (AVX2) or 16 × 8 (AVX-512 VNNI) tiles.
+    static func multiplyQuantized(_ w: UnsafeWeightRows, first: Int, count: Int, codes: UnsafePointer<Int16>,
+                                  scales: UnsafePointer<Float>, sums: UnsafePointer<Float>, tokens: Int,
+                                  into y: UnsafeMutablePointer<Float>, yStride: Int, panel: QuantizedPanel,
+                                  path: WeightKernelPath = .current) {
+        precondition(w.type.isBlockQuantized && w.columns % 32 == 0, "WeightKernels.multiplyQuantized: \(w.type) rows of \(w.columns)")
+        #if arch(x86_64)
+        if path.runsC {
+            kvk_weights_pack_q16_avx2(Int32(w.type.rawValue), w.base + first * w.rowByteCount, w.rowByteCount, count, w.columns,
+                                      panel.codes, panel.params)
+            if path == .avx512 {
+                return kvk_weights_matmul_q16_vnni(Int32(w.type.rawValue), count, w.columns, panel.codes, panel.params,
+                                                   codes, scales, sums, tokens, y, yStride)
+            }
+            return kvk_weights_matmul_q16_avx2(Int32(w.type.rawValue), count, w.columns, panel.codes, panel.params,
+                                               codes, scales, sums, tokens, y, yStride)
+        }
+        #endif
+        let p = w.columns / 32
+        for r in 0..<count {
+            let raw = w.bytes(from: first + r, count: 1)
+            let pieces = (0..<p).map { GGUFDequantizer.piece(raw, type: w.type, index: $0) }
+            for t in 0..<tokens {
+                y[t * yStride + r] = quantizedPanelDotReference(pieces, codes: codes + t * w.columns, scales: scales + t * p,
+                                                                sums: sums + t * p, splitsHalves: w.type == .q6_K)
+            }
         }
     }
 

@@ -39,27 +39,31 @@ struct WeightMatrix: Sendable, Hashable {
 /// Products of weight matrices with batches of FP32 vectors, on the file's blocks, split over threads.
 ///
 /// One call applies several matrices that share their input (Q, K and V; gate and up) in one
-/// dispatch. Two arithmetics, chosen by the batch:
+/// dispatch. The arithmetic, chosen by `quantizesActivations`, the batch and the matrix type:
 ///
-/// - more than one vector (prefill): rows are dequantised panel by panel (`panelRowCount` rows, so
-///   each weight block is unpacked once per call, i.e. once per chunk) into FP32, then multiplied
-///   with every vector by the FP32 tile kernel. Each output is `WeightKernels.dotReference` of the
-///   dequantised row (the weights `GGUFFile.floats` gives) and the vector.
-/// - one vector (decode): with `quantizesDecodeActivations`, block-quantised matrices take the
-///   16-bit-activation product (`WeightKernels.quantizedDotReference`); F32/F16 matrices and, with
-///   the option off, all: the FP32 product above, straight on the blocks, bit-identical to the
-///   batched one.
+/// - block-quantised matrices with `quantizesActivations` (the default): the vectors are quantised
+///   to 16 bits per 32 values once per call (`ActivationBlocks.quantize`, split over the threads by
+///   vectors), then integer dot products on the weights' codes: one vector (decode) takes
+///   `WeightKernels.quantizedDotReference` straight on the blocks; more (prefill) pack `panelRowCount`
+///   rows at a time into an integer panel (each weight block unpacked once per call) and take
+///   `quantizedPanelDotReference` with every vector. Both carry the activations' rounding (about 2⁻¹⁶
+///   of a block's largest activation times Σ|w|) and differ from each other only by FP32 summation
+///   order.
+/// - F32/F16 matrices, and all with the option off: FP32. Several vectors: rows dequantised panel by
+///   panel into FP32, then the FP32 tile kernel; one vector: straight on the blocks, bit-identical
+///   to the batched one. Each output is `WeightKernels.dotReference` of the dequantised row (the
+///   weights `GGUFFile.floats` gives) and the vector.
 ///
 /// Outputs do not depend on the thread count or the kernel path (each is one thread's sum in a
 /// fixed order). Rows are split in contiguous runs over `threadCount` threads.
 struct MatrixProducts: Sendable {
     let file: GGUFFile
     let threadCount: Int
-    let quantizesDecodeActivations: Bool
+    let quantizesActivations: Bool
     let path: WeightKernelPath
 
-    /// Rows dequantised at a time per thread (a multiple of the C tile's 3 rows; 48 rows of 2048
-    /// FP32 values is 384 KiB, within a core's L2).
+    /// Rows dequantised or packed at a time per thread (a multiple of the tiles' 3 and 16 rows; 48
+    /// rows of 2048 FP32 values is 384 KiB, within a core's L2, and 48 × 2048 16-bit codes 192 KiB).
     static let panelRowCount = 48
     /// Rows per unit of work of a one-vector product.
     static let vectorRowCount = 32
@@ -72,16 +76,37 @@ struct MatrixProducts: Sendable {
         let c = matrices[0].columns
         precondition(x.count == count * c && matrices.allSatisfy { $0.columns == c },
                      "MatrixProducts.apply: \(x.count) inputs for \(count) vectors of the matrices' \(matrices.map(\.columns)) columns")
-        let quantized = count == 1 && quantizesDecodeActivations
-        let activations: ActivationBlocks? = quantized && c % 32 == 0 && matrices.contains { $0.type.isBlockQuantized }
-            ? x.withUnsafeBufferPointer { ActivationBlocks($0) } : nil
+        let quantizes = quantizesActivations && c % 32 == 0 && matrices.contains { $0.type.isBlockQuantized }
+        let path = self.path
+        let p = c / 32
+        let vector: ActivationBlocks? = quantizes && count == 1 ? x.withUnsafeBufferPointer { ActivationBlocks($0) } : nil
+        // The quantised vectors of a batch (codes [count][c], scales and sums [count][c/32]).
+        let batch = quantizes && count > 1
+        let codes = UnsafeMutablePointer<Int16>.allocate(capacity: batch ? count * c : 0)
+        let scales = UnsafeMutablePointer<Float>.allocate(capacity: batch ? count * p : 0)
+        let sums = UnsafeMutablePointer<Float>.allocate(capacity: batch ? count * p : 0)
+        defer { codes.deallocate(); scales.deallocate(); sums.deallocate() }
+        if batch {
+            let (qc, qs, qm) = (UnsafeSharedPointer(base: codes), UnsafeSharedPointer(base: scales), UnsafeSharedPointer(base: sums))
+            x.withUnsafeBufferPointer { xb in
+                let input = UnsafeSharedPointer(base: UnsafeMutablePointer(mutating: xb.baseAddress!))
+                let threads = max(1, min(threadCount, count / 16))
+                let work: @Sendable (Int) -> Void = { t in
+                    let a = count * t / threads, n = count * (t + 1) / threads - a
+                    ActivationBlocks.quantize(input.base + a * c, count: n, columns: c, codes: qc.base + a * c,
+                                              scales: qs.base + a * p, sums: qm.base + a * p, path: path)
+                }
+                if threads == 1 { work(0) } else { DispatchQueue.concurrentPerform(iterations: threads, execute: work) }
+            }
+        }
         let unit = count == 1 ? Self.vectorRowCount : Self.panelRowCount
         // Units of work: (matrix, first row) in matrix order, each `unit` rows (fewer at a matrix's end).
         let jobs = matrices.indices.flatMap { m in stride(from: 0, to: matrices[m].rows, by: unit).map { (matrix: m, first: $0) } }
         let threads = max(1, min(threadCount, jobs.count))
         // All outputs in one buffer, matrix after matrix.
         let starts = matrices.reduce(into: [0]) { $0.append($0.last! + count * $1.rows) }
-        let path = self.path
+        let activations = UnsafeSharedPointer(base: codes), activationScales = UnsafeSharedPointer(base: scales),
+            activationSums = UnsafeSharedPointer(base: sums)
         var all = [Float](repeating: 0, count: starts.last!)
         file.storage.withUnsafeBytes { bytes in
             let rows = matrices.map { $0.rows(in: bytes) }
@@ -91,16 +116,24 @@ struct MatrixProducts: Sendable {
                     let input = UnsafeSharedPointer(base: UnsafeMutablePointer(mutating: xb.baseAddress!))
                     let work: @Sendable (Int) -> Void = { t in
                         let range = (jobs.count * t / threads)..<(jobs.count * (t + 1) / threads)
-                        let panel = count == 1 ? nil : UnsafeMutablePointer<Float>.allocate(capacity: unit * c)
-                        defer { panel?.deallocate() }
+                        let needsFloats = count > 1 && !(quantizes && rows.allSatisfy { $0.type.isBlockQuantized })
+                        let panel = needsFloats ? UnsafeMutablePointer<Float>.allocate(capacity: unit * c) : nil
+                        let packed = batch ? QuantizedPanel(rows: unit, columns: c) : nil
+                        defer { panel?.deallocate(); packed?.deallocate() }
                         for (m, first) in jobs[range] {
                             let w = rows[m], n = min(unit, matrices[m].rows - first), y = output.base + starts[m]
-                            if let panel {
+                            if quantizes && w.type.isBlockQuantized {
+                                if let packed {
+                                    WeightKernels.multiplyQuantized(w, first: first, count: n, codes: activations.base,
+                                                                    scales: activationScales.base, sums: activationSums.base, tokens: count,
+                                                                    into: y + first, yStride: matrices[m].rows, panel: packed, path: path)
+                                } else if let vector {
+                                    WeightKernels.multiplyQuantizedVector(w, first: first, count: n, x: vector, into: y + first, path: path)
+                                }
+                            } else if let panel {
                                 WeightKernels.dequantize(w, first: first, count: n, into: panel, stride: c, path: path)
                                 WeightKernels.multiply(panel, wStride: c, rows: n, columns: c, x: input.base, xStride: c, count: count,
                                                        into: y + first, yStride: matrices[m].rows, path: path)
-                            } else if let activations, w.type.isBlockQuantized {
-                                WeightKernels.multiplyQuantizedVector(w, first: first, count: n, x: activations, into: y + first, path: path)
                             } else {
                                 WeightKernels.multiplyVector(w, first: first, count: n, x: input.base, into: y + first, path: path)
                             }

@@ -26,7 +26,12 @@ import TestSupport
         let ref = try tiny.reference(Self.tokens)
         let err = relativeError(logits, ref.logits.flatMap { $0 })
         #expect(err < 3e-3, "logits relative error \(err)")
-        // Layer 0 keys, before any FP16 rounding, in Hugging Face order: HF index s·D/2 + j = file index 2j + s.
+        // Layer 0 keys, before any FP16 rounding, in Hugging Face order: HF index s·D/2 + j = file index 2j + s;
+        // from FP32 products (the 16-bit activations' error is `QuantizedPanelTests`' business).
+        let exact = try LlamaModel(file: tiny.file, threadCount: 2, quantizesActivations: false)
+        _ = try exact.forward(Self.tokens, sequence: store.addSequence(), in: store, logits: .none) { a in
+            if a.layer == 0 { layer0Keys = a.keys }
+        }
         let d = TinyLlama.headDim, n = Self.tokens.count
         var permuted = [Double](repeating: 0, count: ref.keys[0].count)
         for kv in 0..<TinyLlama.kvHeads {
@@ -44,7 +49,7 @@ import TestSupport
     /// products are the same sums; the store's FP16 keys and values are the same bits).
     @Test func chunkedPrefillAndDecodeAgreeWithOneBatch() throws {
         let tiny = try TinyLlama()
-        let model = try LlamaModel(file: tiny.file, threadCount: 1, quantizesDecodeActivations: false)
+        let model = try LlamaModel(file: tiny.file, threadCount: 1, quantizesActivations: false)
         let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
         let whole = store.addSequence(), pieces = store.addSequence()
         let all = try model.forward(Self.tokens, sequence: whole, in: store, logits: .all)
@@ -53,7 +58,7 @@ import TestSupport
         for t in Self.tokens[8...] { stepwise += try model.forward([t], sequence: pieces, in: store, logits: .last) }
         #expect(relativeError(stepwise, all.map(Double.init)) < 1e-5)
         // Thread count does not change the result.
-        let threaded = try LlamaModel(file: tiny.file, threadCount: 3, quantizesDecodeActivations: false)
+        let threaded = try LlamaModel(file: tiny.file, threadCount: 3, quantizesActivations: false)
         let s3 = store.addSequence()
         #expect(try threaded.forward(Self.tokens, sequence: s3, in: store, logits: .all) == all)
     }
@@ -61,7 +66,7 @@ import TestSupport
     /// (FP32 decode, so that the last one-token chunk computes what the batch does.)
     @Test func prefillKeepsTheObservationWindowAndGenerationIsGreedy() throws {
         let tiny = try TinyLlama()
-        let model = try LlamaModel(file: tiny.file, quantizesDecodeActivations: false)
+        let model = try LlamaModel(file: tiny.file, quantizesActivations: false)
         let store = try KVStore(model.storeConfiguration(pageCapacity: 4))
         let a = store.addSequence()
         let (last, window) = try model.prefill(Self.tokens, sequence: a, in: store, chunkTokenCount: 4, observationTokenCount: 6)
@@ -169,8 +174,8 @@ import TestSupport
         var g = SeededGenerator(seed: 11)
         let count = 5, x = RowFamily.gaussian.row(count * TinyLlama.embedding, using: &g)
         for quantized in [false, true] {
-            let one = MatrixProducts(file: file, threadCount: 1, quantizesDecodeActivations: quantized, path: .current)
-            let three = MatrixProducts(file: file, threadCount: 3, quantizesDecodeActivations: quantized, path: .current)
+            let one = MatrixProducts(file: file, threadCount: 1, quantizesActivations: quantized, path: .current)
+            let three = MatrixProducts(file: file, threadCount: 3, quantizesActivations: quantized, path: .current)
             let together = three.apply([q, k, embd], to: x, count: count)
             #expect(together == [one.apply([q], to: x, count: count)[0], one.apply([k], to: x, count: count)[0], one.apply([embd], to: x, count: count)[0]])
             let first = Array(x[0..<TinyLlama.embedding])
@@ -184,7 +189,7 @@ import TestSupport
         }
         // The embedding lookup is the dequantised rows.
         let all = try file.floats("token_embd.weight")
-        let rows = MatrixProducts(file: file, threadCount: 1, quantizesDecodeActivations: true, path: .current).rows(of: embd, [3, 0, 49])
+        let rows = MatrixProducts(file: file, threadCount: 1, quantizesActivations: true, path: .current).rows(of: embd, [3, 0, 49])
         #expect(rows == Array(all[(3 * 64)..<(4 * 64)] + all[0..<64] + all[(49 * 64)..<(50 * 64)]))
     }
 

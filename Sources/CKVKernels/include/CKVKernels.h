@@ -313,5 +313,30 @@ void kvk_weights_matvec_q16_avx2(int type, const void *w, long rowBytes, long ro
 void kvk_matmul_f32_avx2(const float *w, long wStride, long rows, long columns, const float *x, long xStride,
                          long count, float *y, long yStride);
 
+/// The prefill product with 16-bit activations on a packed integer panel. `kvk_weights_pack_q16_avx2`
+/// packs rows 0 ..< rows (block types only) in groups of 16 (the last padded with zero codes and
+/// parameters): per group g and piece b of 32 columns, codes[((g·P + b)·16 + s)·32 + 2r + e] = q of
+/// element 2s + e of row 16g + r (as int16: minus the offset for the symmetric types), and
+/// params[(g·P + b)·48 + {0, 16, 32} + r] = a0, a1, c (the piece's halves' scales, its affine offset
+/// or 0); P = columns/32. Sizes: 512·P int16 and 48·P floats per group.
+void kvk_weights_pack_q16_avx2(int type, const void *w, long rowBytes, long rows, long columns, int16_t *codes, float *params);
+
+/// The 16-bit quantisation of `count` vectors of `columns` values (a multiple of 32), per block b:
+/// m = max_j |x_j|, sx[b] = Σ_j x_j (lanes j mod 8 summed in order, then the 8-lane sum); non-finite
+/// m or sx: dx[b] = NaN, codes 0; m < 2⁻⁹⁶: dx[b] = 0, codes 0; else dx[b] = m/32767 and
+/// xq[32b + j] = rne(x_j·fl(32767/m)). Arrays [count][columns] and [count][columns/32].
+void kvk_quantize_q16_avx2(const float *x, long count, long columns, int16_t *xq, float *dx, float *sx);
+
+/// y[t·yStride + r] for r < rows, t < count, on a packed panel and quantised vectors: per piece b in
+/// order, I = Σ_j q_j·xq_j (exact int32; Q6_K: per half), acc = fma(fl(I), fl(a·dx[b]), acc) (Q6_K: low
+/// half then high), then off = fma(c_b, sx[b], off) over the pieces (affine types), y = acc + off.
+/// The AVX2 kernel (8 rows × 4 vectors, vpmaddwd) and the AVX-512 VNNI one (16 rows × 8 vectors,
+/// vpdpwssd) give the same bits.
+void kvk_weights_matmul_q16_avx2(int type, long rows, long columns, const int16_t *codes, const float *params,
+                                 const int16_t *xq, const float *dx, const float *sx, long count, float *y, long yStride);
+/// As `kvk_weights_matmul_q16_avx2` (needs `KVK_CPU_AVX512 | KVK_CPU_AVX512_VNNI`).
+void kvk_weights_matmul_q16_vnni(int type, long rows, long columns, const int16_t *codes, const float *params,
+                                 const int16_t *xq, const float *dx, const float *sx, long count, float *y, long yStride);
+
 #endif // __x86_64__
 #endif
