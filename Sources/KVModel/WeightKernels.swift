@@ -8,9 +8,8 @@ import KVQuantization
 /// All compute the same bits (the arithmetic is defined once, by the twins in
 /// `WeightKernels+Reference.swift`, fused multiply-adds included), so the path changes speed only.
 /// `current` is the first of `available` (`avx512` when the CPU has AVX-512 F/BW/VL/DQ and VNNI,
-/// else `avx2` when it has AVX2, FMA and F16C), unless `KVCRUSH_KERNELS=portable` asks for Swift
-/// only. (Until `KernelPath` has an `avx2` case, `portable` is also the default path of a CPU
-/// without AVX-512, so only the explicit setting turns these kernels off.)
+/// else `avx2` when it has AVX2, FMA and F16C), unless `KVCRUSH_KERNELS` asks for `avx2` or
+/// `portable` (Swift only).
 enum WeightKernelPath: String, Sendable, Hashable, CaseIterable {
     case avx512
     case avx2
@@ -27,12 +26,18 @@ enum WeightKernelPath: String, Sendable, Hashable, CaseIterable {
         #endif
     }()
 
-    /// The path of this process.
+    /// The path of this process: `KernelPath.current`'s (`avx512` runs the best this CPU has), except
+    /// that `portable`, the default path of a CPU without AVX-512, runs the AVX2 kernels unless
+    /// `KVCRUSH_KERNELS=portable` asks for it.
     static let current: WeightKernelPath = {
         let best = available[0]
         guard best != .portable else { return .portable }
-        if KernelPath.current != .portable { return best }
-        return ProcessInfo.processInfo.environment[KernelPath.environmentVariable] == KernelPath.portable.rawValue ? .portable : best
+        switch KernelPath.current {
+        case .avx512: return best
+        case .avx2: return .avx2
+        case .portable:
+            return ProcessInfo.processInfo.environment[KernelPath.environmentVariable] == KernelPath.portable.rawValue ? .portable : best
+        }
     }()
 
     /// Whether the AVX2 C kernels run (on `avx2` and on `avx512`, whose other kernels are AVX2's).
