@@ -2,19 +2,33 @@ import Foundation
 
 /// The element-wise kernels of the forward pass: RMSNorm, SiLU. (Matrix products: `MatrixProducts`.)
 enum MatrixKernels {
-    /// RMSNorm of each of the `count` rows of `x` (`n` wide), times `weight`: x·w / √(mean(x²) + ε).
+    /// RMSNorm of each of the `count` rows of `x` (`n` wide), times `weight`: x·w / √(mean(x²) + ε)
+    /// (each value fl(fl(x·inv)·w), eight lanes at a time: the same bits as element by element).
     static func rmsNorm(_ x: [Float], count: Int, weight: [Float], epsilon: Float) -> [Float] {
         let n = weight.count
-        var y = [Float](repeating: 0, count: x.count)
-        x.withUnsafeBufferPointer { xb in
-            for t in 0..<count {
-                let row = xb.baseAddress! + t * n
-                let ms = sumOfSquares(row, n) / Float(n)
-                let inv = 1 / (ms + epsilon).squareRoot()
-                for i in 0..<n { y[t * n + i] = row[i] * inv * weight[i] }
+        precondition(x.count == count * n, "MatrixKernels.rmsNorm: \(x.count) values for \(count) rows of \(n)")
+        return [Float](unsafeUninitializedCapacity: x.count) { y, initialized in
+            x.withUnsafeBufferPointer { xb in
+                weight.withUnsafeBufferPointer { wb in
+                    let w = UnsafeRawPointer(wb.baseAddress!), out = UnsafeMutableRawPointer(y.baseAddress!)
+                    for t in 0..<count {
+                        let row = xb.baseAddress! + t * n
+                        let ms = sumOfSquares(row, n) / Float(n)
+                        let inv = 1 / (ms + epsilon).squareRoot()
+                        let r = UnsafeRawPointer(row)
+                        var i = 0
+                        while i + 8 <= n {
+                            let v = r.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self) * inv
+                                * w.loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                            out.storeBytes(of: v, toByteOffset: 4 * (t * n + i), as: SIMD8<Float>.self)
+                            i += 8
+                        }
+                        while i < n { y[t * n + i] = row[i] * inv * wb[i]; i += 1 }
+                    }
+                }
             }
+            initialized = x.count
         }
-        return y
     }
 
     /// Σ a[i]² with SIMD8 accumulation and a scalar tail.
@@ -66,17 +80,39 @@ enum MatrixKernels {
         return (c, s)
     }
 
-    /// Rotate-half RoPE on `[token][head][D]`: (x_j, x_{j+D/2}) ↦ (x_j·cos − x_{j+D/2}·sin, x_{j+D/2}·cos + x_j·sin).
+    /// Rotate-half RoPE on `[token][head][D]`: (x_j, x_{j+D/2}) ↦ (x_j·cos − x_{j+D/2}·sin, x_{j+D/2}·cos + x_j·sin)
+    /// (products and sums rounded separately, eight lanes at a time: the same bits as element by element).
     static func applyRoPE(_ x: inout [Float], heads: Int, headDim d: Int, count: Int, cosines: [Float], sines: [Float]) {
         let half = d / 2
-        for t in 0..<count {
-            for h in 0..<heads {
-                let base = (t * heads + h) * d
-                for j in 0..<half {
-                    let a = x[base + j], b = x[base + j + half]
-                    let c = cosines[t * half + j], s = sines[t * half + j]
-                    x[base + j] = a * c - b * s
-                    x[base + j + half] = b * c + a * s
+        precondition(x.count == count * heads * d && cosines.count >= count * half && sines.count >= count * half,
+                     "MatrixKernels.applyRoPE: \(x.count) values for \(count) tokens × \(heads) heads × \(d)")
+        cosines.withUnsafeBufferPointer { cb in
+            sines.withUnsafeBufferPointer { sb in
+                x.withUnsafeMutableBufferPointer { xb in
+                    let cr = UnsafeRawPointer(cb.baseAddress!), sr = UnsafeRawPointer(sb.baseAddress!)
+                    let xr = UnsafeMutableRawPointer(xb.baseAddress!)
+                    for t in 0..<count {
+                        for h in 0..<heads {
+                            let base = (t * heads + h) * d
+                            var j = 0
+                            while j + 8 <= half {
+                                let a = xr.loadUnaligned(fromByteOffset: 4 * (base + j), as: SIMD8<Float>.self)
+                                let b = xr.loadUnaligned(fromByteOffset: 4 * (base + j + half), as: SIMD8<Float>.self)
+                                let c = cr.loadUnaligned(fromByteOffset: 4 * (t * half + j), as: SIMD8<Float>.self)
+                                let s = sr.loadUnaligned(fromByteOffset: 4 * (t * half + j), as: SIMD8<Float>.self)
+                                xr.storeBytes(of: a * c - b * s, toByteOffset: 4 * (base + j), as: SIMD8<Float>.self)
+                                xr.storeBytes(of: b * c + a * s, toByteOffset: 4 * (base + j + half), as: SIMD8<Float>.self)
+                                j += 8
+                            }
+                            while j < half {
+                                let a = xb[base + j], b = xb[base + j + half]
+                                let c = cb[t * half + j], s = sb[t * half + j]
+                                xb[base + j] = a * c - b * s
+                                xb[base + j + half] = b * c + a * s
+                                j += 1
+                            }
+                        }
+                    }
                 }
             }
         }
