@@ -92,7 +92,7 @@ public final class GemmaModel: CausalLanguageModel {
             let gateUp = products.apply([block.gate, block.up], to: normed2, count: n)
             var gate = gateUp[0]
             let up = gateUp[1]
-            for i in 0..<gate.count { gate[i] = MatrixKernels.geluTanh(gate[i]) * up[i] }
+            MatrixKernels.applyGated(&gate, up, .geluTanh)
             let down = products.apply([block.down], to: gate, count: n)[0]
             let postFeedForward = MatrixKernels.rmsNorm(down, count: n, weight: block.postFeedForwardNorm, epsilon: h.rmsEpsilon)
             for i in 0..<x.count { x[i] += postFeedForward[i] }

@@ -92,7 +92,7 @@ public final class LlamaModel: CausalLanguageModel {
             let gateUp = products.apply([block.gate, block.up], to: normed2, count: n)
             var gate = gateUp[0]
             let up = gateUp[1]
-            for i in 0..<gate.count { gate[i] = MatrixKernels.silu(gate[i]) * up[i] }
+            MatrixKernels.applyGated(&gate, up, .silu)
             let down = products.apply([block.down], to: gate, count: n)[0]
             for i in 0..<x.count { x[i] += down[i] }
         }

@@ -1,6 +1,7 @@
 import Foundation
+import KVQuantization
 
-/// The element-wise kernels of the forward pass: RMSNorm, SiLU. (Matrix products: `MatrixProducts`.)
+/// The element-wise kernels of the forward pass: RMSNorm, RoPE, the gated activations. (Matrix products: `MatrixProducts`.)
 enum MatrixKernels {
     /// RMSNorm of each of the `count` rows of `x` (`n` wide), times `weight`: x·w / √(mean(x²) + ε)
     /// (each value fl(fl(x·inv)·w), eight lanes at a time: the same bits as element by element).
@@ -45,9 +46,6 @@ enum MatrixKernels {
         while i < n { s += a[i] * a[i]; i += 1 }
         return s
     }
-
-    /// x·σ(x).
-    @inline(__always) static func silu(_ x: Float) -> Float { x / (1 + exp(-x)) }
 
     /// `[outer][inner][d]` → `[inner][outer][d]`.
     static func transpose(_ x: [Float], outer: Int, inner: Int, d: Int) -> [Float] {
@@ -118,8 +116,61 @@ enum MatrixKernels {
         }
     }
 
-    /// GELU, tanh form (Gemma's `gelu_pytorch_tanh`, ggml's `gelu`): x/2·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
-    @inline(__always) static func geluTanh(_ x: Float) -> Float {
-        0.5 * x * (1 + tanh(0.7978845608028654 * (x + 0.044715 * x * x * x)))
+    /// The activation of a gated MLP: SiLU (Llama) or GELU, tanh form (Gemma's `gelu_pytorch_tanh`, ggml's `gelu`).
+    enum GatedActivation { case silu, geluTanh }
+
+    /// gate[i] ← act(gate[i])·up[i], with act(x) = x·σ(z): z = x (SiLU), z = 2·√(2/π)·(x + 0.044715·x³)
+    /// (GELU-tanh, as ½(1 + tanh u) = σ(2u)); σ(z) = (z ≥ 0 ? 1 : t)/(1 + t) with t = exp(−|z|) by
+    /// `PageKernels.exp` (≤ 2 ulp for arguments ≤ 0, bit-identical on every kernel path, so the
+    /// result is too); the element-wise steps are the same Swift operations, eight lanes at a time.
+    ///
+    /// Error: act(x) within (10 + 6·|z|·σ(−z))·ε·|act(x)| + |x|·2⁻¹²⁶ (ε = 2⁻²⁴) of the exact function
+    /// of the FP32 x: t's 4ε, the sum and quotient's 2ε, the products with x and up 2ε, and z's five
+    /// roundings (γ₅, GELU only), which move ln σ by |z|·σ(−z)·γ₅ (≤ 0.28·γ₅ for z > 0, about |z|·γ₅
+    /// for z ≪ 0, where act is tiny); the last term t's underflow (subnormal for z < −87, 0 below
+    /// −103). NaN in x gives NaN.
+    /// - Complexity: O(n), in blocks of 1024 through a stack-sized scratch.
+    static func applyGated(_ gate: inout [Float], _ up: [Float], _ activation: GatedActivation) {
+        precondition(gate.count == up.count, "MatrixKernels.applyGated: \(gate.count) gates and \(up.count) ups")
+        let n = gate.count, block = 1024
+        let e = UnsafeMutablePointer<Float>.allocate(capacity: block), t = UnsafeMutablePointer<Float>.allocate(capacity: block)
+        defer { e.deallocate(); t.deallocate() }
+        let c = Float(2 * 0.7978845608028654), k: Float = 0.044715
+        @inline(__always) func z(_ x: SIMD8<Float>) -> SIMD8<Float> {
+            activation == .silu ? x : c * (x + k * (x * x * x))
+        }
+        @inline(__always) func z1(_ x: Float) -> Float { activation == .silu ? x : c * (x + k * (x * x * x)) }
+        gate.withUnsafeMutableBufferPointer { gb in
+            up.withUnsafeBufferPointer { ub in
+                let g = UnsafeMutableRawPointer(gb.baseAddress!), u = UnsafeRawPointer(ub.baseAddress!)
+                var start = 0
+                while start < n {
+                    let m = min(block, n - start)
+                    var i = 0
+                    while i + 8 <= m {
+                        let x = g.loadUnaligned(fromByteOffset: 4 * (start + i), as: SIMD8<Float>.self)
+                        UnsafeMutableRawPointer(e).storeBytes(of: { pointwiseMin($0, -$0) }(z(x)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
+                        i += 8
+                    }
+                    while i < m { e[i] = -abs(z1(gb[start + i])); i += 1 }
+                    PageKernels.exp(e, into: t, count: m)
+                    i = 0
+                    while i + 8 <= m {
+                        let x = g.loadUnaligned(fromByteOffset: 4 * (start + i), as: SIMD8<Float>.self)
+                        let tv = UnsafeRawPointer(t).loadUnaligned(fromByteOffset: 4 * i, as: SIMD8<Float>.self)
+                        let num = SIMD8<Float>(repeating: 1).replacing(with: tv, where: .!(z(x) .>= 0))
+                        let y = x * (num / (1 + tv)) * u.loadUnaligned(fromByteOffset: 4 * (start + i), as: SIMD8<Float>.self)
+                        g.storeBytes(of: y, toByteOffset: 4 * (start + i), as: SIMD8<Float>.self)
+                        i += 8
+                    }
+                    while i < m {
+                        let x = gb[start + i], tv = t[i]
+                        gb[start + i] = x * ((z1(x) >= 0 ? 1 : tv) / (1 + tv)) * ub[start + i]
+                        i += 1
+                    }
+                    start += m
+                }
+            }
+        }
     }
 }
