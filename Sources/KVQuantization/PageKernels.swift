@@ -37,6 +37,13 @@ import CKVKernels
 /// All take raw pointers; shapes are the callers' responsibility (checked by `precondition` only in
 /// the references). Row layouts are those of `StorageFormat`.
 package enum PageKernels {
+    /// Query rows per tile of every tiled score and accumulate kernel (C and Swift): rows are taken
+    /// four at a time from the first, then the rest. Each row's result depends only on the row, the
+    /// page and which tile shape computed it, so any run of a block's rows that starts on a
+    /// multiple of `rowTile` is computed bit for bit as within the whole block (how `KVStore.attend`
+    /// splits one stream's rows over threads).
+    package static let rowTile = 4
+
     /// The sum of `count` floats read as four concurrent streams: a memory-bandwidth probe for
     /// benchmarks (AVX-512 loads when the CPU has them, whatever the kernel path, else portable C).
     public static func readSum(_ p: UnsafePointer<Float>, count: Int) -> Double { kvk_read_sum(p, count) }

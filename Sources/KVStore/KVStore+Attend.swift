@@ -74,8 +74,11 @@ extension KVStore {
     ///   - returnWeights: also return each stored token's attention weight per query (the one heap
     ///     allocation this form makes besides the kernels' per-stream scratch).
     ///   - threadCount: threads to spread KV heads over (`nil`: all cores), each taking the next
-    ///     stream when done with one. Results are identical for every thread count and assignment:
-    ///     each stream is computed by one thread in a fixed order.
+    ///     stream when done with one; with fewer streams than threads and no weights asked (a
+    ///     prefill chunk of a multi-query layer), each stream's query rows are also cut into runs
+    ///     (`attendUnits`). Results are identical for every thread count and assignment: each
+    ///     stream, or run of its rows, is computed by one thread in a fixed order, and runs start on
+    ///     multiples of `PageKernels.rowTile`, so each row gets the bits it gets in the whole stream.
     /// - Returns: the weights if asked. A query that sees no token gets zeros in `output`.
     /// - Precondition: the buffer sizes above, and every query row finite with an L1 norm of at most
     ///   `KVStoreConfiguration.maximumQueryL1Norm` (so no score overflows; caller bugs trap with a message).
@@ -303,8 +306,12 @@ extension KVStore {
             precondition(positions.count == n, "KVStore.attend: \(positions.count) query positions for \(n) queries")
             return (layerState, positions)
         }
-        let units = blocks.count * c.kvHeadCount
-        let threads = max(1, min(threadCount ?? ProcessInfo.processInfo.activeProcessorCount, units))
+        let streams = blocks.count * c.kvHeadCount
+        let wanted = max(1, threadCount ?? ProcessInfo.processInfo.activeProcessorCount)
+        let parts = Self.attendParts(streams: streams, threads: wanted, returnWeights: returnWeights)
+        let plan = Self.attendUnits(queryCounts: blocks.map(\.queries.tokens), kvHeadCount: c.kvHeadCount, groupSize: g, parts: parts)
+        let units = plan.count
+        let threads = min(wanted, units)
         let codecs = codecs[layer], rotations = LayerRotations(layer: layer, configuration: c)
         // Threads write disjoint slots of one raw buffer (only when weights are asked).
         let weightSlots = returnWeights ? SharedBuffer(base: UnsafeMutablePointer<KVHeadWeights?>.allocate(capacity: units)) : nil
@@ -314,25 +321,25 @@ extension KVStore {
             weightSlots?.base.deallocate()
         }
         let work: @Sendable (Int) -> Void = { unit in
-            let b = unit / c.kvHeadCount, h = unit % c.kvHeadCount
-            let block = blocks[b], (layerState, positions) = snapshots[b], rows = g * block.queries.tokens
-            let queryScratch = block.queries.needsScratch ? rows * d : 0, outputScratch = block.output.needsScratch ? rows * d : 0
+            let (b, h, rows) = (plan[unit].block, plan[unit].kvHead, plan[unit].rows)
+            let block = blocks[b], (layerState, positions) = snapshots[b]
+            let queryScratch = block.queries.needsScratch ? rows.count * d : 0, outputScratch = block.output.needsScratch ? rows.count * d : 0
             withUnsafeTemporaryAllocation(of: Float.self, capacity: max(1, queryScratch + outputScratch)) { scratch in
-                let q = block.queries.headMajorFloats(firstHead: h * g, headCount: g, scratch: scratch.baseAddress!)
-                let o = block.output.headMajorRows(firstHead: h * g, scratch: scratch.baseAddress! + queryScratch)
+                let q = block.queries.headMajorFloats(firstHead: h * g, rows: rows, scratch: scratch.baseAddress!)
+                let o = block.output.headMajorRows(firstHead: h * g, rows: rows, scratch: scratch.baseAddress! + queryScratch)
                 let w = StreamAttention(configuration: c, codecs: codecs[h], rotations: rotations, stream: layerState.streams[h], kvHead: h,
-                                        queries: q, queryCount: block.queries.tokens, queryPositions: positions,
+                                        queries: q, queryCount: block.queries.tokens, queryPositions: positions, rows: rows,
                                         returnWeights: returnWeights, layer: layer)
                     .run(into: o)
-                block.output.finish(firstHead: h * g, headCount: g, scratch: o)
+                block.output.finish(firstHead: h * g, rows: rows, scratch: o)
                 weightSlots?.base[unit] = w
             }
         }
         if threads == 1 {
             for u in 0..<units { work(u) }
         } else {
-            // Threads take the next stream as they finish one (a core slowed by other work takes
-            // fewer); each stream is still computed by one thread in its fixed order, so the result
+            // Threads take the next unit as they finish one (a core slowed by other work takes
+            // fewer); each unit is still computed by one thread in its fixed order, so the result
             // does not depend on the assignment.
             let next = Atomic<Int>(0)
             DispatchQueue.concurrentPerform(iterations: threads) { _ in
@@ -345,5 +352,47 @@ extension KVStore {
         }
         guard let weightSlots else { return nil }
         return blocks.indices.map { b in (0..<c.kvHeadCount).map { weightSlots.base[b * c.kvHeadCount + $0]! } }
+    }
+
+    /// One thread's share of an `attend` call: rows `rows` of the `[groupHead][query]` rows of
+    /// block `block`'s stream of KV head `kvHead`.
+    struct AttendUnit: Equatable, Sendable {
+        let block: Int, kvHead: Int, rows: Range<Int>
+    }
+
+    /// The units of an `attend` call over blocks of `queryCounts` queries: per block and KV head, in
+    /// that order, the stream's `groupSize · queryCount` rows, cut into at most `parts` runs of
+    /// whole tiles (each starting on a multiple of `PageKernels.rowTile`, as even as whole tiles
+    /// allow) when the stream has more than one query and more than one tile of rows; a decode
+    /// step's rows (one query) are never cut, since the stream's page reads dominate there.
+    ///
+    /// - Complexity: O(units).
+    static func attendUnits(queryCounts: [Int], kvHeadCount: Int, groupSize: Int, parts: Int) -> [AttendUnit] {
+        precondition(parts >= 1, "KVStore.attendUnits: \(parts) parts")
+        let tile = PageKernels.rowTile
+        var units = [AttendUnit]()
+        for (b, n) in queryCounts.enumerated() {
+            let rows = groupSize * n, tiles = (rows + tile - 1) / tile
+            let k = n > 1 ? min(parts, tiles) : 1
+            for h in 0..<kvHeadCount {
+                if k <= 1 {
+                    units.append(AttendUnit(block: b, kvHead: h, rows: 0 ..< rows))
+                    continue
+                }
+                for i in 0..<k {
+                    let start = i * tiles / k * tile, end = min(rows, (i + 1) * tiles / k * tile)
+                    units.append(AttendUnit(block: b, kvHead: h, rows: start ..< end))
+                }
+            }
+        }
+        return units
+    }
+
+    /// Runs per stream for `attendUnits`: 1 when the streams keep every thread busy or weights are
+    /// asked (a stream's weights are one `KVHeadWeights`), else threads ÷ gcd(threads, streams), so
+    /// that the units divide evenly over the threads.
+    static func attendParts(streams: Int, threads: Int, returnWeights: Bool) -> Int {
+        func gcd(_ a: Int, _ b: Int) -> Int { b == 0 ? a : gcd(b, a % b) }
+        return returnWeights || streams >= threads ? 1 : threads / gcd(threads, streams)
     }
 }

@@ -10,16 +10,25 @@ struct StreamAttention {
     let rotations: LayerRotations
     let stream: StreamState
     let kvHead: Int
-    /// The group's query rows, `[groupHead][query][headDim]` (`groupSize · queryCount` rows).
+    /// Rows `rows` of the group's query rows, consecutive `headDim`-float rows (the group's rows are
+    /// `[groupHead][query]`, `groupSize · queryCount` of them; row `r` is query `r % queryCount`).
     let queries: UnsafePointer<Float>
     let queryCount: Int
+    /// The position of each of the group's `queryCount` queries (all of them, whichever `rows` are computed).
     let queryPositions: [Int32]
+    /// Which of the group's rows to compute: all of them, or (no weights asked) a run of them that
+    /// `KVStore.attend` gives one thread. Which pages are visited and masked is decided from all the
+    /// queries' positions, so a run starting on a multiple of `PageKernels.rowTile` gets the same
+    /// bits as within the whole group.
+    let rows: Range<Int>
     let returnWeights: Bool
     /// The layer (for its sliding window).
     let layer: Int
 
-    /// Computes the group's outputs into `output` (`[groupHead][query][headDim]`, the group's
-    /// `groupSize · queryCount` rows) and returns the weights if asked.
+    /// Computes the outputs of `rows` into `output` (consecutive `headDim`-float rows, in the order
+    /// of `queries`) and returns the weights if asked.
+    ///
+    /// - Precondition: weights are asked only for the whole group.
     ///
     /// Per page: the scores of all the group's query rows (`g·queryCount` rows, contiguous in
     /// `queries`) against all the page's keys, one online-softmax step, then the weighted sum of the
@@ -36,7 +45,9 @@ struct StreamAttention {
     /// stream: on the stack at decode sizes, so a decode step allocates nothing here unless it asks
     /// for weights or the layer rotates a tier.
     func run(into output: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
-        let rows = configuration.groupSize * queryCount
+        precondition(!returnWeights || rows == 0 ..< configuration.groupSize * queryCount,
+                     "StreamAttention: weights are computed for a whole query group, not rows \(rows)")
+        let rows = rows.count
         // Scores of a page: `rows` rows of `cap` (the largest page capacity of the layer's tiers).
         let cap = codecs.reduce(0) { max($0, $1.layout.capacity) }
         let workCount = codecs.reduce(0) { max($0, $1.workCount(rowCount: rows, pageCapacity: cap)) }
@@ -52,11 +63,11 @@ struct StreamAttention {
 
     private func run(into output: UnsafeMutablePointer<Float>, cap: Int, qpos: UnsafeMutablePointer<Int32>, m: UnsafeMutablePointer<Float>,
                      l: UnsafeMutablePointer<Float>, S: UnsafeMutablePointer<Float>, work: UnsafeMutablePointer<Float>) -> KVHeadWeights? {
-        let c = configuration, d = c.headDim, g = c.groupSize, rows = g * queryCount
+        let c = configuration, d = c.headDim, first = self.rows.lowerBound, rows = self.rows.count
         let scale = c.effectiveAttentionScale
-        // Row r = (group head r / queryCount, query r % queryCount): rows are consecutive.
+        // Row r = the group's row first + r (group head (first + r) / queryCount, query (first + r) % queryCount).
         let q0 = queries, o0 = output
-        for r in 0..<rows { qpos[r] = queryPositions[r % queryCount] }
+        for r in 0..<rows { qpos[r] = queryPositions[(first + r) % queryCount] }
         let minQueryPosition = queryPositions.min() ?? .max
         // Sliding window W: a query at p sees p − W + 1 … p; pages entirely before every row's window are skipped.
         let window = c.slidingWindow(layer: layer).map(Int32.init)

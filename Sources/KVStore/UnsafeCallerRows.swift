@@ -36,21 +36,20 @@ struct UnsafeCallerRows: @unchecked Sendable {
         base + layout.rowOffset(head: head, token: token, heads: heads, tokens: tokens, headDim: headDim) * elementSize
     }
 
-    /// Rows of heads `firstHead ..< firstHead + headCount` as `[head][token][headDim]` floats: the
+    /// Rows `rows` of heads `firstHead…` taken as one `[head][token]` sequence (row `r` is head
+    /// `firstHead + r / tokens`, token `r % tokens`) as consecutive `headDim`-float rows: the
     /// caller's memory when it already is that order in FP32, else a copy gathered (FP16 widened)
-    /// into `scratch` (`headCount · tokens · headDim` floats; see `needsScratch`).
-    func headMajorFloats(firstHead: Int, headCount: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
+    /// into `scratch` (`rows.count · headDim` floats; see `needsScratch`).
+    func headMajorFloats(firstHead: Int, rows: Range<Int>, scratch: UnsafeMutablePointer<Float>) -> UnsafePointer<Float> {
         let d = headDim
         if element == .float, layout.isHeadMajor(heads: heads, tokens: tokens) {
-            return base.assumingMemoryBound(to: Float.self) + firstHead * tokens * d
+            return base.assumingMemoryBound(to: Float.self) + (firstHead * tokens + rows.lowerBound) * d
         }
-        for h in 0..<headCount {
-            for t in 0..<tokens {
-                let source = row(head: firstHead + h, token: t), target = scratch + (h * tokens + t) * d
-                switch element {
-                case .float: target.update(from: source.assumingMemoryBound(to: Float.self), count: d)
-                case .half: EncodeKernels.halfToFloat(source, target, count: d)
-                }
+        for r in rows {
+            let source = row(head: firstHead + r / tokens, token: r % tokens), target = scratch + (r - rows.lowerBound) * d
+            switch element {
+            case .float: target.update(from: source.assumingMemoryBound(to: Float.self), count: d)
+            case .half: EncodeKernels.halfToFloat(source, target, count: d)
             }
         }
         return UnsafePointer(scratch)
@@ -136,23 +135,22 @@ struct UnsafeCallerOutput: @unchecked Sendable {
     let layout: KVBufferLayout
     let heads: Int, tokens: Int, headDim: Int
 
-    /// Where `attend` writes heads `firstHead ..< firstHead + headCount` as `[head][token][headDim]`:
-    /// the caller's memory when it is that order, else `scratch`, which `finish` then scatters.
-    func headMajorRows(firstHead: Int, scratch: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
-        layout.isHeadMajor(heads: heads, tokens: tokens) ? base + firstHead * tokens * headDim : scratch
+    /// Where `attend` writes rows `rows` of heads `firstHead…` (taken as one `[head][token]`
+    /// sequence, as in `UnsafeCallerRows.headMajorFloats`) as consecutive rows: the caller's memory
+    /// when it is that order, else `scratch` (`rows.count · headDim` floats), which `finish` then scatters.
+    func headMajorRows(firstHead: Int, rows: Range<Int>, scratch: UnsafeMutablePointer<Float>) -> UnsafeMutablePointer<Float> {
+        layout.isHeadMajor(heads: heads, tokens: tokens) ? base + (firstHead * tokens + rows.lowerBound) * headDim : scratch
     }
 
     var needsScratch: Bool { !layout.isHeadMajor(heads: heads, tokens: tokens) }
 
     /// Scatters rows written to `scratch` by `headMajorRows` into the caller's order.
-    func finish(firstHead: Int, headCount: Int, scratch: UnsafePointer<Float>) {
+    func finish(firstHead: Int, rows: Range<Int>, scratch: UnsafePointer<Float>) {
         guard needsScratch else { return }
         let d = headDim
-        for h in 0..<headCount {
-            for t in 0..<tokens {
-                (base + layout.rowOffset(head: firstHead + h, token: t, heads: heads, tokens: tokens, headDim: d))
-                    .update(from: scratch + (h * tokens + t) * d, count: d)
-            }
+        for r in rows {
+            (base + layout.rowOffset(head: firstHead + r / tokens, token: r % tokens, heads: heads, tokens: tokens, headDim: d))
+                .update(from: scratch + (r - rows.lowerBound) * d, count: d)
         }
     }
 }
