@@ -149,7 +149,7 @@ enum MatrixKernels {
                     var i = 0
                     while i + 8 <= m {
                         let x = g.loadUnaligned(fromByteOffset: 4 * (start + i), as: SIMD8<Float>.self)
-                        UnsafeMutableRawPointer(e).storeBytes(of: { pointwiseMin($0, -$0) }(z(x)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
+                        UnsafeMutableRawPointer(e).storeBytes(of: { $0.lanewiseMin(-$0) }(z(x)), toByteOffset: 4 * i, as: SIMD8<Float>.self)
                         i += 8
                     }
                     while i < m { e[i] = -abs(z1(gb[start + i])); i += 1 }
