@@ -313,6 +313,46 @@ KVK_W_INLINE __m256i nibble_bytes16(const uint8_t *qs) {
     return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
 }
 
+// The K types' piece s (0..<8) of the 256-element super-block at b: `codes32` of piece 8·i + s of a
+// row whose super-block i is at b. With s a constant (the unrolled loop of `matvec_q16_rows`) the
+// scale unpacking and shifts fold to immediates and the super-block's d and dmin load once.
+KVK_W_INLINE kvk_codes32 codes32_super(const int type, const uint8_t *b, const int s) {
+    kvk_codes32 r;
+    r.c = 0;
+    switch (type) {
+    case KVK_GGML_Q4_K:
+    case KVK_GGML_Q5_K: {
+        const int k5 = type == KVK_GGML_Q5_K;
+        int sc, m;
+        scale_min_k4(s, b + 4, &sc, &m);
+        r.q = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + (k5 ? 48 : 16) + 32 * (s >> 1))),
+                                                _mm_cvtsi32_si128(4 * (s & 1))), _mm256_set1_epi8(0x0F));
+        if (k5) {
+            __m256i h = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 16)), _mm_cvtsi32_si128(s)),
+                                         _mm256_set1_epi8(1));
+            r.q = _mm256_or_si256(r.q, _mm256_slli_epi16(h, 4));  // h ≤ 1 per byte: no carry across bytes
+        }
+        r.a0 = r.a1 = half_at(b) * (float)sc;
+        r.c = -(half_at(b + 2) * (float)m);
+        return r;
+    }
+    case KVK_GGML_Q6_K: {
+        const int h = (s >> 2) & 1, qq = s & 3;
+        const float d = half_at(b + 208);
+        const int8_t *scales = (const int8_t *)(b + 192) + 8 * h + 2 * qq;
+        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (qq & 1))),
+                                                       _mm_cvtsi32_si128(4 * (qq >> 1))), _mm256_set1_epi8(0x0F));
+        __m256i hi = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)),
+                                                       _mm_cvtsi32_si128(2 * qq)), _mm256_set1_epi8(3));
+        r.q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+        r.a0 = d * (float)scales[0];
+        r.a1 = d * (float)scales[1];
+        return r;
+    }
+    }
+    __builtin_unreachable();
+}
+
 KVK_W_INLINE kvk_codes32 codes32(const int type, const uint8_t *row, long c) {
     kvk_codes32 r;
     r.c = 0;
@@ -349,38 +389,9 @@ KVK_W_INLINE kvk_codes32 codes32(const int type, const uint8_t *row, long c) {
         r.c = half_at(b + 2);
         return r;
     }
-    case KVK_GGML_Q4_K:
-    case KVK_GGML_Q5_K: {
-        const int k5 = type == KVK_GGML_Q5_K;
-        const uint8_t *b = row + (k5 ? 176 : 144) * (c >> 3);
-        const int s = (int)(c & 7);
-        int sc, m;
-        scale_min_k4(s, b + 4, &sc, &m);
-        r.q = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + (k5 ? 48 : 16) + 32 * (s >> 1))),
-                                                _mm_cvtsi32_si128(4 * (s & 1))), _mm256_set1_epi8(0x0F));
-        if (k5) {
-            __m256i h = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 16)), _mm_cvtsi32_si128(s)),
-                                         _mm256_set1_epi8(1));
-            r.q = _mm256_or_si256(r.q, _mm256_slli_epi16(h, 4));  // h ≤ 1 per byte: no carry across bytes
-        }
-        r.a0 = r.a1 = half_at(b) * (float)sc;
-        r.c = -(half_at(b + 2) * (float)m);
-        return r;
-    }
-    case KVK_GGML_Q6_K: {
-        const uint8_t *b = row + 210 * (c >> 3);
-        const int h = (int)((c >> 2) & 1), qq = (int)(c & 3);
-        const float d = half_at(b + 208);
-        const int8_t *scales = (const int8_t *)(b + 192) + 8 * h + 2 * qq;
-        __m256i lo = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 64 * h + 32 * (qq & 1))),
-                                                       _mm_cvtsi32_si128(4 * (qq >> 1))), _mm256_set1_epi8(0x0F));
-        __m256i hi = _mm256_and_si256(_mm256_srl_epi16(_mm256_loadu_si256((const __m256i *)(b + 128 + 32 * h)),
-                                                       _mm_cvtsi32_si128(2 * qq)), _mm256_set1_epi8(3));
-        r.q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
-        r.a0 = d * (float)scales[0];
-        r.a1 = d * (float)scales[1];
-        return r;
-    }
+    case KVK_GGML_Q4_K: return codes32_super(type, row + 144 * (c >> 3), (int)(c & 7));
+    case KVK_GGML_Q5_K: return codes32_super(type, row + 176 * (c >> 3), (int)(c & 7));
+    case KVK_GGML_Q6_K: return codes32_super(type, row + 210 * (c >> 3), (int)(c & 7));
     }
     __builtin_unreachable();
 }
@@ -417,10 +428,24 @@ KVK_W_INLINE void matvec_q16_rows(const int type, const uint8_t *w, long rowByte
         const uint8_t *row = w + o * rowBytes;
         __m256 acc = _mm256_setzero_ps();
         float off = 0;
-        for (long c = 0; c < blocks; c++) {
-            kvk_codes32 k = codes32(type, row, c);
-            acc = piece_terms(type, k, xq + 32 * c, dx[c], acc);
-            if (affine) off = fmaf(k.c, sx[c], off);
+        if (type == KVK_GGML_Q4_K || type == KVK_GGML_Q5_K || type == KVK_GGML_Q6_K) {
+            // The same pieces in the same order, a super-block (8 pieces) at a time.
+            const long superBytes = type == KVK_GGML_Q4_K ? 144 : type == KVK_GGML_Q5_K ? 176 : 210;
+            for (long c0 = 0; c0 < blocks; c0 += 8) {
+                const uint8_t *b = row + superBytes * (c0 >> 3);
+#pragma clang loop unroll(full)
+                for (int s = 0; s < 8; s++) {
+                    kvk_codes32 k = codes32_super(type, b, s);
+                    acc = piece_terms(type, k, xq + 32 * (c0 + s), dx[c0 + s], acc);
+                    if (affine) off = fmaf(k.c, sx[c0 + s], off);
+                }
+            }
+        } else {
+            for (long c = 0; c < blocks; c++) {
+                kvk_codes32 k = codes32(type, row, c);
+                acc = piece_terms(type, k, xq + 32 * c, dx[c], acc);
+                if (affine) off = fmaf(k.c, sx[c], off);
+            }
         }
         y[o] = hsum8(acc) + off;
     }
