@@ -26,6 +26,9 @@ public struct SequencePlanner: Sendable {
     public var kvHeadCount: Int
     /// How a query group's scores combine into its KV head's (default mean).
     public var groupReduction: GroupReduction
+    /// Threads `planPrefill` spreads the layers' scores and the streams' plans over (`nil`: all
+    /// cores). Every stream is planned on its own, so the plan is the same for every thread count.
+    public var threadCount: Int? = nil
 
     /// A sequence planner for `policy` with `kvHeadCount` KV heads per layer.
     public init(policy: EvictionPolicy, kvHeadCount: Int, groupReduction: GroupReduction = .mean) {
@@ -55,7 +58,7 @@ public struct SequencePlanner: Sendable {
     /// - Parameter layerWeights: one `AttentionWeights` per layer, in layer order, each with a
     ///   query-head count divisible by `kvHeadCount`.
     /// - Throws: budget errors (`ByteBudget.validate`, `.budgetBelowProtectedTokens`).
-    /// - Complexity: O(L · (score function + kvHeadCount · planner)).
+    /// - Complexity: O(L · (score function + kvHeadCount · planner)), spread over `threadCount` threads.
     public func planPrefill(layerWeights: [AttentionWeights], planner: some StreamPlanner,
                             budget: ByteBudget) throws(SelectionError) -> RetentionPlan {
         try planPrefill(layerWeights: layerWeights, planners: [any StreamPlanner](repeating: planner, count: layerWeights.count),
@@ -77,7 +80,8 @@ public struct SequencePlanner: Sendable {
                 (0..<kvHeadCount).map { StreamPlan(layer: l, kvHead: $0, moves: []) }
             })
         }
-        let inputs = layerWeights.map { streamInputs(weights: $0) }
+        let planner = self
+        let inputs = concurrentMap(layerWeights.count, threadCount: threadCount) { planner.streamInputs(weights: layerWeights[$0]) }
         var layerBudgets = budgets
         if case .pyramidKV(_, let beta) = policy, !layerWeights.isEmpty {
             var required: [Int] = []
@@ -98,13 +102,18 @@ public struct SequencePlanner: Sendable {
                 }
             }
         }
-        var streams: [StreamPlan] = []
-        for l in inputs.indices {
-            for (kv, input) in inputs[l].enumerated() {
-                let a = try planners[l].plan(input, budget: layerBudgets[l])
-                streams.append(a.streamPlan(layer: l, kvHead: kv))
+        // Streams in layer and KV head order, planned concurrently; the first error in that order is thrown.
+        let jobs = inputs.indices.flatMap { l in inputs[l].indices.map { (layer: l, kvHead: $0) } }
+        let finalBudgets = layerBudgets
+        let results = concurrentMap(jobs.count, threadCount: threadCount) { j -> Result<StreamPlan, SelectionError> in
+            let (l, kv) = jobs[j]
+            return Result { () throws(SelectionError) in
+                try planners[l].plan(inputs[l][kv], budget: finalBudgets[l]).streamPlan(layer: l, kvHead: kv)
             }
         }
+        var streams: [StreamPlan] = []
+        streams.reserveCapacity(results.count)
+        for r in results { streams.append(try r.get()) }
         return RetentionPlan(streams: streams)
     }
 

@@ -72,4 +72,53 @@ func randomPrefillWeights(_ g: inout SeededGenerator, heads: Int, tokens: Int) t
             #expect(!s.moves.isEmpty && s.moves.allSatisfy { $0.position != 0 && $0.position != 11 })
         }
     }
+
+    /// Layers' scores and streams' plans are spread over threads: the plan is the same for every
+    /// thread count, for each planner and policy, with per-layer budgets.
+    @Test func plansAreTheSameForEveryThreadCount() throws {
+        var g = SeededGenerator(seed: 31)
+        let weights = try (0..<6).map { _ in try randomPrefillWeights(&g, heads: 4, tokens: 40) }
+        let configuration = PlannerConfiguration(headDim: 64, regions: StreamRegions(sinkTokenCount: 2, recentTokenCount: 4),
+                                                 formats: .grouped, pageCapacity: 4)
+        let planners: [(String, any StreamPlanner)] = [
+            ("budget", BudgetPlanner(configuration: configuration)), ("plain", PlainPlanner(configuration: configuration)),
+            ("tiered", TieredPlanner(configuration: configuration)),
+        ]
+        let budgets = (0..<6).map { ByteBudget.fraction(0.3 + 0.1 * Double($0)) }
+        for (name, planner) in planners {
+            for policy in [EvictionPolicy.snapKV(), .h2o(), .pyramidKV()] {
+                var sequence = SequencePlanner(policy: policy, kvHeadCount: 2)
+                sequence.threadCount = 1
+                let one = try sequence.planPrefill(layerWeights: weights, planners: Array(repeating: planner, count: 6), budgets: budgets)
+                for threads in [2, 5, nil] {
+                    sequence.threadCount = threads
+                    let other = try sequence.planPrefill(layerWeights: weights, planners: Array(repeating: planner, count: 6), budgets: budgets)
+                    #expect(other == one, "seed 31 \(name) \(policy) threads \(threads.map(String.init) ?? "all")")
+                }
+            }
+        }
+    }
+
+    /// With several streams failing, the error thrown is the first in layer order, whatever the threads.
+    @Test func theFirstFailingStreamInOrderThrows() throws {
+        let weights = try layers() + layers()
+        let budgets: [ByteBudget] = [.fraction(0.5), .bytes(10), .fraction(0.5), .bytes(20)]
+        // Layer 1's error alone (its budget of 10 bytes names it; layer 3's would say 20).
+        var alone = SequencePlanner(policy: .h2o(), kvHeadCount: 2)
+        alone.threadCount = 1
+        let expected = #expect(throws: SelectionError.self) {
+            try alone.planPrefill(layerWeights: [weights[1]], planners: [planner], budgets: [.bytes(10)])
+        }
+        guard case .budgetBelowProtectedTokens(_, budgetByteCount: 10)? = expected else {
+            Issue.record("layer 1 alone threw \(String(describing: expected))")
+            return
+        }
+        for threads in [1, 2, 4] {
+            var sequence = SequencePlanner(policy: .h2o(), kvHeadCount: 2)
+            sequence.threadCount = threads
+            #expect(throws: expected!, "threads \(threads)") {
+                try sequence.planPrefill(layerWeights: weights, planners: Array(repeating: planner, count: 4), budgets: budgets)
+            }
+        }
+    }
 }
