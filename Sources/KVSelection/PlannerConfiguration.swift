@@ -32,6 +32,9 @@ public struct PlannerConfiguration: Sendable, Hashable {
     /// FP16 tokens of room to leave free inside the budget, for tokens that will be appended before
     /// the next re-plan (during decode: one page, so the budget holds at every step). Default 0.
     public var headroomTokenCount: Int
+    /// Whether the page fit finds its free moves through per-tier-pair lanes (`FreeMoveLanes`)
+    /// instead of rescanning every unit per move: the same plans (the tests hold the two equal).
+    var indexesFreeMoves = true
 
     /// A configuration; defaults: 4 sinks, 32 recent tokens, standard tier formats, store pages of
     /// 16 tokens, token granularity, default KVCrush, no headroom.

@@ -1,4 +1,5 @@
 import KVQuantization
+import Synchronization
 
 /// Fitting a plan to whole pages: the planners choose tiers with per-token (amortised) costs; a
 /// store spends whole pages (`TierCosts.pagedByteCount`). This pass makes the plan's exact paged
@@ -150,7 +151,17 @@ extension PlanningContext {
         // per byte it adds. Units only move up here, so those below their top rung (the only ones
         // that can move) are listed once, in unit order, and the list only shrinks.
         var belowTop = units.indices.filter { unitTier($0) != tops[$0] }
+        // Free moves by lane where every unit is one token (the scan below then runs only when none
+        // is left, to open a page); `nil` falls back to the scan for every move.
+        var lanes = configuration.indexesFreeMoves ? FreeMoveLanes(self, masks: masks, scores: scores, errorModel: errorModel) : nil
         while true {
+            if lanes != nil, let f = lanes!.best(in: self, counts: counts, current: current, bytes: bytes) {
+                move(f.unit, to: f.to, &counts)
+                assign(unit: f.unit, tier: f.to, role: fillRole(f.to))
+                current = bytes(counts)
+                lanes!.insert(f.unit, at: unitTier(f.unit))
+                continue
+            }
             var free: (unit: Int, to: Tier, gain: Double)?
             var upInto = [[(unit: Int, gain: Double)]](repeating: [], count: Tier.allCases.count)
             // Whether moving one token from tier a to tier b keeps the bytes (lane a·8 + b: 1 yes, 0 no,
@@ -198,6 +209,7 @@ extension PlanningContext {
                 move(f.unit, to: f.to, &counts)
                 assign(unit: f.unit, tier: f.to, role: fillRole(f.to))
                 current = bytes(counts)
+                lanes?.insert(f.unit, at: unitTier(f.unit))
                 continue
             }
             // Opening a page of tier t: its best units up to a page's worth of tokens.
@@ -229,10 +241,93 @@ extension PlanningContext {
             for u in p.units {
                 move(u, to: p.to, &counts)
                 assign(unit: u, tier: p.to, role: fillRole(p.to))
+                lanes?.insert(u, at: unitTier(u))
             }
             current = bytes(counts)
         }
         restoreScoreOrder(scores: scores)
+    }
+
+    /// The fill's free moves without a scan of every unit per move, for streams of one-token units
+    /// whose rungs are all at or below their token's current tier (so a move to rung r puts the token
+    /// at r exactly; otherwise `init` gives `nil`). Lane (a, b) lists the units planned at tier a with
+    /// b above a on their ladder and a positive gain score·(e_a − e_b), ascending by (gain, unit); an
+    /// entry whose unit has left tier a is stale and dropped when it reaches the end. Whether a
+    /// one-token move from a to b keeps the paged bytes depends on the two tiers alone, so the fill's
+    /// best free move is the best lane end among the lanes that fit, with the scan's ties: larger gain,
+    /// then the later unit, then the farther rung (the scan visits a unit's rungs nearest first and
+    /// takes the last of equal gains).
+    ///
+    /// - Complexity: O(m log m) to build, O(lanes) per move plus O(m) per insertion (array shifts).
+    struct FreeMoveLanes {
+        /// Free moves the lanes have found in this process (for the tests: that the lanes run at all).
+        static let movesFound = Atomic<Int>(0)
+        /// Lane a·8 + b.
+        private var lanes = [[(gain: Double, unit: Int)]](repeating: [], count: 64)
+        private let masks: [Int]
+        private let scores: [Double]
+        private let errors: [Double]
+
+        init?(_ context: PlanningContext, masks: [Int], scores: [Double], errorModel: TierErrorModel) {
+            for (u, r) in context.units.enumerated() {
+                guard r.count == 1 else { return nil }
+                let current = context.input.tiers[r.lowerBound]
+                // Every rung is `current` or below it (`max(rung, current) == rung`).
+                guard masks[u] & ((1 << current.rawValue) - 1) == 0 else { return nil }
+            }
+            self.masks = masks
+            self.scores = scores
+            errors = Tier.allCases.map { errorModel.relativeError($0) }
+            for u in context.units.indices { add(u, at: context.unitTier(u), sorted: false) }
+            for l in lanes.indices where lanes[l].count > 1 {
+                lanes[l].sort { $0.gain != $1.gain ? $0.gain < $1.gain : $0.unit < $1.unit }
+            }
+        }
+
+        /// Lists unit `u`, now at tier `t`, in the lanes of the rungs above `t` (as the scan would see it).
+        mutating func insert(_ u: Int, at t: Tier) { add(u, at: t, sorted: true) }
+
+        private mutating func add(_ u: Int, at t: Tier, sorted: Bool) {
+            let mask = masks[u]
+            guard mask & (1 << t.rawValue) != 0 else { return }
+            var above = mask & ((1 << t.rawValue) - 1)
+            while above != 0 {
+                let up = above.trailingZeroBitCount
+                above &= above - 1
+                let gain = scores[u] * (errors[t.rawValue] - errors[up])
+                guard gain > 0 else { continue }
+                let l = t.rawValue * 8 + up, entry = (gain: gain, unit: u)
+                guard sorted else { lanes[l].append(entry); continue }
+                // First index whose entry is greater than (gain, unit).
+                var lo = 0, hi = lanes[l].count
+                while lo < hi {
+                    let mid = (lo + hi) / 2, e = lanes[l][mid]
+                    if e.gain < gain || (e.gain == gain && e.unit < u) { lo = mid + 1 } else { hi = mid }
+                }
+                lanes[l].insert(entry, at: lo)
+            }
+        }
+
+        /// The scan's best free move, or `nil` when no one-token move up keeps the paged bytes.
+        mutating func best(in context: PlanningContext, counts: SIMD8<Int>, current: Int, bytes: (SIMD8<Int>) -> Int) -> (unit: Int, to: Tier)? {
+            var best: (gain: Double, unit: Int, up: Int)?
+            for a in 1..<Tier.allCases.count {
+                for b in 0..<a {
+                    let l = a * 8 + b
+                    while let last = lanes[l].last, context.unitTier(last.unit).rawValue != a { lanes[l].removeLast() }
+                    guard let top = lanes[l].last else { continue }
+                    var trial = counts
+                    trial[a] -= 1
+                    trial[b] += 1
+                    guard bytes(trial) <= current else { continue }
+                    if let x = best, top.gain < x.gain || (top.gain == x.gain && (top.unit < x.unit || (top.unit == x.unit && b > x.up))) { continue }
+                    best = (top.gain, top.unit, b)
+                }
+            }
+            guard let best else { return nil }
+            Self.movesFound.wrappingAdd(1, ordering: .relaxed)
+            return (best.unit, Tier(rawValue: best.up)!)
+        }
     }
 
     /// The first `count` elements of `elements` sorted by `precedes` (a strict total order on them),

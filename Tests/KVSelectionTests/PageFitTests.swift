@@ -1,4 +1,5 @@
 import Testing
+import Synchronization
 import KVQuantization
 import TestSupport
 @testable import KVSelection
@@ -164,5 +165,109 @@ import TestSupport
             }
         }
         #expect(checked > 400 && mixed > 200, "coverage: \(checked) planned, \(mixed) keeping some of the middle and dropping some")
+    }
+
+    /// The fill's free moves found through lanes give the same plans as the scan of every unit per
+    /// move: prefill and re-plans (tokens already at INT8/INT4/INT2), every planner, row-wise and
+    /// per-channel formats, pages of 1–64, token and page granularity, headroom, tied scores.
+    @Test func laneFreeMovesEqualTheScan() throws {
+        var g = SeededGenerator(seed: 90_041)
+        var planned = 0, differentFromInput = 0
+        for trial in 0..<400 {
+            let n = Int.random(in: 1...260, using: &g)
+            let page = [1, 3, 16, 32, 64].randomElement(using: &g)!
+            let regions = StreamRegions(sinkTokenCount: Int.random(in: 0...4, using: &g), recentTokenCount: Int.random(in: 0...24, using: &g))
+            // Per-channel keys' page parameters make INT tiers dearer than FP16 in tiny pages.
+            let formats: TierFormats = page < 16 || Bool.random(using: &g) ? .grouped : .standard
+            let unit = [1, 1, 1, 4].randomElement(using: &g)!
+            var config = PlannerConfiguration(headDim: [16, 64].randomElement(using: &g)!, regions: regions, formats: formats, pageCapacity: page,
+                                              granularity: unit == 1 ? .token : .page(tokenCount: unit),
+                                              headroomTokenCount: Bool.random(using: &g) ? 0 : Int.random(in: 1...16, using: &g))
+            let replan = Bool.random(using: &g)
+            let tiers: [Tier]? = replan ? (0..<n).map { _ in [Tier.fp16, .fp16, .int8, .int4, .int2].randomElement(using: &g)! } : nil
+            let scores = (0..<n).map { _ in Bool.random(using: &g) ? Float(Int.random(in: 0...8, using: &g)) / 4 : Float.random(in: 0...10, using: &g) }
+            let input = StreamInput(positions: (0..<n).map { Int32($0) }, tiers: tiers, hostScores: scores,
+                                    queryHeadScores: ImportanceScores.random(headCount: 2, tokenCount: n, seed: g.next()))
+            let budget = ByteBudget.fraction(Double.random(in: 0.05...0.9, using: &g), representativeShare: Bool.random(using: &g) ? 0 : 0.2)
+            let kind = trial % 3
+            func plan(_ indexed: Bool) throws(SelectionError) -> StreamAssignment {
+                config.indexesFreeMoves = indexed
+                let planner: any StreamPlanner
+                switch kind {
+                case 0: planner = PlainPlanner(configuration: config)
+                case 1: planner = TieredPlanner(configuration: config)
+                default: planner = BudgetPlanner(configuration: config)
+                }
+                return try planner.plan(input, budget: budget)
+            }
+            let context = "seed \(g.seed) trial \(trial): n \(n) page \(page) unit \(unit) replan \(replan) kind \(kind) \(budget)"
+            let scan: StreamAssignment
+            do { scan = try plan(false) } catch {
+                guard case .budgetBelowProtectedTokens = error else { Issue.record("\(error): \(context)"); continue }
+                continue
+            }
+            let lanes = try plan(true)
+            #expect(lanes == scan, "\(context)")
+            planned += 1
+            if scan.tiers != scan.previousTiers { differentFromInput += 1 }
+        }
+        #expect(planned > 200 && differentFromInput > 150, "coverage: \(planned) planned, \(differentFromInput) changed")
+        #expect(PlanningContext.FreeMoveLanes.movesFound.load(ordering: .relaxed) > 0, "the lanes never found a free move")
+    }
+
+    /// The lanes' best free move is the scan's, ties across lanes included: with errors in equal steps
+    /// and integer scores, moves of different units between different tiers gain exactly the same,
+    /// and the scan keeps the last of them (the later unit, then the farther rung).
+    @Test func laneBestIsTheScansBestWithTies() throws {
+        var g = SeededGenerator(seed: 90_053)
+        // Equal steps (ties between tier pairs), and two tiers of equal error (ties between one unit's rungs).
+        let models = [try TierErrorModel(relativeErrors: [.fp16: 0, .int8: 0.25, .int4: 0.5, .int2: 0.75, .dropped: 1]),
+                      try TierErrorModel(relativeErrors: [.fp16: 0, .int8: 0.25, .int4: 0.25, .int2: 0.75, .dropped: 1])]
+        var moves = 0, tiedAcrossLanes = 0
+        for trial in 0..<300 {
+            let errors = models[trial % 2]
+            let n = Int.random(in: 1...120, using: &g)
+            let page = [1, 4, 16].randomElement(using: &g)!
+            let config = PlannerConfiguration(headDim: 16, regions: StreamRegions(sinkTokenCount: 0, recentTokenCount: 0), formats: .grouped,
+                                              pageCapacity: page)
+            let input = StreamInput(positions: (0..<n).map { Int32($0) }, hostScores: (0..<n).map { _ in Float(Int.random(in: 0...4, using: &g)) },
+                                    queryHeadScores: nil)
+            var ctx = try PlanningContext(input, config, ByteBudget(.fractionOfFP16(1)), required: 0, minimumRequired: 0)
+            let scores = ctx.valueScores(input.hostScores)
+            for u in ctx.units.indices { ctx.assign(unit: u, tier: Tier.allCases.randomElement(using: &g)!, role: .kept) }
+            // Ladders: every tier, or a random subset holding the planned one.
+            let masks = ctx.units.indices.map { u -> Int in
+                let t = ctx.unitTier(u).rawValue
+                return Bool.random(using: &g) ? 0b11111 : (Int.random(in: 0...31, using: &g) | 1 << t)
+            }
+            guard var lanes = PlanningContext.FreeMoveLanes(ctx, masks: masks, scores: scores, errorModel: errors) else {
+                Issue.record("seed \(g.seed) trial \(trial): one-token units refused"); continue
+            }
+            let counts = ctx.plannedCounts(), costs = config.costs
+            // Leave a random slack above the current bytes, so some moves fit and others do not.
+            let current = costs.pagedByteCount(counts: counts) + Int.random(in: 0...(3 * costs.byteCount(.fp16)), using: &g)
+            // The scan: units in order, rungs nearest first, the last of equal gains.
+            var expected: (unit: Int, to: Tier, gain: Double)?, tied = false
+            for u in ctx.units.indices {
+                let t = ctx.unitTier(u)
+                guard masks[u] & (1 << t.rawValue) != 0 else { continue }
+                for up in Tier.allCases.reversed() where up < t && masks[u] & (1 << up.rawValue) != 0 {
+                    let gain = scores[u] * (errors.relativeError(t) - errors.relativeError(up))
+                    guard gain > 0 else { continue }
+                    var trial = counts
+                    trial[t.rawValue] -= 1
+                    trial[up.rawValue] += 1
+                    guard costs.pagedByteCount(counts: trial) <= current else { continue }
+                    if let e = expected, gain == e.gain, e.to != up || e.unit != u { tied = true }
+                    if expected == nil || gain >= expected!.gain { expected = (u, up, gain) }
+                }
+            }
+            let got = lanes.best(in: ctx, counts: counts, current: current, bytes: { costs.pagedByteCount(counts: $0) })
+            #expect(got?.unit == expected?.unit && got?.to == expected?.to,
+                    "seed \(g.seed) trial \(trial): lanes \(String(describing: got)), scan \(String(describing: expected))")
+            if expected != nil { moves += 1 }
+            if tied { tiedAcrossLanes += 1 }
+        }
+        #expect(moves > 100 && tiedAcrossLanes > 50, "coverage: \(moves) moves, \(tiedAcrossLanes) with tied gains")
     }
 }
