@@ -44,6 +44,9 @@ public struct CompressionSettings: Sendable, Hashable {
     /// factors of mean 1 the sequence's total stays `budget` × its FP16 bytes (as
     /// `SensitivityProfile.allocation` makes them, so layers whose formats cost more get more).
     public var layerBudgetScales: [Double]?
+    /// Threads planning the prompt's streams spreads over (`nil`: all cores); the plan is the same
+    /// for every count (`SequencePlanner.threadCount`).
+    public var planningThreadCount: Int? = nil
 
     public init(policy: EvictionPolicy, regions: StreamRegions = StreamRegions(), budget: ByteBudget, planner: PlannerKind = .budget,
                 kvCrush: KVCrushSelector = KVCrushSelector(), granularity: Granularity = .token,

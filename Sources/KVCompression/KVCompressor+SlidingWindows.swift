@@ -18,7 +18,8 @@ extension KVCompressor {
     func planPrefill(_ id: SequenceID, layerWeights: [AttentionWeights], headroomTokenCount: Int) throws(CompressionError) -> RetentionPlan {
         let c = store.configuration
         let planners = (0..<c.layerCount).map { planner(layer: $0, headroomTokenCount: headroomTokenCount) }
-        let sequencePlanner = SequencePlanner(policy: settings.policy, kvHeadCount: c.kvHeadCount, groupReduction: settings.groupReduction)
+        var sequencePlanner = SequencePlanner(policy: settings.policy, kvHeadCount: c.kvHeadCount, groupReduction: settings.groupReduction)
+        sequencePlanner.threadCount = settings.planningThreadCount
         let full = (0..<c.layerCount).filter { c.slidingWindow(layer: $0) == nil }
         do {
             var plan = try sequencePlanner.planPrefill(layerWeights: full.map { layerWeights[$0] }, planners: full.map { planners[$0] },

@@ -121,8 +121,14 @@ public struct ContinuationEvaluation {
             let sequence = store.fork(prompt)
             defer { store.removeSequence(sequence) }
             let compressStart = Date()
-            let session = try configuration.cachePolicy.apply(to: sequence, in: store, observation: observation,
-                                                              keepingBudgetDuringDecode: keepsBudgetDuringDecode)
+            // Planning on the model's threads (`--threads`), as its forward pass runs.
+            var policy = configuration.cachePolicy
+            if case .compress(var settings) = policy.action {
+                settings.planningThreadCount = model.threadCount
+                policy.action = .compress(settings)
+            }
+            let session = try policy.apply(to: sequence, in: store, observation: observation,
+                                           keepingBudgetDuringDecode: keepsBudgetDuringDecode)
             let compressSeconds = Date().timeIntervalSince(compressStart)
             let bytes = store.byteCount(of: sequence)
             let d = try decode(continuation, sequence: sequence, in: store, hook: session.map { DecodeHook(session: $0) }, reference: reference)
